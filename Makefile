@@ -1,0 +1,34 @@
+# One target per habit. Each does its own setup: a .venv with the project installed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow check bench clean install
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start broker, Redis, worker and generator on free local ports with a live view.
+demo: $(STAMP)
+	$(BIN)/segmenter demo $(ARGS)
+
+## Unit tests and integration tests on a real broker and Redis (slow tests excluded).
+test: $(STAMP)
+	$(BIN)/pytest -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow $(ARGS)
+
+check: $(STAMP)
+	$(BIN)/ruff check models stream tests
+	$(BIN)/ruff format --check models stream tests
+	$(BIN)/mypy models stream
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

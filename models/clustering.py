@@ -1,0 +1,233 @@
+"""Behavioral clusters: one River k-means trainer, and versioned snapshots every worker scores with."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import river
+from river import cluster
+
+from models.features import FEATURE_VECTOR
+
+__all__ = ["SNAPSHOT_SCHEMA", "ClusterTrainer", "ModelSnapshot", "describe_centre"]
+
+SNAPSHOT_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """A versioned, plain copy of the cluster centres; scoring needs nothing else.
+
+    Segment ids are the indexes of ``centres``: they stay with a centre while it moves.
+
+    >>> snap = ModelSnapshot(1, ("a", "b"), ((0.0, 0.0), (1.0, 1.0)), (3, 3))
+    >>> snap.predict({"a": 0.9, "b": 0.8})[0]
+    1
+    """
+
+    version: int
+    features: tuple[str, ...]
+    centres: tuple[tuple[float, ...], ...]
+    counts: tuple[int, ...]
+    river_version: str = river.__version__
+    trained_samples: int = 0
+
+    def predict(self, x: Mapping[str, float]) -> tuple[int, float, float]:
+        """Return ``(segment_id, distance, confidence)`` for one feature dict.
+
+        Confidence is ``d2 / (d1 + d2)`` over the two nearest centres: 1.0 on a centre,
+        0.5 halfway between two.
+        """
+        point = [x.get(name, 0.0) for name in self.features]
+        best, d1, d2 = -1, math.inf, math.inf
+        for index, centre in enumerate(self.centres):
+            d = math.sqrt(sum((p - c) ** 2 for p, c in zip(point, centre, strict=True)))
+            if d < d1:
+                best, d1, d2 = index, d, d1
+            elif d < d2:
+                d2 = d
+        confidence = 1.0 if d1 + d2 == 0 or math.isinf(d2) else d2 / (d1 + d2)
+        return best, d1, confidence
+
+    def describe(self, segment: int) -> str:
+        return describe_centre(dict(zip(self.features, self.centres[segment], strict=True)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SNAPSHOT_SCHEMA,
+            "version": self.version,
+            "river_version": self.river_version,
+            "features": list(self.features),
+            "centres": [list(c) for c in self.centres],
+            "counts": list(self.counts),
+            "trained_samples": self.trained_samples,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSnapshot:
+        if data.get("schema") != SNAPSHOT_SCHEMA:
+            raise ValueError(f"unsupported snapshot schema {data.get('schema')!r}")
+        return cls(
+            version=int(data["version"]),
+            features=tuple(data["features"]),
+            centres=tuple(tuple(float(v) for v in c) for c in data["centres"]),
+            counts=tuple(int(n) for n in data["counts"]),
+            river_version=str(data["river_version"]),
+            trained_samples=int(data.get("trained_samples", 0)),
+        )
+
+
+class ClusterTrainer:
+    """Online k-means (River) over the fixed feature vector, seeded from data.
+
+    The first ``warmup`` samples are buffered; k-means++ picks the initial centres among them
+    and a few Lloyd passes settle them, so no centre starts dead in a random corner. From then
+    on River's incremental k-means moves the nearest centre a step of ``halflife`` toward each
+    sample. Only one trainer runs in a deployment, so every worker sees the same clusters.
+
+    >>> trainer = ClusterTrainer(n_clusters=2, warmup=6, features=("a",), seed=1)
+    >>> for v in (0.0, 0.1, 0.05, 0.9, 1.0, 0.95):
+    ...     trainer.learn_one({"a": v})
+    >>> snap = trainer.snapshot()
+    >>> sorted(round(c[0], 2) for c in snap.centres)
+    [0.05, 0.95]
+    >>> snap.predict({"a": 0.0})[0] != snap.predict({"a": 1.0})[0]
+    True
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 5,
+        halflife: float = 0.02,
+        warmup: int = 200,
+        seed: int = 42,
+        features: Sequence[str] = FEATURE_VECTOR,
+    ) -> None:
+        if n_clusters < 1:
+            raise ValueError("n_clusters must be at least 1")
+        if warmup < n_clusters:
+            raise ValueError("warmup must be at least n_clusters")
+        self.n_clusters = n_clusters
+        self.halflife = halflife
+        self.warmup = warmup
+        self.seed = seed
+        self.features = tuple(features)
+        self._model = cluster.KMeans(n_clusters=n_clusters, halflife=halflife, seed=seed)
+        self._buffer: list[list[float]] = []
+        self._counts = [0] * n_clusters
+        self._ready = False
+        self._version = 0
+        self._samples = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def learn_one(self, x: Mapping[str, float]) -> None:
+        point = [float(x.get(name, 0.0)) for name in self.features]
+        self._samples += 1
+        if not self._ready:
+            self._buffer.append(point)
+            if len(self._buffer) >= self.warmup:
+                self._seed_from_buffer()
+            return
+        segment = self._model.learn_predict_one(dict(zip(self.features, point, strict=True)))
+        self._counts[segment] += 1
+
+    def snapshot(self) -> ModelSnapshot:
+        """Freeze the current centres under a new version number."""
+        if not self._ready:
+            raise RuntimeError(f"model is warming up ({len(self._buffer)}/{self.warmup} samples)")
+        self._version += 1
+        centres = tuple(
+            tuple(float(self._model.centers[i][name]) for name in self.features)
+            for i in range(self.n_clusters)
+        )
+        return ModelSnapshot(
+            version=self._version,
+            features=self.features,
+            centres=centres,
+            counts=tuple(self._counts),
+            trained_samples=self._samples,
+        )
+
+    def restore(self, snapshot: ModelSnapshot) -> None:
+        """Continue from a published snapshot (after a restart or a move to another worker)."""
+        if snapshot.features != self.features or len(snapshot.centres) != self.n_clusters:
+            raise ValueError("snapshot does not match this trainer's features and cluster count")
+        self._set_centres([list(c) for c in snapshot.centres])
+        self._counts = list(snapshot.counts)
+        self._version = snapshot.version
+        self._samples = snapshot.trained_samples
+        self._buffer.clear()
+        self._ready = True
+
+    def _seed_from_buffer(self) -> None:
+        rng = random.Random(self.seed)
+        points = self._buffer
+        centres = [points[rng.randrange(len(points))]]
+        while len(centres) < self.n_clusters:  # k-means++: far points are likelier seeds
+            weights = [min(_sq(p, c) for c in centres) for p in points]
+            total = sum(weights)
+            if total == 0:
+                centres.append(points[rng.randrange(len(points))])
+                continue
+            centres.append(rng.choices(points, weights=weights)[0])
+        for _ in range(10):  # a few Lloyd passes over the buffer
+            groups: list[list[list[float]]] = [[] for _ in centres]
+            for p in points:
+                groups[min(range(len(centres)), key=lambda i: _sq(p, centres[i]))].append(p)
+            centres = [
+                [sum(col) / len(g) for col in zip(*g, strict=True)] if g else centres[i]
+                for i, g in enumerate(groups)
+            ]
+            self._counts = [len(g) for g in groups]
+        self._set_centres(centres)
+        self._buffer = []
+        self._ready = True
+
+    def _set_centres(self, centres: Sequence[Sequence[float]]) -> None:
+        for i, centre in enumerate(centres):
+            self._model.centers[i].clear()
+            self._model.centers[i].update(zip(self.features, centre, strict=True))
+
+
+def _sq(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
+
+
+# Plain-language words for a centre: (feature, threshold above which the phrase applies).
+_HIGH_PHRASES = (
+    ("monetary", 0.75, "high spend"),
+    ("frequency", 0.35, "buys often"),
+    ("conversion", 0.5, "converts"),
+    ("browse_depth", 0.6, "browses deeply"),
+    ("search_share", 0.3, "searches a lot"),
+    ("cart_abandonment", 0.5, "abandons carts"),
+    ("desktop_share", 0.6, "desktop"),
+    ("mobile_share", 0.6, "mobile"),
+    ("tablet_share", 0.5, "tablet"),
+    ("evening_share", 0.5, "evenings"),
+)
+
+
+def describe_centre(centre: Mapping[str, float]) -> str:
+    """A short plain-language label for a cluster centre.
+
+    >>> describe_centre({"monetary": 0.9, "desktop_share": 0.8, "conversion": 0.1})
+    'high spend, desktop, rarely buys'
+    """
+    words = [phrase for name, cut, phrase in _HIGH_PHRASES if centre.get(name, 0.0) >= cut]
+    if centre.get("monetary", 0.0) < 0.35 and centre.get("conversion", 0.0) >= 0.2:
+        words.insert(0, "low spend")
+    if centre.get("conversion", 1.0) < 0.2:
+        words.append("rarely buys")
+    return ", ".join(words) if words else "mixed behavior"

@@ -1,0 +1,347 @@
+"""Per-customer behavioral features in event time, kept as compact versioned state."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from river import stats
+
+from models.events import Event
+
+__all__ = [
+    "CANONICAL_FEATURES",
+    "FEATURE_VECTOR",
+    "STATE_VERSION",
+    "CustomerProfile",
+    "feature_vector",
+]
+
+STATE_VERSION = 1
+#: The value features whose meaning is fixed by the design (DESIGN.md, "Canonical value features").
+CANONICAL_FEATURES = (
+    "orders_total",
+    "revenue_total",
+    "first_seen_ts",
+    "last_seen_ts",
+    "last_purchase_ts",
+)
+#: The fixed, ordered feature set the clustering model sees; every value lies in [0, 1].
+FEATURE_VECTOR = (
+    "monetary",
+    "frequency",
+    "conversion",
+    "browse_depth",
+    "search_share",
+    "cart_abandonment",
+    "mobile_share",
+    "desktop_share",
+    "tablet_share",
+    "evening_share",
+)
+
+DAY_MS = 86_400_000
+_HALFLIFE_MS = 30 * DAY_MS  # decayed frequency and monetary value forget half in 30 days
+_DEDUPE_WINDOW = 64  # recent event ids kept per customer to drop redeliveries
+_MAX_CATEGORIES = 24  # category counters kept per customer; the smallest is dropped past this
+_DAYPARTS = ("night", "morning", "afternoon", "evening")
+
+
+def _daypart(ts_ms: int) -> str:
+    hour = (ts_ms // 3_600_000) % 24
+    return _DAYPARTS[0 if hour < 6 else 1 if hour < 12 else 2 if hour < 18 else 3]
+
+
+def _mean_state(mean: stats.Mean) -> list[float]:
+    return [mean.n, mean.get()]
+
+
+def _mean_from(state: list[float] | None) -> stats.Mean:
+    mean = stats.Mean()
+    if state:
+        mean.n, mean._mean = float(state[0]), float(state[1])
+    return mean
+
+
+def _bump(counter: dict[str, float], key: str, by: float = 1.0) -> None:
+    counter[key] = counter.get(key, 0.0) + by
+    if len(counter) > _MAX_CATEGORIES:
+        del counter[min(counter, key=lambda k: (counter[k], k))]
+
+
+@dataclass
+class DecayedSum:
+    """A sum whose terms halve every ``halflife`` ms of event time; order of updates is free.
+
+    >>> d = DecayedSum()
+    >>> d.add(1.0, 0); d.add(1.0, 30 * 86_400_000)
+    >>> round(d.value_at(30 * 86_400_000), 3)
+    1.5
+    """
+
+    value: float = 0.0
+    ref_ts: int = 0
+    halflife: float = _HALFLIFE_MS
+
+    def add(self, amount: float, ts: int) -> None:
+        if ts >= self.ref_ts:
+            self.value = self.value_at(ts) + amount
+            self.ref_ts = ts
+        else:  # a late event counts with the weight it would have had
+            self.value += amount * 2.0 ** (-(self.ref_ts - ts) / self.halflife)
+
+    def value_at(self, ts: int) -> float:
+        if ts <= self.ref_ts:
+            return self.value
+        return self.value * 2.0 ** (-(ts - self.ref_ts) / self.halflife)
+
+
+@dataclass
+class CustomerProfile:
+    """Everything the segmenter knows about one customer, updated one event at a time.
+
+    The canonical value features follow DESIGN.md exactly; the rest are free behavioral
+    features. Effects are idempotent: an event id seen recently is ignored.
+
+    >>> from models.events import Event
+    >>> p = CustomerProfile("c-1")
+    >>> p.apply(Event("e1", "c-1", "product_view", 1_000_000_000_000, session_id="s1"))
+    True
+    >>> p.apply(Event("e2", "c-1", "purchase", 1_000_000_060_000, amount=50.0))
+    True
+    >>> p.apply(Event("e2", "c-1", "purchase", 1_000_000_060_000, amount=50.0))
+    False
+    >>> p.orders_total, p.revenue_total, p.first_seen_ts, p.last_purchase_ts
+    (1, 50.0, 1000000000000, 1000000060000)
+    """
+
+    customer_id: str
+    orders_total: int = 0
+    revenue_total: float = 0.0
+    first_seen_ts: int | None = None
+    last_seen_ts: int | None = None
+    last_purchase_ts: int | None = None
+    applied: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    sessions: int = 0
+    cart_sessions: int = 0
+    last_session_id: str | None = None
+    session_has_cart: bool = False
+    categories: dict[str, float] = field(default_factory=dict)
+    category_spend: dict[str, float] = field(default_factory=dict)
+    devices: dict[str, float] = field(default_factory=dict)
+    dayparts: dict[str, float] = field(default_factory=dict)
+    country: str | None = None
+    country_ts: int = 0
+    channel: str | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    traits_ts: dict[str, int] = field(default_factory=dict)
+    order_value: stats.Mean = field(default_factory=stats.Mean)
+    viewed_price: stats.Mean = field(default_factory=stats.Mean)
+    frequency_decayed: DecayedSum = field(default_factory=DecayedSum)
+    monetary_decayed: DecayedSum = field(default_factory=DecayedSum)
+    recent_ids: list[str] = field(default_factory=list)
+    segment: int | None = None
+
+    def apply(self, event: Event) -> bool:
+        """Fold one event into the profile; return False if it was a recent duplicate."""
+        if event.event_id in self.recent_ids:
+            return False
+        self.recent_ids.append(event.event_id)
+        if len(self.recent_ids) > _DEDUPE_WINDOW:
+            del self.recent_ids[0]
+        self.applied += 1
+        ts = event.ts
+        self.first_seen_ts = ts if self.first_seen_ts is None else min(self.first_seen_ts, ts)
+        self.last_seen_ts = ts if self.last_seen_ts is None else max(self.last_seen_ts, ts)
+        if event.country and ts >= self.country_ts:
+            self.country, self.country_ts = event.country, ts
+        if event.channel:
+            self.channel = event.channel
+        if event.device:
+            _bump(self.devices, event.device)
+        if event.session_id and event.session_id != self.last_session_id:
+            self.sessions += 1
+            self.last_session_id = event.session_id
+            self.session_has_cart = False
+
+        if event.kind == "identify":
+            self._merge_traits(event.traits, ts)
+            return True
+        _bump(self.dayparts, _daypart(ts))
+        if event.kind == "purchase":
+            amount = event.amount or 0.0
+            self.orders_total += 1
+            self.revenue_total += amount
+            self.last_purchase_ts = (
+                ts if self.last_purchase_ts is None else max(self.last_purchase_ts, ts)
+            )
+            self.order_value.update(amount)
+            self.frequency_decayed.add(1.0, ts)
+            self.monetary_decayed.add(amount, ts)
+            for category, spend in event.items:
+                _bump(self.category_spend, category, spend)
+            return True
+        self.counts[event.kind] = self.counts.get(event.kind, 0) + 1
+        if event.category:
+            _bump(self.categories, event.category)
+        if event.kind == "product_view" and event.price is not None:
+            self.viewed_price.update(event.price)
+        if event.kind == "add_to_cart" and not self.session_has_cart:
+            self.cart_sessions += 1
+            self.session_has_cart = True
+        return True
+
+    def _merge_traits(self, traits: Mapping[str, Any], ts: int) -> None:
+        # Newest wins per trait, so an identify replayed out of order cannot roll a trait back.
+        for name, value in traits.items():
+            if ts >= self.traits_ts.get(name, 0):
+                self.traits[name] = value
+                self.traits_ts[name] = ts
+
+    # -- derived features ---------------------------------------------------------------------
+
+    def value_features(self) -> dict[str, Any]:
+        """The canonical value features, exactly as DESIGN.md defines them."""
+        return {name: getattr(self, name) for name in CANONICAL_FEATURES}
+
+    def behavior(self) -> dict[str, Any]:
+        """Readable behavioral features, for the Redis record and exports."""
+        clicks = sum(self.counts.values())
+        views = self.counts.get("page_view", 0) + self.counts.get("product_view", 0)
+        at = self.last_seen_ts or 0
+        recency_days = (
+            None if self.last_purchase_ts is None else (at - self.last_purchase_ts) / DAY_MS
+        )
+        return {
+            "recency_days": None if recency_days is None else round(recency_days, 3),
+            "frequency_decayed": round(self.frequency_decayed.value_at(at), 4),
+            "monetary_decayed": round(self.monetary_decayed.value_at(at), 2),
+            "avg_order_value": round(self.order_value.get(), 2),
+            "avg_viewed_price": round(self.viewed_price.get(), 2),
+            "sessions": self.sessions,
+            "page_views": self.counts.get("page_view", 0),
+            "product_views": self.counts.get("product_view", 0),
+            "searches": self.counts.get("search", 0),
+            "cart_adds": self.counts.get("add_to_cart", 0),
+            "cart_abandonment": round(self._abandonment(), 4),
+            "views_per_session": round(views / self.sessions, 3) if self.sessions else float(views),
+            "clicks": clicks,
+            "top_categories": _top(self.categories, 3),
+            "top_spend_categories": _top(self.category_spend, 3),
+            "primary_device": _top(self.devices, 1)[0] if self.devices else None,
+            "country": self.country,
+            "channel": self.channel,
+        }
+
+    def _abandonment(self) -> float:
+        if not self.cart_sessions:
+            return 0.0
+        return max(0.0, self.cart_sessions - self.orders_total) / self.cart_sessions
+
+    # -- compact state ------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """A plain, JSON-ready, versioned dict (never a pickle of River objects)."""
+        return {
+            "v": STATE_VERSION,
+            "id": self.customer_id,
+            "o": self.orders_total,
+            "r": self.revenue_total,
+            "fs": self.first_seen_ts,
+            "ls": self.last_seen_ts,
+            "lp": self.last_purchase_ts,
+            "n": self.applied,
+            "c": self.counts,
+            "s": [self.sessions, self.cart_sessions, self.last_session_id, self.session_has_cart],
+            "cat": self.categories,
+            "cs": self.category_spend,
+            "dev": self.devices,
+            "dp": self.dayparts,
+            "geo": [self.country, self.country_ts, self.channel],
+            "t": self.traits,
+            "tt": self.traits_ts,
+            "aov": _mean_state(self.order_value),
+            "vp": _mean_state(self.viewed_price),
+            "fd": [self.frequency_decayed.value, self.frequency_decayed.ref_ts],
+            "md": [self.monetary_decayed.value, self.monetary_decayed.ref_ts],
+            "ids": self.recent_ids,
+            "seg": self.segment,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> CustomerProfile:
+        version = state.get("v")
+        if version != STATE_VERSION:
+            raise ValueError(f"unsupported profile state version {version!r}")
+        sessions, cart_sessions, last_session, has_cart = state["s"]
+        country, country_ts, channel = state["geo"]
+        return cls(
+            customer_id=state["id"],
+            orders_total=state["o"],
+            revenue_total=state["r"],
+            first_seen_ts=state["fs"],
+            last_seen_ts=state["ls"],
+            last_purchase_ts=state["lp"],
+            applied=state["n"],
+            counts=dict(state["c"]),
+            sessions=sessions,
+            cart_sessions=cart_sessions,
+            last_session_id=last_session,
+            session_has_cart=has_cart,
+            categories=dict(state["cat"]),
+            category_spend=dict(state["cs"]),
+            devices=dict(state["dev"]),
+            dayparts=dict(state["dp"]),
+            country=country,
+            country_ts=country_ts,
+            channel=channel,
+            traits=dict(state["t"]),
+            traits_ts=dict(state["tt"]),
+            order_value=_mean_from(state["aov"]),
+            viewed_price=_mean_from(state["vp"]),
+            frequency_decayed=DecayedSum(*state["fd"]),
+            monetary_decayed=DecayedSum(*state["md"]),
+            recent_ids=list(state["ids"]),
+            segment=state["seg"],
+        )
+
+
+def _top(counter: Mapping[str, float], n: int) -> list[str]:
+    return [k for k, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
+def _share(counter: Mapping[str, float], keys: Iterable[str]) -> float:
+    total = sum(counter.values())
+    return sum(counter.get(k, 0.0) for k in keys) / total if total else 0.0
+
+
+def _squash(value: float, scale: float) -> float:
+    """Map [0, inf) onto [0, 1) with a fixed log scale, so the vector never needs refitting."""
+    return min(1.0, math.log1p(max(0.0, value)) / math.log1p(scale))
+
+
+def feature_vector(profile: CustomerProfile) -> dict[str, float]:
+    """The fixed, scaled feature dict the clustering model learns from and scores.
+
+    Every key of :data:`FEATURE_VECTOR` is present (River's KMeans mutates itself on unseen
+    keys), and every value is in [0, 1] by a fixed transform, identical on every worker.
+    """
+    clicks = sum(profile.counts.values())
+    views = profile.counts.get("page_view", 0) + profile.counts.get("product_view", 0)
+    sessions = max(profile.sessions, 1)
+    at = profile.last_seen_ts or 0
+    return {
+        "monetary": _squash(profile.order_value.get(), 1000.0),
+        "frequency": _squash(profile.frequency_decayed.value_at(at), 20.0),
+        "conversion": min(1.0, profile.orders_total / sessions),
+        "browse_depth": _squash(views / sessions, 30.0),
+        "search_share": profile.counts.get("search", 0) / clicks if clicks else 0.0,
+        "cart_abandonment": profile._abandonment(),
+        "mobile_share": _share(profile.devices, ("mobile",)),
+        "desktop_share": _share(profile.devices, ("desktop",)),
+        "tablet_share": _share(profile.devices, ("tablet",)),
+        "evening_share": _share(profile.dayparts, ("evening",)),
+    }
