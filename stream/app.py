@@ -1,0 +1,302 @@
+"""The Faust app: input topics, the customer feature table, the segmenting agent and the trainer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import orjson
+from faust.types import EventT
+
+from models.clustering import ClusterTrainer, ModelSnapshot
+from models.events import DecodeError, Event, decode_message
+from models.features import CustomerProfile, feature_vector
+from models.segments import SegmentChange, assign, changes_between
+from stream.store import RecordWrite, RedisSegmentStore, retry_forever
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CustomerTable", "Segmenter", "build_app"]
+
+
+class CustomerTable(faust.Table):
+    """A table whose changelog partition is the source partition of the key's events.
+
+    Faust normally takes the partition of the *current* event; inside a batch from
+    ``take_events`` that is the last event of the batch, which belongs to another key. Routing
+    by the recorded source partition keeps the changelog co-partitioned with the input
+    topics whatever partitioner the producers used.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Keys are customer ids (JSON keeps them str across recovery); values are our own
+        # orjson bytes of CustomerProfile.to_state(), so Faust must not re-encode them.
+        self.key_serializer = "json"
+        self.value_serializer = "raw"
+        self.partition_of: dict[str, int] = {}
+
+    def partition_for_key(self, key: Any) -> int | None:
+        partition = self.partition_of.get(key)
+        return partition if partition is not None else super().partition_for_key(key)
+
+
+class Segmenter:
+    """Everything one worker process does; the agents below only hand it batches."""
+
+    def __init__(self, settings: Settings, app: faust.App, store: RedisSegmentStore) -> None:
+        self.settings = settings
+        self.app = app
+        self.store = store
+        self.input_topics = settings.input_topics
+        self.table = CustomerTable(
+            app,
+            name="profiles",
+            default=None,
+            partitions=settings.partitions,
+            beacon=app.tables.beacon,
+            help="Per-customer feature state (models.features.CustomerProfile.to_state)",
+        )
+        app.tables.add(self.table)
+        self.dead_letters = app.topic(settings.topic(settings.dead_letter_topic), value_serializer="raw", key_serializer="raw")
+        self.changes = app.topic(settings.topic(settings.changes_topic), value_serializer="raw", key_serializer="raw")
+        self.samples = app.topic(settings.topic(settings.samples_topic), value_serializer="raw", key_serializer="raw", partitions=1)
+        self.snapshots = app.topic(settings.topic(settings.snapshots_topic), value_serializer="raw", key_serializer="raw", partitions=1)
+        self.model: ModelSnapshot | None = None
+        self.trainer: ClusterTrainer | None = None
+        self.trainer_dirty = False
+        self.lock = asyncio.Lock()
+        self.counters = {"events": 0, "messages": 0, "dead_letters": 0, "records": 0, "changes": 0}
+
+    # -- the segmenting agent -----------------------------------------------------------------
+
+    async def handle(self, batch: Sequence[EventT]) -> None:
+        """Apply one batch of input messages. Effects run in an order that makes a crash safe.
+
+        Redis first, then segment changes, then the table: a crash before the table write
+        means the messages are redelivered and every effect is redone idempotently; a crash
+        after it means the event ids are in the dedupe window and nothing is applied twice.
+        """
+        async with self.lock:
+            await self._handle(batch)
+
+    async def _handle(self, batch: Sequence[EventT]) -> None:
+        limits = self.settings.limits
+        per_customer: dict[str, list[Event]] = {}
+        dead: list[tuple[bytes | None, bytes]] = []
+        for event in batch:
+            message = event.message
+            value = event.value
+            try:
+                if not message.key:
+                    raise DecodeError("message has no key; the key must be the customer_id")
+                decoded = decode_message(
+                    self.input_topics[message.topic], value or b"", message.key, limits, orjson.loads
+                )
+            except DecodeError as exc:
+                dead.append((message.key, self._dead_letter(message, value, exc.reason)))
+                continue
+            customer_id = decoded[0].customer_id
+            per_customer.setdefault(customer_id, []).extend(decoded)
+            self.table.partition_of[customer_id] = message.partition
+
+        writes: list[RecordWrite] = []
+        changes: list[SegmentChange] = []
+        samples: list[bytes] = []
+        states: dict[str, bytes] = {}
+        now_ms = int(time.time() * 1000)
+        n_events = 0
+        for customer_id, events in per_customer.items():
+            n_events += len(events)
+            raw = self.table.get(customer_id)
+            profile = CustomerProfile.from_state(orjson.loads(raw)) if raw else CustomerProfile(customer_id)
+            before = profile.applied
+            if not any([profile.apply(e) for e in events]):
+                continue  # every event was a redelivery
+            self._score(profile, now_ms, writes, changes)
+            if self._wants_sample(before, profile.applied):
+                samples.append(orjson.dumps(feature_vector(profile)))
+            states[customer_id] = orjson.dumps(profile.to_state())
+
+        counters = {"events": n_events, "messages": len(batch), "dead_letters": len(dead), "records": len(writes)}
+        await retry_forever("Redis write", self.store.write_many, writes, counters)
+        await self._send_all(changes, samples, dead)
+        for customer_id, state in states.items():
+            self.table[customer_id] = state
+        for name, by in counters.items():
+            self.counters[name] += by
+
+    def _score(self, profile: CustomerProfile, now_ms: int, writes: list[RecordWrite], changes: list[SegmentChange]) -> None:
+        assignment = assign(profile, self.model)
+        changes.extend(changes_between(profile.segment, assignment))
+        profile.segment = assignment.segment
+        writes.append(
+            RecordWrite(
+                profile.customer_id, assignment.event_ts, assignment.applied, assignment.segment,
+                assignment.record(profile, now_ms),
+            )
+        )
+
+    def _wants_sample(self, before: int, after: int) -> bool:
+        every = self.settings.sample_every
+        return after >= self.settings.min_events_for_sample and after // every > before // every
+
+    async def _send_all(self, changes: list[SegmentChange], samples: list[bytes], dead: list[tuple[bytes | None, bytes]]) -> None:
+        futures = []
+        for change in changes:
+            futures.append(await self.changes.send(key=change.customer_id.encode(), value=orjson.dumps(change.to_dict())))
+        for sample in samples:
+            futures.append(await self.samples.send(value=sample))
+        for key, letter in dead:
+            futures.append(await self.dead_letters.send(key=key, value=letter))
+        if futures:
+            await asyncio.gather(*futures)  # delivered before the table write and the ack
+        self.counters["changes"] += len(changes)
+
+    def _dead_letter(self, message: Any, value: bytes | None, reason: str) -> bytes:
+        log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
+        raw = value or b""
+        return orjson.dumps(
+            {
+                "reason": reason,
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "key": message.key.decode("utf-8", "replace") if message.key else None,
+                "value_b64": base64.b64encode(raw).decode(),
+                "worker_id": self.settings.worker_id,
+                "dead_at": int(time.time() * 1000),
+            }
+        )
+
+    # -- the model ----------------------------------------------------------------------------
+
+    async def refresh_model(self) -> None:
+        """Load a newer snapshot; on the very first one, score customers still unassigned."""
+        version = await self.store.model_version()
+        if not version or (self.model and self.model.version >= version):
+            return
+        data = await self.store.get_json("model")
+        if data is None:
+            return
+        first = self.model is None
+        self.model = ModelSnapshot.from_dict(data)
+        log.info("model version %s loaded (%s samples)", self.model.version, self.model.trained_samples)
+        if first:
+            async with self.lock:
+                await self._score_unassigned()
+
+    async def _score_unassigned(self) -> None:
+        owned = self._owned_partitions()
+        writes: list[RecordWrite] = []
+        changes: list[SegmentChange] = []
+        states: dict[str, bytes] = {}
+        now_ms = int(time.time() * 1000)
+        for customer_id, partition in list(self.table.partition_of.items()):
+            raw = self.table.get(customer_id) if partition in owned else None
+            if not raw:
+                continue
+            profile = CustomerProfile.from_state(orjson.loads(raw))
+            if profile.segment is None:
+                self._score(profile, now_ms, writes, changes)
+                states[customer_id] = orjson.dumps(profile.to_state())
+        if not writes:
+            return
+        await retry_forever("Redis write", self.store.write_many, writes, {"records": len(writes)})
+        await self._send_all(changes, [], [])
+        for customer_id, state in states.items():
+            self.table[customer_id] = state
+        log.info("first model: assigned %d customers seen before it", len(writes))
+
+    def _owned_partitions(self) -> set[int]:
+        topic = self.settings.topic(self.settings.clickstream_topic)
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+
+    async def train(self, batch: Sequence[bytes]) -> None:
+        if self.trainer is None:
+            self.trainer = ClusterTrainer(
+                n_clusters=self.settings.n_clusters, halflife=self.settings.learning_rate,
+                warmup=self.settings.warmup_samples, seed=self.settings.seed,
+            )
+            data = await self.store.get_json("model")
+            if data:
+                self.trainer.restore(ModelSnapshot.from_dict(data))
+                log.info("trainer restored model version %s", self.trainer.version)
+        was_ready = self.trainer.ready
+        for raw in batch:
+            self.trainer.learn_one(orjson.loads(raw))
+        self.trainer_dirty = True
+        if self.trainer.ready and not was_ready:
+            await self.publish_model()  # the first model goes out at once
+
+    async def publish_model(self) -> None:
+        if self.trainer is None or not self.trainer.ready or not self.trainer_dirty:
+            return
+        snapshot = self.trainer.snapshot().to_dict()
+        await self.store.publish_model(snapshot)
+        await self.snapshots.send(value=orjson.dumps(snapshot))
+        self.trainer_dirty = False
+
+    async def heartbeat(self) -> None:
+        info = {
+            "worker_id": self.settings.worker_id,
+            "partitions": sorted(self._owned_partitions()),
+            "model_version": self.model.version if self.model else None,
+            "trainer": self.trainer is not None,
+            "at": int(time.time() * 1000),
+            **self.counters,
+        }
+        await self.store.set_json(f"worker:{self.settings.worker_id}", info, ttl=10)
+
+
+def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
+    """The composition root of a worker process."""
+    app = faust.App(
+        settings.app_id,
+        broker=settings.kafka_url,
+        store="memory://",
+        autodiscover=False,
+        datadir=settings.data_dir or tempfile.mkdtemp(prefix="segmenter-worker-"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=settings.heartbeat_interval,
+        web_enabled=False,
+        worker_redirect_stdouts=False,
+    )
+    store = RedisSegmentStore(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.record_ttl_seconds)
+    segmenter = Segmenter(settings, app, store)
+    source = app.topic(*settings.input_topics, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(source, name="segment")
+    async def segment(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+            await segmenter.handle(batch)
+
+    @app.agent(segmenter.samples, name="train")
+    async def train(stream: faust.StreamT) -> None:
+        async for batch in stream.take(1000, within=0.25):
+            await segmenter.train(batch)
+
+    @app.timer(settings.snapshot_interval)
+    async def publish_model() -> None:
+        await segmenter.publish_model()
+
+    @app.timer(settings.model_refresh_interval)
+    async def refresh_model() -> None:
+        await segmenter.refresh_model()
+
+    @app.timer(1.0)
+    async def heartbeat() -> None:
+        await segmenter.heartbeat()
+
+    return app, segmenter

@@ -1,0 +1,89 @@
+"""Kafka plumbing outside Faust: topic creation, a JSON producer, and a reader for tests and tools."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ensure_topics", "make_producer", "read_topic", "wait_for_broker"]
+
+
+def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                     request_timeout_ms=3000)
+            admin.close()
+            return
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka at {settings.kafka_url} is not reachable: {exc}") from exc
+            time.sleep(0.2)
+
+
+def ensure_topics(settings: Settings) -> None:
+    """Create the project's topics if they are missing.
+
+    Input topics and the feature table share one partition count (Faust's co-partitioning);
+    the sample and snapshot topics have one partition, read by the single model trainer.
+    """
+    wanted = {name: settings.partitions for name in settings.input_topics}
+    wanted[settings.topic(settings.dead_letter_topic)] = 1
+    wanted[settings.topic(settings.changes_topic)] = settings.partitions
+    wanted[settings.topic(settings.samples_topic)] = 1
+    wanted[settings.topic(settings.snapshots_topic)] = 1
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+    finally:
+        admin.close()
+
+
+def make_producer(settings: Settings, **overrides: object) -> KafkaProducer:
+    options: dict[str, object] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "linger_ms": 5,
+        "acks": 1,
+        "key_serializer": lambda k: k.encode() if isinstance(k, str) else k,
+    }
+    options.update(overrides)
+    return KafkaProducer(**options)
+
+
+def read_topic(settings: Settings, topic: str, timeout: float = 5.0) -> Iterator[tuple[bytes | None, dict]]:
+    """Every message of a topic from the beginning, JSON-decoded; stops after `timeout` of quiet."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
+        enable_auto_commit=False, consumer_timeout_ms=int(timeout * 1000), group_id=None,
+    )
+    try:
+        for message in consumer:
+            yield message.key, orjson.loads(message.value)
+    finally:
+        consumer.close()
+
+
+def send_json(producer: KafkaProducer, topic: str, items: Iterable[tuple[str, object]]) -> int:
+    n = 0
+    for key, value in items:
+        producer.send(topic, key=key, value=orjson.dumps(value))
+        n += 1
+    return n

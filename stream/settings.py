@@ -1,0 +1,98 @@
+"""All configuration, from SEGMENTER_* environment variables; nothing else reads the environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.events import DecodeLimits
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Segmenter settings. Each field reads ``SEGMENTER_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SEGMENTER_", frozen=True, extra="ignore")
+
+    # Connections
+    kafka_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap, kafka://host:port[;host:port]")
+    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (redis:// or rediss://)")
+
+    # Topics (the prefix isolates several deployments, or tests, on one cluster)
+    topic_prefix: str = Field("", description="prefix for every topic name")
+    partitions: Annotated[int, Field(ge=1, le=1024)] = Field(4, description="partitions of input topics and the table")
+    clickstream_topic: str = "clickstream"
+    purchases_topic: str = "purchases"
+    identify_topic: str = "identify"
+    dead_letter_topic: str = "dead-letters"
+    changes_topic: str = "segment-changes"
+    samples_topic: str = "segment-samples"
+    snapshots_topic: str = "model-snapshots"
+
+    # Worker
+    app_id: str = Field("segmenter", description="Faust app id: the consumer group and table names")
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    data_dir: str = Field("", description="Faust data directory; empty: a fresh temporary one")
+    batch_size: Annotated[int, Field(ge=1)] = Field(500, description="messages taken per batch")
+    batch_within: Annotated[float, Field(gt=0)] = Field(0.05, description="seconds to wait to fill a batch")
+    session_timeout: Annotated[float, Field(gt=0)] = Field(30.0, description="consumer session timeout, s")
+    heartbeat_interval: Annotated[float, Field(gt=0)] = Field(3.0, description="consumer heartbeat, s")
+    log_level: str = Field("info", description="crit, error, warn, info or debug")
+
+    # Model
+    n_clusters: Annotated[int, Field(ge=2, le=64)] = Field(5, description="behavioral clusters")
+    warmup_samples: Annotated[int, Field(ge=2)] = Field(200, description="samples before first model")
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = Field(0.02, description="k-means step size")
+    sample_every: Annotated[int, Field(ge=1)] = Field(5, description="send a customer's vector to the trainer every N applied events")
+    min_events_for_sample: Annotated[int, Field(ge=1)] = Field(5, description="events a customer needs before training on it")
+    snapshot_interval: Annotated[float, Field(gt=0)] = Field(2.0, description="seconds between model snapshots")
+    model_refresh_interval: Annotated[float, Field(gt=0)] = Field(0.5, description="seconds between workers' model checks")
+    seed: int = 42
+
+    # Redis layout
+    redis_prefix: str = Field("seg:", description="prefix of every Redis key")
+    record_ttl_seconds: Annotated[int, Field(ge=0)] = Field(0, description="expire idle customer records; 0 keeps them")
+
+    # Input limits
+    max_message_bytes: Annotated[int, Field(ge=64)] = 1_000_000
+    max_events_per_message: Annotated[int, Field(ge=1)] = 1_000
+    max_id_length: Annotated[int, Field(ge=8)] = 256
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """Topic name to input source (clickstream, purchases, identify)."""
+        return {
+            self.topic(self.clickstream_topic): "clickstream",
+            self.topic(self.purchases_topic): "purchases",
+            self.topic(self.identify_topic): "identify",
+        }
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        hosts = self.kafka_url.split("://", 1)[-1]
+        return [h.strip() for h in hosts.replace(",", ";").split(";") if h.strip()]
+
+    @cached_property
+    def limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_message_bytes, self.max_events_per_message, self.max_id_length)
+
+    def env(self) -> dict[str, str]:
+        """These settings as SEGMENTER_* variables, to hand to a child process."""
+        out = {}
+        for name in type(self).model_fields:
+            if name == "worker_id":  # each process names itself
+                continue
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            out[f"SEGMENTER_{name.upper()}"] = str(value)
+        return out

@@ -1,0 +1,275 @@
+"""The serving store: one Redis hash per customer, written in pipelined batches, read in one trip.
+
+Key layout (``P`` is ``SEGMENTER_REDIS_PREFIX``, default ``seg:``):
+
+- ``P c:{customer_id}``: hash with ``v`` (the record as JSON), ``ts`` (event time of the newest
+  applied event, epoch ms), ``n`` (events applied) and ``seg`` (cluster id, ``-`` if none).
+- ``P sizes``: hash, cluster id to number of customers in it (kept by the same script).
+- ``P model``: the newest model snapshot as JSON; ``P model:version`` its version.
+- ``P stats``: hash of counters (``events``, ``messages``, ``dead_letters``, ``records``).
+- ``P worker:{worker_id}``: a worker's heartbeat (JSON, expires after 10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AsyncSegmentClient",
+    "InMemorySegmentStore",
+    "RecordWrite",
+    "RedisSegmentStore",
+    "SegmentClient",
+    "SegmentStore",
+    "StoreUnavailable",
+    "record_key",
+]
+
+# Why a script: the staleness check and the write must be one atomic step, or two workers
+# (say, the old and new owner of a partition during a rebalance) could interleave and let an
+# older state win. Ordering is by (event time, events applied), so a late or replayed event
+# never overwrites newer state, and an equal one rewrites the same record harmlessly. The
+# segment-size counters move only when a write is accepted, so they always match the records.
+_WRITE_SCRIPT = """
+local cur = redis.call('HMGET', KEYS[1], 'ts', 'n', 'seg')
+if cur[1] then
+  local cts, cn = tonumber(cur[1]), tonumber(cur[2])
+  local ts, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+  if ts < cts or (ts == cts and n < cn) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'ts', ARGV[1], 'n', ARGV[2], 'seg', ARGV[3], 'v', ARGV[4])
+if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+if cur[3] ~= ARGV[3] then
+  if cur[3] then redis.call('HINCRBY', KEYS[2], cur[3], -1) end
+  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+end
+return 1
+"""
+
+
+class StoreUnavailable(RuntimeError):
+    """Redis could not be reached; the message says where and why."""
+
+
+def record_key(prefix: str, customer_id: str) -> str:
+    """The Redis key of one customer's record.
+
+    >>> record_key("seg:", "c-42")
+    'seg:c:c-42'
+    """
+    return f"{prefix}c:{customer_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    customer_id: str
+    event_ts: int
+    applied: int
+    segment: int | None
+    record: Mapping[str, Any]
+
+
+class SegmentStore(Protocol):
+    async def write_many(self, writes: Sequence[RecordWrite]) -> int: ...
+    async def get(self, customer_id: str) -> dict[str, Any] | None: ...
+
+
+class InMemorySegmentStore:
+    """The same contract over a dict, for unit tests and tools that need no Redis."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, tuple[int, int, dict[str, Any]]] = {}
+        self.sizes: dict[str, int] = {}
+
+    async def write_many(self, writes: Sequence[RecordWrite]) -> int:
+        accepted = 0
+        for w in writes:
+            old = self.records.get(w.customer_id)
+            if old and (w.event_ts, w.applied) < (old[0], old[1]):
+                continue
+            seg = _seg(w.segment)
+            old_seg = _seg(old[2].get("segment")) if old else None
+            if old_seg != seg:
+                if old_seg is not None:
+                    self.sizes[old_seg] -= 1
+                self.sizes[seg] = self.sizes.get(seg, 0) + 1
+            self.records[w.customer_id] = (w.event_ts, w.applied, dict(w.record))
+            accepted += 1
+        return accepted
+
+    async def get(self, customer_id: str) -> dict[str, Any] | None:
+        found = self.records.get(customer_id)
+        return None if found is None else found[2]
+
+
+def _seg(segment: object) -> str:
+    return "-" if segment is None else str(segment)
+
+
+class RedisSegmentStore:
+    """Asyncio Redis store used by the worker: one pipeline per batch."""
+
+    def __init__(self, url: str, prefix: str = "seg:", ttl_seconds: int = 0) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.ttl_seconds = ttl_seconds
+        self.client: aioredis.Redis = aioredis.Redis.from_url(url)
+        self._script = self.client.register_script(_WRITE_SCRIPT)
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis at {_safe(self.url)} is not reachable: {exc}") from exc
+
+    async def write_many(self, writes: Sequence[RecordWrite], counters: Mapping[str, int] = {}) -> int:
+        if not writes and not counters:
+            return 0
+        sizes = f"{self.prefix}sizes"
+        ttl = str(self.ttl_seconds)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for w in writes:
+                await self._script(
+                    keys=[record_key(self.prefix, w.customer_id), sizes],
+                    args=[w.event_ts, w.applied, _seg(w.segment), orjson.dumps(w.record), ttl],
+                    client=pipe,
+                )
+            for name, by in counters.items():
+                pipe.hincrby(f"{self.prefix}stats", name, by)
+            results = await pipe.execute()
+        return sum(1 for r in results[: len(writes)] if r == 1)
+
+    async def get(self, customer_id: str) -> dict[str, Any] | None:
+        raw = await self.client.hget(record_key(self.prefix, customer_id), "v")
+        return None if raw is None else orjson.loads(raw)
+
+    async def get_json(self, key: str) -> Any:
+        raw = await self.client.get(f"{self.prefix}{key}")
+        return None if raw is None else orjson.loads(raw)
+
+    async def set_json(self, key: str, value: Any, ttl: int | None = None) -> None:
+        await self.client.set(f"{self.prefix}{key}", orjson.dumps(value), ex=ttl)
+
+    async def publish_model(self, snapshot: Mapping[str, Any]) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(f"{self.prefix}model", orjson.dumps(snapshot))
+            pipe.set(f"{self.prefix}model:version", snapshot["version"])
+            await pipe.execute()
+
+    async def model_version(self) -> int:
+        raw = await self.client.get(f"{self.prefix}model:version")
+        return int(raw) if raw else 0
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class SegmentClient:
+    """Read one customer's segment record: one round trip (HGET).
+
+    >>> client = SegmentClient("redis://127.0.0.1:6379/0")  # doctest: +SKIP
+    >>> client.get("c-42")["segment"]                       # doctest: +SKIP
+    3
+    """
+
+    def __init__(self, url: str, prefix: str = "seg:", timeout: float = 1.0) -> None:
+        self.prefix = prefix
+        self.url = url
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def get(self, customer_id: str) -> dict[str, Any] | None:
+        try:
+            raw = self.client.hget(record_key(self.prefix, customer_id), "v")
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis at {_safe(self.url)}: {exc}") from exc
+        return None if raw is None else orjson.loads(raw)
+
+    def iter_records(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every customer record (SCAN, then one pipelined HGET per batch of keys)."""
+        keys: list[bytes] = []
+        for key in self.client.scan_iter(match=f"{self.prefix}c:*", count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                yield from self._fetch(keys)
+                keys = []
+        if keys:
+            yield from self._fetch(keys)
+
+    def _fetch(self, keys: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hget(key, "v")
+        for raw in pipe.execute():
+            if raw is not None:
+                yield orjson.loads(raw)
+
+    def sizes(self) -> dict[str, int]:
+        raw = self.client.hgetall(f"{self.prefix}sizes")
+        return {k.decode(): int(v) for k, v in raw.items() if int(v) > 0}
+
+    def stats(self) -> dict[str, int]:
+        raw = self.client.hgetall(f"{self.prefix}stats")
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def model(self) -> dict[str, Any] | None:
+        raw = self.client.get(f"{self.prefix}model")
+        return None if raw is None else orjson.loads(raw)
+
+    def workers(self) -> list[dict[str, Any]]:
+        keys = list(self.client.scan_iter(match=f"{self.prefix}worker:*"))
+        values = self.client.mget(keys) if keys else []
+        return [orjson.loads(v) for v in values if v]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncSegmentClient:
+    """The asyncio twin of :class:`SegmentClient`'s ``get``."""
+
+    def __init__(self, url: str, prefix: str = "seg:", timeout: float = 1.0) -> None:
+        self.prefix = prefix
+        self.url = url
+        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    async def get(self, customer_id: str) -> dict[str, Any] | None:
+        try:
+            raw = await self.client.hget(record_key(self.prefix, customer_id), "v")
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis at {_safe(self.url)}: {exc}") from exc
+        return None if raw is None else orjson.loads(raw)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for messages and logs."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+async def retry_forever(what: str, func: Any, *args: Any, first_delay: float = 0.1, max_delay: float = 5.0) -> Any:
+    """Await ``func(*args)`` until it succeeds, backing off; used so an outage stalls, never drops."""
+    delay = first_delay
+    started = time.monotonic()
+    while True:
+        try:
+            return await func(*args)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("%s failed (%s); retrying in %.1fs (down %.0fs)", what, exc, delay, time.monotonic() - started)
+            await asyncio.sleep(delay)
+            delay = min(max_delay, delay * 2)

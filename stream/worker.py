@@ -1,0 +1,21 @@
+"""Run one worker process: create missing topics, then hand the app to Faust's worker."""
+
+from __future__ import annotations
+
+import faust
+
+from stream.app import build_app
+from stream.kafka import ensure_topics, wait_for_broker
+from stream.settings import Settings
+
+_LEVELS = {"crit", "error", "warn", "info", "debug"}
+
+
+def run_worker(settings: Settings) -> None:
+    if settings.log_level not in _LEVELS:
+        raise ValueError(f"SEGMENTER_LOG_LEVEL must be one of {sorted(_LEVELS)}, got {settings.log_level!r}")
+    wait_for_broker(settings)
+    ensure_topics(settings)
+    app, _ = build_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level)
+    worker.execute_from_commandline()
