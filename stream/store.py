@@ -218,6 +218,11 @@ class SegmentClient:
         raw = self.client.hgetall(f"{self.prefix}sizes")
         return {k.decode(): int(v) for k, v in raw.items() if int(v) > 0}
 
+    def customers(self) -> int:
+        """Customers with a record (the sum of the segment-size counters, kept atomically)."""
+        raw = self.client.hvals(f"{self.prefix}sizes")
+        return sum(int(v) for v in raw)
+
     def stats(self) -> dict[str, int]:
         raw = self.client.hgetall(f"{self.prefix}stats")
         return {k.decode(): int(v) for k, v in raw.items()}

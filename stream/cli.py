@@ -1,0 +1,225 @@
+"""The `segmenter` command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from stream.settings import Settings
+
+app = typer.Typer(
+    name="segmenter",
+    help="Streaming real-time customer segmentation: Kafka in, segments in Redis.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        console.print(f"[red]invalid configuration[/red]:\n{exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float | None, typer.Option(help="stop after N seconds and print a summary")] = None,
+    rate: Annotated[float, typer.Option(help="events per second the generator sends (0: as fast as it can)")] = 2000,
+    customers: Annotated[int, typer.Option(help="customers in the simulated population")] = 2000,
+    workers: Annotated[int, typer.Option(min=1, max=8, help="worker processes in one consumer group")] = 1,
+    truth: Annotated[Path | None, typer.Option(help="write customer_id,persona of seen customers here")] = None,
+) -> None:
+    """Run everything locally (broker, Redis, worker, generator) with a live view; no Docker."""
+    from stream.demo import run_demo
+    from stream.embedded import EmbeddedError
+
+    try:
+        summary = run_demo(seconds, rate, customers, workers, console, truth)
+    except EmbeddedError as exc:
+        console.print(f"[red]cannot start the embedded stack[/red]: {exc}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"\n[b]summary[/b] after {summary.seconds:.0f}s: sent {summary.sent:,} events, "
+        f"processed {summary.processed:,} ({summary.rate:,.0f} ev/s average over the whole run, "
+        f"peak {summary.peak_rate:,.0f} ev/s), {summary.customers:,} customers, "
+        f"{summary.dead_letters} dead letters, model v{summary.model_version or '-'}"
+    )
+    for seg, n in sorted(summary.sizes.items()):
+        console.print(f"  segment {'unassigned' if seg == '-' else seg:>10}: {n:6,}  {summary.labels.get(seg, '')}")
+    if summary.purity is not None:
+        console.print(f"  customers in their persona's majority segment: {summary.purity:.1%}")
+
+
+@app.command()
+def worker() -> None:
+    """Run one worker (consume, segment, write Redis); start several for one consumer group."""
+    from stream.worker import run_worker
+
+    run_worker(_settings())
+
+
+@app.command()
+def produce(
+    rate: Annotated[float, typer.Option(help="events per second (0: as fast as possible)")] = 1000,
+    events: Annotated[int | None, typer.Option(help="stop after this many events")] = None,
+    seconds: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    customers: Annotated[int, typer.Option(help="customers in the simulated population")] = 1000,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same traffic)")] = 7,
+    arrays: Annotated[bool, typer.Option(help="send a session's clicks as one JSON array")] = True,
+    truth: Annotated[Path, typer.Option(help="CSV side file: customer_id,persona")] = Path("truth.csv"),
+    out: Annotated[Path | None, typer.Option(help="write JSONL here instead of sending to Kafka")] = None,
+) -> None:
+    """Generate persona-driven traffic; the true persona of each customer goes to --truth only."""
+    from stream.generator import TrafficGenerator
+    from stream.kafka import ensure_topics, wait_for_broker
+    from stream.producer import generated_messages, send_messages
+
+    if events is None and seconds is None and out is not None:
+        raise typer.BadParameter("writing to --out needs --events or --seconds")
+    generator = TrafficGenerator(customers=customers, seed=seed, arrays=arrays,
+                                 start_ms=int(time.time() * 1000) - 86_400_000)
+    seen: set[str] = set()
+
+    def tracked():  # type: ignore[no-untyped-def]
+        for message in generated_messages(generator):
+            seen.add(message.key)
+            yield message
+
+    if out is not None:
+        n = 0
+        with open(out, "wb") as fh:
+            for message in tracked():
+                if n >= (events or 0) and events is not None:
+                    break
+                fh.write(orjson.dumps(message.value) + b"\n")
+                n += message.events
+        generator.write_truth(truth, only=seen)
+        console.print(f"wrote {n:,} events to {out}; truth for {len(seen):,} customers in {truth}")
+        return
+    settings = _settings()
+    wait_for_broker(settings)
+    ensure_topics(settings)
+    with Progress(TextColumn("[b]producing"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]:,.0f} ev/s"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("send", total=events, rate=0.0)
+        stats = send_messages(
+            settings, tracked(), rate=rate, max_events=events, seconds=seconds,
+            on_progress=lambda s: bar.update(task, completed=s.events, rate=s.rate),
+        )
+    generator.write_truth(truth, only=seen)
+    console.print(f"sent {stats.events:,} events in {stats.messages:,} messages "
+                  f"({stats.rate:,.0f} ev/s); truth for {len(seen):,} customers in {truth}")
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="JSONL (event or array per line) or CSV with a header")],
+    rate: Annotated[float, typer.Option(help="events per second (0: as fast as possible)")] = 0,
+) -> None:
+    """Load events from a file into the input topics."""
+    from stream.kafka import ensure_topics, wait_for_broker
+    from stream.producer import ReplayError, read_events_file, send_messages
+
+    settings = _settings()
+    if not file.exists():
+        console.print(f"[red]{file}: no such file[/red]")
+        raise typer.Exit(2)
+    wait_for_broker(settings)
+    ensure_topics(settings)
+    try:
+        with Progress(TextColumn("[b]replaying"), TextColumn("{task.completed:,} events"),
+                      TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("replay", total=None)
+            stats = send_messages(settings, read_events_file(file), rate=rate,
+                                  on_progress=lambda s: bar.update(task, completed=s.events))
+    except ReplayError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"replayed {stats.events:,} events in {stats.messages:,} messages from {file}")
+
+
+@app.command()
+def get(customer_id: Annotated[str, typer.Argument(help="the customer id (the message key)")]) -> None:
+    """Print one customer's current segment record as JSON (exit 1 if unknown)."""
+    from stream.store import SegmentClient, StoreUnavailable
+
+    settings = _settings()
+    client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    try:
+        record = client.get(customer_id)
+    except StoreUnavailable as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if record is None:
+        console.print(f"no record for customer {customer_id!r}")
+        raise typer.Exit(1)
+    sys.stdout.write(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@app.command()
+def export(
+    out: Annotated[Path | None, typer.Option(help="write here instead of standard output")] = None,
+) -> None:
+    """Write every customer's record as JSONL: an audience export."""
+    from stream.store import SegmentClient, StoreUnavailable
+
+    settings = _settings()
+    client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    sink = open(out, "wb") if out else sys.stdout.buffer  # noqa: SIM115
+    n = 0
+    try:
+        for record in client.iter_records():
+            sink.write(orjson.dumps(record) + b"\n")
+            n += 1
+    except StoreUnavailable as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        if out:
+            sink.close()
+        else:
+            sink.flush()
+    console.print(f"exported {n:,} records" + (f" to {out}" if out else ""))
+
+
+@app.command()
+def status() -> None:
+    """Show counters, workers, the model version and segment sizes."""
+    from stream.store import SegmentClient
+
+    settings = _settings()
+    client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    model = client.model()
+    sys.stdout.write(orjson.dumps({
+        "stats": client.stats(),
+        "sizes": client.sizes(),
+        "model_version": model["version"] if model else None,
+        "workers": client.workers(),
+    }, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@app.command()
+def topics() -> None:
+    """Create the project's topics if missing (workers do this too)."""
+    from stream.kafka import ensure_topics, wait_for_broker
+
+    settings = _settings()
+    wait_for_broker(settings)
+    ensure_topics(settings)
+    console.print("topics ready: " + ", ".join(settings.input_topics))
+
+
+def main() -> None:
+    app()
