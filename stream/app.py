@@ -140,7 +140,7 @@ class Segmenter:
         writes.append(
             RecordWrite(
                 profile.customer_id, assignment.event_ts, assignment.applied, assignment.segment,
-                assignment.record(profile, now_ms),
+                {**assignment.record(profile, now_ms), "worker_id": self.settings.worker_id},
             )
         )
 

@@ -1,0 +1,86 @@
+import random
+
+from models.events import Event
+from models.features import FEATURE_VECTOR, CustomerProfile, feature_vector
+
+DAY = 86_400_000
+T0 = 1_795_000_000_000
+
+
+def sample_events():
+    return [
+        Event("i1", "c", "identify", T0, traits={"age": 40}),
+        Event("v1", "c", "product_view", T0 + 1000, session_id="s1", category="shoes", price=80.0,
+              device="mobile", country="DE"),
+        Event("a1", "c", "add_to_cart", T0 + 2000, session_id="s1", category="shoes", device="mobile"),
+        Event("p1", "c", "purchase", T0 + 3000, amount=80.0, items=(("shoes", 80.0),)),
+        Event("v2", "c", "page_view", T0 + 5 * DAY, session_id="s2", device="desktop", country="FR"),
+        Event("p2", "c", "purchase", T0 + 6 * DAY, amount=20.0),
+        Event("i2", "c", "identify", T0 + 7 * DAY, traits={"age": 41, "gender": "f"}),
+    ]
+
+
+def profile_of(events):
+    p = CustomerProfile("c")
+    for e in events:
+        p.apply(e)
+    return p
+
+
+def test_canonical_value_features_have_their_exact_meaning():
+    p = profile_of(sample_events())
+    assert p.value_features() == {
+        "orders_total": 2,
+        "revenue_total": 100.0,
+        "first_seen_ts": T0,
+        "last_seen_ts": T0 + 7 * DAY,
+        "last_purchase_ts": T0 + 6 * DAY,
+    }
+
+
+def test_out_of_order_delivery_gives_the_same_value_features_and_traits():
+    ordered = profile_of(sample_events())
+    for seed in range(5):
+        shuffled = sample_events()
+        random.Random(seed).shuffle(shuffled)
+        p = profile_of(shuffled)
+        assert p.value_features() == ordered.value_features()
+        assert p.traits == {"age": 41, "gender": "f"}  # newest identify wins per trait
+        assert abs(p.monetary_decayed.value_at(T0 + 7 * DAY) - ordered.monetary_decayed.value_at(T0 + 7 * DAY)) < 1e-9
+
+
+def test_redelivered_events_are_not_counted_twice():
+    events = sample_events()
+    p = profile_of(events + events[:4])
+    assert p.orders_total == 2 and p.revenue_total == 100.0 and p.applied == len(events)
+
+
+def test_decay_is_in_event_time():
+    p = profile_of([Event("p1", "c", "purchase", T0, amount=100.0)])
+    assert p.monetary_decayed.value_at(T0 + 30 * DAY) == 50.0  # one half-life later
+    assert p.behavior()["monetary_decayed"] == 100.0  # read at the customer's own last event
+
+
+def test_behavioral_features_sessions_carts_and_mixes():
+    b = profile_of(sample_events()).behavior()
+    assert b["sessions"] == 2 and b["cart_adds"] == 1 and b["cart_abandonment"] == 0.0
+    assert b["top_categories"] == ["shoes"] and b["top_spend_categories"] == ["shoes"]
+    assert b["country"] == "FR" and b["primary_device"] in ("mobile", "desktop")
+    assert b["recency_days"] == 1.0
+
+
+def test_state_round_trip_is_lossless_and_plain():
+    p = profile_of(sample_events())
+    state = p.to_state()
+    assert state["v"] == 1
+    restored = CustomerProfile.from_state(state)
+    assert restored.to_state() == state
+    restored.apply(Event("p3", "c", "purchase", T0 + 8 * DAY, amount=5.0))
+    assert restored.orders_total == 3 and restored.order_value.get() == (80 + 20 + 5) / 3
+
+
+def test_feature_vector_is_fixed_and_bounded():
+    for events in ([], sample_events()):
+        x = feature_vector(profile_of(events))
+        assert tuple(x) == FEATURE_VECTOR
+        assert all(0.0 <= v <= 1.0 for v in x.values())

@@ -1,0 +1,51 @@
+"""Structure checks: the pure core stays pure, and the compose file matches the settings."""
+
+import ast
+import sys
+from pathlib import Path
+
+import yaml
+
+from stream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ALLOWED_IN_CORE = {"river", "models", "__future__"}
+
+
+def test_models_imports_only_river_and_the_standard_library():
+    offenders = []
+    for path in (ROOT / "models").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top not in ALLOWED_IN_CORE and top not in sys.stdlib_module_names:
+                    offenders.append(f"{path.name}: {name}")
+    assert offenders == []
+
+
+def test_compose_runs_kafka_kraft_redis_two_workers_and_the_generator():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "redis", "worker-1", "worker-2", "generator"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka")
+    assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
+    assert services["redis"]["image"].startswith("redis")
+    for name in ("worker-1", "worker-2"):
+        assert services[name]["command"] == ["segmenter", "worker"]
+    assert services["generator"]["command"][:2] == ["segmenter", "produce"]
+    known = {f"SEGMENTER_{f.upper()}" for f in Settings.model_fields}
+    for name in ("worker-1", "worker-2", "generator"):
+        env = services[name]["environment"]
+        used = {k for k in env if k.startswith("SEGMENTER_")}
+        assert used and used <= known, used - known
+        assert env["SEGMENTER_KAFKA_URL"] == "kafka://kafka:9092"
+
+
+def test_container_image_runs_as_non_root():
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "\nUSER " in dockerfile and "USER root" not in dockerfile

@@ -1,0 +1,69 @@
+import asyncio
+import csv
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from stream.generator import TrafficGenerator
+from stream.settings import Settings
+from stream.store import InMemorySegmentStore, RecordWrite, _safe, record_key
+
+
+def test_settings_read_the_segmenter_prefix_and_mask_secrets(monkeypatch):
+    monkeypatch.setenv("SEGMENTER_KAFKA_URL", "kafka://a:1;b:2")
+    monkeypatch.setenv("SEGMENTER_REDIS_URL", "redis://:hunter2@r:6379/0")
+    monkeypatch.setenv("SEGMENTER_PARTITIONS", "8")
+    s = Settings()
+    assert s.bootstrap_servers == ["a:1", "b:2"] and s.partitions == 8
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s)
+    assert s.env()["SEGMENTER_REDIS_URL"] == "redis://:hunter2@r:6379/0"  # children still get it
+    assert "SEGMENTER_WORKER_ID" not in s.env()  # each process names itself
+
+
+def test_invalid_settings_name_the_field(monkeypatch):
+    monkeypatch.setenv("SEGMENTER_PARTITIONS", "0")
+    with pytest.raises(ValidationError, match="partitions"):
+        Settings()
+
+
+def test_record_key_is_pinned_byte_for_byte():
+    assert record_key("seg:", "c-42") == "seg:c:c-42"
+    assert record_key("tenant1:", "ü 7") == "tenant1:c:ü 7"
+
+
+def test_safe_url_hides_the_password():
+    assert _safe("redis://:pw@host:6379/0") == "redis://***@host:6379/0"
+
+
+def test_in_memory_store_refuses_stale_writes_and_keeps_sizes():
+    store = InMemorySegmentStore()
+
+    def w(ts, n, seg):
+        return RecordWrite("c", ts, n, seg, {"customer_id": "c", "segment": seg, "event_ts": ts})
+
+    async def run():
+        assert await store.write_many([w(100, 3, 1)]) == 1
+        assert await store.write_many([w(90, 9, 2)]) == 0  # older event time loses
+        assert await store.write_many([w(100, 2, 2)]) == 0  # same time, fewer events loses
+        assert await store.write_many([w(100, 3, 1)]) == 1  # an identical replay is harmless
+        assert await store.write_many([w(200, 4, 2)]) == 1
+        return await store.get("c")
+
+    assert asyncio.run(run())["segment"] == 2
+    assert store.sizes == {"1": 0, "2": 1}
+
+
+def test_generator_is_deterministic_and_keeps_the_truth_out_of_events(tmp_path):
+    a = TrafficGenerator(customers=50, seed=3)
+    b = TrafficGenerator(customers=50, seed=3)
+    sa = [m for _ in range(200) for m in a.session(a.rng.choice(a.customer_ids))]
+    sb = [m for _ in range(200) for m in b.session(b.rng.choice(b.customer_ids))]
+    assert sa == sb
+    blob = b"".join(orjson.dumps(m.value) for m in sa)
+    for persona in a.personas:
+        assert persona.name.encode() not in blob
+    assert {m.source for m in sa} == {"clickstream", "purchases", "identify"}
+    assert a.write_truth(tmp_path / "t.csv") == 50
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert {r["persona"] for r in rows} <= {p.name for p in a.personas}
