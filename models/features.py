@@ -44,7 +44,10 @@ FEATURE_VECTOR = (
 
 DAY_MS = 86_400_000
 _HALFLIFE_MS = 30 * DAY_MS  # decayed frequency and monetary value forget half in 30 days
-_DEDUPE_WINDOW = 64  # recent event ids kept per customer to drop redeliveries
+# Recent event ids kept per customer and per kind of event, to drop events sent twice. One
+# window per kind, because topics are consumed independently: a purchase may be applied long
+# before the clicks around it, and those clicks must not push its id out of the window.
+_DEDUPE_WINDOW = {"purchase": 64, "identify": 16, "click": 64}
 _MAX_CATEGORIES = 24  # category counters kept per customer; the smallest is dropped past this
 _DAYPARTS = ("night", "morning", "afternoon", "evening")
 
@@ -142,16 +145,35 @@ class CustomerProfile:
     viewed_price: stats.Mean = field(default_factory=stats.Mean)
     frequency_decayed: DecayedSum = field(default_factory=DecayedSum)
     monetary_decayed: DecayedSum = field(default_factory=DecayedSum)
-    recent_ids: list[str] = field(default_factory=list)
+    recent_ids: dict[str, list[str]] = field(default_factory=dict)
+    positions: dict[str, int] = field(default_factory=dict)
     segment: int | None = None
+
+    def seen_position(self, log: str, position: int) -> bool:
+        """Record that a message at ``position`` of source ``log`` is applied; True if it was already.
+
+        A customer's messages stay in one partition, so a redelivered message (at-least-once
+        after a crash) sits at or below the highest position applied: an exact, O(1) guard
+        that complements the bounded event-id window.
+
+        >>> p = CustomerProfile("c")
+        >>> p.seen_position("clickstream/0", 7), p.seen_position("clickstream/0", 7)
+        (False, True)
+        """
+        if position <= self.positions.get(log, -1):
+            return True
+        self.positions[log] = position
+        return False
 
     def apply(self, event: Event) -> bool:
         """Fold one event into the profile; return False if it was a recent duplicate."""
-        if event.event_id in self.recent_ids:
+        group = event.kind if event.kind in ("purchase", "identify") else "click"
+        recent = self.recent_ids.setdefault(group, [])
+        if event.event_id in recent:
             return False
-        self.recent_ids.append(event.event_id)
-        if len(self.recent_ids) > _DEDUPE_WINDOW:
-            del self.recent_ids[0]
+        recent.append(event.event_id)
+        if len(recent) > _DEDUPE_WINDOW[group]:
+            del recent[0]
         self.applied += 1
         ts = event.ts
         self.first_seen_ts = ts if self.first_seen_ts is None else min(self.first_seen_ts, ts)
@@ -268,6 +290,7 @@ class CustomerProfile:
             "fd": [self.frequency_decayed.value, self.frequency_decayed.ref_ts],
             "md": [self.monetary_decayed.value, self.monetary_decayed.ref_ts],
             "ids": self.recent_ids,
+            "pos": self.positions,
             "seg": self.segment,
         }
 
@@ -304,7 +327,8 @@ class CustomerProfile:
             viewed_price=_mean_from(state["vp"]),
             frequency_decayed=DecayedSum(*state["fd"]),
             monetary_decayed=DecayedSum(*state["md"]),
-            recent_ids=list(state["ids"]),
+            recent_ids={k: list(v) for k, v in state["ids"].items()},
+            positions=dict(state["pos"]),
             segment=state["seg"],
         )
 

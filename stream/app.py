@@ -89,7 +89,7 @@ class Segmenter:
 
     async def _handle(self, batch: Sequence[EventT]) -> None:
         limits = self.settings.limits
-        per_customer: dict[str, list[Event]] = {}
+        per_customer: dict[str, list[tuple[str, int, list[Event]]]] = {}
         dead: list[tuple[bytes | None, bytes]] = []
         for event in batch:
             message = event.message
@@ -104,7 +104,8 @@ class Segmenter:
                 dead.append((message.key, self._dead_letter(message, value, exc.reason)))
                 continue
             customer_id = decoded[0].customer_id
-            per_customer.setdefault(customer_id, []).extend(decoded)
+            position = f"{message.topic}/{message.partition}"
+            per_customer.setdefault(customer_id, []).append((position, message.offset, decoded))
             self.table.partition_of[customer_id] = message.partition
 
         writes: list[RecordWrite] = []
@@ -113,13 +114,17 @@ class Segmenter:
         states: dict[str, bytes] = {}
         now_ms = int(time.time() * 1000)
         n_events = 0
-        for customer_id, events in per_customer.items():
-            n_events += len(events)
+        for customer_id, messages in per_customer.items():
             raw = self.table.get(customer_id)
             profile = CustomerProfile.from_state(orjson.loads(raw)) if raw else CustomerProfile(customer_id)
             before = profile.applied
-            if not any([profile.apply(e) for e in events]):
-                continue  # every event was a redelivery
+            for position, offset, events in messages:
+                n_events += len(events)
+                if not profile.seen_position(position, offset):
+                    for e in events:
+                        profile.apply(e)
+            if profile.applied == before:
+                continue  # every message was a redelivery or every event a duplicate
             self._score(profile, now_ms, writes, changes)
             if self._wants_sample(before, profile.applied):
                 samples.append(orjson.dumps(feature_vector(profile)))

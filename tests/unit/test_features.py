@@ -84,3 +84,21 @@ def test_feature_vector_is_fixed_and_bounded():
         x = feature_vector(profile_of(events))
         assert tuple(x) == FEATURE_VECTOR
         assert all(0.0 <= v <= 1.0 for v in x.values())
+
+
+def test_state_keeps_source_positions_for_redelivery():
+    p = CustomerProfile("c")
+    assert not p.seen_position("purchases/1", 10)
+    restored = CustomerProfile.from_state(p.to_state())
+    assert restored.seen_position("purchases/1", 9) and restored.seen_position("purchases/1", 10)
+    assert not restored.seen_position("purchases/1", 11) and not restored.seen_position("purchases/2", 0)
+
+
+def test_a_purchase_is_remembered_however_many_clicks_follow_it():
+    # Topics are consumed independently: a purchase can be applied long before the clicks
+    # that preceded it, and its id must not be pushed out of the window by them.
+    purchase = Event("p1", "c", "purchase", T0, amount=10.0)
+    clicks = [Event(f"v{i}", "c", "page_view", T0 - i, session_id="s") for i in range(500)]
+    p = profile_of([purchase, *clicks])
+    assert not p.apply(purchase)
+    assert p.orders_total == 1

@@ -1,0 +1,113 @@
+"""Real components: one Tansu broker and one redis-server per test session, started on free
+ports; every test gets its own topics, consumer group and Redis key prefix, so tests never
+share broker or Redis state."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stream.demo import start_worker, stop_process
+from stream.embedded import EmbeddedStack
+from stream.kafka import ensure_topics, make_producer
+from stream.settings import Settings
+from stream.store import SegmentClient
+
+pytestmark = pytest.mark.integration
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.2) -> object:
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[EmbeddedStack]:
+    with EmbeddedStack() as s:
+        yield s
+
+
+def make_settings(stack: EmbeddedStack, **overrides: object) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    options: dict[str, object] = {
+        "kafka_url": stack.kafka_url,
+        "redis_url": stack.redis_url,
+        "topic_prefix": f"t{run}-",
+        "app_id": f"segmenter-{run}",
+        "redis_prefix": f"t{run}:",
+        "warmup_samples": 60,
+        "session_timeout": 10.0,
+        "heartbeat_interval": 1.0,
+        "snapshot_interval": 1.0,
+        "log_level": "info",
+    }
+    options.update(overrides)
+    settings = Settings(**options)  # type: ignore[arg-type]
+    ensure_topics(settings)
+    return settings
+
+
+class Workers:
+    """Starts worker processes for one test and always stops them (cleanly, then by force)."""
+
+    def __init__(self, settings: Settings, logdir: Path) -> None:
+        self.settings = settings
+        self.logdir = logdir
+        self.procs: dict[str, object] = {}
+        self.client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
+
+    def start(self, n: int = 1) -> list[str]:
+        ids = []
+        for _ in range(n):
+            worker_id = f"w{len(self.procs)}"
+            self.procs[worker_id] = start_worker(self.settings, self.logdir / f"{worker_id}.log", worker_id)
+            ids.append(worker_id)
+        return ids
+
+    def wait_joined(self, n: int, timeout: float = 90.0) -> None:
+        """Wait until n workers report partitions of the input topics (the group is balanced)."""
+        def joined() -> bool:
+            self.check_alive()
+            beats = self.client.workers()
+            return len(beats) >= n and all(b["partitions"] for b in beats) and sum(
+                len(b["partitions"]) for b in beats) == self.settings.partitions
+        wait_until(joined, timeout, f"{n} workers to share the partitions")
+
+    def check_alive(self) -> None:
+        for worker_id, proc in self.procs.items():
+            if proc.poll() is not None:  # type: ignore[attr-defined]
+                pytest.fail(f"worker {worker_id} exited with {proc.returncode}:\n{self.log(worker_id)}")  # type: ignore[attr-defined]
+
+    def log(self, worker_id: str, lines: int = 60) -> str:
+        path = self.logdir / f"{worker_id}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop_process(proc)  # type: ignore[arg-type]
+        self.client.close()
+
+
+@pytest.fixture
+def producer(stack: EmbeddedStack):  # type: ignore[no-untyped-def]
+    p = make_producer(Settings(kafka_url=stack.kafka_url))
+    yield p
+    p.close()

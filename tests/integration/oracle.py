@@ -1,0 +1,38 @@
+"""An independent computation of the canonical value features, straight from the raw events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from stream.generator import Message
+
+
+def _ts(value: Any) -> int:
+    if isinstance(value, int):
+        return value
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def expected_value_features(messages: Iterable[Message]) -> dict[str, dict[str, Any]]:
+    seen: dict[str, set[str]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for message in messages:
+        events = message.value if isinstance(message.value, list) else [message.value]
+        for e in events:
+            cid = e["customer_id"]
+            ids = seen.setdefault(cid, set())
+            if e["event_id"] in ids:
+                continue
+            ids.add(e["event_id"])
+            f = out.setdefault(cid, {"orders_total": 0, "revenue_total": 0.0, "first_seen_ts": None,
+                                     "last_seen_ts": None, "last_purchase_ts": None})
+            ts = _ts(e["ts"])
+            f["first_seen_ts"] = ts if f["first_seen_ts"] is None else min(f["first_seen_ts"], ts)
+            f["last_seen_ts"] = ts if f["last_seen_ts"] is None else max(f["last_seen_ts"], ts)
+            if message.source == "purchases":
+                f["orders_total"] += 1
+                f["revenue_total"] += e["amount"]
+                f["last_purchase_ts"] = ts if f["last_purchase_ts"] is None else max(f["last_purchase_ts"], ts)
+    return out
