@@ -1,4 +1,4 @@
-"""Behavioral clusters: one River k-means trainer, and versioned snapshots every worker scores with."""
+"""Behavioral clusters: one River k-means trainer, and versioned snapshots that workers score."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version as _package_version
 from typing import Any
 
-import river
 from river import cluster
 
 from models.features import FEATURE_VECTOR
@@ -33,7 +33,7 @@ class ModelSnapshot:
     features: tuple[str, ...]
     centres: tuple[tuple[float, ...], ...]
     counts: tuple[int, ...]
-    river_version: str = river.__version__
+    river_version: str = _package_version("river")
     trained_samples: int = 0
 
     def predict(self, x: Mapping[str, float]) -> tuple[int, float, float]:
@@ -139,7 +139,8 @@ class ClusterTrainer:
             if len(self._buffer) >= self.warmup:
                 self._seed_from_buffer()
             return
-        segment = self._model.learn_predict_one(dict(zip(self.features, point, strict=True)))
+        x = dict(zip(self.features, point, strict=True))
+        segment: int = self._model.learn_predict_one(x)  # type: ignore[no-untyped-call]
         self._counts[segment] += 1
 
     def snapshot(self) -> ModelSnapshot:

@@ -132,7 +132,9 @@ def decode_message(
     if source not in _REQUIRED:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
     if len(value) > limits.max_message_bytes:
-        raise DecodeError(f"message is {len(value)} bytes, over the {limits.max_message_bytes} limit")
+        raise DecodeError(
+            f"message is {len(value)} bytes, over the {limits.max_message_bytes} limit"
+        )
     try:
         payload = loads(value)
     except (ValueError, TypeError, RecursionError) as exc:
@@ -178,7 +180,7 @@ def _decode_event(source: str, raw: object, limits: DecodeLimits) -> Event:
     event_id = _identifier(raw, "event_id", limits)
     customer_id = _identifier(raw, "customer_id", limits)
     ts = parse_timestamp(raw["ts"])
-    common = {
+    common: dict[str, Any] = {
         "event_id": event_id,
         "customer_id": customer_id,
         "ts": ts,
@@ -225,7 +227,9 @@ def _identifier(raw: Mapping[str, Any], name: str, limits: DecodeLimits) -> str:
     if not text.strip():
         raise DecodeError(f"{name} is empty")
     if len(text) > limits.max_id_length:
-        raise DecodeError(f"{name} is {len(text)} characters, over the {limits.max_id_length} limit")
+        raise DecodeError(
+            f"{name} is {len(text)} characters, over the {limits.max_id_length} limit"
+        )
     return text
 
 
@@ -236,7 +240,9 @@ def _opt_str(raw: Mapping[str, Any], name: str, limits: DecodeLimits) -> str | N
     if not isinstance(value, str):
         raise DecodeError(f"{name} must be a string, got {_kind(value)}")
     if len(value) > limits.max_id_length:
-        raise DecodeError(f"{name} is {len(value)} characters, over the {limits.max_id_length} limit")
+        raise DecodeError(
+            f"{name} is {len(value)} characters, over the {limits.max_id_length} limit"
+        )
     return value
 
 

@@ -58,7 +58,7 @@ def _daypart(ts_ms: int) -> str:
 
 
 def _mean_state(mean: stats.Mean) -> list[float]:
-    return [mean.n, mean.get()]
+    return [float(mean.n), float(mean.get())]
 
 
 def _mean_from(state: list[float] | None) -> stats.Mean:
@@ -98,7 +98,7 @@ class DecayedSum:
     def value_at(self, ts: int) -> float:
         if ts <= self.ref_ts:
             return self.value
-        return self.value * 2.0 ** (-(ts - self.ref_ts) / self.halflife)
+        return float(self.value * 2.0 ** (-(ts - self.ref_ts) / self.halflife))
 
 
 @dataclass
@@ -150,7 +150,7 @@ class CustomerProfile:
     segment: int | None = None
 
     def seen_position(self, log: str, position: int) -> bool:
-        """Record that a message at ``position`` of source ``log`` is applied; True if it was already.
+        """Mark the message at ``position`` of source ``log`` applied; True if it already was.
 
         A customer's messages stay in one partition, so a redelivered message (at-least-once
         after a crash) sits at or below the highest position applied: an exact, O(1) guard

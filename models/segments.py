@@ -72,7 +72,9 @@ def assign(profile: CustomerProfile, model: ModelSnapshot | None) -> SegmentAssi
     """Score a profile with the newest snapshot (or leave it unassigned while there is none)."""
     event_ts = profile.last_seen_ts or 0
     if model is None:
-        return SegmentAssignment(profile.customer_id, None, None, None, None, event_ts, profile.applied)
+        return SegmentAssignment(
+            profile.customer_id, None, None, None, None, event_ts, profile.applied
+        )
     segment, _, confidence = model.predict(feature_vector(profile))
     return SegmentAssignment(
         customer_id=profile.customer_id,
@@ -101,15 +103,27 @@ def changes_between(previous: int | None, now: SegmentAssignment) -> list[Segmen
     if previous is not None:
         out.append(
             SegmentChange(
-                now.customer_id, f"cluster:{previous}", "exited", previous, now.segment,
-                now.event_ts, reason, now.model_version,
+                now.customer_id,
+                f"cluster:{previous}",
+                "exited",
+                previous,
+                now.segment,
+                now.event_ts,
+                reason,
+                now.model_version,
             )
         )
     if now.segment is not None:
         out.append(
             SegmentChange(
-                now.customer_id, f"cluster:{now.segment}", "entered", previous, now.segment,
-                now.event_ts, reason, now.model_version,
+                now.customer_id,
+                f"cluster:{now.segment}",
+                "entered",
+                previous,
+                now.segment,
+                now.event_ts,
+                reason,
+                now.model_version,
             )
         )
     return out

@@ -1,1 +1,1 @@
-"""The thin shell: settings, the Faust app and agents, Redis, Kafka, the CLI and the embedded stack."""
+"""The thin shell: settings, Faust app and agents, Redis, Kafka, CLI and the embedded stack."""

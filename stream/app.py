@@ -18,15 +18,15 @@ from models.clustering import ClusterTrainer, ModelSnapshot
 from models.events import DecodeError, Event, decode_message
 from models.features import CustomerProfile, feature_vector
 from models.segments import SegmentChange, assign, changes_between
-from stream.store import RecordWrite, RedisSegmentStore, retry_forever
 from stream.settings import Settings
+from stream.store import RecordWrite, RedisSegmentStore, retry_forever
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CustomerTable", "Segmenter", "build_app"]
 
 
-class CustomerTable(faust.Table):
+class CustomerTable(faust.Table):  # type: ignore[type-arg]
     """A table whose changelog partition is the source partition of the key's events.
 
     Faust normally takes the partition of the *current* event; inside a batch from
@@ -65,10 +65,24 @@ class Segmenter:
             help="Per-customer feature state (models.features.CustomerProfile.to_state)",
         )
         app.tables.add(self.table)
-        self.dead_letters = app.topic(settings.topic(settings.dead_letter_topic), value_serializer="raw", key_serializer="raw")
-        self.changes = app.topic(settings.topic(settings.changes_topic), value_serializer="raw", key_serializer="raw")
-        self.samples = app.topic(settings.topic(settings.samples_topic), value_serializer="raw", key_serializer="raw", partitions=1)
-        self.snapshots = app.topic(settings.topic(settings.snapshots_topic), value_serializer="raw", key_serializer="raw", partitions=1)
+        self.dead_letters = app.topic(
+            settings.topic(settings.dead_letter_topic), value_serializer="raw", key_serializer="raw"
+        )
+        self.changes = app.topic(
+            settings.topic(settings.changes_topic), value_serializer="raw", key_serializer="raw"
+        )
+        self.samples = app.topic(
+            settings.topic(settings.samples_topic),
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=1,
+        )
+        self.snapshots = app.topic(
+            settings.topic(settings.snapshots_topic),
+            value_serializer="raw",
+            key_serializer="raw",
+            partitions=1,
+        )
         self.model: ModelSnapshot | None = None
         self.trainer: ClusterTrainer | None = None
         self.trainer_dirty = False
@@ -77,7 +91,7 @@ class Segmenter:
 
     # -- the segmenting agent -----------------------------------------------------------------
 
-    async def handle(self, batch: Sequence[EventT]) -> None:
+    async def handle(self, batch: Sequence[EventT[Any]]) -> None:
         """Apply one batch of input messages. Effects run in an order that makes a crash safe.
 
         Redis first, then segment changes, then the table: a crash before the table write
@@ -87,7 +101,7 @@ class Segmenter:
         async with self.lock:
             await self._handle(batch)
 
-    async def _handle(self, batch: Sequence[EventT]) -> None:
+    async def _handle(self, batch: Sequence[EventT[Any]]) -> None:
         limits = self.settings.limits
         per_customer: dict[str, list[tuple[str, int, list[Event]]]] = {}
         dead: list[tuple[bytes | None, bytes]] = []
@@ -98,7 +112,11 @@ class Segmenter:
                 if not message.key:
                     raise DecodeError("message has no key; the key must be the customer_id")
                 decoded = decode_message(
-                    self.input_topics[message.topic], value or b"", message.key, limits, orjson.loads
+                    self.input_topics[message.topic],
+                    value or b"",
+                    message.key,
+                    limits,
+                    orjson.loads,
                 )
             except DecodeError as exc:
                 dead.append((message.key, self._dead_letter(message, value, exc.reason)))
@@ -116,7 +134,11 @@ class Segmenter:
         n_events = 0
         for customer_id, messages in per_customer.items():
             raw = self.table.get(customer_id)
-            profile = CustomerProfile.from_state(orjson.loads(raw)) if raw else CustomerProfile(customer_id)
+            profile = (
+                CustomerProfile.from_state(orjson.loads(raw))
+                if raw
+                else CustomerProfile(customer_id)
+            )
             before = profile.applied
             for position, offset, events in messages:
                 n_events += len(events)
@@ -130,7 +152,12 @@ class Segmenter:
                 samples.append(orjson.dumps(feature_vector(profile)))
             states[customer_id] = orjson.dumps(profile.to_state())
 
-        counters = {"events": n_events, "messages": len(batch), "dead_letters": len(dead), "records": len(writes)}
+        counters = {
+            "events": n_events,
+            "messages": len(batch),
+            "dead_letters": len(dead),
+            "records": len(writes),
+        }
         await retry_forever("Redis write", self.store.write_many, writes, counters)
         await self._send_all(changes, samples, dead)
         for customer_id, state in states.items():
@@ -138,13 +165,22 @@ class Segmenter:
         for name, by in counters.items():
             self.counters[name] += by
 
-    def _score(self, profile: CustomerProfile, now_ms: int, writes: list[RecordWrite], changes: list[SegmentChange]) -> None:
+    def _score(
+        self,
+        profile: CustomerProfile,
+        now_ms: int,
+        writes: list[RecordWrite],
+        changes: list[SegmentChange],
+    ) -> None:
         assignment = assign(profile, self.model)
         changes.extend(changes_between(profile.segment, assignment))
         profile.segment = assignment.segment
         writes.append(
             RecordWrite(
-                profile.customer_id, assignment.event_ts, assignment.applied, assignment.segment,
+                profile.customer_id,
+                assignment.event_ts,
+                assignment.applied,
+                assignment.segment,
                 {**assignment.record(profile, now_ms), "worker_id": self.settings.worker_id},
             )
         )
@@ -153,10 +189,19 @@ class Segmenter:
         every = self.settings.sample_every
         return after >= self.settings.min_events_for_sample and after // every > before // every
 
-    async def _send_all(self, changes: list[SegmentChange], samples: list[bytes], dead: list[tuple[bytes | None, bytes]]) -> None:
+    async def _send_all(
+        self,
+        changes: list[SegmentChange],
+        samples: list[bytes],
+        dead: list[tuple[bytes | None, bytes]],
+    ) -> None:
         futures = []
         for change in changes:
-            futures.append(await self.changes.send(key=change.customer_id.encode(), value=orjson.dumps(change.to_dict())))
+            futures.append(
+                await self.changes.send(
+                    key=change.customer_id.encode(), value=orjson.dumps(change.to_dict())
+                )
+            )
         for sample in samples:
             futures.append(await self.samples.send(value=sample))
         for key, letter in dead:
@@ -166,7 +211,13 @@ class Segmenter:
         self.counters["changes"] += len(changes)
 
     def _dead_letter(self, message: Any, value: bytes | None, reason: str) -> bytes:
-        log.warning("dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
+        log.warning(
+            "dead letter from %s[%s]@%s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            reason,
+        )
         raw = value or b""
         return orjson.dumps(
             {
@@ -193,7 +244,9 @@ class Segmenter:
             return
         first = self.model is None
         self.model = ModelSnapshot.from_dict(data)
-        log.info("model version %s loaded (%s samples)", self.model.version, self.model.trained_samples)
+        log.info(
+            "model version %s loaded (%s samples)", self.model.version, self.model.trained_samples
+        )
         if first:
             async with self.lock:
                 await self._score_unassigned()
@@ -227,8 +280,10 @@ class Segmenter:
     async def train(self, batch: Sequence[bytes]) -> None:
         if self.trainer is None:
             self.trainer = ClusterTrainer(
-                n_clusters=self.settings.n_clusters, halflife=self.settings.learning_rate,
-                warmup=self.settings.warmup_samples, seed=self.settings.seed,
+                n_clusters=self.settings.n_clusters,
+                halflife=self.settings.learning_rate,
+                warmup=self.settings.warmup_samples,
+                seed=self.settings.seed,
             )
             data = await self.store.get_json("model")
             if data:
@@ -278,29 +333,33 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
         web_enabled=False,
         worker_redirect_stdouts=False,
     )
-    store = RedisSegmentStore(settings.redis_url.get_secret_value(), settings.redis_prefix, settings.record_ttl_seconds)
+    store = RedisSegmentStore(
+        settings.redis_url.get_secret_value(), settings.redis_prefix, settings.record_ttl_seconds
+    )
     segmenter = Segmenter(settings, app, store)
     source = app.topic(*settings.input_topics, value_serializer="raw", key_serializer="raw")
 
     @app.agent(source, name="segment")
-    async def segment(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within):
+    async def segment(stream: faust.StreamT[bytes]) -> None:
+        # take_events exists on faust.Stream; the StreamT protocol does not declare it.
+        batches = stream.take_events(settings.batch_size, within=settings.batch_within)  # type: ignore[attr-defined]
+        async for batch in batches:
             await segmenter.handle(batch)
 
     @app.agent(segmenter.samples, name="train")
-    async def train(stream: faust.StreamT) -> None:
+    async def train(stream: faust.StreamT[bytes]) -> None:
         async for batch in stream.take(1000, within=0.25):
             await segmenter.train(batch)
 
-    @app.timer(settings.snapshot_interval)
+    @app.timer(settings.snapshot_interval)  # type: ignore[untyped-decorator]
     async def publish_model() -> None:
         await segmenter.publish_model()
 
-    @app.timer(settings.model_refresh_interval)
+    @app.timer(settings.model_refresh_interval)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:
         await segmenter.refresh_model()
 
-    @app.timer(1.0)
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:
         await segmenter.heartbeat()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -35,11 +36,19 @@ def _settings() -> Settings:
 
 @app.command()
 def demo(
-    seconds: Annotated[float | None, typer.Option(help="stop after N seconds and print a summary")] = None,
-    rate: Annotated[float, typer.Option(help="events per second the generator sends (0: as fast as it can)")] = 2000,
+    seconds: Annotated[
+        float | None, typer.Option(help="stop after N seconds and print a summary")
+    ] = None,
+    rate: Annotated[
+        float, typer.Option(help="events per second the generator sends (0: as fast as it can)")
+    ] = 2000,
     customers: Annotated[int, typer.Option(help="customers in the simulated population")] = 2000,
-    workers: Annotated[int, typer.Option(min=1, max=8, help="worker processes in one consumer group")] = 1,
-    truth: Annotated[Path | None, typer.Option(help="write customer_id,persona of seen customers here")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=8, help="worker processes in one consumer group")
+    ] = 1,
+    truth: Annotated[
+        Path | None, typer.Option(help="write customer_id,persona of seen customers here")
+    ] = None,
 ) -> None:
     """Run everything locally (broker, Redis, worker, generator) with a live view; no Docker."""
     from stream.demo import run_demo
@@ -57,7 +66,8 @@ def demo(
         f"{summary.dead_letters} dead letters, model v{summary.model_version or '-'}"
     )
     for seg, n in sorted(summary.sizes.items()):
-        console.print(f"  segment {'unassigned' if seg == '-' else seg:>10}: {n:6,}  {summary.labels.get(seg, '')}")
+        name = "unassigned" if seg == "-" else seg
+        console.print(f"  segment {name:>10}: {n:6,}  {summary.labels.get(seg, '')}")
     if summary.purity is not None:
         console.print(f"  customers in their persona's majority segment: {summary.purity:.1%}")
 
@@ -78,21 +88,26 @@ def produce(
     customers: Annotated[int, typer.Option(help="customers in the simulated population")] = 1000,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same traffic)")] = 7,
     arrays: Annotated[bool, typer.Option(help="send a session's clicks as one JSON array")] = True,
-    truth: Annotated[Path, typer.Option(help="CSV side file: customer_id,persona")] = Path("truth.csv"),
-    out: Annotated[Path | None, typer.Option(help="write JSONL here instead of sending to Kafka")] = None,
+    truth: Annotated[Path, typer.Option(help="CSV side file: customer_id,persona")] = Path(
+        "truth.csv"
+    ),
+    out: Annotated[
+        Path | None, typer.Option(help="write JSONL here instead of sending to Kafka")
+    ] = None,
 ) -> None:
     """Generate persona-driven traffic; the true persona of each customer goes to --truth only."""
-    from stream.generator import TrafficGenerator
+    from stream.generator import Message, TrafficGenerator
     from stream.kafka import ensure_topics, wait_for_broker
     from stream.producer import generated_messages, send_messages
 
     if events is None and seconds is None and out is not None:
         raise typer.BadParameter("writing to --out needs --events or --seconds")
-    generator = TrafficGenerator(customers=customers, seed=seed, arrays=arrays,
-                                 start_ms=int(time.time() * 1000) - 86_400_000)
+    generator = TrafficGenerator(
+        customers=customers, seed=seed, arrays=arrays, start_ms=int(time.time() * 1000) - 86_400_000
+    )
     seen: set[str] = set()
 
-    def tracked():  # type: ignore[no-untyped-def]
+    def tracked() -> Iterator[Message]:
         for message in generated_messages(generator):
             seen.add(message.key)
             yield message
@@ -111,21 +126,35 @@ def produce(
     settings = _settings()
     wait_for_broker(settings)
     ensure_topics(settings)
-    with Progress(TextColumn("[b]producing"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]:,.0f} ev/s"), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("[b]producing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:,.0f} ev/s"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task("send", total=events, rate=0.0)
         stats = send_messages(
-            settings, tracked(), rate=rate, max_events=events, seconds=seconds,
+            settings,
+            tracked(),
+            rate=rate,
+            max_events=events,
+            seconds=seconds,
             on_progress=lambda s: bar.update(task, completed=s.events, rate=s.rate),
         )
     generator.write_truth(truth, only=seen)
-    console.print(f"sent {stats.events:,} events in {stats.messages:,} messages "
-                  f"({stats.rate:,.0f} ev/s); truth for {len(seen):,} customers in {truth}")
+    console.print(
+        f"sent {stats.events:,} events in {stats.messages:,} messages "
+        f"({stats.rate:,.0f} ev/s); truth for {len(seen):,} customers in {truth}"
+    )
 
 
 @app.command()
 def replay(
-    file: Annotated[Path, typer.Argument(help="JSONL (event or array per line) or CSV with a header")],
+    file: Annotated[
+        Path, typer.Argument(help="JSONL (event or array per line) or CSV with a header")
+    ],
     rate: Annotated[float, typer.Option(help="events per second (0: as fast as possible)")] = 0,
 ) -> None:
     """Load events from a file into the input topics."""
@@ -139,11 +168,19 @@ def replay(
     wait_for_broker(settings)
     ensure_topics(settings)
     try:
-        with Progress(TextColumn("[b]replaying"), TextColumn("{task.completed:,} events"),
-                      TimeElapsedColumn(), console=console) as bar:
+        with Progress(
+            TextColumn("[b]replaying"),
+            TextColumn("{task.completed:,} events"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
             task = bar.add_task("replay", total=None)
-            stats = send_messages(settings, read_events_file(file), rate=rate,
-                                  on_progress=lambda s: bar.update(task, completed=s.events))
+            stats = send_messages(
+                settings,
+                read_events_file(file),
+                rate=rate,
+                on_progress=lambda s: bar.update(task, completed=s.events),
+            )
     except ReplayError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -151,7 +188,9 @@ def replay(
 
 
 @app.command()
-def get(customer_id: Annotated[str, typer.Argument(help="the customer id (the message key)")]) -> None:
+def get(
+    customer_id: Annotated[str, typer.Argument(help="the customer id (the message key)")],
+) -> None:
     """Print one customer's current segment record as JSON (exit 1 if unknown)."""
     from stream.store import SegmentClient, StoreUnavailable
 
@@ -202,12 +241,18 @@ def status() -> None:
     settings = _settings()
     client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
     model = client.model()
-    sys.stdout.write(orjson.dumps({
-        "stats": client.stats(),
-        "sizes": client.sizes(),
-        "model_version": model["version"] if model else None,
-        "workers": client.workers(),
-    }, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(
+            {
+                "stats": client.stats(),
+                "sizes": client.sizes(),
+                "model_version": model["version"] if model else None,
+                "workers": client.workers(),
+            },
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+        + "\n"
+    )
 
 
 @app.command()

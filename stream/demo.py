@@ -11,6 +11,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -32,8 +33,12 @@ def start_worker(settings: Settings, log_path: Path, worker_id: str) -> subproce
     out = open(log_path, "wb")  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker"], env=env, stdout=out,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [sys.executable, "-m", "stream", "worker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     finally:
         out.close()
@@ -90,14 +95,18 @@ class _View:
         workers = self.client.workers()
         head = Table.grid(padding=(0, 2))
         head.add_row(
-            f"[b]{elapsed:4.0f}s[/b]", f"sent [b]{produced.events:,}[/b]",
-            f"processed [b]{processed:,}[/b]", f"[b]{rate:,.0f}[/b] ev/s",
+            f"[b]{elapsed:4.0f}s[/b]",
+            f"sent [b]{produced.events:,}[/b]",
+            f"processed [b]{processed:,}[/b]",
+            f"[b]{rate:,.0f}[/b] ev/s",
             f"lag {max(0, produced.events - processed):,}",
         )
         head.add_row(
-            "", f"customers {self.client.customers():,}",
+            "",
+            f"customers {self.client.customers():,}",
             f"dead letters {stats.get('dead_letters', 0)}",
-            f"model v{model['version'] if model else '-'}", f"workers {len(workers)}",
+            f"model v{model['version'] if model else '-'}",
+            f"workers {len(workers)}",
         )
         sizes = self.client.sizes()
         total = sum(sizes.values()) or 1
@@ -111,11 +120,13 @@ class _View:
             bar = "█" * int(30 * n / total)
             table.add_row("unassigned" if seg == "-" else seg, f"{n:,}", bar, label)
         if not workers:
-            return Group(head, "[dim]waiting for the worker to join its consumer group...[/dim]", table)
+            return Group(
+                head, "[dim]waiting for the worker to join its consumer group...[/dim]", table
+            )
         return Group(head, table)
 
 
-def _label(model: dict | None, seg: str) -> str:
+def _label(model: dict[str, Any] | None, seg: str) -> str:
     if model is None or seg == "-":
         return ""
     from models.clustering import ModelSnapshot
@@ -126,8 +137,13 @@ def _label(model: dict | None, seg: str) -> str:
 
 
 def run_demo(
-    seconds: float | None, rate: float, customers: int, workers: int, console: Console,
-    truth_path: Path | None = None, seed: int = 7,
+    seconds: float | None,
+    rate: float,
+    customers: int,
+    workers: int,
+    console: Console,
+    truth_path: Path | None = None,
+    seed: int = 7,
 ) -> DemoSummary:
     """Run the whole product locally until ``seconds`` pass or Ctrl-C; always stop every child."""
     stack = EmbeddedStack()
@@ -136,22 +152,35 @@ def run_demo(
     produced = ProduceStats()
     summary = DemoSummary()
     started = time.monotonic()
-    console.print("[b]segmenter demo[/b]: starting a Tansu broker and redis-server on free ports...")
+    console.print(
+        "[b]segmenter demo[/b]: starting a Tansu broker and redis-server on free ports..."
+    )
     stack.start()
     assert stack.workdir is not None
     try:
         settings = Settings(kafka_url=stack.kafka_url, redis_url=stack.redis_url, log_level="warn")
         wait_for_broker(settings)
         ensure_topics(settings)
-        console.print(f"  broker  {stack.kafka_url}\n  redis   {stack.redis_url}\n  logs    {stack.workdir}")
+        console.print(
+            f"  broker  {stack.kafka_url}\n  redis   {stack.redis_url}\n  logs    {stack.workdir}"
+        )
         for i in range(workers):
-            procs.append(start_worker(settings, stack.workdir / f"worker-{i}.log", f"demo-worker-{i}"))
-        generator = TrafficGenerator(customers=customers, seed=seed, start_ms=int(time.time() * 1000) - 86_400_000)
+            procs.append(
+                start_worker(settings, stack.workdir / f"worker-{i}.log", f"demo-worker-{i}")
+            )
+        generator = TrafficGenerator(
+            customers=customers, seed=seed, start_ms=int(time.time() * 1000) - 86_400_000
+        )
 
         def produce() -> None:
             nonlocal produced
-            send_messages(settings, generated_messages(generator), rate=rate, stop=stop,
-                          on_progress=lambda s: _copy(s, produced))
+            send_messages(
+                settings,
+                generated_messages(generator),
+                rate=rate,
+                stop=stop,
+                on_progress=lambda s: _copy(s, produced),
+            )
 
         thread = threading.Thread(target=produce, name="generator", daemon=True)
         thread.start()
@@ -162,7 +191,9 @@ def run_demo(
                 while seconds is None or time.monotonic() - started < seconds:
                     for proc in procs:
                         if proc.poll() is not None:
-                            raise RuntimeError(f"a worker exited with code {proc.returncode}; see {stack.workdir}")
+                            raise RuntimeError(
+                                f"a worker exited with code {proc.returncode}; see {stack.workdir}"
+                            )
                     live.update(view.render(time.monotonic() - started, produced))
                     time.sleep(0.5)
         except KeyboardInterrupt:
@@ -170,7 +201,9 @@ def run_demo(
         stop.set()
         thread.join(timeout=10)
         _drain(client, produced.events, procs, console)
-        summary = _summarize(client, generator, produced, time.monotonic() - started, view.peak, truth_path)
+        summary = _summarize(
+            client, generator, produced, time.monotonic() - started, view.peak, truth_path
+        )
         client.close()
     finally:
         stop.set()
@@ -180,8 +213,13 @@ def run_demo(
     return summary
 
 
-def _drain(client: SegmentClient, sent: int, procs: list[subprocess.Popen[bytes]], console: Console,
-           timeout: float = 30.0) -> None:
+def _drain(
+    client: SegmentClient,
+    sent: int,
+    procs: list[subprocess.Popen[bytes]],
+    console: Console,
+    timeout: float = 30.0,
+) -> None:
     """Wait until the workers have processed everything sent, so the summary is complete."""
     deadline = time.monotonic() + timeout
     with console.status("letting the workers finish what was sent..."):
@@ -196,8 +234,12 @@ def _copy(src: ProduceStats, dst: ProduceStats) -> None:
 
 
 def _summarize(
-    client: SegmentClient, generator: TrafficGenerator, produced: ProduceStats, elapsed: float,
-    peak: float, truth_path: Path | None,
+    client: SegmentClient,
+    generator: TrafficGenerator,
+    produced: ProduceStats,
+    elapsed: float,
+    peak: float,
+    truth_path: Path | None,
 ) -> DemoSummary:
     stats = client.stats()
     model = client.model()

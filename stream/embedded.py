@@ -102,8 +102,12 @@ class EmbeddedStack:
         assert self.workdir is not None
         out = open(self.workdir / logname, "wb")  # noqa: SIM115 - lives as long as the child
         proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=self.workdir, start_new_session=True,
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            start_new_session=True,
         )
         out.close()
         self.processes.append(proc)
@@ -113,8 +117,16 @@ class EmbeddedStack:
         self.kafka_port = self.kafka_port or free_port()
         url = f"tcp://127.0.0.1:{self.kafka_port}"
         proc = self._spawn(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+            [
+                tansu_binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
             "tansu.log",
         )
         _wait_for_port(self.kafka_port, proc, "tansu broker", timeout)
@@ -122,8 +134,19 @@ class EmbeddedStack:
     def _start_redis(self, timeout: float) -> None:
         self.redis_port = self.redis_port or free_port()
         proc = self._spawn(
-            [redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no"],
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
             "redis.log",
         )
         _wait_for_port(self.redis_port, proc, "redis-server", timeout)

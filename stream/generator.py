@@ -38,33 +38,88 @@ class PersonaBehavior:
 
 GENERATOR_PERSONAS: tuple[PersonaBehavior, ...] = (
     PersonaBehavior(
-        "Executive Ella", 0.2, {"desktop": 0.55, "mobile": 0.45}, (19, 20, 21, 22),
-        {"designer-dresses": 0.6, "handbags": 0.3, "shoes": 0.1}, (2, 4), (1, 2), (0, 1),
-        0.8, 0.85, (320.0, 60.0), (250.0, 80.0), {"DE": 0.5, "GB": 0.3, "FR": 0.2}, "email",
+        "Executive Ella",
+        0.2,
+        {"desktop": 0.55, "mobile": 0.45},
+        (19, 20, 21, 22),
+        {"designer-dresses": 0.6, "handbags": 0.3, "shoes": 0.1},
+        (2, 4),
+        (1, 2),
+        (0, 1),
+        0.8,
+        0.85,
+        (320.0, 60.0),
+        (250.0, 80.0),
+        {"DE": 0.5, "GB": 0.3, "FR": 0.2},
+        "email",
         {"age": 45, "gender": "f", "income_band": "high", "interests": ["fashion", "travel"]},
     ),
     PersonaBehavior(
-        "Bargain Ben", 0.25, {"mobile": 0.9, "tablet": 0.1}, (7, 8, 12, 13),
-        {"electronics": 0.5, "gadgets": 0.4, "outlet": 0.1}, (6, 12), (2, 4), (3, 6),
-        0.6, 0.35, (28.0, 8.0), (30.0, 12.0), {"US": 0.6, "CA": 0.4}, "coupon",
+        "Bargain Ben",
+        0.25,
+        {"mobile": 0.9, "tablet": 0.1},
+        (7, 8, 12, 13),
+        {"electronics": 0.5, "gadgets": 0.4, "outlet": 0.1},
+        (6, 12),
+        (2, 4),
+        (3, 6),
+        0.6,
+        0.35,
+        (28.0, 8.0),
+        (30.0, 12.0),
+        {"US": 0.6, "CA": 0.4},
+        "coupon",
         {"age": 24, "gender": "m", "income_band": "low", "interests": ["gaming", "deals"]},
     ),
     PersonaBehavior(
-        "Browsing Bella", 0.25, {"tablet": 0.7, "mobile": 0.3}, (14, 15, 16),
-        {"home-decor": 0.6, "garden": 0.4}, (10, 20), (4, 8), (0, 2),
-        0.5, 0.05, (60.0, 15.0), (80.0, 30.0), {"FR": 0.5, "ES": 0.5}, "social",
+        "Browsing Bella",
+        0.25,
+        {"tablet": 0.7, "mobile": 0.3},
+        (14, 15, 16),
+        {"home-decor": 0.6, "garden": 0.4},
+        (10, 20),
+        (4, 8),
+        (0, 2),
+        0.5,
+        0.05,
+        (60.0, 15.0),
+        (80.0, 30.0),
+        {"FR": 0.5, "ES": 0.5},
+        "social",
         {"age": 33, "gender": "f", "income_band": "medium", "interests": ["interiors"]},
     ),
     PersonaBehavior(
-        "Loyal Larry", 0.2, {"desktop": 0.8, "mobile": 0.2}, (9, 10, 11),
-        {"groceries": 0.7, "household": 0.3}, (1, 2), (0, 1), (0, 1),
-        0.95, 0.95, (65.0, 10.0), (8.0, 3.0), {"GB": 0.7, "IE": 0.3}, "direct",
+        "Loyal Larry",
+        0.2,
+        {"desktop": 0.8, "mobile": 0.2},
+        (9, 10, 11),
+        {"groceries": 0.7, "household": 0.3},
+        (1, 2),
+        (0, 1),
+        (0, 1),
+        0.95,
+        0.95,
+        (65.0, 10.0),
+        (8.0, 3.0),
+        {"GB": 0.7, "IE": 0.3},
+        "direct",
         {"age": 58, "gender": "m", "income_band": "medium", "interests": ["cooking"]},
     ),
     PersonaBehavior(
-        "Techie Tom", 0.1, {"desktop": 1.0}, (1, 2, 3, 23),
-        {"software": 0.6, "servers": 0.4}, (3, 6), (1, 3), (2, 4),
-        0.7, 0.7, (900.0, 150.0), (700.0, 200.0), {"US": 0.5, "DE": 0.5}, "partner",
+        "Techie Tom",
+        0.1,
+        {"desktop": 1.0},
+        (1, 2, 3, 23),
+        {"software": 0.6, "servers": 0.4},
+        (3, 6),
+        (1, 3),
+        (2, 4),
+        0.7,
+        0.7,
+        (900.0, 150.0),
+        (700.0, 200.0),
+        {"US": 0.5, "DE": 0.5},
+        "partner",
         {"age": 38, "industry": "software", "company_size": 500, "interests": ["devops"]},
     ),
 )
@@ -111,7 +166,8 @@ class TrafficGenerator:
         run = uuid.UUID(int=self.rng.getrandbits(128)).hex[:6]
         weights = [p.weight for p in personas]
         self.truth: dict[str, PersonaBehavior] = {
-            f"{prefix}-{run}-{i:06d}": self.rng.choices(personas, weights)[0] for i in range(customers)
+            f"{prefix}-{run}-{i:06d}": self.rng.choices(personas, weights)[0]
+            for i in range(customers)
         }
         self.customer_ids = list(self.truth)
         self._identified: set[str] = set()
@@ -137,20 +193,36 @@ class TrafficGenerator:
         messages: list[Message] = []
         if customer_id not in self._identified:
             self._identified.add(customer_id)
-            messages.append(Message("identify", customer_id, {
-                "event_id": self._id("e"), "customer_id": customer_id, "ts": ts,
-                "traits": dict(persona.traits),
-            }))
+            messages.append(
+                Message(
+                    "identify",
+                    customer_id,
+                    {
+                        "event_id": self._id("e"),
+                        "customer_id": customer_id,
+                        "ts": ts,
+                        "traits": dict(persona.traits),
+                    },
+                )
+            )
         clicks: list[dict[str, Any]] = []
 
         def click(kind: str, **extra: Any) -> None:
             nonlocal ts
             ts += rng.randrange(5_000, 60_000)
-            clicks.append({
-                "event_id": self._id("e"), "type": kind, "customer_id": customer_id, "ts": ts,
-                "session_id": session_id, "device": device, "country": country,
-                "channel": persona.channel, **extra,
-            })
+            clicks.append(
+                {
+                    "event_id": self._id("e"),
+                    "type": kind,
+                    "customer_id": customer_id,
+                    "ts": ts,
+                    "session_id": session_id,
+                    "device": device,
+                    "country": country,
+                    "channel": persona.channel,
+                    **extra,
+                }
+            )
 
         for _ in range(rng.randint(*persona.page_views)):
             click("page_view", page="/")
@@ -161,8 +233,13 @@ class TrafficGenerator:
             category = _pick(rng, persona.categories)
             product = f"p-{category}-{rng.randrange(200)}"
             price = round(max(1.0, rng.gauss(*persona.price)), 2)
-            click("product_view", page=f"/{category}/{product}", category=category,
-                  product_id=product, price=price)
+            click(
+                "product_view",
+                page=f"/{category}/{product}",
+                category=category,
+                product_id=product,
+                price=price,
+            )
             basket.append((category, product, price))
         if basket and rng.random() < persona.cart_prob:
             category, product, price = rng.choice(basket)
@@ -172,10 +249,24 @@ class TrafficGenerator:
                 amount = round(max(1.0, rng.gauss(*persona.order_value)), 2)
                 ts += rng.randrange(5_000, 30_000)
                 purchase = {
-                    "event_id": self._id("e"), "type": "purchase", "customer_id": customer_id,
-                    "ts": ts, "order_id": self._id("o"), "amount": amount, "currency": "EUR",
-                    "items": [{"product_id": product, "category": category, "price": amount, "quantity": 1}],
-                    "country": country, "session_id": session_id, "device": device,
+                    "event_id": self._id("e"),
+                    "type": "purchase",
+                    "customer_id": customer_id,
+                    "ts": ts,
+                    "order_id": self._id("o"),
+                    "amount": amount,
+                    "currency": "EUR",
+                    "items": [
+                        {
+                            "product_id": product,
+                            "category": category,
+                            "price": amount,
+                            "quantity": 1,
+                        }
+                    ],
+                    "country": country,
+                    "session_id": session_id,
+                    "device": device,
                 }
                 messages.extend(self._clicks(customer_id, clicks))
                 messages.append(Message("purchases", customer_id, purchase))

@@ -1,10 +1,12 @@
-"""Kafka plumbing outside Faust: topic creation, a JSON producer, and a reader for tests and tools."""
+"""Kafka plumbing outside Faust: topic creation, a producer, and a topic reader for tools."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -22,13 +24,16 @@ def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
-                                     request_timeout_ms=3000)
+            admin = KafkaAdminClient(
+                bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=3000
+            )
             admin.close()
             return
         except KafkaError as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"Kafka at {settings.kafka_url} is not reachable: {exc}") from exc
+                raise RuntimeError(
+                    f"Kafka at {settings.kafka_url} is not reachable: {exc}"
+                ) from exc
             time.sleep(0.2)
 
 
@@ -48,10 +53,9 @@ def ensure_topics(settings: Settings) -> None:
         existing = set(admin.list_topics())
         missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
         if missing:
-            try:
+            # Another process (a second worker) may win the race to create them.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process won the race
             log.info("created topics %s", ", ".join(t.name for t in missing))
     finally:
         admin.close()
@@ -68,11 +72,17 @@ def make_producer(settings: Settings, **overrides: object) -> KafkaProducer:
     return KafkaProducer(**options)
 
 
-def read_topic(settings: Settings, topic: str, timeout: float = 5.0) -> Iterator[tuple[bytes | None, dict]]:
+def read_topic(
+    settings: Settings, topic: str, timeout: float = 5.0
+) -> Iterator[tuple[bytes | None, Any]]:
     """Every message of a topic from the beginning, JSON-decoded; stops after `timeout` of quiet."""
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
-        enable_auto_commit=False, consumer_timeout_ms=int(timeout * 1000), group_id=None,
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(timeout * 1000),
+        group_id=None,
     )
     try:
         for message in consumer:

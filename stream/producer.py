@@ -73,7 +73,9 @@ def send_messages(
                 ahead = stats.events / rate - stats.elapsed
                 if ahead > 0:
                     time.sleep(min(ahead, 0.05))
-            producer.send(topics[message.source], key=message.key, value=orjson.dumps(message.value))
+            producer.send(
+                topics[message.source], key=message.key, value=orjson.dumps(message.value)
+            )
             stats.messages += 1
             stats.events += message.events
             if on_progress and now - last_report >= 0.25:

@@ -21,12 +21,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEGMENTER_", frozen=True, extra="ignore")
 
     # Connections
-    kafka_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap, kafka://host:port[;host:port]")
-    redis_url: SecretStr = Field(SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (redis:// or rediss://)")
+    kafka_url: str = Field(
+        "kafka://127.0.0.1:9092", description="Kafka bootstrap, kafka://host:port[;host:port]"
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (redis:// or rediss://)"
+    )
 
     # Topics (the prefix isolates several deployments, or tests, on one cluster)
     topic_prefix: str = Field("", description="prefix for every topic name")
-    partitions: Annotated[int, Field(ge=1, le=1024)] = Field(4, description="partitions of input topics and the table")
+    partitions: Annotated[int, Field(ge=1, le=1024)] = Field(
+        4, description="partitions of input topics and the table"
+    )
     clickstream_topic: str = "clickstream"
     purchases_topic: str = "purchases"
     identify_topic: str = "identify"
@@ -40,24 +46,44 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     data_dir: str = Field("", description="Faust data directory; empty: a fresh temporary one")
     batch_size: Annotated[int, Field(ge=1)] = Field(500, description="messages taken per batch")
-    batch_within: Annotated[float, Field(gt=0)] = Field(0.05, description="seconds to wait to fill a batch")
-    session_timeout: Annotated[float, Field(gt=0)] = Field(30.0, description="consumer session timeout, s")
-    heartbeat_interval: Annotated[float, Field(gt=0)] = Field(3.0, description="consumer heartbeat, s")
+    batch_within: Annotated[float, Field(gt=0)] = Field(
+        0.05, description="seconds to wait to fill a batch"
+    )
+    session_timeout: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="consumer session timeout, s"
+    )
+    heartbeat_interval: Annotated[float, Field(gt=0)] = Field(
+        3.0, description="consumer heartbeat, s"
+    )
     log_level: str = Field("info", description="crit, error, warn, info or debug")
 
     # Model
     n_clusters: Annotated[int, Field(ge=2, le=64)] = Field(5, description="behavioral clusters")
-    warmup_samples: Annotated[int, Field(ge=2)] = Field(200, description="samples before first model")
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = Field(0.02, description="k-means step size")
-    sample_every: Annotated[int, Field(ge=1)] = Field(5, description="send a customer's vector to the trainer every N applied events")
-    min_events_for_sample: Annotated[int, Field(ge=1)] = Field(5, description="events a customer needs before training on it")
-    snapshot_interval: Annotated[float, Field(gt=0)] = Field(2.0, description="seconds between model snapshots")
-    model_refresh_interval: Annotated[float, Field(gt=0)] = Field(0.5, description="seconds between workers' model checks")
+    warmup_samples: Annotated[int, Field(ge=2)] = Field(
+        200, description="samples before first model"
+    )
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.02, description="k-means step size"
+    )
+    sample_every: Annotated[int, Field(ge=1)] = Field(
+        5, description="send a customer's vector to the trainer every N applied events"
+    )
+    min_events_for_sample: Annotated[int, Field(ge=1)] = Field(
+        5, description="events a customer needs before training on it"
+    )
+    snapshot_interval: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="seconds between model snapshots"
+    )
+    model_refresh_interval: Annotated[float, Field(gt=0)] = Field(
+        0.5, description="seconds between workers' model checks"
+    )
     seed: int = 42
 
     # Redis layout
     redis_prefix: str = Field("seg:", description="prefix of every Redis key")
-    record_ttl_seconds: Annotated[int, Field(ge=0)] = Field(0, description="expire idle customer records; 0 keeps them")
+    record_ttl_seconds: Annotated[int, Field(ge=0)] = Field(
+        0, description="expire idle customer records; 0 keeps them"
+    )
 
     # Input limits
     max_message_bytes: Annotated[int, Field(ge=64)] = 1_000_000

@@ -133,7 +133,9 @@ class RedisSegmentStore:
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis at {_safe(self.url)} is not reachable: {exc}") from exc
 
-    async def write_many(self, writes: Sequence[RecordWrite], counters: Mapping[str, int] = {}) -> int:
+    async def write_many(
+        self, writes: Sequence[RecordWrite], counters: Mapping[str, int] = {}
+    ) -> int:
         if not writes and not counters:
             return 0
         sizes = f"{self.prefix}sizes"
@@ -186,7 +188,9 @@ class SegmentClient:
     def __init__(self, url: str, prefix: str = "seg:", timeout: float = 1.0) -> None:
         self.prefix = prefix
         self.url = url
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
 
     def get(self, customer_id: str) -> dict[str, Any] | None:
         try:
@@ -216,7 +220,7 @@ class SegmentClient:
 
     def sizes(self) -> dict[str, int]:
         raw = self.client.hgetall(f"{self.prefix}sizes")
-        return {k.decode(): int(v) for k, v in raw.items() if int(v) > 0}
+        return {_text(k): int(v) for k, v in raw.items() if int(v) > 0}
 
     def customers(self) -> int:
         """Customers with a record (the sum of the segment-size counters, kept atomically)."""
@@ -225,7 +229,7 @@ class SegmentClient:
 
     def stats(self) -> dict[str, int]:
         raw = self.client.hgetall(f"{self.prefix}stats")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_text(k): int(v) for k, v in raw.items()}
 
     def model(self) -> dict[str, Any] | None:
         raw = self.client.get(f"{self.prefix}model")
@@ -246,7 +250,9 @@ class AsyncSegmentClient:
     def __init__(self, url: str, prefix: str = "seg:", timeout: float = 1.0) -> None:
         self.prefix = prefix
         self.url = url
-        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         try:
@@ -259,6 +265,10 @@ class AsyncSegmentClient:
         await self.client.aclose()
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _safe(url: str) -> str:
     """A URL without its password, for messages and logs."""
     if "@" not in url:
@@ -267,14 +277,22 @@ def _safe(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-async def retry_forever(what: str, func: Any, *args: Any, first_delay: float = 0.1, max_delay: float = 5.0) -> Any:
-    """Await ``func(*args)`` until it succeeds, backing off; used so an outage stalls, never drops."""
+async def retry_forever(
+    what: str, func: Any, *args: Any, first_delay: float = 0.1, max_delay: float = 5.0
+) -> Any:
+    """Await ``func(*args)`` until it succeeds, backing off: an outage stalls, never drops."""
     delay = first_delay
     started = time.monotonic()
     while True:
         try:
             return await func(*args)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            log.warning("%s failed (%s); retrying in %.1fs (down %.0fs)", what, exc, delay, time.monotonic() - started)
+            log.warning(
+                "%s failed (%s); retrying in %.1fs (down %.0fs)",
+                what,
+                exc,
+                delay,
+                time.monotonic() - started,
+            )
             await asyncio.sleep(delay)
             delay = min(max_delay, delay * 2)

@@ -13,7 +13,9 @@ _LEVELS = {"crit", "error", "warn", "info", "debug"}
 
 def run_worker(settings: Settings) -> None:
     if settings.log_level not in _LEVELS:
-        raise ValueError(f"SEGMENTER_LOG_LEVEL must be one of {sorted(_LEVELS)}, got {settings.log_level!r}")
+        raise ValueError(
+            f"SEGMENTER_LOG_LEVEL must be one of {sorted(_LEVELS)}, got {settings.log_level!r}"
+        )
     wait_for_broker(settings)
     ensure_topics(settings)
     app, _ = build_app(settings)

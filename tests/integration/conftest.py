@@ -20,7 +20,9 @@ from stream.store import SegmentClient
 pytestmark = pytest.mark.integration
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.2) -> object:
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, every: float = 0.2
+) -> object:
     """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -78,27 +80,40 @@ class Workers:
         ids = []
         for _ in range(n):
             worker_id = f"w{len(self.procs)}"
-            self.procs[worker_id] = start_worker(self.settings, self.logdir / f"{worker_id}.log", worker_id)
+            self.procs[worker_id] = start_worker(
+                self.settings, self.logdir / f"{worker_id}.log", worker_id
+            )
             ids.append(worker_id)
         return ids
 
     def wait_joined(self, n: int, timeout: float = 90.0) -> None:
         """Wait until n workers report partitions of the input topics (the group is balanced)."""
+
         def joined() -> bool:
             self.check_alive()
             beats = self.client.workers()
-            return len(beats) >= n and all(b["partitions"] for b in beats) and sum(
-                len(b["partitions"]) for b in beats) == self.settings.partitions
+            return (
+                len(beats) >= n
+                and all(b["partitions"] for b in beats)
+                and sum(len(b["partitions"]) for b in beats) == self.settings.partitions
+            )
+
         wait_until(joined, timeout, f"{n} workers to share the partitions")
 
     def check_alive(self) -> None:
         for worker_id, proc in self.procs.items():
             if proc.poll() is not None:  # type: ignore[attr-defined]
-                pytest.fail(f"worker {worker_id} exited with {proc.returncode}:\n{self.log(worker_id)}")  # type: ignore[attr-defined]
+                pytest.fail(
+                    f"worker {worker_id} exited with {proc.returncode}:\n{self.log(worker_id)}"
+                )  # type: ignore[attr-defined]
 
     def log(self, worker_id: str, lines: int = 60) -> str:
         path = self.logdir / f"{worker_id}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
 
     def stop(self) -> None:
         for proc in self.procs.values():

@@ -26,13 +26,23 @@ def expected_value_features(messages: Iterable[Message]) -> dict[str, dict[str, 
             if e["event_id"] in ids:
                 continue
             ids.add(e["event_id"])
-            f = out.setdefault(cid, {"orders_total": 0, "revenue_total": 0.0, "first_seen_ts": None,
-                                     "last_seen_ts": None, "last_purchase_ts": None})
+            f = out.setdefault(
+                cid,
+                {
+                    "orders_total": 0,
+                    "revenue_total": 0.0,
+                    "first_seen_ts": None,
+                    "last_seen_ts": None,
+                    "last_purchase_ts": None,
+                },
+            )
             ts = _ts(e["ts"])
             f["first_seen_ts"] = ts if f["first_seen_ts"] is None else min(f["first_seen_ts"], ts)
             f["last_seen_ts"] = ts if f["last_seen_ts"] is None else max(f["last_seen_ts"], ts)
             if message.source == "purchases":
                 f["orders_total"] += 1
                 f["revenue_total"] += e["amount"]
-                f["last_purchase_ts"] = ts if f["last_purchase_ts"] is None else max(f["last_purchase_ts"], ts)
+                f["last_purchase_ts"] = (
+                    ts if f["last_purchase_ts"] is None else max(f["last_purchase_ts"], ts)
+                )
     return out

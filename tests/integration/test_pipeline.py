@@ -26,7 +26,10 @@ SESSIONS_EACH = 8
 BAD = [
     (b"cust-bad-1", b'{"event_id": "x1", "type": "product_view", "customer_id": "cust-bad-1"}'),
     (b"cust-bad-2", b"{this is not json"),
-    (b"someone-else", b'{"event_id": "x3", "type": "search", "customer_id": "cust-bad-3", "ts": 1795000000000}'),
+    (
+        b"someone-else",
+        b'{"event_id": "x3", "type": "search", "customer_id": "cust-bad-3", "ts": 1795000000000}',
+    ),
 ]
 
 
@@ -45,7 +48,12 @@ def run(stack, tmp_path_factory, request):  # type: ignore[no-untyped-def]
     workers = Workers(settings, tmp_path_factory.mktemp("logs"))
     workers.start(1)
     generator = TrafficGenerator(customers=CUSTOMERS, seed=11, session_gap_ms=60_000)
-    messages = [m for _ in range(SESSIONS_EACH) for cid in generator.customer_ids for m in generator.session(cid)]
+    messages = [
+        m
+        for _ in range(SESSIONS_EACH)
+        for cid in generator.customer_ids
+        for m in generator.session(cid)
+    ]
     producer = make_producer(settings)
     try:
         stats = send_messages(settings, iter(messages), producer=producer)
@@ -77,7 +85,10 @@ def test_every_customer_has_a_record_with_exactly_the_independent_value_features
         record = run.workers.client.get(customer_id)
         assert record is not None, customer_id
         got = {k: record["features"][k] for k in features}
-        assert got == {**features, "revenue_total": pytest.approx(features["revenue_total"], rel=1e-9)}
+        assert got == {
+            **features,
+            "revenue_total": pytest.approx(features["revenue_total"], rel=1e-9),
+        }
         assert record["event_ts"] == features["last_seen_ts"]
         assert record["customer_id"] == customer_id
 
@@ -115,7 +126,16 @@ def test_segment_changes_announce_entries_in_the_design_shape(run):
     changes = [v for _, v in read_topic(run.settings, run.settings.topic("segment-changes"))]
     entered = {c["customer_id"] for c in changes if c["change"] == "entered"}
     assert entered == set(run.generator.customer_ids)
-    keys = {"customer_id", "segment", "change", "previous", "current", "event_ts", "reason", "model_version"}
+    keys = {
+        "customer_id",
+        "segment",
+        "change",
+        "previous",
+        "current",
+        "event_ts",
+        "reason",
+        "model_version",
+    }
     assert all(set(c) == keys for c in changes)
     for c in changes:
         if c["change"] == "exited":
@@ -131,8 +151,11 @@ def test_events_sent_again_change_nothing(run):
     per_session = len(run.messages) // SESSIONS_EACH
     replay = run.messages[-per_session:]
     send_messages(run.settings, iter(replay))
-    wait_until(lambda: client.stats()["messages"] >= messages_before + len(replay), 60,
-               "the replayed messages to be consumed")
+    wait_until(
+        lambda: client.stats()["messages"] >= messages_before + len(replay),
+        60,
+        "the replayed messages to be consumed",
+    )
     for cid, record in before.items():
         again = client.get(cid)
         assert again["features"] == record["features"], cid
@@ -141,8 +164,9 @@ def test_events_sent_again_change_nothing(run):
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings.env()}
-    return subprocess.run([sys.executable, "-m", "stream", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_cli_get_and_export_print_the_records(run):
@@ -152,7 +176,10 @@ def test_cli_get_and_export_print_the_records(run):
     record = orjson.loads(got.stdout)
     for field in ("segment", "segment_label", "model_version", "event_ts", "features"):
         assert field in record
-    assert record["features"]["orders_total"] == expected_value_features(run.messages)[cid]["orders_total"]
+    assert (
+        record["features"]["orders_total"]
+        == expected_value_features(run.messages)[cid]["orders_total"]
+    )
 
     missing = _cli(run.settings, "get", "nobody")
     assert missing.returncode == 1 and "no record" in missing.stderr

@@ -24,7 +24,9 @@ def test_two_workers_split_the_partitions_and_agree_on_segment_ids(stack, tmp_pa
         assert len(beats) == 2 and all(b["partitions"] for b in beats)
 
         generator = TrafficGenerator(customers=400, seed=5, session_gap_ms=60_000)
-        messages = [m for _ in range(8) for cid in generator.customer_ids for m in generator.session(cid)]
+        messages = [
+            m for _ in range(8) for cid in generator.customer_ids for m in generator.session(cid)
+        ]
         stats = send_messages(settings, iter(messages))
 
         def processed() -> bool:
@@ -32,15 +34,20 @@ def test_two_workers_split_the_partitions_and_agree_on_segment_ids(stack, tmp_pa
             return workers.client.stats().get("events", 0) >= stats.events
 
         wait_until(processed, 120, f"{stats.events} events to be processed")
-        wait_until(lambda: all(r["segment"] is not None for r in workers.client.iter_records()), 30,
-                   "every customer to have a segment")
+        wait_until(
+            lambda: all(r["segment"] is not None for r in workers.client.iter_records()),
+            30,
+            "every customer to have a segment",
+        )
         records = list(workers.client.iter_records())
         assert len(records) == 400
 
         by_worker: dict[str, dict[str, Counter[int]]] = {}
         for r in records:
             persona = generator.truth[r["customer_id"]].name
-            by_worker.setdefault(r["worker_id"], {}).setdefault(persona, Counter())[r["segment"]] += 1
+            by_worker.setdefault(r["worker_id"], {}).setdefault(persona, Counter())[
+                r["segment"]
+            ] += 1
         assert len(by_worker) == 2, f"one worker did everything: {list(by_worker)}"
 
         # The segment that holds most of each persona, over both workers together.

@@ -76,7 +76,12 @@ def test_changes_between_assignments():
     moved = changes_between(1, now)
     assert [c.to_dict()["change"] for c in moved] == ["exited", "entered"]
     assert moved[0].to_dict() == {
-        "customer_id": "c", "segment": "cluster:1", "change": "exited", "previous": 1,
-        "current": 2, "event_ts": 100, "reason": "behavior moved nearer another centre",
+        "customer_id": "c",
+        "segment": "cluster:1",
+        "change": "exited",
+        "previous": 1,
+        "current": 2,
+        "event_ts": 100,
+        "reason": "behavior moved nearer another centre",
         "model_version": 7,
     }

@@ -9,8 +9,16 @@ TS = 1_795_428_000_000
 
 
 def click(**over):
-    base = {"event_id": "e1", "type": "product_view", "customer_id": "c1", "ts": TS,
-            "session_id": "s1", "price": 10.0, "device": "mobile", "unknown_field": [1, 2]}
+    base = {
+        "event_id": "e1",
+        "type": "product_view",
+        "customer_id": "c1",
+        "ts": TS,
+        "session_id": "s1",
+        "price": 10.0,
+        "device": "mobile",
+        "unknown_field": [1, 2],
+    }
     base.update(over)
     return base
 
@@ -22,7 +30,9 @@ def enc(value):
 @pytest.mark.parametrize("loads", [json.loads, orjson.loads], ids=["json", "orjson"])
 def test_single_event_and_array_decode_with_either_parser(loads):
     one = decode_message("clickstream", enc(click()), b"c1", loads=loads)
-    many = decode_message("clickstream", enc([click(event_id="a"), click(event_id="b")]), b"c1", loads=loads)
+    many = decode_message(
+        "clickstream", enc([click(event_id="a"), click(event_id="b")]), b"c1", loads=loads
+    )
     assert [e.event_id for e in one] == ["e1"]
     assert [e.event_id for e in many] == ["a", "b"]
     assert one[0].kind == "product_view" and one[0].price == 10.0 and one[0].ts == TS
@@ -34,16 +44,25 @@ def test_iso_and_epoch_timestamps_agree():
 
 
 def test_purchase_items_become_category_spend():
-    value = {"event_id": "p", "customer_id": "c1", "ts": TS, "amount": 259.0,
-             "items": [{"category": "dresses", "price": 129.5, "quantity": 2}]}
+    value = {
+        "event_id": "p",
+        "customer_id": "c1",
+        "ts": TS,
+        "amount": 259.0,
+        "items": [{"category": "dresses", "price": 129.5, "quantity": 2}],
+    }
     [event] = decode_message("purchases", enc(value), b"c1")
     assert event.kind == "purchase" and event.amount == 259.0
     assert event.items == (("dresses", 259.0),)
 
 
 def test_identify_keeps_scalar_traits():
-    value = {"event_id": "i", "customer_id": "c1", "ts": TS,
-             "traits": {"age": 45, "interests": ["fashion"], "income_band": "high"}}
+    value = {
+        "event_id": "i",
+        "customer_id": "c1",
+        "ts": TS,
+        "traits": {"age": 45, "interests": ["fashion"], "income_band": "high"},
+    }
     [event] = decode_message("identify", enc(value), b"c1")
     assert event.traits == {"age": 45, "interests": ["fashion"], "income_band": "high"}
 
@@ -52,7 +71,11 @@ BAD = [
     ("clickstream", b"{nope", "not valid JSON"),
     ("clickstream", b"42", "must be a JSON object or array"),
     ("clickstream", b"[]", "empty array"),
-    ("clickstream", enc({k: v for k, v in click().items() if k != "ts"}), "missing required field 'ts'"),
+    (
+        "clickstream",
+        enc({k: v for k, v in click().items() if k != "ts"}),
+        "missing required field 'ts'",
+    ),
     ("clickstream", enc(click(type="teleport")), "type 'teleport' is not one of"),
     ("clickstream", enc(click(ts="yesterday")), "is not ISO 8601"),
     ("clickstream", enc(click(ts="2026-11-23T10:00:00")), "has no UTC offset"),
@@ -64,11 +87,31 @@ BAD = [
     ("clickstream", enc(click(event_id="")), "event_id is empty"),
     ("clickstream", enc(click(customer_id={"a": 1})), "customer_id must be a string"),
     ("clickstream", enc([click(), "x"]), "event[1]: event must be a JSON object"),
-    ("purchases", enc({"event_id": "p", "customer_id": "c1", "ts": TS}), "missing required field 'amount'"),
-    ("purchases", b'{"event_id":"p","customer_id":"c1","ts":1795428000000,"amount":NaN}', "amount must be finite"),
-    ("purchases", enc({"event_id": "p", "customer_id": "c1", "ts": TS, "amount": 1e12}), "implausibly large"),
-    ("identify", enc({"event_id": "i", "customer_id": "c1", "ts": TS, "traits": [1]}), "traits must be an object"),
-    ("identify", enc({"event_id": "i", "customer_id": "c1", "ts": TS, "traits": {"a": {"b": 1}}}), "scalar"),
+    (
+        "purchases",
+        enc({"event_id": "p", "customer_id": "c1", "ts": TS}),
+        "missing required field 'amount'",
+    ),
+    (
+        "purchases",
+        b'{"event_id":"p","customer_id":"c1","ts":1795428000000,"amount":NaN}',
+        "amount must be finite",
+    ),
+    (
+        "purchases",
+        enc({"event_id": "p", "customer_id": "c1", "ts": TS, "amount": 1e12}),
+        "implausibly large",
+    ),
+    (
+        "identify",
+        enc({"event_id": "i", "customer_id": "c1", "ts": TS, "traits": [1]}),
+        "traits must be an object",
+    ),
+    (
+        "identify",
+        enc({"event_id": "i", "customer_id": "c1", "ts": TS, "traits": {"a": {"b": 1}}}),
+        "scalar",
+    ),
 ]
 
 

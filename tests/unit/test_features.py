@@ -10,11 +10,24 @@ T0 = 1_795_000_000_000
 def sample_events():
     return [
         Event("i1", "c", "identify", T0, traits={"age": 40}),
-        Event("v1", "c", "product_view", T0 + 1000, session_id="s1", category="shoes", price=80.0,
-              device="mobile", country="DE"),
-        Event("a1", "c", "add_to_cart", T0 + 2000, session_id="s1", category="shoes", device="mobile"),
+        Event(
+            "v1",
+            "c",
+            "product_view",
+            T0 + 1000,
+            session_id="s1",
+            category="shoes",
+            price=80.0,
+            device="mobile",
+            country="DE",
+        ),
+        Event(
+            "a1", "c", "add_to_cart", T0 + 2000, session_id="s1", category="shoes", device="mobile"
+        ),
         Event("p1", "c", "purchase", T0 + 3000, amount=80.0, items=(("shoes", 80.0),)),
-        Event("v2", "c", "page_view", T0 + 5 * DAY, session_id="s2", device="desktop", country="FR"),
+        Event(
+            "v2", "c", "page_view", T0 + 5 * DAY, session_id="s2", device="desktop", country="FR"
+        ),
         Event("p2", "c", "purchase", T0 + 6 * DAY, amount=20.0),
         Event("i2", "c", "identify", T0 + 7 * DAY, traits={"age": 41, "gender": "f"}),
     ]
@@ -46,7 +59,13 @@ def test_out_of_order_delivery_gives_the_same_value_features_and_traits():
         p = profile_of(shuffled)
         assert p.value_features() == ordered.value_features()
         assert p.traits == {"age": 41, "gender": "f"}  # newest identify wins per trait
-        assert abs(p.monetary_decayed.value_at(T0 + 7 * DAY) - ordered.monetary_decayed.value_at(T0 + 7 * DAY)) < 1e-9
+        assert (
+            abs(
+                p.monetary_decayed.value_at(T0 + 7 * DAY)
+                - ordered.monetary_decayed.value_at(T0 + 7 * DAY)
+            )
+            < 1e-9
+        )
 
 
 def test_redelivered_events_are_not_counted_twice():
@@ -91,7 +110,9 @@ def test_state_keeps_source_positions_for_redelivery():
     assert not p.seen_position("purchases/1", 10)
     restored = CustomerProfile.from_state(p.to_state())
     assert restored.seen_position("purchases/1", 9) and restored.seen_position("purchases/1", 10)
-    assert not restored.seen_position("purchases/1", 11) and not restored.seen_position("purchases/2", 0)
+    assert not restored.seen_position("purchases/1", 11) and not restored.seen_position(
+        "purchases/2", 0
+    )
 
 
 def test_a_purchase_is_remembered_however_many_clicks_follow_it():

@@ -33,7 +33,9 @@ def test_compose_runs_kafka_kraft_redis_two_workers_and_the_generator():
     services = compose["services"]
     assert {"kafka", "redis", "worker-1", "worker-2", "generator"} <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka")
-    assert "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
+    assert (
+        "controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    )  # KRaft, no ZooKeeper
     assert services["redis"]["image"].startswith("redis")
     for name in ("worker-1", "worker-2"):
         assert services[name]["command"] == ["segmenter", "worker"]

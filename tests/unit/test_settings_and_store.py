@@ -65,5 +65,6 @@ def test_generator_is_deterministic_and_keeps_the_truth_out_of_events(tmp_path):
         assert persona.name.encode() not in blob
     assert {m.source for m in sa} == {"clickstream", "purchases", "identify"}
     assert a.write_truth(tmp_path / "t.csv") == 50
-    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    with open(tmp_path / "t.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert {r["persona"] for r in rows} <= {p.name for p in a.personas}
