@@ -155,6 +155,7 @@ def run_demo(
     console.print(
         "[b]segmenter demo[/b]: starting a Tansu broker and redis-server on free ports..."
     )
+    previous = _interrupt_on_signals()
     stack.start()
     assert stack.workdir is not None
     try:
@@ -196,21 +197,42 @@ def run_demo(
                             )
                     live.update(view.render(time.monotonic() - started, produced))
                     time.sleep(0.5)
+            _drain(client, produced.events, procs, console, stop)
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/yellow]")
+            console.print("[yellow]interrupted: stopping everything[/yellow]")
         stop.set()
         thread.join(timeout=10)
-        _drain(client, produced.events, procs, console)
         summary = _summarize(
             client, generator, produced, time.monotonic() - started, view.peak, truth_path
         )
         client.close()
     finally:
         stop.set()
-        for proc in procs:
-            stop_process(proc)
-        stack.stop()
+        # A second Ctrl-C must not cut the clean-up short and leave children running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            for proc in procs:
+                stop_process(proc)
+            stack.stop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     return summary
+
+
+def _interrupt_on_signals() -> dict[int, Any]:
+    """Turn SIGINT and SIGTERM into KeyboardInterrupt, even where the parent ignored SIGINT
+    (background jobs), so every way out of the demo runs its clean-up."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, interrupt)
+    return previous
 
 
 def _drain(
@@ -218,9 +240,11 @@ def _drain(
     sent: int,
     procs: list[subprocess.Popen[bytes]],
     console: Console,
+    stop: threading.Event,
     timeout: float = 30.0,
 ) -> None:
-    """Wait until the workers have processed everything sent, so the summary is complete."""
+    """Stop the generator, then wait (bounded) until the workers have processed what was sent."""
+    stop.set()
     deadline = time.monotonic() + timeout
     with console.status("letting the workers finish what was sent..."):
         while client.stats().get("events", 0) < sent and time.monotonic() < deadline:
