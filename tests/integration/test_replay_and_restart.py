@@ -1,0 +1,151 @@
+"""Loading files, reading with the asyncio client, and a worker restart that recovers its table."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from stream.generator import TrafficGenerator
+from stream.producer import read_events_file, send_messages
+from stream.settings import Settings
+from stream.store import AsyncSegmentClient, StoreUnavailable
+
+from .conftest import Workers, make_settings, wait_until
+from .oracle import expected_value_features
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.env()}
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_produce_to_file_then_replay_jsonl_and_csv(stack, tmp_path):
+    settings = make_settings(stack)
+    workers = Workers(settings, tmp_path)
+    try:
+        workers.start(1)
+        jsonl, truth = tmp_path / "events.jsonl", tmp_path / "truth.csv"
+        made = _cli(
+            settings,
+            "produce",
+            "--events",
+            "3000",
+            "--customers",
+            "40",
+            "--out",
+            str(jsonl),
+            "--truth",
+            str(truth),
+        )
+        assert made.returncode == 0, made.stderr
+        with open(truth) as fh:
+            truth_rows = list(csv.DictReader(fh))
+        assert truth_rows and set(truth_rows[0]) == {"customer_id", "persona"}
+
+        # A CSV of purchases for two new customers, plus one row the decoder must reject.
+        csv_path = tmp_path / "orders.csv"
+        csv_path.write_text(
+            "event_id,customer_id,ts,amount,currency\n"
+            "o1,csv-a,2026-11-20T10:00:00Z,10.5,EUR\n"
+            "o2,csv-a,2026-11-21T10:00:00Z,4.5,EUR\n"
+            "o3,csv-b,1795000000000,100,EUR\n"
+            "o4,csv-b,1795000000000,-3,EUR\n"
+        )
+        for path in (jsonl, csv_path):
+            done = _cli(settings, "replay", str(path))
+            assert done.returncode == 0, done.stderr
+        messages = list(read_events_file(jsonl)) + list(read_events_file(csv_path))[:3]
+        expected = expected_value_features(messages)
+        events = sum(m.events for m in messages)  # dead-lettered messages are not counted
+
+        def processed() -> bool:
+            workers.check_alive()
+            stats = workers.client.stats()
+            return stats.get("events", 0) >= events and stats.get("dead_letters", 0) >= 1
+
+        wait_until(processed, 90, f"{events} replayed events")
+        assert workers.client.stats()["dead_letters"] == 1  # the negative amount
+        for cid, features in expected.items():
+            record = workers.client.get(cid)
+            assert record is not None, cid
+            assert record["features"]["orders_total"] == features["orders_total"]
+            assert record["features"]["revenue_total"] == pytest.approx(features["revenue_total"])
+            assert record["features"]["last_seen_ts"] == features["last_seen_ts"]
+        assert workers.client.get("csv-a")["features"]["orders_total"] == 2
+
+        missing = _cli(settings, "replay", str(tmp_path / "nope.jsonl"))
+        assert missing.returncode == 2 and "no such file" in missing.stderr
+    finally:
+        workers.stop()
+
+
+def test_asyncio_client_reads_a_record_and_fails_fast_without_redis(stack):
+    settings = make_settings(stack)
+
+    async def run() -> None:
+        import redis.asyncio as aioredis
+
+        raw = aioredis.Redis.from_url(stack.redis_url)
+        await raw.hset(f"{settings.redis_prefix}c:c-1", mapping={"v": orjson.dumps({"segment": 2})})
+        await raw.aclose()
+        client = AsyncSegmentClient(stack.redis_url, settings.redis_prefix)
+        assert await client.get("c-1") == {"segment": 2}
+        assert await client.get("unknown") is None
+        await client.close()
+        down = AsyncSegmentClient("redis://127.0.0.1:1/0", timeout=0.5)
+        with pytest.raises(StoreUnavailable, match="127.0.0.1:1"):
+            await down.get("c-1")
+        await down.close()
+
+    asyncio.run(run())
+
+
+def test_a_restarted_worker_recovers_features_from_the_changelog(stack, tmp_path):
+    settings = make_settings(stack, partitions=2)
+    generator = TrafficGenerator(customers=60, seed=21, session_gap_ms=60_000)
+    first = [m for _ in range(4) for cid in generator.customer_ids for m in generator.session(cid)]
+    second = [m for _ in range(3) for cid in generator.customer_ids for m in generator.session(cid)]
+    workers = Workers(settings, tmp_path)
+    try:
+        workers.start(1)
+        sent = send_messages(settings, iter(first)).events
+        wait_until(lambda: workers.client.stats().get("events", 0) >= sent, 90, "the first half")
+        workers.stop()  # a clean stop: offsets committed, the table lives only in its changelog
+
+        workers = Workers(settings, tmp_path)
+        workers.start(1)
+        workers.wait_joined(1)
+        send_messages(settings, iter(second))
+        expected = expected_value_features(first + second)
+
+        def mismatches() -> dict[str, tuple[object, object]]:
+            out = {}
+            for cid, features in expected.items():
+                record = workers.client.get(cid)
+                got = {k: record["features"][k] for k in features}
+                got["revenue_total"] = round(got["revenue_total"], 6)
+                want = {**features, "revenue_total": round(features["revenue_total"], 6)}
+                if got != want:
+                    out[cid] = (got, want)
+            return out
+
+        # Every customer's features come to cover both halves: the first half can only come
+        # back from the table's changelog, since the committed input is not read again.
+        wait_until(lambda: not mismatches(), 90, "features over both halves")
+        assert mismatches() == {}
+    finally:
+        workers.stop()
