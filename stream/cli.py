@@ -267,4 +267,11 @@ def topics() -> None:
 
 
 def main() -> None:
-    app()
+    from stream.kafka import BrokerUnavailable
+    from stream.store import StoreUnavailable
+
+    try:
+        app()
+    except (BrokerUnavailable, StoreUnavailable) as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        sys.exit(2)

@@ -17,21 +17,28 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ensure_topics", "make_producer", "read_topic", "wait_for_broker"]
+__all__ = ["BrokerUnavailable", "ensure_topics", "make_producer", "read_topic", "wait_for_broker"]
 
 
-def wait_for_broker(settings: Settings, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+class BrokerUnavailable(RuntimeError):
+    """Kafka could not be reached; the message says where and why."""
+
+
+def wait_for_broker(settings: Settings, timeout: float | None = None) -> None:
+    budget = settings.connect_timeout if timeout is None else timeout
+    deadline = time.monotonic() + budget
     while True:
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=3000
+                bootstrap_servers=settings.bootstrap_servers,
+                request_timeout_ms=3000,
+                bootstrap_timeout_ms=int(max(0.5, min(budget, 5.0)) * 1000),
             )
             admin.close()
             return
         except KafkaError as exc:
             if time.monotonic() > deadline:
-                raise RuntimeError(
+                raise BrokerUnavailable(
                     f"Kafka at {settings.kafka_url} is not reachable: {exc}"
                 ) from exc
             time.sleep(0.2)

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
         SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (redis:// or rediss://)"
     )
 
+    connect_timeout: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="seconds to wait for Kafka at start-up"
+    )
+
     # Topics (the prefix isolates several deployments, or tests, on one cluster)
     topic_prefix: str = Field("", description="prefix for every topic name")
     partitions: Annotated[int, Field(ge=1, le=1024)] = Field(

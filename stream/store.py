@@ -199,6 +199,12 @@ class SegmentClient:
             raise StoreUnavailable(f"Redis at {_safe(self.url)}: {exc}") from exc
         return None if raw is None else orjson.loads(raw)
 
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis at {_safe(self.url)} is not reachable: {exc}") from exc
+
     def iter_records(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every customer record (SCAN, then one pipelined HGET per batch of keys)."""
         keys: list[bytes] = []

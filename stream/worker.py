@@ -7,8 +7,18 @@ import faust
 from stream.app import build_app
 from stream.kafka import ensure_topics, wait_for_broker
 from stream.settings import Settings
+from stream.store import SegmentClient
 
 _LEVELS = {"crit", "error", "warn", "info", "debug"}
+
+
+def ping_redis(settings: Settings) -> None:
+    """Fail fast, with the address, if Redis is not there (raises StoreUnavailable)."""
+    client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 def run_worker(settings: Settings) -> None:
@@ -17,6 +27,7 @@ def run_worker(settings: Settings) -> None:
             f"SEGMENTER_LOG_LEVEL must be one of {sorted(_LEVELS)}, got {settings.log_level!r}"
         )
     wait_for_broker(settings)
+    ping_redis(settings)
     ensure_topics(settings)
     app, _ = build_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level)
