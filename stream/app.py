@@ -158,12 +158,7 @@ class Segmenter:
             "dead_letters": len(dead),
             "records": len(writes),
         }
-        await retry_forever("Redis write", self.store.write_many, writes, counters)
-        await self._send_all(changes, samples, dead)
-        for customer_id, state in states.items():
-            self.table[customer_id] = state
-        for name, by in counters.items():
-            self.counters[name] += by
+        await self._commit(writes, changes, states, counters, samples, dead)
 
     def _score(
         self,
@@ -189,11 +184,28 @@ class Segmenter:
         every = self.settings.sample_every
         return after >= self.settings.min_events_for_sample and after // every > before // every
 
+    async def _commit(
+        self,
+        writes: list[RecordWrite],
+        changes: list[SegmentChange],
+        states: dict[str, bytes],
+        counters: dict[str, int],
+        samples: Sequence[bytes] = (),
+        dead: Sequence[tuple[bytes | None, bytes]] = (),
+    ) -> None:
+        """Apply a batch's effects in the one order that makes a crash safe (see handle)."""
+        await retry_forever("Redis write", self.store.write_many, writes, counters)
+        await self._send_all(changes, samples, dead)
+        for customer_id, state in states.items():
+            self.table[customer_id] = state
+        for name, by in counters.items():
+            self.counters[name] = self.counters.get(name, 0) + by
+
     async def _send_all(
         self,
         changes: list[SegmentChange],
-        samples: list[bytes],
-        dead: list[tuple[bytes | None, bytes]],
+        samples: Sequence[bytes],
+        dead: Sequence[tuple[bytes | None, bytes]],
     ) -> None:
         futures = []
         for change in changes:
@@ -267,10 +279,7 @@ class Segmenter:
                 states[customer_id] = orjson.dumps(profile.to_state())
         if not writes:
             return
-        await retry_forever("Redis write", self.store.write_many, writes, {"records": len(writes)})
-        await self._send_all(changes, [], [])
-        for customer_id, state in states.items():
-            self.table[customer_id] = state
+        await self._commit(writes, changes, states, {"records": len(writes)})
         log.info("first model: assigned %d customers seen before it", len(writes))
 
     def _owned_partitions(self) -> set[int]:

@@ -4,6 +4,9 @@ share broker or Redis state."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,6 +21,20 @@ from stream.settings import Settings
 from stream.store import SegmentClient
 
 pytestmark = pytest.mark.integration
+
+
+def run_cli(
+    settings: Settings, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `segmenter ARGS` as a user would, configured only by these settings."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        env={**clean, **settings.env()},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_until(

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import orjson
@@ -16,7 +13,7 @@ from stream.kafka import make_producer, read_topic
 from stream.producer import send_messages
 from stream.settings import Settings
 
-from .conftest import Workers, make_settings, wait_until
+from .conftest import Workers, make_settings, run_cli, wait_until
 from .oracle import expected_value_features
 
 pytestmark = pytest.mark.integration
@@ -162,16 +159,9 @@ def test_events_sent_again_change_nothing(run):
         assert again["events_applied"] == record["events_applied"]
 
 
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.env()}
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args], env=env, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_cli_get_and_export_print_the_records(run):
     cid = run.generator.customer_ids[0]
-    got = _cli(run.settings, "get", cid)
+    got = run_cli(run.settings, "get", cid)
     assert got.returncode == 0, got.stderr
     record = orjson.loads(got.stdout)
     for field in ("segment", "segment_label", "model_version", "event_ts", "features"):
@@ -181,10 +171,10 @@ def test_cli_get_and_export_print_the_records(run):
         == expected_value_features(run.messages)[cid]["orders_total"]
     )
 
-    missing = _cli(run.settings, "get", "nobody")
+    missing = run_cli(run.settings, "get", "nobody")
     assert missing.returncode == 1 and "no record" in missing.stderr
 
-    exported = _cli(run.settings, "export")
+    exported = run_cli(run.settings, "export")
     assert exported.returncode == 0, exported.stderr
     lines = [orjson.loads(line) for line in exported.stdout.splitlines()]
     assert {r["customer_id"] for r in lines} == set(run.generator.customer_ids)

@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
-import subprocess
-import sys
 
 import orjson
 import pytest
 
 from stream.generator import TrafficGenerator
 from stream.producer import read_events_file, send_messages
-from stream.settings import Settings
 from stream.store import AsyncSegmentClient, StoreUnavailable
 
-from .conftest import Workers, make_settings, wait_until
+from .conftest import Workers, make_settings, run_cli, wait_until
 from .oracle import expected_value_features
 
 pytestmark = pytest.mark.integration
-
-
-def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.env()}
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_produce_to_file_then_replay_jsonl_and_csv(stack, tmp_path):
@@ -39,7 +24,7 @@ def test_produce_to_file_then_replay_jsonl_and_csv(stack, tmp_path):
     try:
         workers.start(1)
         jsonl, truth = tmp_path / "events.jsonl", tmp_path / "truth.csv"
-        made = _cli(
+        made = run_cli(
             settings,
             "produce",
             "--events",
@@ -66,7 +51,7 @@ def test_produce_to_file_then_replay_jsonl_and_csv(stack, tmp_path):
             "o4,csv-b,1795000000000,-3,EUR\n"
         )
         for path in (jsonl, csv_path):
-            done = _cli(settings, "replay", str(path))
+            done = run_cli(settings, "replay", str(path))
             assert done.returncode == 0, done.stderr
         messages = list(read_events_file(jsonl)) + list(read_events_file(csv_path))[:3]
         expected = expected_value_features(messages)
@@ -87,7 +72,7 @@ def test_produce_to_file_then_replay_jsonl_and_csv(stack, tmp_path):
             assert record["features"]["last_seen_ts"] == features["last_seen_ts"]
         assert workers.client.get("csv-a")["features"]["orders_total"] == 2
 
-        missing = _cli(settings, "replay", str(tmp_path / "nope.jsonl"))
+        missing = run_cli(settings, "replay", str(tmp_path / "nope.jsonl"))
         assert missing.returncode == 2 and "no such file" in missing.stderr
     finally:
         workers.stop()
