@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow check bench clean install
+.PHONY: demo test test-slow check eval bench clean install
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow $(ARGS)
+
+## Segmentation quality on generator traffic with known personas, against the targets.
+eval: $(STAMP)
+	$(BIN)/segmenter eval $(ARGS)
 
 check: $(STAMP)
 	$(BIN)/ruff check models stream tests

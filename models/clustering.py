@@ -84,10 +84,12 @@ class ModelSnapshot:
 class ClusterTrainer:
     """Online k-means (River) over the fixed feature vector, seeded from data.
 
-    The first ``warmup`` samples are buffered; k-means++ picks the initial centres among them
-    and a few Lloyd passes settle them, so no centre starts dead in a random corner. From then
-    on River's incremental k-means moves the nearest centre a step of ``halflife`` toward each
-    sample. Only one trainer runs in a deployment, so every worker sees the same clusters.
+    The first ``warmup`` samples are buffered; the best of ten k-means++ starts (least
+    inertia) picks the initial centres among them and a few Lloyd passes settle them, so no
+    centre starts dead in a random corner. From then on River's incremental k-means moves the
+    nearest centre toward each sample by a step of 1/n (n: samples that centre has taken),
+    never less than ``halflife``. Only one trainer runs in a deployment, so every worker sees
+    the same clusters.
 
     >>> trainer = ClusterTrainer(n_clusters=2, warmup=6, features=("a",), seed=1)
     >>> for v in (0.0, 0.1, 0.05, 0.9, 1.0, 0.95):
@@ -140,8 +142,12 @@ class ClusterTrainer:
                 self._seed_from_buffer()
             return
         x = dict(zip(self.features, point, strict=True))
-        segment: int = self._model.learn_predict_one(x)  # type: ignore[no-untyped-call]
-        self._counts[segment] += 1
+        nearest: int = self._model.predict_one(x)  # type: ignore[no-untyped-call]
+        # MacQueen's step 1/n for a young centre, floored at `halflife` so that a settled
+        # centre still follows drift; a fixed step alone keeps centres wandering with noise.
+        self._model.halflife = max(self.halflife, 1.0 / (self._counts[nearest] + 1))
+        self._model.learn_one(x)  # type: ignore[no-untyped-call]
+        self._counts[nearest] += 1
 
     def snapshot(self) -> ModelSnapshot:
         """Freeze the current centres under a new version number."""
@@ -171,9 +177,25 @@ class ClusterTrainer:
         self._buffer.clear()
         self._ready = True
 
-    def _seed_from_buffer(self) -> None:
+    def _seed_from_buffer(self, n_init: int = 10) -> None:
+        # Several k-means++ starts, keeping the one with the least inertia (as batch k-means
+        # does): one unlucky start can put two centres in one group and none in another.
         rng = random.Random(self.seed)
-        points = self._buffer
+        best: tuple[float, list[list[float]], list[int]] | None = None
+        for _ in range(n_init):
+            centres, counts = self._lloyd(self._buffer, rng)
+            inertia = sum(min(_sq(p, c) for c in centres) for p in self._buffer)
+            if best is None or inertia < best[0]:
+                best = (inertia, centres, counts)
+        assert best is not None
+        self._set_centres(best[1])
+        self._counts = best[2]
+        self._buffer = []
+        self._ready = True
+
+    def _lloyd(
+        self, points: list[list[float]], rng: random.Random
+    ) -> tuple[list[list[float]], list[int]]:
         centres = [points[rng.randrange(len(points))]]
         while len(centres) < self.n_clusters:  # k-means++: far points are likelier seeds
             weights = [min(_sq(p, c) for c in centres) for p in points]
@@ -182,6 +204,7 @@ class ClusterTrainer:
                 centres.append(points[rng.randrange(len(points))])
                 continue
             centres.append(rng.choices(points, weights=weights)[0])
+        counts = [0] * len(centres)
         for _ in range(10):  # a few Lloyd passes over the buffer
             groups: list[list[list[float]]] = [[] for _ in centres]
             for p in points:
@@ -190,10 +213,8 @@ class ClusterTrainer:
                 [sum(col) / len(g) for col in zip(*g, strict=True)] if g else centres[i]
                 for i, g in enumerate(groups)
             ]
-            self._counts = [len(g) for g in groups]
-        self._set_centres(centres)
-        self._buffer = []
-        self._ready = True
+            counts = [len(g) for g in groups]
+        return centres, counts
 
     def _set_centres(self, centres: Sequence[Sequence[float]]) -> None:
         for i, centre in enumerate(centres):

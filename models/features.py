@@ -17,6 +17,7 @@ __all__ = [
     "STATE_VERSION",
     "CustomerProfile",
     "feature_vector",
+    "squash",
 ]
 
 STATE_VERSION = 1
@@ -39,6 +40,10 @@ FEATURE_VECTOR = (
     "mobile_share",
     "desktop_share",
     "tablet_share",
+    "price_level",
+    "night_share",
+    "morning_share",
+    "afternoon_share",
     "evening_share",
 )
 
@@ -342,7 +347,7 @@ def _share(counter: Mapping[str, float], keys: Iterable[str]) -> float:
     return sum(counter.get(k, 0.0) for k in keys) / total if total else 0.0
 
 
-def _squash(value: float, scale: float) -> float:
+def squash(value: float, scale: float) -> float:
     """Map [0, inf) onto [0, 1) with a fixed log scale, so the vector never needs refitting."""
     return min(1.0, math.log1p(max(0.0, value)) / math.log1p(scale))
 
@@ -358,14 +363,18 @@ def feature_vector(profile: CustomerProfile) -> dict[str, float]:
     sessions = max(profile.sessions, 1)
     at = profile.last_seen_ts or 0
     return {
-        "monetary": _squash(profile.order_value.get(), 1000.0),
-        "frequency": _squash(profile.frequency_decayed.value_at(at), 20.0),
+        "monetary": squash(profile.order_value.get(), 1000.0),
+        "frequency": squash(profile.frequency_decayed.value_at(at), 20.0),
         "conversion": min(1.0, profile.orders_total / sessions),
-        "browse_depth": _squash(views / sessions, 30.0),
+        "browse_depth": squash(views / sessions, 30.0),
         "search_share": profile.counts.get("search", 0) / clicks if clicks else 0.0,
         "cart_abandonment": profile._abandonment(),
         "mobile_share": _share(profile.devices, ("mobile",)),
         "desktop_share": _share(profile.devices, ("desktop",)),
         "tablet_share": _share(profile.devices, ("tablet",)),
+        "price_level": squash(profile.viewed_price.get(), 1000.0),
+        "night_share": _share(profile.dayparts, ("night",)),
+        "morning_share": _share(profile.dayparts, ("morning",)),
+        "afternoon_share": _share(profile.dayparts, ("afternoon",)),
         "evening_share": _share(profile.dayparts, ("evening",)),
     }

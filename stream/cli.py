@@ -233,6 +233,39 @@ def export(
     console.print(f"exported {n:,} records" + (f" to {out}" if out else ""))
 
 
+@app.command(name="eval")
+def evaluate_quality(
+    events: Annotated[int, typer.Option(help="generated events to run through the core")] = 100_000,
+    customers: Annotated[int, typer.Option(help="customers in the simulated population")] = 2000,
+    seed: Annotated[int, typer.Option(help="traffic seed")] = 7,
+) -> None:
+    """Segmentation quality against known personas, each figure beside its target.
+
+    Exits 1 if a target is missed."""
+    from stream.catalog import load_personas
+    from stream.evaluate import evaluate
+
+    settings = _settings()
+    with console.status("segmenting generated traffic...") as status:
+        result = evaluate(
+            settings,
+            load_personas(),
+            events,
+            customers,
+            seed,
+            on_progress=lambda n: status.update(f"segmenting generated traffic... {n:,} events"),
+        )
+    console.print(
+        f"{result.events:,} events, {result.customers:,} customers, {result.warm_customers:,} "
+        f"past warm-up (3+ sessions), {result.segments_used} segments used"
+    )
+    for figure, value, target, met in result.rows():
+        verdict = "met" if met else "[red]MISSED[/red]"
+        console.print(f"  {figure:<48} {value:>8}   target {target:<8} {verdict}")
+    if not all(row[3] for row in result.rows()):
+        raise typer.Exit(1)
+
+
 @app.command()
 def status() -> None:
     """Show counters, workers, the model version and segment sizes."""

@@ -64,10 +64,10 @@ class Settings(BaseSettings):
     # Model
     n_clusters: Annotated[int, Field(ge=2, le=64)] = Field(5, description="behavioral clusters")
     warmup_samples: Annotated[int, Field(ge=2)] = Field(
-        200, description="samples before first model"
+        1000, description="samples before first model"
     )
     learning_rate: Annotated[float, Field(gt=0, le=1)] = Field(
-        0.02, description="k-means step size"
+        0.03, description="smallest k-means step (young centres take 1/n)"
     )
     sample_every: Annotated[int, Field(ge=1)] = Field(
         5, description="send a customer's vector to the trainer every N applied events"

@@ -1,0 +1,207 @@
+"""Declarative rule segments: a small grammar over facts, compiled once, evaluated per event.
+
+A condition is one of
+
+- ``{"all": [cond, ...]}`` (and), ``{"any": [cond, ...]}`` (or), ``{"not": cond}``;
+- ``{FIELD: {OP: VALUE, ...}}``, several operators on one field meaning *and*; or the
+  shorthand ``{FIELD: VALUE}`` for ``eq``. Several fields in one mapping also mean *and*.
+
+``FIELD`` names a fact (``orders_total``, ``lifecycle``, ``traits.age``, ``device_share.mobile``).
+Operators: ``eq``, ``ne``, ``lt``, ``lte``, ``gt``, ``gte``, ``in``, ``not_in``, ``between``
+(``[low, high]``, inclusive), ``contains`` (a list fact holds the value), ``exists`` (bool).
+Evaluation never raises: a missing fact, or one of the wrong type, makes the comparison false
+(and ``ne`` / ``not_in`` true only when the fact exists).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["OPERATORS", "RuleError", "RuleSegment", "compile_condition", "evaluate_all"]
+
+Facts = Mapping[str, Any]
+Predicate = Callable[[Facts], bool]
+_MISSING = object()
+
+
+class RuleError(ValueError):
+    """A segment definition that cannot be compiled; the message names segment, line and problem."""
+
+    def __init__(self, segment: str, problem: str, line: int | None = None) -> None:
+        where = f" (line {line})" if line is not None else ""
+        super().__init__(f"segment {segment!r}{where}: {problem}")
+        self.segment, self.problem, self.line = segment, problem, line
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    return (_number(a) and _number(b)) or (isinstance(a, str) and isinstance(b, str))
+
+
+def _ordered(test: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def op(fact: Any, value: Any) -> bool:
+        return _comparable(fact, value) and test(fact, value)
+
+    return op
+
+
+def _between(fact: Any, bounds: Any) -> bool:
+    low, high = bounds
+    return _comparable(fact, low) and _comparable(fact, high) and bool(low <= fact <= high)
+
+
+def _contains(fact: Any, value: Any) -> bool:
+    return isinstance(fact, list | tuple | set | frozenset) and value in fact
+
+
+OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": lambda f, v: bool(f == v),
+    "ne": lambda f, v: bool(f != v),
+    "lt": _ordered(lambda f, v: f < v),
+    "lte": _ordered(lambda f, v: f <= v),
+    "gt": _ordered(lambda f, v: f > v),
+    "gte": _ordered(lambda f, v: f >= v),
+    "in": lambda f, v: f in v,
+    "not_in": lambda f, v: f not in v,
+    "between": _between,
+    "contains": _contains,
+}
+
+
+def _check_value(op: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid operand of ``op``, or None."""
+    if op in ("in", "not_in"):
+        if not isinstance(value, list) or not value:
+            return f"'{op}' needs a non-empty list, got {value!r}"
+        if any(isinstance(v, dict | list) for v in value):
+            return f"'{op}' needs a list of plain values"
+    elif op == "between":
+        if not (isinstance(value, list) and len(value) == 2 and all(_number(v) for v in value)):
+            return f"'between' needs [low, high] numbers, got {value!r}"
+        if value[0] > value[1]:
+            return f"'between' bounds are reversed: {value!r}"
+    elif op == "exists":
+        if not isinstance(value, bool):
+            return f"'exists' needs true or false, got {value!r}"
+    elif op in ("lt", "lte", "gt", "gte"):
+        if not (_number(value) or isinstance(value, str)):
+            return f"'{op}' needs a number or a string, got {value!r}"
+    elif isinstance(value, dict | list) and op != "contains":
+        return f"'{op}' needs a plain value, got {value!r}"
+    return None
+
+
+def compile_condition(
+    segment: str,
+    condition: Any,
+    line: int | None = None,
+    known: Callable[[str], bool] | None = None,
+) -> Predicate:
+    """Compile a condition tree into a predicate over facts, or raise :class:`RuleError`.
+
+    ``known`` tells whether a field name exists; unknown names are errors (typos, mostly).
+
+    >>> p = compile_condition("big", {"all": [{"orders_total": {"gte": 3}},
+    ...                                       {"country": {"in": ["DE", "AT"]}}]})
+    >>> p({"orders_total": 4, "country": "DE"}), p({"orders_total": 4}), p({})
+    (True, False, False)
+    """
+
+    def fail(problem: str) -> RuleError:
+        return RuleError(segment, problem, line)
+
+    def build(node: Any, path: str) -> Predicate:
+        if not isinstance(node, dict) or not node:
+            raise fail(f"{path}: a condition must be a non-empty mapping, got {node!r}")
+        parts: list[Predicate] = []
+        for key, value in node.items():
+            if key in ("all", "any"):
+                if not isinstance(value, list) or not value:
+                    raise fail(f"{path}.{key}: needs a non-empty list of conditions")
+                children = [build(child, f"{path}.{key}[{i}]") for i, child in enumerate(value)]
+                parts.append(_all(children) if key == "all" else _any(children))
+            elif key == "not":
+                parts.append(_not(build(value, f"{path}.not")))
+            elif not isinstance(key, str) or not key:
+                raise fail(f"{path}: field names must be strings, got {key!r}")
+            else:
+                if known is not None and not known(key):
+                    raise fail(f"{path}: unknown field {key!r}")
+                parts.append(_field(key, value, f"{path}.{key}"))
+        return parts[0] if len(parts) == 1 else _all(parts)
+
+    def _field(name: str, spec: Any, path: str) -> Predicate:
+        if not isinstance(spec, dict):
+            spec = {"eq": spec}
+        if not spec:
+            raise fail(f"{path}: no operator")
+        tests: list[Predicate] = []
+        for op, value in spec.items():
+            if op != "exists" and op not in OPERATORS:
+                raise fail(
+                    f"{path}: unknown operator {op!r} (use {', '.join([*OPERATORS, 'exists'])})"
+                )
+            problem = _check_value(op, value)
+            if problem:
+                raise fail(f"{path}: {problem}")
+            tests.append(_leaf(name, op, value))
+        return tests[0] if len(tests) == 1 else _all(tests)
+
+    return build(condition, "when")
+
+
+def _leaf(name: str, op: str, value: Any) -> Predicate:
+    if op == "exists":
+        return lambda facts: (facts.get(name, _MISSING) not in (_MISSING, None)) == value
+    test = OPERATORS[op]
+    frozen = frozenset(value) if op in ("in", "not_in") else value
+
+    def predicate(facts: Facts) -> bool:
+        fact = facts.get(name, _MISSING)
+        if fact is _MISSING or fact is None:
+            return False
+        try:
+            return test(fact, frozen)
+        except TypeError:  # an unhashable fact in `in`, say: not a match, never an error
+            return False
+
+    return predicate
+
+
+def _all(children: Sequence[Predicate]) -> Predicate:
+    return lambda facts: all(child(facts) for child in children)
+
+
+def _any(children: Sequence[Predicate]) -> Predicate:
+    return lambda facts: any(child(facts) for child in children)
+
+
+def _not(child: Predicate) -> Predicate:
+    return lambda facts: not child(facts)
+
+
+@dataclass(frozen=True)
+class RuleSegment:
+    """One named rule segment: a kind (value, behavioral, lifecycle, ...) and a predicate."""
+
+    name: str
+    kind: str
+    description: str
+    predicate: Predicate
+
+    def matches(self, facts: Facts) -> bool:
+        try:
+            return self.predicate(facts)
+        except Exception:  # noqa: BLE001 - a rule must never stop the stream; no match instead
+            return False
+
+
+def evaluate_all(segments: Sequence[RuleSegment], facts: Facts) -> list[str]:
+    """The names of every segment whose rule holds, in catalog order (many at once is normal)."""
+    return [s.name for s in segments if s.matches(facts)]
