@@ -153,6 +153,11 @@ class CustomerProfile:
     recent_ids: dict[str, list[str]] = field(default_factory=dict)
     positions: dict[str, int] = field(default_factory=dict)
     segment: int | None = None
+    # What was last published, so that changes (entered / exited) can be told apart.
+    rule_segments: list[str] = field(default_factory=list)
+    persona: str | None = None
+    lifecycle: str | None = None
+    partition: int | None = None  # the source partition of this customer's events
 
     def seen_position(self, log: str, position: int) -> bool:
         """Mark the message at ``position`` of source ``log`` applied; True if it already was.
@@ -297,6 +302,10 @@ class CustomerProfile:
             "ids": self.recent_ids,
             "pos": self.positions,
             "seg": self.segment,
+            "rs": self.rule_segments,
+            "pe": self.persona,
+            "lc": self.lifecycle,
+            "p": self.partition,
         }
 
     @classmethod
@@ -335,6 +344,10 @@ class CustomerProfile:
             recent_ids={k: list(v) for k, v in state["ids"].items()},
             positions=dict(state["pos"]),
             segment=state["seg"],
+            rule_segments=list(state.get("rs", [])),
+            persona=state.get("pe"),
+            lifecycle=state.get("lc"),
+            partition=state.get("p"),
         )
 
 

@@ -1,19 +1,44 @@
-"""Segment assignment of one customer, and the entered / exited changes between two of them."""
+"""Segment assignment of one customer (cluster, rules, persona, lifecycle) and its changes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from models.clustering import ModelSnapshot
+from models.facts import LifecyclePolicy, RfmCuts, customer_facts
 from models.features import CustomerProfile, feature_vector
+from models.personas import PersonaCatalog
+from models.rules import RuleSegment, evaluate_all
 
-__all__ = ["SegmentAssignment", "SegmentChange", "assign", "changes_between"]
+__all__ = ["SegmentAssignment", "SegmentCatalog", "SegmentChange", "assign", "changes_between"]
+
+_RECORD_FACTS = (
+    "lifecycle",
+    "rfm_score",
+    "value_tier",
+    "customer_value_estimate",
+    "region",
+    "age_band",
+    "top_category",
+    "days_since_last_purchase",
+)
+
+
+@dataclass(frozen=True)
+class SegmentCatalog:
+    """Everything besides the model that decides segments: rules, personas, lifecycle policy."""
+
+    rules: Sequence[RuleSegment] = ()
+    personas: PersonaCatalog | None = None
+    lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
+    rfm: RfmCuts = field(default_factory=RfmCuts)
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentAssignment:
-    """Where one customer stands now; ``segment`` is None until the first model is published."""
+    """Where one customer stands at event time ``now``; ``segment`` is None before any model."""
 
     customer_id: str
     segment: int | None
@@ -22,6 +47,13 @@ class SegmentAssignment:
     model_version: int | None
     event_ts: int
     applied: int
+    now: int = 0
+    rule_segments: tuple[str, ...] = ()
+    persona: str | None = None
+    persona_confidence: float | None = None
+    persona_reasons: tuple[str, ...] = ()
+    lifecycle: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def record(self, profile: CustomerProfile, updated_at_ms: int) -> dict[str, Any]:
         """The serving record: what `segmenter get` prints and Redis holds per customer."""
@@ -29,28 +61,37 @@ class SegmentAssignment:
             "customer_id": self.customer_id,
             "segment": self.segment,
             "segment_label": self.segment_label,
-            # Named personas and rule segments arrive with the persona catalog and rule engine.
-            "persona": None,
-            "rule_segments": [],
             "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "persona": self.persona,
+            "persona_confidence": self.persona_confidence,
+            "persona_reasons": list(self.persona_reasons),
+            "rule_segments": list(self.rule_segments),
+            "lifecycle": self.lifecycle,
             "model_version": self.model_version,
             "event_ts": self.event_ts,
+            "evaluated_at": self.now,
             "updated_at": updated_at_ms,
             "events_applied": self.applied,
             "features": {**profile.value_features(), **profile.behavior()},
+            "facts": {k: self.facts.get(k) for k in _RECORD_FACTS},
             "traits": profile.traits,
         }
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentChange:
-    """A customer entered or exited a segment; the wire shape is DESIGN.md's `segment-changes`."""
+    """A customer entered or exited a segment; the wire shape is DESIGN.md's `segment-changes`.
+
+    ``segment`` is ``cluster:<id>``, ``rule:<name>`` or ``persona:<name>``. ``previous`` and
+    ``current`` are the cluster ids for a cluster, the persona names for a persona, and
+    membership (false / true) for a rule segment.
+    """
 
     customer_id: str
     segment: str
     change: str
-    previous: int | None
-    current: int | None
+    previous: Any
+    current: Any
     event_ts: int
     reason: str
     model_version: int | None
@@ -68,62 +109,110 @@ class SegmentChange:
         }
 
 
-def assign(profile: CustomerProfile, model: ModelSnapshot | None) -> SegmentAssignment:
-    """Score a profile with the newest snapshot (or leave it unassigned while there is none)."""
+def assign(
+    profile: CustomerProfile,
+    model: ModelSnapshot | None,
+    catalog: SegmentCatalog | None = None,
+    now: int | None = None,
+) -> SegmentAssignment:
+    """Score a profile at event time ``now`` (default: the customer's newest event).
+
+    >>> p = CustomerProfile("c", last_seen_ts=0, first_seen_ts=0)
+    >>> a = assign(p, None, SegmentCatalog())
+    >>> a.segment, a.lifecycle
+    (None, 'new')
+    """
+    catalog = catalog or SegmentCatalog()
     event_ts = profile.last_seen_ts or 0
-    if model is None:
-        return SegmentAssignment(
-            profile.customer_id, None, None, None, None, event_ts, profile.applied
-        )
-    segment, _, confidence = model.predict(feature_vector(profile))
+    at = max(event_ts, now or 0)
+    facts = customer_facts(profile, at, catalog.lifecycle, catalog.rfm)
+    x = feature_vector(profile)
+    segment = label = confidence = version = None
+    if model is not None:
+        segment, _, confidence = model.predict(x)
+        label, version = model.describe(segment), model.version
+        facts["cluster"] = segment
+    persona = catalog.personas.match(x) if catalog.personas else None
+    if persona is not None:
+        facts["persona"] = persona.name
     return SegmentAssignment(
         customer_id=profile.customer_id,
         segment=segment,
-        segment_label=model.describe(segment),
+        segment_label=label,
         confidence=confidence,
-        model_version=model.version,
+        model_version=version,
         event_ts=event_ts,
         applied=profile.applied,
+        now=at,
+        rule_segments=tuple(evaluate_all(catalog.rules, facts)),
+        persona=persona.name if persona else None,
+        persona_confidence=persona.confidence if persona else None,
+        persona_reasons=persona.reasons if persona else (),
+        lifecycle=facts["lifecycle"],
+        facts=facts,
     )
 
 
-def changes_between(previous: int | None, now: SegmentAssignment) -> list[SegmentChange]:
-    """The exited / entered pair for a behavioral-cluster move (exit first, for ordered consumers).
+def changes_between(
+    before: CustomerProfile, now: SegmentAssignment, trigger: str = "event"
+) -> list[SegmentChange]:
+    """Every segment the customer left or joined, exits before entries, in a stable order.
 
+    ``before`` holds what was last published (segment, rule segments, persona); ``trigger``
+    says what caused the evaluation: ``event`` or ``watermark`` (time alone).
+
+    >>> p = CustomerProfile("c", segment=1)
     >>> now = SegmentAssignment("c", 2, "x", 0.9, 7, 100, 5)
-    >>> [c.change for c in changes_between(1, now)]
-    ['exited', 'entered']
-    >>> changes_between(2, now)
-    []
+    >>> [(c.segment, c.change) for c in changes_between(p, now)]
+    [('cluster:1', 'exited'), ('cluster:2', 'entered')]
     """
-    if previous == now.segment:
-        return []
-    reason = "first assignment" if previous is None else "behavior moved nearer another centre"
-    out = []
-    if previous is not None:
+    out: list[SegmentChange] = []
+
+    def emit(segment: str, change: str, previous: Any, current: Any, reason: str) -> None:
         out.append(
             SegmentChange(
                 now.customer_id,
-                f"cluster:{previous}",
-                "exited",
+                segment,
+                change,
                 previous,
-                now.segment,
+                current,
                 now.event_ts,
                 reason,
                 now.model_version,
             )
         )
-    if now.segment is not None:
-        out.append(
-            SegmentChange(
-                now.customer_id,
-                f"cluster:{now.segment}",
-                "entered",
-                previous,
-                now.segment,
-                now.event_ts,
-                reason,
-                now.model_version,
-            )
+
+    when = "as event time passed a threshold" if trigger == "watermark" else "on a new event"
+    if before.segment != now.segment:
+        reason = (
+            "first assignment" if before.segment is None else "behavior moved nearer another centre"
         )
+        if before.segment is not None:
+            emit(f"cluster:{before.segment}", "exited", before.segment, now.segment, reason)
+    old_rules, new_rules = set(before.rule_segments), set(now.rule_segments)
+    for name in sorted(old_rules - new_rules):
+        emit(f"rule:{name}", "exited", True, False, f"rule no longer holds {when}")
+    if before.persona != now.persona and before.persona is not None:
+        emit(
+            f"persona:{before.persona}",
+            "exited",
+            before.persona,
+            now.persona,
+            "another persona is nearer",
+        )
+    if before.segment != now.segment and now.segment is not None:
+        emit(f"cluster:{now.segment}", "entered", before.segment, now.segment, reason)
+    for name in sorted(new_rules - old_rules):
+        emit(f"rule:{name}", "entered", False, True, f"rule holds {when}")
+    if before.persona != now.persona and now.persona is not None:
+        reason = "first persona" if before.persona is None else "nearest persona changed"
+        emit(f"persona:{now.persona}", "entered", before.persona, now.persona, reason)
     return out
+
+
+def remember(profile: CustomerProfile, now: SegmentAssignment) -> None:
+    """Record on the profile what was published, for the next comparison."""
+    profile.segment = now.segment
+    profile.rule_segments = list(now.rule_segments)
+    profile.persona = now.persona
+    profile.lifecycle = now.lifecycle

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,8 +17,11 @@ from faust.types import EventT
 
 from models.clustering import ClusterTrainer, ModelSnapshot
 from models.events import DecodeError, Event, decode_message
+from models.facts import LifecyclePolicy
 from models.features import CustomerProfile, feature_vector
-from models.segments import SegmentChange, assign, changes_between
+from models.schedule import DueSchedule
+from models.segments import SegmentCatalog, SegmentChange, assign, changes_between, remember
+from stream.catalog import load_personas, load_segments
 from stream.settings import Settings
 from stream.store import RecordWrite, RedisSegmentStore, retry_forever
 
@@ -51,7 +55,9 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
 class Segmenter:
     """Everything one worker process does; the agents below only hand it batches."""
 
-    def __init__(self, settings: Settings, app: faust.App, store: RedisSegmentStore) -> None:
+    def __init__(
+        self, settings: Settings, app: faust.App, store: RedisSegmentStore, catalog: SegmentCatalog
+    ) -> None:
         self.settings = settings
         self.app = app
         self.store = store
@@ -83,11 +89,23 @@ class Segmenter:
             key_serializer="raw",
             partitions=1,
         )
+        self.catalog = catalog
+        self.watermark = 0  # the newest event time this worker has applied
+        self.due = DueSchedule()
+        self._scheduled_for: set[int] = set()
         self.model: ModelSnapshot | None = None
         self.trainer: ClusterTrainer | None = None
         self.trainer_dirty = False
+        self.trainer_lock = threading.Lock()
         self.lock = asyncio.Lock()
-        self.counters = {"events": 0, "messages": 0, "dead_letters": 0, "records": 0, "changes": 0}
+        self.counters = {
+            "events": 0,
+            "messages": 0,
+            "dead_letters": 0,
+            "records": 0,
+            "changes": 0,
+            "expired": 0,
+        }
 
     # -- the segmenting agent -----------------------------------------------------------------
 
@@ -147,6 +165,8 @@ class Segmenter:
                         profile.apply(e)
             if profile.applied == before:
                 continue  # every message was a redelivery or every event a duplicate
+            profile.partition = self.table.partition_of[customer_id]
+            self.watermark = max(self.watermark, profile.last_seen_ts or 0)
             self._score(profile, now_ms, writes, changes)
             if self._wants_sample(before, profile.applied):
                 samples.append(orjson.dumps(feature_vector(profile)))
@@ -159,6 +179,7 @@ class Segmenter:
             "records": len(writes),
         }
         await self._commit(writes, changes, states, counters, samples, dead)
+        await self._expire_due()
 
     def _score(
         self,
@@ -166,10 +187,19 @@ class Segmenter:
         now_ms: int,
         writes: list[RecordWrite],
         changes: list[SegmentChange],
-    ) -> None:
-        assignment = assign(profile, self.model)
-        changes.extend(changes_between(profile.segment, assignment))
-        profile.segment = assignment.segment
+        at: int | None = None,
+        trigger: str = "event",
+    ) -> bool:
+        """Assign, collect changes and the record write; True if any segment changed."""
+        assignment = assign(profile, self.model, self.catalog, at)
+        found = changes_between(profile, assignment, trigger)
+        changes.extend(found)
+        remember(profile, assignment)
+        self.due.set(
+            profile.customer_id, self.catalog.lifecycle.next_change(profile, assignment.now)
+        )
+        if trigger != "event" and not found:
+            return False
         writes.append(
             RecordWrite(
                 profile.customer_id,
@@ -179,6 +209,51 @@ class Segmenter:
                 {**assignment.record(profile, now_ms), "worker_id": self.settings.worker_id},
             )
         )
+        return bool(found)
+
+    async def _expire_due(self) -> None:
+        """Re-evaluate customers whose lifecycle stage came due as the watermark moved.
+
+        Event time only: with no new events, the watermark stands still and nothing expires,
+        so a replay of a log ends in the same segments as the live stream did.
+        """
+        owned = self._owned_partitions()
+        if owned != self._scheduled_for:
+            self._reschedule(owned)
+        due = self.due.pop_due(self.watermark)
+        if not due:
+            return
+        writes: list[RecordWrite] = []
+        changes: list[SegmentChange] = []
+        states: dict[str, bytes] = {}
+        now_ms = int(time.time() * 1000)
+        for customer_id in due:
+            raw = self.table.get(customer_id)
+            if not raw:
+                continue
+            profile = CustomerProfile.from_state(orjson.loads(raw))
+            if profile.partition not in owned:
+                continue
+            if self._score(profile, now_ms, writes, changes, self.watermark, "watermark"):
+                states[customer_id] = orjson.dumps(profile.to_state())
+        if writes:
+            await self._commit(
+                writes, changes, states, {"records": len(writes), "expired": len(writes)}
+            )
+
+    def _reschedule(self, owned: set[int]) -> None:
+        """After a rebalance, schedule the customers of the partitions this worker now owns."""
+        self.due.clear()
+        for customer_id, raw in self.table.items():
+            state = orjson.loads(raw)
+            partition = state.get("p")
+            if partition in owned:
+                self.table.partition_of[customer_id] = partition
+                profile = CustomerProfile.from_state(state)
+                at = max(self.watermark, profile.last_seen_ts or 0)
+                self.due.set(customer_id, self.catalog.lifecycle.next_change(profile, at))
+        self._scheduled_for = set(owned)
+        log.info("lifecycle schedule: %d customers on partitions %s", len(self.due), sorted(owned))
 
     def _wants_sample(self, before: int, after: int) -> bool:
         every = self.settings.sample_every
@@ -275,7 +350,7 @@ class Segmenter:
                 continue
             profile = CustomerProfile.from_state(orjson.loads(raw))
             if profile.segment is None:
-                self._score(profile, now_ms, writes, changes)
+                self._score(profile, now_ms, writes, changes, self.watermark)
                 states[customer_id] = orjson.dumps(profile.to_state())
         if not writes:
             return
@@ -299,16 +374,24 @@ class Segmenter:
                 self.trainer.restore(ModelSnapshot.from_dict(data))
                 log.info("trainer restored model version %s", self.trainer.version)
         was_ready = self.trainer.ready
-        for raw in batch:
-            self.trainer.learn_one(orjson.loads(raw))
+        # In a thread: seeding (ten k-means++ starts) takes seconds of pure Python, and the
+        # event loop must keep serving heartbeats and events meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self._learn, batch)
         self.trainer_dirty = True
         if self.trainer.ready and not was_ready:
             await self.publish_model()  # the first model goes out at once
 
+    def _learn(self, batch: Sequence[bytes]) -> None:
+        assert self.trainer is not None
+        with self.trainer_lock:
+            for raw in batch:
+                self.trainer.learn_one(orjson.loads(raw))
+
     async def publish_model(self) -> None:
         if self.trainer is None or not self.trainer.ready or not self.trainer_dirty:
             return
-        snapshot = self.trainer.snapshot().to_dict()
+        with self.trainer_lock:
+            snapshot = self.trainer.snapshot().to_dict()
         await self.store.publish_model(snapshot)
         await self.snapshots.send(value=orjson.dumps(snapshot))
         self.trainer_dirty = False
@@ -318,6 +401,8 @@ class Segmenter:
             "worker_id": self.settings.worker_id,
             "partitions": sorted(self._owned_partitions()),
             "model_version": self.model.version if self.model else None,
+            "watermark": self.watermark,
+            "scheduled": len(self.due),
             "trainer": self.trainer is not None,
             "at": int(time.time() * 1000),
             **self.counters,
@@ -345,7 +430,16 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
     store = RedisSegmentStore(
         settings.redis_url.get_secret_value(), settings.redis_prefix, settings.record_ttl_seconds
     )
-    segmenter = Segmenter(settings, app, store)
+    catalog = SegmentCatalog(
+        rules=load_segments(settings.segments_file),
+        personas=load_personas(settings.personas_file),
+        lifecycle=LifecyclePolicy(
+            settings.lifecycle_new_days,
+            settings.lifecycle_at_risk_days,
+            settings.lifecycle_lapsed_days,
+        ),
+    )
+    segmenter = Segmenter(settings, app, store, catalog)
     source = app.topic(*settings.input_topics, value_serializer="raw", key_serializer="raw")
 
     @app.agent(source, name="segment")

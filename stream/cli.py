@@ -300,11 +300,12 @@ def topics() -> None:
 
 
 def main() -> None:
+    from stream.catalog import CatalogError
     from stream.kafka import BrokerUnavailable
     from stream.store import StoreUnavailable
 
     try:
         app()
-    except (BrokerUnavailable, StoreUnavailable) as exc:
+    except (BrokerUnavailable, StoreUnavailable, CatalogError) as exc:
         console.print(f"[red]error[/red]: {exc}")
         sys.exit(2)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import socket
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.events import DecodeLimits
@@ -83,6 +84,19 @@ class Settings(BaseSettings):
     )
     seed: int = 42
 
+    # Segments
+    segments_file: Path | None = Field(None, description="rule segments YAML; empty: built-in")
+    personas_file: Path | None = Field(None, description="persona catalog YAML; empty: built-in")
+    lifecycle_new_days: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="days a customer is new"
+    )
+    lifecycle_at_risk_days: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="days without a purchase (a visit, for non-buyers) before at-risk"
+    )
+    lifecycle_lapsed_days: Annotated[float, Field(gt=0)] = Field(
+        180.0, description="... before lapsed"
+    )
+
     # Redis layout
     redis_prefix: str = Field("seg:", description="prefix of every Redis key")
     record_ttl_seconds: Annotated[int, Field(ge=0)] = Field(
@@ -93,6 +107,12 @@ class Settings(BaseSettings):
     max_message_bytes: Annotated[int, Field(ge=64)] = 1_000_000
     max_events_per_message: Annotated[int, Field(ge=1)] = 1_000
     max_id_length: Annotated[int, Field(ge=8)] = 256
+
+    @model_validator(mode="after")
+    def _lifecycle_in_order(self) -> Settings:
+        if not self.lifecycle_at_risk_days < self.lifecycle_lapsed_days:
+            raise ValueError("lifecycle_at_risk_days must be less than lifecycle_lapsed_days")
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -119,9 +139,9 @@ class Settings(BaseSettings):
         """These settings as SEGMENTER_* variables, to hand to a child process."""
         out = {}
         for name in type(self).model_fields:
-            if name == "worker_id":  # each process names itself
-                continue
             value = getattr(self, name)
+            if name == "worker_id" or value is None:  # each process names itself
+                continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             out[f"SEGMENTER_{name.upper()}"] = str(value)

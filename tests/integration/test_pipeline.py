@@ -121,8 +121,6 @@ def test_malformed_messages_land_in_dead_letters_with_bytes_position_and_reason(
 
 def test_segment_changes_announce_entries_in_the_design_shape(run):
     changes = [v for _, v in read_topic(run.settings, run.settings.topic("segment-changes"))]
-    entered = {c["customer_id"] for c in changes if c["change"] == "entered"}
-    assert entered == set(run.generator.customer_ids)
     keys = {
         "customer_id",
         "segment",
@@ -134,9 +132,36 @@ def test_segment_changes_announce_entries_in_the_design_shape(run):
         "model_version",
     }
     assert all(set(c) == keys for c in changes)
+    by_kind: dict[str, list[dict]] = {}
     for c in changes:
-        if c["change"] == "exited":
-            assert c["previous"] is not None and c["segment"] == f"cluster:{c['previous']}"
+        by_kind.setdefault(c["segment"].split(":", 1)[0], []).append(c)
+    assert set(by_kind) == {"cluster", "rule", "persona"}  # every kind of segment announces
+    for kind in ("cluster", "persona"):
+        entered = {c["customer_id"] for c in by_kind[kind] if c["change"] == "entered"}
+        assert entered == set(run.generator.customer_ids), kind
+    for c in by_kind["cluster"]:
+        held = c["previous"] if c["change"] == "exited" else c["current"]
+        assert c["segment"] == f"cluster:{held}"
+    for c in by_kind["rule"]:
+        assert (c["previous"], c["current"]) == (
+            (False, True) if c["change"] == "entered" else (True, False)
+        )
+    for c in by_kind["persona"]:
+        held = c["previous"] if c["change"] == "exited" else c["current"]
+        assert c["segment"] == f"persona:{held}"
+    # Per customer, what was entered and not exited since is what the record holds now.
+    held: dict[str, set[str]] = {}
+    for c in changes:
+        (
+            held.setdefault(c["customer_id"], set()).add
+            if c["change"] == "entered"
+            else held.setdefault(c["customer_id"], set()).discard
+        )(c["segment"])
+    for cid in run.generator.customer_ids[:50]:
+        record = run.workers.client.get(cid)
+        expected = {f"cluster:{record['segment']}", f"persona:{record['persona']}"}
+        expected |= {f"rule:{name}" for name in record["rule_segments"]}
+        assert held[cid] == expected, cid
 
 
 def test_events_sent_again_change_nothing(run):

@@ -3,6 +3,7 @@ import random
 import pytest
 
 from models.clustering import ClusterTrainer, ModelSnapshot
+from models.features import CustomerProfile
 from models.segments import SegmentAssignment, changes_between
 
 FEATURES = ("a", "b")
@@ -71,9 +72,9 @@ def test_confidence_is_high_on_a_centre_and_half_between_two():
 
 def test_changes_between_assignments():
     now = SegmentAssignment("c", 2, "x", 0.9, 7, 100, 5)
-    first = changes_between(None, now)
+    first = changes_between(CustomerProfile("c"), now)
     assert [(c.segment, c.change) for c in first] == [("cluster:2", "entered")]
-    moved = changes_between(1, now)
+    moved = changes_between(CustomerProfile("c", segment=1), now)
     assert [c.to_dict()["change"] for c in moved] == ["exited", "entered"]
     assert moved[0].to_dict() == {
         "customer_id": "c",

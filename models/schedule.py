@@ -1,0 +1,50 @@
+"""When each customer's lifecycle stage is next due to change, in event time."""
+
+from __future__ import annotations
+
+import heapq
+
+__all__ = ["DueSchedule"]
+
+
+class DueSchedule:
+    """A min-heap of (due time, key) where only each key's latest due time counts.
+
+    >>> s = DueSchedule()
+    >>> s.set("a", 50); s.set("b", 20); s.set("a", 10)
+    >>> s.pop_due(15), s.pop_due(30), s.pop_due(100), len(s)
+    (['a'], ['b'], [], 0)
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str]] = []
+        self._due: dict[str, int] = {}
+
+    def set(self, key: str, due: int | None) -> None:
+        if due is None:
+            self._due.pop(key, None)
+            return
+        if self._due.get(key) == due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._heap, (due, key))
+
+    def pop_due(self, watermark: int) -> list[str]:
+        """Keys whose due time is at or before ``watermark``, earliest first; each leaves."""
+        out = []
+        while self._heap and self._heap[0][0] <= watermark:
+            due, key = heapq.heappop(self._heap)
+            if self._due.get(key) == due:  # stale entries of rescheduled keys are skipped
+                del self._due[key]
+                out.append(key)
+        if len(self._heap) > 4 * len(self._due) + 1024:  # drop stale entries now and then
+            self._heap = [(d, k) for k, d in self._due.items()]
+            heapq.heapify(self._heap)
+        return out
+
+    def clear(self) -> None:
+        self._heap.clear()
+        self._due.clear()
+
+    def __len__(self) -> int:
+        return len(self._due)
