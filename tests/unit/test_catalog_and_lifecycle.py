@@ -35,7 +35,8 @@ def test_built_in_catalogs_load_and_cover_every_kind():
             "segment 'vip' (line 2): when: unknown field 'ordrs_total'",
         ),
         (
-            "segments:\n  a:\n    when: {orders_total: 1}\n  b:\n    kind: astrology\n    when: {orders_total: 1}\n",
+            "segments:\n  a:\n    when: {orders_total: 1}\n"
+            "  b:\n    kind: astrology\n    when: {orders_total: 1}\n",
             "segment 'b' (line 4): kind 'astrology' is not one of",
         ),
         ("segments:\n  a:\n    kind: value\n", "segment 'a' (line 2): needs a 'when:' condition"),
