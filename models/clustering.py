@@ -35,6 +35,7 @@ class ModelSnapshot:
     counts: tuple[int, ...]
     river_version: str = _package_version("river")
     trained_samples: int = 0
+    rfm_cuts: dict[str, list[float]] | None = None  # population RFM quintiles, if known
 
     def predict(self, x: Mapping[str, float]) -> tuple[int, float, float]:
         """Return ``(segment_id, distance, confidence)`` for one feature dict.
@@ -65,6 +66,7 @@ class ModelSnapshot:
             "centres": [list(c) for c in self.centres],
             "counts": list(self.counts),
             "trained_samples": self.trained_samples,
+            "rfm_cuts": self.rfm_cuts,
         }
 
     @classmethod
@@ -78,6 +80,7 @@ class ModelSnapshot:
             counts=tuple(int(n) for n in data["counts"]),
             river_version=str(data["river_version"]),
             trained_samples=int(data.get("trained_samples", 0)),
+            rfm_cuts=data.get("rfm_cuts"),
         )
 
 

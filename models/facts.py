@@ -7,12 +7,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from river import stats
+
 from models.features import DAY_MS, CustomerProfile
 
 __all__ = [
     "LIFECYCLE_STAGES",
     "STATIC_FACTS",
     "LifecyclePolicy",
+    "PopulationQuantiles",
     "RfmCuts",
     "customer_facts",
     "is_known_fact",
@@ -136,6 +139,47 @@ class RfmCuts:
     @classmethod
     def from_dict(cls, data: Mapping[str, Sequence[float]]) -> RfmCuts:
         return cls(tuple(data["recency"]), tuple(data["frequency"]), tuple(data["monetary"]))
+
+
+class PopulationQuantiles:
+    """Online quintile cut points of buyers' recency, frequency and monetary value (River).
+
+    Kept by the one trainer, so every worker scores RFM against the same population; the
+    cut points travel in the model snapshot as plain numbers.
+
+    >>> pop = PopulationQuantiles(min_samples=5)
+    >>> for i in range(1, 101):
+    ...     pop.update(float(i), i / 10, 10.0 * i)
+    >>> cuts = pop.cuts()
+    >>> [round(c) for c in cuts.recency], cuts.scores(5.0, 9.5, 990.0)
+    ([20, 40, 60, 80], (5, 5, 5))
+    """
+
+    QUANTILES = (0.2, 0.4, 0.6, 0.8)
+
+    def __init__(self, min_samples: int = 100) -> None:
+        self.min_samples = min_samples
+        self._n = 0
+        self._stats = {
+            name: [stats.Quantile(q) for q in self.QUANTILES]
+            for name in ("recency", "frequency", "monetary")
+        }
+
+    def update(self, recency: float, frequency: float, monetary: float) -> None:
+        self._n += 1
+        for name, value in (("recency", recency), ("frequency", frequency), ("monetary", monetary)):
+            for quantile in self._stats[name]:
+                quantile.update(value)
+
+    def cuts(self) -> RfmCuts | None:
+        """The cut points, or None until ``min_samples`` buyers have been seen."""
+        if self._n < self.min_samples:
+            return None
+
+        def points(name: str) -> tuple[float, ...]:
+            return tuple(round(float(q.get() or 0.0), 4) for q in self._stats[name])
+
+        return RfmCuts(points("recency"), points("frequency"), points("monetary"))
 
 
 _TIERS = {5: "platinum", 4: "gold", 3: "silver"}

@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import faust
@@ -17,7 +18,7 @@ from faust.types import EventT
 
 from models.clustering import ClusterTrainer, ModelSnapshot
 from models.events import DecodeError, Event, decode_message
-from models.facts import LifecyclePolicy
+from models.facts import LifecyclePolicy, PopulationQuantiles, RfmCuts, rfm_values
 from models.features import CustomerProfile, feature_vector
 from models.schedule import DueSchedule
 from models.segments import SegmentCatalog, SegmentChange, assign, changes_between, remember
@@ -97,6 +98,7 @@ class Segmenter:
         self.trainer: ClusterTrainer | None = None
         self.trainer_dirty = False
         self.trainer_lock = threading.Lock()
+        self.population = PopulationQuantiles()
         self.lock = asyncio.Lock()
         self.counters = {
             "events": 0,
@@ -169,7 +171,7 @@ class Segmenter:
             self.watermark = max(self.watermark, profile.last_seen_ts or 0)
             self._score(profile, now_ms, writes, changes)
             if self._wants_sample(before, profile.applied):
-                samples.append(orjson.dumps(feature_vector(profile)))
+                samples.append(self._sample(profile))
             states[customer_id] = orjson.dumps(profile.to_state())
 
         counters = {
@@ -255,6 +257,11 @@ class Segmenter:
         self._scheduled_for = set(owned)
         log.info("lifecycle schedule: %d customers on partitions %s", len(self.due), sorted(owned))
 
+    def _sample(self, profile: CustomerProfile) -> bytes:
+        """A training sample: the feature vector and, for a buyer, raw RFM for the quantiles."""
+        rfm = rfm_values(profile, profile.last_seen_ts or 0) if profile.orders_total else None
+        return orjson.dumps({"x": feature_vector(profile), "rfm": rfm})
+
     def _wants_sample(self, before: int, after: int) -> bool:
         every = self.settings.sample_every
         return after >= self.settings.min_events_for_sample and after // every > before // every
@@ -331,6 +338,8 @@ class Segmenter:
             return
         first = self.model is None
         self.model = ModelSnapshot.from_dict(data)
+        if self.model.rfm_cuts:
+            self.catalog = replace(self.catalog, rfm=RfmCuts.from_dict(self.model.rfm_cuts))
         log.info(
             "model version %s loaded (%s samples)", self.model.version, self.model.trained_samples
         )
@@ -385,13 +394,21 @@ class Segmenter:
         assert self.trainer is not None
         with self.trainer_lock:
             for raw in batch:
-                self.trainer.learn_one(orjson.loads(raw))
+                sample = orjson.loads(raw)
+                self.trainer.learn_one(sample["x"])
+                if sample.get("rfm"):
+                    self.population.update(*sample["rfm"])
 
     async def publish_model(self) -> None:
         if self.trainer is None or not self.trainer.ready or not self.trainer_dirty:
             return
         with self.trainer_lock:
             snapshot = self.trainer.snapshot().to_dict()
+            cuts = self.population.cuts()
+            if cuts is not None:
+                snapshot["rfm_cuts"] = cuts.to_dict()
+            elif self.model is not None and self.model.rfm_cuts:
+                snapshot["rfm_cuts"] = self.model.rfm_cuts  # keep the last until enough data
         await self.store.publish_model(snapshot)
         await self.snapshots.send(value=orjson.dumps(snapshot))
         self.trainer_dirty = False

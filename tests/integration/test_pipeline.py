@@ -98,6 +98,12 @@ def test_every_customer_is_assigned_a_segment_from_a_published_model(run):
     records = list(run.workers.client.iter_records())
     model = run.workers.client.model()
     assert model is not None and model["version"] >= 1
+    # The trainer's population quintiles of buyers' RFM travel with the snapshot.
+    cuts = wait_until(
+        lambda: (run.workers.client.model() or {}).get("rfm_cuts"), 30, "RFM cut points"
+    )
+    for name in ("recency", "frequency", "monetary"):
+        assert len(cuts[name]) == 4 and cuts[name] == sorted(cuts[name]), (name, cuts[name])
     assert {r["model_version"] for r in records} <= set(range(1, model["version"] + 1))
     assert all(0.5 <= r["confidence"] <= 1.0 and r["segment_label"] for r in records)
     sizes = run.workers.client.sizes()
