@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as _package_version
@@ -13,7 +15,7 @@ from river import cluster
 
 from models.features import FEATURE_VECTOR
 
-__all__ = ["SNAPSHOT_SCHEMA", "ClusterTrainer", "ModelSnapshot", "describe_centre"]
+__all__ = ["SNAPSHOT_SCHEMA", "ClusterTrainer", "ModelSnapshot", "describe_centre", "match_ids"]
 
 SNAPSHOT_SCHEMA = 1
 
@@ -111,6 +113,9 @@ class ClusterTrainer:
         warmup: int = 200,
         seed: int = 42,
         features: Sequence[str] = FEATURE_VECTOR,
+        min_share: float = 0.02,
+        window: int = 2000,
+        check_every: int = 500,
     ) -> None:
         if n_clusters < 1:
             raise ValueError("n_clusters must be at least 1")
@@ -121,6 +126,11 @@ class ClusterTrainer:
         self.warmup = warmup
         self.seed = seed
         self.features = tuple(features)
+        self.min_share = min_share
+        self.window = window
+        self.check_every = check_every
+        self.refits = 0
+        self._recent: deque[list[float]] = deque(maxlen=window)
         self._model = cluster.KMeans(n_clusters=n_clusters, halflife=halflife, seed=seed)
         self._buffer: list[list[float]] = []
         self._counts = [0] * n_clusters
@@ -139,6 +149,7 @@ class ClusterTrainer:
     def learn_one(self, x: Mapping[str, float]) -> None:
         point = [float(x.get(name, 0.0)) for name in self.features]
         self._samples += 1
+        self._recent.append(point)
         if not self._ready:
             self._buffer.append(point)
             if len(self._buffer) >= self.warmup:
@@ -151,6 +162,42 @@ class ClusterTrainer:
         self._model.halflife = max(self.halflife, 1.0 / (self._counts[nearest] + 1))
         self._model.learn_one(x)  # type: ignore[no-untyped-call]
         self._counts[nearest] += 1
+        if self.min_share > 0 and self._samples % self.check_every == 0:
+            self._guard_small_segments()
+
+    def shares(self) -> list[float]:
+        """Each segment's share of the recent samples."""
+        centres = self._centres()
+        counts = [0] * self.n_clusters
+        for p in self._recent:
+            counts[min(range(self.n_clusters), key=lambda i: _sq(p, centres[i]))] += 1
+        total = max(1, len(self._recent))
+        return [n / total for n in counts]
+
+    def _guard_small_segments(self) -> None:
+        """Re-fit when a segment holds less than ``min_share`` of recent customers.
+
+        A segment that small is usually a centre stranded by drift or an over-split group. The
+        re-fit runs k-means on the recent window and maps the new centres onto the old ids,
+        so customers keep their segment id; it is kept only if it fixes the small segment.
+        """
+        if len(self._recent) < self.window // 2 or min(self.shares()) >= self.min_share:
+            return
+        old = self._centres()
+        rng = random.Random(self.seed + self._samples)
+        centres, counts = self._best_of(list(self._recent), rng)
+        if min(counts) / max(1, sum(counts)) < self.min_share:
+            return  # the data itself has a small group: keep the model as it is
+        order = match_ids(old, centres)
+        self._set_centres([centres[order.index(i)] for i in range(self.n_clusters)])
+        self._counts = [counts[order.index(i)] for i in range(self.n_clusters)]
+        self.refits += 1
+
+    def _centres(self) -> list[list[float]]:
+        return [
+            [float(self._model.centers[i][f]) for f in self.features]
+            for i in range(self.n_clusters)
+        ]
 
     def snapshot(self) -> ModelSnapshot:
         """Freeze the current centres under a new version number."""
@@ -183,18 +230,23 @@ class ClusterTrainer:
     def _seed_from_buffer(self, n_init: int = 10) -> None:
         # Several k-means++ starts, keeping the one with the least inertia (as batch k-means
         # does): one unlucky start can put two centres in one group and none in another.
-        rng = random.Random(self.seed)
+        centres, counts = self._best_of(self._buffer, random.Random(self.seed), n_init)
+        self._set_centres(centres)
+        self._counts = counts
+        self._buffer = []
+        self._ready = True
+
+    def _best_of(
+        self, points: list[list[float]], rng: random.Random, n_init: int = 10
+    ) -> tuple[list[list[float]], list[int]]:
         best: tuple[float, list[list[float]], list[int]] | None = None
         for _ in range(n_init):
-            centres, counts = self._lloyd(self._buffer, rng)
-            inertia = sum(min(_sq(p, c) for c in centres) for p in self._buffer)
+            centres, counts = self._lloyd(points, rng)
+            inertia = sum(min(_sq(p, c) for c in centres) for p in points)
             if best is None or inertia < best[0]:
                 best = (inertia, centres, counts)
         assert best is not None
-        self._set_centres(best[1])
-        self._counts = best[2]
-        self._buffer = []
-        self._ready = True
+        return best[1], best[2]
 
     def _lloyd(
         self, points: list[list[float]], rng: random.Random
@@ -223,6 +275,33 @@ class ClusterTrainer:
         for i, centre in enumerate(centres):
             self._model.centers[i].clear()
             self._model.centers[i].update(zip(self.features, centre, strict=True))
+
+
+def match_ids(old: Sequence[Sequence[float]], new: Sequence[Sequence[float]]) -> list[int]:
+    """For each new centre, the old id it takes: the assignment of least total distance.
+
+    Exact (all permutations) up to 8 centres, greedy nearest pairs beyond.
+
+    >>> match_ids([[0.0], [1.0], [2.0]], [[2.1], [-0.1], [0.9]])
+    [2, 0, 1]
+    """
+    k = len(old)
+    if len(new) != k:
+        raise ValueError("old and new must have as many centres")
+    if k <= 8:
+        best = min(
+            itertools.permutations(range(k)),
+            key=lambda perm: sum(_sq(new[j], old[perm[j]]) for j in range(k)),
+        )
+        return list(best)
+    pairs = sorted((_sq(n, o), j, i) for j, n in enumerate(new) for i, o in enumerate(old))
+    taken_new: dict[int, int] = {}
+    taken_old: set[int] = set()
+    for _, j, i in pairs:
+        if j not in taken_new and i not in taken_old:
+            taken_new[j] = i
+            taken_old.add(i)
+    return [taken_new[j] for j in range(k)]
 
 
 def _sq(a: Sequence[float], b: Sequence[float]) -> float:

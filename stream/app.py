@@ -377,6 +377,7 @@ class Segmenter:
                 halflife=self.settings.learning_rate,
                 warmup=self.settings.warmup_samples,
                 seed=self.settings.seed,
+                min_share=self.settings.min_segment_share,
             )
             data = await self.store.get_json("model")
             if data:

@@ -73,6 +73,7 @@ def evaluate(
         halflife=settings.learning_rate,
         warmup=settings.warmup_samples,
         seed=settings.seed,
+        min_share=settings.min_segment_share,
     )
     profiles: dict[str, CustomerProfile] = {}
     snapshot: ModelSnapshot | None = None

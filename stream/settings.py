@@ -83,6 +83,9 @@ class Settings(BaseSettings):
         0.5, description="seconds between workers' model checks"
     )
     seed: int = 42
+    min_segment_share: Annotated[float, Field(ge=0, lt=0.5)] = Field(
+        0.02, description="re-fit when a cluster holds less than this share of recent samples"
+    )
 
     # Segments
     segments_file: Path | None = Field(None, description="rule segments YAML; empty: built-in")

@@ -86,3 +86,28 @@ def test_changes_between_assignments():
         "reason": "behavior moved nearer another centre",
         "model_version": 7,
     }
+
+
+def test_a_stranded_centre_is_refitted_and_the_others_keep_their_ids():
+    t = ClusterTrainer(
+        n_clusters=3, warmup=60, features=FEATURES, min_share=0.1, window=300, check_every=100
+    )
+    # Centre 2 is stranded far from every blob; centres 0 and 1 sit on blobs 0 and 1.
+    t.restore(ModelSnapshot(1, FEATURES, ((0.1, 0.1), (0.9, 0.1), (5.0, 5.0)), (1, 1, 1)))
+    for _, x in blob_stream(600, seed=4):
+        t.learn_one(x)
+    assert t.refits >= 1
+    snap = t.snapshot()
+    assert min(t.shares()) >= 0.1
+    assert snap.predict({"a": 0.1, "b": 0.1})[0] == 0  # ids stayed with their groups
+    assert snap.predict({"a": 0.9, "b": 0.1})[0] == 1
+    assert snap.predict({"a": 0.5, "b": 0.9})[0] == 2  # the stranded id now holds blob 2
+
+
+def test_a_genuinely_small_group_does_not_cause_endless_refits():
+    t = ClusterTrainer(
+        n_clusters=3, warmup=60, features=FEATURES, min_share=0.2, window=300, check_every=100
+    )
+    for _, x in blob_stream(900, seed=5):  # three equal blobs: each about a third
+        t.learn_one(x)
+    assert t.refits == 0
