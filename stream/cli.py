@@ -233,6 +233,68 @@ def export(
     console.print(f"exported {n:,} records" + (f" to {out}" if out else ""))
 
 
+@app.command()
+def segments(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Every segment with its size and description: clusters, personas and rule segments."""
+    from collections import Counter
+
+    from rich.table import Table
+
+    from models.clustering import ModelSnapshot
+    from stream.catalog import load_personas, load_segments
+    from stream.store import SegmentClient
+
+    settings = _settings()
+    client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    personas: Counter[str] = Counter()
+    rules: Counter[str] = Counter()
+    total = 0
+    for record in client.iter_records():  # one pass over the records for personas and rules
+        total += 1
+        if record.get("persona"):
+            personas[record["persona"]] += 1
+        rules.update(record.get("rule_segments", []))
+    model = client.model()
+    snapshot = ModelSnapshot.from_dict(model) if model else None
+    sizes = client.sizes()
+    rows = []
+    for seg, n in sorted(sizes.items()):
+        index = None if seg == "-" else int(seg)
+        label = snapshot.describe(index) if snapshot and index is not None else "no model yet"
+        share = n / total if total else 0.0
+        note = (
+            "below minimum size" if index is not None and share < settings.min_segment_share else ""
+        )
+        rows.append(
+            ("cluster", "unassigned" if index is None else f"cluster:{seg}", n, share, label, note)
+        )
+    for persona in load_personas(settings.personas_file).personas:
+        n = personas.get(persona.name, 0)
+        rows.append(
+            ("persona", persona.name, n, n / total if total else 0.0, persona.description, "")
+        )
+    for rule in load_segments(settings.segments_file):
+        n = rules.get(rule.name, 0)
+        rows.append((rule.kind, rule.name, n, n / total if total else 0.0, rule.description, ""))
+    if as_json:
+        keys = ("kind", "segment", "customers", "share", "description", "note")
+        out = {
+            "customers": total,
+            "model_version": snapshot.version if snapshot else None,
+            "segments": [dict(zip(keys, row, strict=True)) for row in rows],
+        }
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title=f"{total:,} customers, model v{snapshot.version if snapshot else '-'}")
+    for column in ("kind", "segment", "customers", "share", "description", ""):
+        table.add_column(column, justify="right" if column in ("customers", "share") else "left")
+    for kind, name, n, share, description, note in rows:
+        table.add_row(kind, name, f"{n:,}", f"{share:.1%}", description, f"[yellow]{note}[/yellow]")
+    Console().print(table)
+
+
 @app.command(name="eval")
 def evaluate_quality(
     events: Annotated[int, typer.Option(help="generated events to run through the core")] = 100_000,

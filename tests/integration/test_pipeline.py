@@ -210,3 +210,26 @@ def test_cli_get_and_export_print_the_records(run):
     lines = [orjson.loads(line) for line in exported.stdout.splitlines()]
     assert {r["customer_id"] for r in lines} == set(run.generator.customer_ids)
     assert all("revenue_total" in r["features"] and "event_ts" in r for r in lines)
+
+
+def test_segments_report_lists_every_segment_with_sizes_that_add_up(run):
+    wait_until(
+        lambda: all(r["segment"] is not None for r in run.workers.client.iter_records()),
+        30,
+        "every customer to have a segment",
+    )
+    done = run_cli(run.settings, "segments", "--json")
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads(done.stdout)
+    assert report["customers"] == CUSTOMERS and report["model_version"] >= 1
+    by_kind: dict[str, list[dict]] = {}
+    for row in report["segments"]:
+        by_kind.setdefault(row["kind"], []).append(row)
+    assert sum(r["customers"] for r in by_kind["cluster"]) == CUSTOMERS
+    assert all(r["description"] for r in by_kind["cluster"])
+    assert sum(r["customers"] for r in by_kind["persona"]) == CUSTOMERS
+    assert "Executive Ella" in {r["segment"] for r in by_kind["persona"]}
+    lifecycle = sum(r["customers"] for r in by_kind["lifecycle"])
+    assert lifecycle == CUSTOMERS  # every customer is in exactly one lifecycle stage
+    table = run_cli(run.settings, "segments")
+    assert table.returncode == 0 and "cluster:" in table.stdout and "vip" in table.stdout
