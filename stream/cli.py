@@ -323,7 +323,7 @@ def evaluate_quality(
     )
     for figure, value, target, met in result.rows():
         verdict = "met" if met else "[red]MISSED[/red]"
-        console.print(f"  {figure:<48} {value:>8}   target {target:<8} {verdict}")
+        console.print(f"  {figure:<48} {value:>16}   target {target:<8} {verdict}")
     if not all(row[3] for row in result.rows()):
         raise typer.Exit(1)
 

@@ -6,6 +6,7 @@ trainer and its snapshots) in-process, so quality is measured without broker tim
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,9 +14,11 @@ import orjson
 
 from models.clustering import ClusterTrainer, ModelSnapshot
 from models.events import decode_message
-from models.features import CustomerProfile, feature_vector
+from models.facts import LifecyclePolicy
+from models.features import DAY_MS, CustomerProfile, feature_vector
 from models.metrics import adjusted_rand_index
 from models.personas import PersonaCatalog
+from models.schedule import DueSchedule
 from stream.generator import TrafficGenerator
 from stream.settings import Settings
 
@@ -31,6 +34,8 @@ class EvalResult:
     id_changes: float  # share of warm customers whose segment changes as the model learns
     warm_customers: int
     segments_used: int
+    lifecycle_exits: int = 0
+    lifecycle_on_time: float = 1.0  # share of stage changes made on the first advance past due
 
     def rows(self) -> list[tuple[str, str, str, bool]]:
         """(figure, value, target, met) for printing."""
@@ -52,6 +57,12 @@ class EvalResult:
                 f"{self.id_changes:.2%}",
                 "< 1%",
                 self.id_changes < 0.01,
+            ),
+            (
+                "lifecycle exits on the first advance past due",
+                f"{self.lifecycle_on_time:.1%} of {self.lifecycle_exits:,}",
+                "100%",
+                self.lifecycle_exits > 0 and self.lifecycle_on_time == 1.0,
             ),
         ]
 
@@ -119,6 +130,7 @@ def evaluate(
     clusters = [final.predict(feature_vector(p))[0] for p in warm.values()]
     personas = [catalog.match(feature_vector(p)).name for p in warm.values()]
     changed = sum(1 for x in half_vectors.values() if half.predict(x)[0] != final.predict(x)[0])
+    exits, on_time = _lifecycle_exits(profiles, generator.rng)
     return EvalResult(
         events=seen,
         customers=len(profiles),
@@ -127,4 +139,38 @@ def evaluate(
         id_changes=changed / len(half_vectors) if half_vectors else 0.0,
         warm_customers=len(warm),
         segments_used=len(set(clusters)),
+        lifecycle_exits=exits,
+        lifecycle_on_time=on_time,
     )
+
+
+def _lifecycle_exits(profiles: dict[str, CustomerProfile], rng: random.Random) -> tuple[int, float]:
+    """Advance the watermark past the traffic in random steps, as idle time would, and count
+    stage changes made on the first advance past their due time (the worker's mechanism:
+    the same schedule and policy). A change of stage the schedule did not flag is a miss."""
+    policy = LifecyclePolicy()
+    watermark = max(p.last_seen_ts or 0 for p in profiles.values())
+    schedule = DueSchedule()
+    stages: dict[str, str] = {}
+    due: dict[str, int | None] = {}
+    for cid, p in profiles.items():
+        stages[cid] = policy.stage(p, watermark)
+        due[cid] = policy.next_change(p, watermark)
+        schedule.set(cid, due[cid])
+    exits = on_time = 0
+    end = watermark + 200 * DAY_MS
+    while watermark < end:
+        previous, watermark = watermark, watermark + rng.randrange(DAY_MS // 4, 3 * DAY_MS)
+        popped = set(schedule.pop_due(watermark))
+        for cid, p in profiles.items():
+            stage = policy.stage(p, watermark)
+            if stage == stages[cid] and cid not in popped:
+                continue
+            if stage != stages[cid]:
+                exits += 1
+                d = due[cid]
+                on_time += cid in popped and d is not None and previous < d <= watermark
+                stages[cid] = stage
+            due[cid] = policy.next_change(p, watermark)
+            schedule.set(cid, due[cid])
+    return exits, on_time / exits if exits else 0.0
