@@ -280,6 +280,11 @@ class Segmenter:
         await self._send_all(changes, samples, dead)
         for customer_id, state in states.items():
             self.table[customer_id] = state
+        # The table's changelog writes are only queued by Faust. Acknowledging the batch before
+        # they reach the broker loses events when a rebalance recovers the table from its
+        # changelog (the input offsets are committed, the state is not): flush them first.
+        if states:
+            await self.app.producer.flush()
         for name, by in counters.items():
             self.counters[name] = self.counters.get(name, 0) + by
 
