@@ -51,7 +51,7 @@ def _demo(*args: str) -> subprocess.Popen[str]:
 
 def test_demo_runs_for_n_seconds_processes_everything_and_prints_a_summary():
     # 2,000 ev/s (the default rate) reaches the model's 1,000-sample warm-up within seconds.
-    proc = _demo("--seconds", "30", "--rate", "2000", "--customers", "300")
+    proc = _demo("--seconds", "40", "--rate", "2000", "--customers", "300")
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-3000:]
     match = re.search(r"sent ([\d,]+) events, processed ([\d,]+)", err)
