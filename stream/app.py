@@ -8,7 +8,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -223,25 +223,43 @@ class Segmenter:
         if owned != self._scheduled_for:
             self._reschedule(owned)
         due = self.due.pop_due(self.watermark)
-        if not due:
-            return
+        if due:
+            await self._rescore(due, owned, "watermark", counter="expired")
+
+    async def _rescore(
+        self,
+        customer_ids: Iterable[str],
+        owned: set[int],
+        trigger: str,
+        counter: str | None = None,
+        only: Callable[[CustomerProfile], bool] | None = None,
+    ) -> int:
+        """Score stored customers of owned partitions at the watermark, outside their events.
+
+        A customer's state is saved whenever a record write came of it (``_score`` skips the
+        write for a time-driven evaluation that changed nothing). Returns the writes made.
+        """
         writes: list[RecordWrite] = []
         changes: list[SegmentChange] = []
         states: dict[str, bytes] = {}
         now_ms = int(time.time() * 1000)
-        for customer_id in due:
+        for customer_id in customer_ids:
             raw = self.table.get(customer_id)
             if not raw:
                 continue
             profile = CustomerProfile.from_state(orjson.loads(raw))
-            if profile.partition not in owned:
+            if profile.partition not in owned or (only is not None and not only(profile)):
                 continue
-            if self._score(profile, now_ms, writes, changes, self.watermark, "watermark"):
+            before = len(writes)
+            self._score(profile, now_ms, writes, changes, self.watermark, trigger)
+            if len(writes) > before:
                 states[customer_id] = orjson.dumps(profile.to_state())
         if writes:
-            await self._commit(
-                writes, changes, states, {"records": len(writes), "expired": len(writes)}
-            )
+            counters = {"records": len(writes)}
+            if counter:
+                counters[counter] = len(writes)
+            await self._commit(writes, changes, states, counters)
+        return len(writes)
 
     def _reschedule(self, owned: set[int]) -> None:
         """After a rebalance, schedule the customers of the partitions this worker now owns."""
@@ -353,23 +371,14 @@ class Segmenter:
                 await self._score_unassigned()
 
     async def _score_unassigned(self) -> None:
-        owned = self._owned_partitions()
-        writes: list[RecordWrite] = []
-        changes: list[SegmentChange] = []
-        states: dict[str, bytes] = {}
-        now_ms = int(time.time() * 1000)
-        for customer_id, partition in list(self.table.partition_of.items()):
-            raw = self.table.get(customer_id) if partition in owned else None
-            if not raw:
-                continue
-            profile = CustomerProfile.from_state(orjson.loads(raw))
-            if profile.segment is None:
-                self._score(profile, now_ms, writes, changes, self.watermark)
-                states[customer_id] = orjson.dumps(profile.to_state())
-        if not writes:
-            return
-        await self._commit(writes, changes, states, {"records": len(writes)})
-        log.info("first model: assigned %d customers seen before it", len(writes))
+        assigned = await self._rescore(
+            list(self.table.partition_of),
+            self._owned_partitions(),
+            "event",
+            only=lambda profile: profile.segment is None,
+        )
+        if assigned:
+            log.info("first model: assigned %d customers seen before it", assigned)
 
     def _owned_partitions(self) -> set[int]:
         topic = self.settings.topic(self.settings.clickstream_topic)
