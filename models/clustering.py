@@ -56,6 +56,11 @@ class ModelSnapshot:
         confidence = 1.0 if d1 + d2 == 0 or math.isinf(d2) else d2 / (d1 + d2)
         return best, d1, confidence
 
+    def distance(self, x: Mapping[str, float], segment: int) -> float:
+        """Euclidean distance from ``x`` to the centre of ``segment``."""
+        point = [x.get(name, 0.0) for name in self.features]
+        return math.dist(point, self.centres[segment])
+
     def describe(self, segment: int) -> str:
         return describe_centre(dict(zip(self.features, self.centres[segment], strict=True)))
 

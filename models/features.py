@@ -157,6 +157,9 @@ class CustomerProfile:
     rule_segments: list[str] = field(default_factory=list)
     persona: str | None = None
     lifecycle: str | None = None
+    # Event time at which the published cluster and persona were entered (for minimum dwell).
+    segment_since: int = 0
+    persona_since: int = 0
     partition: int | None = None  # the source partition of this customer's events
 
     def seen_position(self, log: str, position: int) -> bool:
@@ -305,6 +308,7 @@ class CustomerProfile:
             "rs": self.rule_segments,
             "pe": self.persona,
             "lc": self.lifecycle,
+            "since": [self.segment_since, self.persona_since],
             "p": self.partition,
         }
 
@@ -347,6 +351,8 @@ class CustomerProfile:
             rule_segments=list(state.get("rs", [])),
             persona=state.get("pe"),
             lifecycle=state.get("lc"),
+            segment_since=state.get("since", [0, 0])[0],
+            persona_since=state.get("since", [0, 0])[1],
             partition=state.get("p"),
         )
 

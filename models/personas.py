@@ -76,18 +76,34 @@ class PersonaCatalog:
             raise ValueError("persona names must be unique")
         self.personas = tuple(personas)
         self._vectors = [p.vector() for p in personas]
+        self._index = {p.name: i for i, p in enumerate(personas)}
         n = len(personas)
         self._mean = {f: sum(v[f] for v in self._vectors) / n for f in FEATURE_VECTOR}
 
-    def match(self, x: Mapping[str, float]) -> PersonaMatch:
+    def match(
+        self, x: Mapping[str, float], current: str | None = None, hysteresis: float = 0.0
+    ) -> PersonaMatch:
+        """The nearest persona; ``current`` is kept unless another is nearer by ``hysteresis``.
+
+        Confidence is ``d_other / (d_self + d_other)`` against the nearest other persona: below
+        0.5 when a kept ``current`` persona is no longer the nearest.
+        """
         distances = [
             math.sqrt(sum((x.get(f, 0.0) - v[f]) ** 2 for f in FEATURE_VECTOR))
             for v in self._vectors
         ]
         order = sorted(range(len(distances)), key=distances.__getitem__)
         best = order[0]
+        kept = self._index.get(current) if current is not None else None
+        if (
+            kept is not None
+            and kept != best
+            and distances[best] > distances[kept] * (1.0 - hysteresis)
+        ):
+            best = kept
         d1 = distances[best]
-        d2 = distances[order[1]] if len(order) > 1 else math.inf
+        others = [distances[i] for i in order if i != best]
+        d2 = others[0] if others else math.inf
         confidence = 1.0 if d1 + d2 == 0 or math.isinf(d2) else d2 / (d1 + d2)
         return PersonaMatch(self.personas[best].name, round(confidence, 4), self._reasons(x, best))
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,14 @@ from models.features import CustomerProfile, feature_vector
 from models.personas import PersonaCatalog
 from models.rules import RuleSegment, evaluate_all
 
-__all__ = ["SegmentAssignment", "SegmentCatalog", "SegmentChange", "assign", "changes_between"]
+__all__ = [
+    "SegmentAssignment",
+    "SegmentCatalog",
+    "SegmentChange",
+    "Stability",
+    "assign",
+    "changes_between",
+]
 
 _RECORD_FACTS = (
     "lifecycle",
@@ -27,6 +35,27 @@ _RECORD_FACTS = (
 
 
 @dataclass(frozen=True)
+class Stability:
+    """What keeps a customer near a boundary from flapping between clusters or personas.
+
+    ``hysteresis``: another centre (persona) must be nearer than the current one by this
+    fraction of the current distance before the customer moves. ``min_dwell_ms``: event time a
+    customer stays in a cluster or persona once entered, whatever their behavior does. Rule
+    segments have neither: a rule is exact, and a customer who bought must leave "cart
+    abandoners" at once.
+    """
+
+    hysteresis: float = 0.1
+    min_dwell_ms: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.hysteresis < 1.0:
+            raise ValueError("hysteresis must be in [0, 1)")
+        if self.min_dwell_ms < 0:
+            raise ValueError("min_dwell_ms must not be negative")
+
+
+@dataclass(frozen=True)
 class SegmentCatalog:
     """Everything besides the model that decides segments: rules, personas, lifecycle policy."""
 
@@ -34,6 +63,7 @@ class SegmentCatalog:
     personas: PersonaCatalog | None = None
     lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
     rfm: RfmCuts = field(default_factory=RfmCuts)
+    stability: Stability = field(default_factory=Stability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +84,18 @@ class SegmentAssignment:
     persona_reasons: tuple[str, ...] = ()
     lifecycle: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+
+    def members(self) -> tuple[str, ...]:
+        """Every segment this customer is in, named as in ``segment-changes``.
+
+        >>> SegmentAssignment("c", 2, None, None, 1, 0, 1, rule_segments=("vip",)).members()
+        ('cluster:2', 'rule:vip')
+        """
+        out = [] if self.segment is None else [f"cluster:{self.segment}"]
+        out += [f"rule:{name}" for name in self.rule_segments]
+        if self.persona is not None:
+            out.append(f"persona:{self.persona}")
+        return tuple(out)
 
     def record(self, profile: CustomerProfile, updated_at_ms: int) -> dict[str, Any]:
         """The serving record: what `segmenter get` prints and Redis holds per customer."""
@@ -84,7 +126,9 @@ class SegmentChange:
 
     ``segment`` is ``cluster:<id>``, ``rule:<name>`` or ``persona:<name>``. ``previous`` and
     ``current`` are the cluster ids for a cluster, the persona names for a persona, and
-    membership (false / true) for a rule segment.
+    membership (false / true) for a rule segment. ``change_id`` is the same every time the
+    same change is computed (a redelivered batch recomputes it): an idempotency key for the
+    systems that act on it.
     """
 
     customer_id: str
@@ -95,9 +139,24 @@ class SegmentChange:
     event_ts: int
     reason: str
     model_version: int | None
+    applied: int = 0
+    evaluated_at: int = 0
+
+    @property
+    def change_id(self) -> str:
+        """A deterministic id of this change.
+
+        >>> SegmentChange("c", "rule:vip", "entered", False, True, 5, "r", 1, 9, 5).change_id
+        '28062bd860d33bcb520b6048'
+        """
+        key = "|".join(
+            (self.customer_id, self.segment, self.change, str(self.applied), str(self.evaluated_at))
+        )
+        return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "change_id": self.change_id,
             "customer_id": self.customer_id,
             "segment": self.segment,
             "change": self.change,
@@ -106,7 +165,24 @@ class SegmentChange:
             "event_ts": self.event_ts,
             "reason": self.reason,
             "model_version": self.model_version,
+            "events_applied": self.applied,
+            "evaluated_at": self.evaluated_at,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SegmentChange:
+        return cls(
+            data["customer_id"],
+            data["segment"],
+            data["change"],
+            data.get("previous"),
+            data.get("current"),
+            int(data["event_ts"]),
+            data.get("reason", ""),
+            data.get("model_version"),
+            int(data.get("events_applied", 0)),
+            int(data.get("evaluated_at", 0)),
+        )
 
 
 def assign(
@@ -114,8 +190,11 @@ def assign(
     model: ModelSnapshot | None,
     catalog: SegmentCatalog | None = None,
     now: int | None = None,
+    x: Mapping[str, float] | None = None,
 ) -> SegmentAssignment:
     """Score a profile at event time ``now`` (default: the customer's newest event).
+
+    ``x`` is the profile's feature vector when the caller has it already.
 
     >>> p = CustomerProfile("c", last_seen_ts=0, first_seen_ts=0)
     >>> a = assign(p, None, SegmentCatalog())
@@ -126,13 +205,25 @@ def assign(
     event_ts = profile.last_seen_ts or 0
     at = max(event_ts, now or 0)
     facts = customer_facts(profile, at, catalog.lifecycle, catalog.rfm)
-    x = feature_vector(profile)
+    if x is None:
+        x = feature_vector(profile)
     segment = label = confidence = version = None
+    stability = catalog.stability
     if model is not None:
-        segment, _, confidence = model.predict(x)
+        segment, distance, confidence = model.predict(x)
+        current = profile.segment
+        if current is not None and current != segment and 0 <= current < len(model.centres):
+            held = at - profile.segment_since < stability.min_dwell_ms
+            d_current = model.distance(x, current)
+            if held or distance > d_current * (1.0 - stability.hysteresis):
+                segment = current
+                confidence = distance / (d_current + distance) if d_current + distance else 1.0
         label, version = model.describe(segment), model.version
         facts["cluster"] = segment
-    persona = catalog.personas.match(x) if catalog.personas else None
+    persona = None
+    if catalog.personas:
+        held = at - profile.persona_since < stability.min_dwell_ms
+        persona = catalog.personas.match(x, profile.persona, 1.0 if held else stability.hysteresis)
     if persona is not None:
         facts["persona"] = persona.name
     return SegmentAssignment(
@@ -179,6 +270,8 @@ def changes_between(
                 now.event_ts,
                 reason,
                 now.model_version,
+                now.applied,
+                now.now,
             )
         )
 
@@ -212,6 +305,10 @@ def changes_between(
 
 def remember(profile: CustomerProfile, now: SegmentAssignment) -> None:
     """Record on the profile what was published, for the next comparison."""
+    if now.segment != profile.segment:
+        profile.segment_since = now.now
+    if now.persona != profile.persona:
+        profile.persona_since = now.now
     profile.segment = now.segment
     profile.rule_segments = list(now.rule_segments)
     profile.persona = now.persona

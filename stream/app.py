@@ -17,12 +17,21 @@ import orjson
 from faust.types import EventT
 
 from models.clustering import ClusterTrainer, ModelSnapshot
+from models.drift import DriftAlert, DriftMonitor
 from models.events import DecodeError, Event, decode_message
 from models.facts import LifecyclePolicy, PopulationQuantiles, RfmCuts, rfm_values
 from models.features import CustomerProfile, feature_vector
 from models.schedule import DueSchedule
-from models.segments import SegmentCatalog, SegmentChange, assign, changes_between, remember
+from models.segments import (
+    SegmentCatalog,
+    SegmentChange,
+    Stability,
+    assign,
+    changes_between,
+    remember,
+)
 from stream.catalog import load_personas, load_segments
+from stream.metrics import WorkerMetrics
 from stream.settings import Settings
 from stream.store import RecordWrite, RedisSegmentStore, retry_forever
 
@@ -90,6 +99,12 @@ class Segmenter:
             key_serializer="raw",
             partitions=1,
         )
+        self.stats_topic = app.topic(
+            settings.topic(settings.stats_topic), value_serializer="raw", key_serializer="raw"
+        )
+        self.drift_topic = app.topic(
+            settings.topic(settings.drift_topic), value_serializer="raw", key_serializer="raw"
+        )
         self.catalog = catalog
         self.watermark = 0  # the newest event time this worker has applied
         self.due = DueSchedule()
@@ -99,6 +114,15 @@ class Segmenter:
         self.trainer_dirty = False
         self.trainer_lock = threading.Lock()
         self.population = PopulationQuantiles()
+        self.drift = DriftMonitor(
+            delta=settings.drift_delta,
+            min_effect=settings.drift_min_effect,
+            centre_threshold=settings.drift_centre_threshold,
+        )
+        self.pending_alerts: list[DriftAlert] = []
+        self.drift_ts = 0  # newest event time the drift monitor has seen
+        self.metrics = WorkerMetrics()
+        self.offsets: dict[tuple[str, int], int] = {}  # newest offset handled per partition
         self.lock = asyncio.Lock()
         self.counters = {
             "events": 0,
@@ -118,8 +142,17 @@ class Segmenter:
         means the messages are redelivered and every effect is redone idempotently; a crash
         after it means the event ids are in the dedupe window and nothing is applied twice.
         """
+        started = time.perf_counter()
         async with self.lock:
             await self._handle(batch)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        now = time.time()
+        for event in batch:
+            message = event.message
+            self.metrics.messages.labels(message.topic).inc()
+            self.metrics.event_delay.observe(max(0.0, now - message.timestamp))
+            key = (message.topic, message.partition)
+            self.offsets[key] = max(self.offsets.get(key, -1), message.offset)
 
     async def _handle(self, batch: Sequence[EventT[Any]]) -> None:
         limits = self.settings.limits
@@ -142,6 +175,7 @@ class Segmenter:
                 dead.append((message.key, self._dead_letter(message, value, exc.reason)))
                 continue
             customer_id = decoded[0].customer_id
+            self.metrics.events.labels(message.topic).inc(len(decoded))
             position = f"{message.topic}/{message.partition}"
             per_customer.setdefault(customer_id, []).append((position, message.offset, decoded))
             self.table.partition_of[customer_id] = message.partition
@@ -209,6 +243,7 @@ class Segmenter:
                 assignment.applied,
                 assignment.segment,
                 {**assignment.record(profile, now_ms), "worker_id": self.settings.worker_id},
+                assignment.members(),
             )
         )
         return bool(found)
@@ -278,7 +313,7 @@ class Segmenter:
     def _sample(self, profile: CustomerProfile) -> bytes:
         """A training sample: the feature vector and, for a buyer, raw RFM for the quantiles."""
         rfm = rfm_values(profile, profile.last_seen_ts or 0) if profile.orders_total else None
-        return orjson.dumps({"x": feature_vector(profile), "rfm": rfm})
+        return orjson.dumps({"x": feature_vector(profile), "rfm": rfm, "ts": profile.last_seen_ts})
 
     def _wants_sample(self, before: int, after: int) -> bool:
         every = self.settings.sample_every
@@ -326,6 +361,10 @@ class Segmenter:
         if futures:
             await asyncio.gather(*futures)  # delivered before the table write and the ack
         self.counters["changes"] += len(changes)
+        for change in changes:
+            self.metrics.changes.labels(change.change).inc()
+        if dead:
+            self.metrics.dead_letters.inc(len(dead))
 
     def _dead_letter(self, message: Any, value: bytes | None, reason: str) -> bytes:
         log.warning(
@@ -361,6 +400,7 @@ class Segmenter:
             return
         first = self.model is None
         self.model = ModelSnapshot.from_dict(data)
+        self.metrics.model_version.set(self.model.version)
         if self.model.rfm_cuts:
             self.catalog = replace(self.catalog, rfm=RfmCuts.from_dict(self.model.rfm_cuts))
         log.info(
@@ -404,15 +444,48 @@ class Segmenter:
         self.trainer_dirty = True
         if self.trainer.ready and not was_ready:
             await self.publish_model()  # the first model goes out at once
+        await self._publish_alerts()
+
+    async def _publish_alerts(self) -> None:
+        alerts, self.pending_alerts = self.pending_alerts, []
+        if not alerts:
+            return
+        payloads = [a.to_dict() for a in alerts]
+        for alert in alerts:
+            log.warning("drift: %s", alert.message)
+            self.metrics.drift_alerts.labels(alert.kind).inc()
+        await retry_forever(
+            "Redis drift", self.store.push_drift, payloads, self.settings.drift_history
+        )
+        futures = [
+            await self.drift_topic.send(key=a["subject"].encode(), value=orjson.dumps(a))
+            for a in payloads
+        ]
+        await asyncio.gather(*futures)
 
     def _learn(self, batch: Sequence[bytes]) -> None:
         assert self.trainer is not None
+        model = self.model
         with self.trainer_lock:
             for raw in batch:
                 sample = orjson.loads(raw)
-                self.trainer.learn_one(sample["x"])
+                x = sample["x"]
+                self.trainer.learn_one(x)
                 if sample.get("rfm"):
                     self.population.update(*sample["rfm"])
+                if model is not None:
+                    # Drift is watched on the same stream the model learns from, scored by the
+                    # model the workers use; before the first model there is nothing to watch.
+                    segment, distance, _ = model.predict(x)
+                    self.pending_alerts += self.drift.update(
+                        x,
+                        segment,
+                        distance,
+                        int(sample.get("ts") or 0),
+                        model.version,
+                        len(model.centres),
+                    )
+                    self.drift_ts = max(self.drift_ts, int(sample.get("ts") or 0))
 
     async def publish_model(self) -> None:
         if self.trainer is None or not self.trainer.ready or not self.trainer_dirty:
@@ -427,6 +500,43 @@ class Segmenter:
         await self.store.publish_model(snapshot)
         await self.snapshots.send(value=orjson.dumps(snapshot))
         self.trainer_dirty = False
+        self.pending_alerts += self.drift.model_moved(
+            snapshot["version"], snapshot["centres"], self.drift_ts
+        )
+        await self._publish_alerts()
+
+    async def publish_stats(self) -> None:
+        """Snapshot every segment's size into its event-time bucket (one worker per period)."""
+        s = self.settings
+        snapshot = await self.store.size_snapshot(
+            s.worker_id,
+            self.watermark,
+            s.stats_bucket_seconds * 1000,
+            s.stats_history,
+            s.stats_interval,
+        )
+        if snapshot is None:
+            return
+        for segment, size in snapshot["sizes"].items():
+            self.metrics.segment_size.labels(segment).set(size)
+        await self.stats_topic.send(value=orjson.dumps(snapshot))
+
+    def _lag(self) -> int:
+        """Messages behind the end of the assigned input partitions; updates the gauges."""
+        total = 0
+        for tp in self.app.consumer.assignment():
+            if tp.topic not in self.input_topics:
+                continue
+            try:
+                highwater = self.app.consumer.highwater(tp)
+            except Exception:  # not known yet right after an assignment
+                continue
+            if highwater is None:
+                continue
+            lag = max(0, highwater - self.offsets.get((tp.topic, tp.partition), -1) - 1)
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+            total += lag
+        return total
 
     async def heartbeat(self) -> None:
         info = {
@@ -436,6 +546,7 @@ class Segmenter:
             "watermark": self.watermark,
             "scheduled": len(self.due),
             "trainer": self.trainer is not None,
+            "lag": self._lag(),
             "at": int(time.time() * 1000),
             **self.counters,
         }
@@ -470,6 +581,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
             settings.lifecycle_at_risk_days,
             settings.lifecycle_lapsed_days,
         ),
+        stability=Stability(settings.hysteresis, int(settings.min_dwell_seconds * 1000)),
     )
     segmenter = Segmenter(settings, app, store, catalog)
     source = app.topic(*settings.input_topics, value_serializer="raw", key_serializer="raw")
@@ -497,5 +609,12 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:
         await segmenter.heartbeat()
+
+    @app.timer(settings.stats_interval)  # type: ignore[untyped-decorator]
+    async def publish_stats() -> None:
+        await segmenter.publish_stats()
+
+    if settings.metrics_port:
+        segmenter.metrics.serve(settings.metrics_host, settings.metrics_port)
 
     return app, segmenter

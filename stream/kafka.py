@@ -55,6 +55,9 @@ def ensure_topics(settings: Settings) -> None:
     wanted[settings.topic(settings.changes_topic)] = settings.partitions
     wanted[settings.topic(settings.samples_topic)] = 1
     wanted[settings.topic(settings.snapshots_topic)] = 1
+    wanted[settings.topic(settings.stats_topic)] = 1
+    wanted[settings.topic(settings.drift_topic)] = 1
+    wanted[settings.topic(settings.trigger_dead_letter_topic)] = 1
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     try:
         existing = set(admin.list_topics())

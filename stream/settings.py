@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     changes_topic: str = "segment-changes"
     samples_topic: str = "segment-samples"
     snapshots_topic: str = "model-snapshots"
+    stats_topic: str = "segment-stats"
+    drift_topic: str = "segment-drift"
+    trigger_dead_letter_topic: str = Field(
+        "trigger-dead-letters", description="changes a webhook did not accept, with the reason"
+    )
 
     # Worker
     app_id: str = Field("segmenter", description="Faust app id: the consumer group and table names")
@@ -98,6 +103,46 @@ class Settings(BaseSettings):
     )
     lifecycle_lapsed_days: Annotated[float, Field(gt=0)] = Field(
         180.0, description="... before lapsed"
+    )
+
+    # Segment changes: against flapping
+    hysteresis: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.1, description="another centre or persona must be this much nearer before a move"
+    )
+    min_dwell_seconds: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="event time a customer stays in a cluster or persona once entered"
+    )
+
+    # Monitoring: segment sizes over time, drift, metrics
+    stats_interval: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="seconds between segment-size snapshots"
+    )
+    stats_bucket_seconds: Annotated[int, Field(ge=1)] = Field(
+        3600, description="event-time bucket of a size snapshot"
+    )
+    stats_history: Annotated[int, Field(ge=1)] = Field(
+        500, description="size snapshots (buckets) kept in Redis"
+    )
+    drift_delta: Annotated[float, Field(gt=0, lt=1)] = Field(
+        1e-5, description="ADWIN confidence: smaller raises fewer, surer alarms"
+    )
+    drift_min_effect: Annotated[float, Field(ge=0)] = Field(
+        0.05, description="smallest change of a share or feature mean worth an alert"
+    )
+    drift_centre_threshold: Annotated[float, Field(gt=0)] = Field(
+        0.15, description="centre movement between model versions worth an alert"
+    )
+    drift_history: Annotated[int, Field(ge=1)] = Field(200, description="drift alerts kept")
+    metrics_host: str = Field("127.0.0.1", description="address of the worker's /metrics")
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        9108, description="port of the worker's Prometheus /metrics; 0 turns it off"
+    )
+
+    # Dashboard and read API (segmenter dashboard)
+    http_host: str = Field("127.0.0.1", description="address the dashboard listens on")
+    http_port: Annotated[int, Field(ge=0, le=65535)] = Field(8080, description="dashboard port")
+    api_token: SecretStr | None = Field(
+        None, description="if set, the dashboard and API require 'Authorization: Bearer <it>'"
     )
 
     # Redis layout

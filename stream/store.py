@@ -3,8 +3,15 @@
 Key layout (``P`` is ``SEGMENTER_REDIS_PREFIX``, default ``seg:``):
 
 - ``P c:{customer_id}``: hash with ``v`` (the record as JSON), ``ts`` (event time of the newest
-  applied event, epoch ms), ``n`` (events applied) and ``seg`` (cluster id, ``-`` if none).
+  applied event, epoch ms), ``n`` (events applied), ``seg`` (cluster id, ``-`` if none) and
+  ``m`` (every segment the customer is in, a JSON list such as ``["cluster:3", "rule:vip"]``).
 - ``P sizes``: hash, cluster id to number of customers in it (kept by the same script).
+- ``P members``: hash, segment of any kind (``cluster:3``, ``rule:vip``, ``persona:...``) to
+  number of customers in it (kept by the same script).
+- ``P history``: hash, event-time bucket (epoch ms) to a size snapshot (JSON);
+  ``P history:index``: sorted set of those buckets, trimmed to ``SEGMENTER_STATS_HISTORY``.
+- ``P watermark``: the newest event time any worker has applied.
+- ``P drift``: list of the newest drift alerts (JSON, newest first), bounded.
 - ``P model``: the newest model snapshot as JSON; ``P model:version`` its version.
 - ``P stats``: hash of counters (``events``, ``messages``, ``dead_letters``, ``records``).
 - ``P worker:{worker_id}``: a worker's heartbeat (JSON, expires after 10 s).
@@ -42,19 +49,35 @@ __all__ = [
 # never overwrites newer state, and an equal one rewrites the same record harmlessly. The
 # segment-size counters move only when a write is accepted, so they always match the records.
 _WRITE_SCRIPT = """
-local cur = redis.call('HMGET', KEYS[1], 'ts', 'n', 'seg')
+local cur = redis.call('HMGET', KEYS[1], 'ts', 'n', 'seg', 'm')
 if cur[1] then
   local cts, cn = tonumber(cur[1]), tonumber(cur[2])
   local ts, n = tonumber(ARGV[1]), tonumber(ARGV[2])
   if ts < cts or (ts == cts and n < cn) then return 0 end
 end
-redis.call('HSET', KEYS[1], 'ts', ARGV[1], 'n', ARGV[2], 'seg', ARGV[3], 'v', ARGV[4])
+redis.call('HSET', KEYS[1], 'ts', ARGV[1], 'n', ARGV[2], 'seg', ARGV[3], 'v', ARGV[4], 'm', ARGV[6])
 if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 if cur[3] ~= ARGV[3] then
   if cur[3] then redis.call('HINCRBY', KEYS[2], cur[3], -1) end
   redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 end
+if cur[4] ~= ARGV[6] then
+  local old, new = {}, {}
+  if cur[4] then for _, m in ipairs(cjson.decode(cur[4])) do old[m] = true end end
+  for _, m in ipairs(cjson.decode(ARGV[6])) do new[m] = true end
+  for m in pairs(old) do if not new[m] then redis.call('HINCRBY', KEYS[3], m, -1) end end
+  for m in pairs(new) do if not old[m] then redis.call('HINCRBY', KEYS[3], m, 1) end end
+end
 return 1
+"""
+
+# Keeps the newest event time any worker applied, so size snapshots of several workers share
+# one event-time clock.
+_WATERMARK_SCRIPT = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local mine = tonumber(ARGV[1])
+if mine > cur then redis.call('SET', KEYS[1], ARGV[1]); return mine end
+return cur
 """
 
 
@@ -78,6 +101,7 @@ class RecordWrite:
     applied: int
     segment: int | None
     record: Mapping[str, Any]
+    members: Sequence[str] = ()  # every segment of any kind the customer is in
 
 
 class SegmentStore(Protocol):
@@ -91,6 +115,8 @@ class InMemorySegmentStore:
     def __init__(self) -> None:
         self.records: dict[str, tuple[int, int, dict[str, Any]]] = {}
         self.sizes: dict[str, int] = {}
+        self.members: dict[str, int] = {}
+        self._members_of: dict[str, set[str]] = {}
 
     async def write_many(self, writes: Sequence[RecordWrite]) -> int:
         accepted = 0
@@ -104,6 +130,13 @@ class InMemorySegmentStore:
                 if old_seg is not None:
                     self.sizes[old_seg] -= 1
                 self.sizes[seg] = self.sizes.get(seg, 0) + 1
+            old_members = self._members_of.get(w.customer_id, set())
+            new_members = set(w.members)
+            for m in old_members - new_members:
+                self.members[m] -= 1
+            for m in new_members - old_members:
+                self.members[m] = self.members.get(m, 0) + 1
+            self._members_of[w.customer_id] = new_members
             self.records[w.customer_id] = (w.event_ts, w.applied, dict(w.record))
             accepted += 1
         return accepted
@@ -126,6 +159,7 @@ class RedisSegmentStore:
         self.ttl_seconds = ttl_seconds
         self.client: aioredis.Redis = aioredis.Redis.from_url(url)
         self._script = self.client.register_script(_WRITE_SCRIPT)
+        self._watermark = self.client.register_script(_WATERMARK_SCRIPT)
 
     async def ping(self) -> None:
         try:
@@ -138,13 +172,20 @@ class RedisSegmentStore:
     ) -> int:
         if not writes and not counters:
             return 0
-        sizes = f"{self.prefix}sizes"
+        sizes, members = f"{self.prefix}sizes", f"{self.prefix}members"
         ttl = str(self.ttl_seconds)
         async with self.client.pipeline(transaction=False) as pipe:
             for w in writes:
                 await self._script(
-                    keys=[record_key(self.prefix, w.customer_id), sizes],
-                    args=[w.event_ts, w.applied, _seg(w.segment), orjson.dumps(w.record), ttl],
+                    keys=[record_key(self.prefix, w.customer_id), sizes, members],
+                    args=[
+                        w.event_ts,
+                        w.applied,
+                        _seg(w.segment),
+                        orjson.dumps(w.record),
+                        ttl,
+                        orjson.dumps(sorted(w.members)),
+                    ],
                     client=pipe,
                 )
             for name, by in counters.items():
@@ -172,6 +213,54 @@ class RedisSegmentStore:
     async def model_version(self) -> int:
         raw = await self.client.get(f"{self.prefix}model:version")
         return int(raw) if raw else 0
+
+    async def size_snapshot(
+        self, worker_id: str, watermark: int, bucket_ms: int, keep: int, period_s: float
+    ) -> dict[str, Any] | None:
+        """Record the sizes of every segment in this event-time bucket, once per period.
+
+        Every worker calls this on a timer; the first in each period (a short-lived Redis
+        lock) writes the snapshot and gets it back to publish, the others get None. A later
+        snapshot in the same bucket replaces the earlier one, so a bucket holds its last sizes.
+        """
+        lock = f"{self.prefix}history:lock"
+        if not await self.client.set(lock, worker_id, nx=True, px=max(1, int(period_s * 900))):
+            return None
+        newest = int(await self._watermark(keys=[f"{self.prefix}watermark"], args=[watermark]))
+        if newest <= 0:
+            return None
+        members = await self.client.hgetall(f"{self.prefix}members")
+        sizes = {_text(k): int(v) for k, v in members.items() if int(v) > 0}
+        clusters = await self.client.hvals(f"{self.prefix}sizes")
+        bucket = newest - newest % bucket_ms
+        snapshot = {
+            "bucket": bucket,
+            "watermark": newest,
+            "at": int(time.time() * 1000),
+            "customers": sum(int(v) for v in clusters),
+            "sizes": dict(sorted(sizes.items())),
+        }
+        index = f"{self.prefix}history:index"
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.prefix}history", str(bucket), orjson.dumps(snapshot))
+            pipe.zadd(index, {str(bucket): bucket})
+            pipe.zrange(index, 0, -keep - 1)
+            _, _, old = await pipe.execute()
+        if old:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hdel(f"{self.prefix}history", *old)
+                pipe.zrem(index, *old)
+                await pipe.execute()
+        return snapshot
+
+    async def push_drift(self, alerts: Sequence[Mapping[str, Any]], keep: int) -> None:
+        if not alerts:
+            return
+        key = f"{self.prefix}drift"
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, *(orjson.dumps(a) for a in alerts))
+            pipe.ltrim(key, 0, keep - 1)
+            await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -227,6 +316,23 @@ class SegmentClient:
     def sizes(self) -> dict[str, int]:
         raw = self.client.hgetall(f"{self.prefix}sizes")
         return {_text(k): int(v) for k, v in raw.items() if int(v) > 0}
+
+    def members(self) -> dict[str, int]:
+        """Customers in each segment of any kind (``cluster:3``, ``rule:vip``, ``persona:...``)."""
+        raw = self.client.hgetall(f"{self.prefix}members")
+        return {_text(k): int(v) for k, v in raw.items() if int(v) > 0}
+
+    def history(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Size snapshots, oldest first: at most the newest ``limit`` event-time buckets."""
+        buckets: list[bytes] = self.client.zrange(f"{self.prefix}history:index", -limit, -1)  # type: ignore[assignment]
+        if not buckets:
+            return []
+        values = self.client.hmget(f"{self.prefix}history", buckets)
+        return [orjson.loads(v) for v in values if v]
+
+    def drift(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest drift alerts, newest first."""
+        return [orjson.loads(v) for v in self.client.lrange(f"{self.prefix}drift", 0, limit - 1)]
 
     def customers(self) -> int:
         """Customers with a record (the sum of the segment-size counters, kept atomically)."""

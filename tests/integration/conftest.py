@@ -77,6 +77,7 @@ def make_settings(stack: EmbeddedStack, **overrides: object) -> Settings:
         "heartbeat_interval": 1.0,
         "snapshot_interval": 1.0,
         "log_level": "info",
+        "metrics_port": 0,  # several workers share this machine; a test that needs it sets one
     }
     options.update(overrides)
     settings = Settings(**options)  # type: ignore[arg-type]

@@ -1,0 +1,69 @@
+"""Prometheus metrics of a worker process, served on ``/metrics`` (SEGMENTER_METRICS_PORT)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+__all__ = ["WorkerMetrics"]
+
+
+class WorkerMetrics:
+    """The worker's metrics, in a registry of their own (one per worker object)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "segmenter_events", "Events decoded and applied, by input topic", ["topic"], registry=r
+        )
+        self.messages = Counter(
+            "segmenter_messages", "Input messages consumed, by topic", ["topic"], registry=r
+        )
+        self.dead_letters = Counter(
+            "segmenter_dead_letters", "Messages sent to the dead-letter topic", registry=r
+        )
+        self.changes = Counter(
+            "segmenter_segment_changes",
+            "Segment changes published, by change (entered / exited)",
+            ["change"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "segmenter_batch_seconds",
+            "Time to process one batch: features, segments, Redis, changes, table",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.event_delay = Histogram(
+            "segmenter_event_delay_seconds",
+            "From a message's append to the broker to its effect in Redis",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.lag = Gauge(
+            "segmenter_consumer_lag",
+            "Messages behind the end of each assigned input partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.segment_size = Gauge(
+            "segmenter_segment_size",
+            "Customers in each segment (any kind), from the newest size snapshot",
+            ["segment"],
+            registry=r,
+        )
+        self.drift_alerts = Counter(
+            "segmenter_drift_alerts", "Drift alerts raised, by kind", ["kind"], registry=r
+        )
+        self.model_version = Gauge(
+            "segmenter_model_version", "Version of the model snapshot in use", registry=r
+        )
+
+    def serve(self, host: str, port: int) -> None:
+        """Serve ``/metrics`` on ``host:port`` from a background thread."""
+        start_http_server(port, addr=host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", host, port)
