@@ -137,21 +137,22 @@ class ChangeDetector:
         self.since = tail[0][1]
 
 
-def _best_split(values: Sequence[float]) -> int:
+def _best_split(values: Sequence[float], min_tail: int = 16) -> int:
     """The index that splits ``values`` into two runs with the most different means.
 
     Maximizes ``k (n - k) (mean_left - mean_right)^2``, the classic single change-point
-    statistic; returns 0 (no split) for fewer than two values.
+    statistic, keeping at least ``min_tail`` values after the split (so that one outlier
+    cannot make a "change"); returns 0 (no split) when there are too few values.
 
-    >>> _best_split([0, 0, 0, 1, 1])
+    >>> _best_split([0, 0, 0, 1, 1], min_tail=2)
     3
     """
     n = len(values)
-    if n < 2:
+    if n < min_tail + 1:
         return 0
     total = sum(values)
     best, best_k, left = -1.0, 0, 0.0
-    for k in range(1, n):
+    for k in range(1, n - min_tail + 1):
         left += values[k - 1]
         diff = left / k - (total - left) / (n - k)
         score = k * (n - k) * diff * diff
@@ -166,7 +167,8 @@ class DriftMonitor:
     Per sample (a customer's feature vector, their cluster and distance to its centre):
     one detector per cluster on the indicator "this sample is in the cluster" (its share),
     one per feature, and one on the distance. Centre movement is checked per model version
-    against a reference snapshot, which moves on when an alert fires.
+    against a reference snapshot, which moves on when an alert fires. No alert comes in the
+    first ``warmup`` samples, nor twice on one subject within ``cooldown`` samples.
 
     >>> monitor = DriftMonitor(features=("a",), grace=10)
     >>> alerts = [a for i in range(3000)
@@ -184,6 +186,8 @@ class DriftMonitor:
         min_effect: float = 0.05,
         centre_threshold: float = 0.15,
         grace: int = 200,
+        warmup: int = 0,
+        cooldown: int = 0,
     ) -> None:
         self.features = tuple(features)
         self.delta = delta
@@ -195,6 +199,13 @@ class DriftMonitor:
         self.distance = self._detector()
         self.reference: tuple[int, Sequence[Sequence[float]], int] | None = None
         self.alerts = 0
+        self.warmup = warmup
+        self.cooldown = cooldown
+        self.n = 0
+        self._quiet_until: dict[str, int] = {}
+        # Samples arrive roughly, not strictly, in event-time order (each carries its
+        # customer's newest event); detectors are dated by the newest time seen so far.
+        self.clock = 0
 
     def _detector(self) -> ChangeDetector:
         return ChangeDetector(self.delta, self.min_effect, self.grace)
@@ -210,6 +221,8 @@ class DriftMonitor:
     ) -> list[DriftAlert]:
         """Feed one sample; returns the alerts it raised (usually none)."""
         out: list[DriftAlert] = []
+        self.clock = ts = max(self.clock, ts)
+        self.n += 1
         for name, detector in self.feature_detectors.items():
             detector.update(float(x.get(name, 0.0)), ts)
             if detector.drift_detected:
@@ -228,8 +241,20 @@ class DriftMonitor:
             self.distance.update(distance, ts)
             if self.distance.drift_detected:
                 out.append(self._alert("distance", "distance", self.distance, ts, model_version))
+        out = [a for a in out if self._speaks(a.subject)]
         self.alerts += len(out)
         return out
+
+    def _speaks(self, subject: str) -> bool:
+        """Warm-up and cool-down: detectors learn all along but alert only when allowed.
+
+        A young model and a young population change fast and for no reason a person should
+        act on; a slow trend would otherwise alert each time it crosses ``min_effect`` again.
+        """
+        if self.n <= self.warmup or self.n < self._quiet_until.get(subject, 0):
+            return False
+        self._quiet_until[subject] = self.n + self.cooldown
+        return True
 
     def _alert(
         self, kind: str, subject: str, d: ChangeDetector, ts: int, version: int | None
@@ -257,7 +282,7 @@ class DriftMonitor:
         >>> [(a.subject, a.magnitude) for a in m.model_moved(2, [[0.0, 0.05], [1.0, 1.5]], ts=20)]
         [('cluster:1', 0.5)]
         """
-        if self.reference is None:
+        if self.reference is None or (self.warmup and self.n <= self.warmup):
             self.reference = (version, [list(c) for c in centres], ts)
             return []
         _, reference, since = self.reference

@@ -118,6 +118,8 @@ class Segmenter:
             delta=settings.drift_delta,
             min_effect=settings.drift_min_effect,
             centre_threshold=settings.drift_centre_threshold,
+            warmup=settings.drift_warmup_samples,
+            cooldown=settings.drift_cooldown_samples,
         )
         self.pending_alerts: list[DriftAlert] = []
         self.drift_ts = 0  # newest event time the drift monitor has seen

@@ -49,13 +49,42 @@ def demo(
     truth: Annotated[
         Path | None, typer.Option(help="write customer_id,persona of seen customers here")
     ] = None,
+    shift_at: Annotated[
+        float | None,
+        typer.Option(
+            help="switch the generator's persona mix after N seconds (default: 90, or half of "
+            "--seconds if that is shorter; 0: never)"
+        ),
+    ] = None,
+    shift_mix: Annotated[
+        str, typer.Option(help="the mix after the switch: 'PERSONA=WEIGHT,...'")
+    ] = "Bargain Ben=0.6",
+    port: Annotated[int, typer.Option(help="dashboard port (a free one if taken)")] = 8080,
 ) -> None:
-    """Run everything locally (broker, Redis, worker, generator) with a live view; no Docker."""
+    """Run everything locally (broker, Redis, worker, generator, dashboard); no Docker."""
     from stream.demo import run_demo
     from stream.embedded import EmbeddedError
+    from stream.generator import parse_mix
 
     try:
-        summary = run_demo(seconds, rate, customers, workers, console, truth)
+        mix = parse_mix(shift_mix)
+    except ValueError as exc:
+        console.print(f"[red]--shift-mix[/red]: {exc}")
+        raise typer.Exit(2) from None
+    if shift_at is None:
+        shift_at = min(90.0, seconds / 2) if seconds else 90.0
+    try:
+        summary = run_demo(
+            seconds,
+            rate,
+            customers,
+            workers,
+            console,
+            truth,
+            shift_at=shift_at or None,
+            shift_mix=mix,
+            dashboard_port=port,
+        )
     except EmbeddedError as exc:
         console.print(f"[red]cannot start the embedded stack[/red]: {exc}")
         raise typer.Exit(1) from None
@@ -70,6 +99,28 @@ def demo(
         console.print(f"  segment {name:>10}: {n:6,}  {summary.labels.get(seg, '')}")
     if summary.purity is not None:
         console.print(f"  customers in their persona's majority segment: {summary.purity:.1%}")
+    console.print(f"  drift alerts: {len(summary.drift_alerts)}")
+    for alert in reversed(summary.drift_alerts[:10]):
+        console.print(f"    {alert['kind']:<16} {alert['message']}")
+
+
+@app.command()
+def dashboard(
+    host: Annotated[str | None, typer.Option(help="address (default SEGMENTER_HTTP_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default SEGMENTER_HTTP_PORT)")] = None,
+) -> None:
+    """Serve the live dashboard and the read API (GET /customers/{id}, GET /segments)."""
+    import uvicorn
+
+    from stream.store import SegmentClient
+    from stream.web import build_web_app
+
+    settings = _settings()
+    SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix).ping()
+    host = host or settings.http_host
+    port = settings.http_port if port is None else port
+    console.print(f"dashboard on http://{host}:{port}/  (API description: /docs)")
+    uvicorn.run(build_web_app(settings), host=host, port=port, log_level="warning")
 
 
 @app.command()
@@ -238,60 +289,30 @@ def segments(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Every segment with its size and description: clusters, personas and rule segments."""
-    from collections import Counter
-
     from rich.table import Table
 
-    from models.clustering import ModelSnapshot
-    from stream.catalog import load_personas, load_segments
+    from stream.report import segment_report
     from stream.store import SegmentClient
 
     settings = _settings()
     client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
-    personas: Counter[str] = Counter()
-    rules: Counter[str] = Counter()
-    total = 0
-    for record in client.iter_records():  # one pass over the records for personas and rules
-        total += 1
-        if record.get("persona"):
-            personas[record["persona"]] += 1
-        rules.update(record.get("rule_segments", []))
-    model = client.model()
-    snapshot = ModelSnapshot.from_dict(model) if model else None
-    sizes = client.sizes()
-    rows = []
-    for seg, n in sorted(sizes.items()):
-        index = None if seg == "-" else int(seg)
-        label = snapshot.describe(index) if snapshot and index is not None else "no model yet"
-        share = n / total if total else 0.0
-        note = (
-            "below minimum size" if index is not None and share < settings.min_segment_share else ""
-        )
-        rows.append(
-            ("cluster", "unassigned" if index is None else f"cluster:{seg}", n, share, label, note)
-        )
-    for persona in load_personas(settings.personas_file).personas:
-        n = personas.get(persona.name, 0)
-        rows.append(
-            ("persona", persona.name, n, n / total if total else 0.0, persona.description, "")
-        )
-    for rule in load_segments(settings.segments_file):
-        n = rules.get(rule.name, 0)
-        rows.append((rule.kind, rule.name, n, n / total if total else 0.0, rule.description, ""))
+    report = segment_report(client, settings)
     if as_json:
-        keys = ("kind", "segment", "customers", "share", "description", "note")
-        out = {
-            "customers": total,
-            "model_version": snapshot.version if snapshot else None,
-            "segments": [dict(zip(keys, row, strict=True)) for row in rows],
-        }
-        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
-    table = Table(title=f"{total:,} customers, model v{snapshot.version if snapshot else '-'}")
+    version = report["model_version"] or "-"
+    table = Table(title=f"{report['customers']:,} customers, model v{version}")
     for column in ("kind", "segment", "customers", "share", "description", ""):
         table.add_column(column, justify="right" if column in ("customers", "share") else "left")
-    for kind, name, n, share, description, note in rows:
-        table.add_row(kind, name, f"{n:,}", f"{share:.1%}", description, f"[yellow]{note}[/yellow]")
+    for r in report["segments"]:
+        table.add_row(
+            r["kind"],
+            r["segment"],
+            f"{r['customers']:,}",
+            f"{r['share']:.1%}",
+            r["description"],
+            f"[yellow]{r['note']}[/yellow]",
+        )
     Console().print(table)
 
 

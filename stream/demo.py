@@ -17,12 +17,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from stream.embedded import EmbeddedStack
+from stream.embedded import EmbeddedStack, free_port
 from stream.generator import TrafficGenerator
 from stream.kafka import ensure_topics, wait_for_broker
 from stream.producer import ProduceStats, generated_messages, send_messages
 from stream.settings import Settings
 from stream.store import SegmentClient
+from stream.web import DashboardServer
 
 __all__ = ["DemoSummary", "run_demo", "start_worker", "stop_process"]
 
@@ -67,6 +68,8 @@ class DemoSummary:
     sizes: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     purity: float | None = None
+    drift_alerts: list[dict[str, Any]] = field(default_factory=list)
+    dashboard: str = ""
 
     @property
     def rate(self) -> float:
@@ -119,11 +122,15 @@ class _View:
             label = _label(model, seg)
             bar = "█" * int(30 * n / total)
             table.add_row("unassigned" if seg == "-" else seg, f"{n:,}", bar, label)
+        alerts = self.client.drift(3)
+        drift = [f"[yellow]drift[/yellow] {a['message']}" for a in alerts] or [
+            "[dim]no drift alerts[/dim]"
+        ]
         if not workers:
             return Group(
                 head, "[dim]waiting for the worker to join its consumer group...[/dim]", table
             )
-        return Group(head, table)
+        return Group(head, table, *drift)
 
 
 def _label(model: dict[str, Any] | None, seg: str) -> str:
@@ -144,10 +151,18 @@ def run_demo(
     console: Console,
     truth_path: Path | None = None,
     seed: int = 7,
+    shift_at: float | None = None,
+    shift_mix: dict[str, float] | None = None,
+    dashboard_port: int = 8080,
 ) -> DemoSummary:
-    """Run the whole product locally until ``seconds`` pass or Ctrl-C; always stop every child."""
+    """Run the whole product locally until ``seconds`` pass or Ctrl-C; always stop every child.
+
+    At ``shift_at`` seconds the generator switches to the persona mix ``shift_mix``, which the
+    drift monitor should report on the dashboard.
+    """
     stack = EmbeddedStack()
     procs: list[subprocess.Popen[bytes]] = []
+    servers: list[DashboardServer] = []
     stop = threading.Event()
     produced = ProduceStats()
     summary = DemoSummary()
@@ -159,16 +174,30 @@ def run_demo(
     stack.start()
     assert stack.workdir is not None
     try:
-        settings = Settings(kafka_url=stack.kafka_url, redis_url=stack.redis_url, log_level="warn")
+        settings = Settings(
+            kafka_url=stack.kafka_url,
+            redis_url=stack.redis_url,
+            log_level="warn",
+            # Demo traffic moves event time ~250x faster than the clock: 5-minute buckets give
+            # the dashboard's chart a point about every second.
+            stats_bucket_seconds=300,
+            metrics_port=free_port(),
+        )
         wait_for_broker(settings)
         ensure_topics(settings)
+        dashboard = DashboardServer(settings, "127.0.0.1", _port_or_free(dashboard_port))
+        dashboard.start()
+        servers.append(dashboard)
         console.print(
-            f"  broker  {stack.kafka_url}\n  redis   {stack.redis_url}\n  logs    {stack.workdir}"
+            f"  broker    {stack.kafka_url}\n  redis     {stack.redis_url}\n"
+            f"  logs      {stack.workdir}\n"
+            f"  [b]dashboard {dashboard.url}[/b]  (read API: {dashboard.url}docs)\n"
+            f"  metrics   http://127.0.0.1:{settings.metrics_port}/metrics (worker 0)"
         )
         for i in range(workers):
-            procs.append(
-                start_worker(settings, stack.workdir / f"worker-{i}.log", f"demo-worker-{i}")
-            )
+            # Each worker serves its own /metrics: worker 0 on the port printed above.
+            own = settings if i == 0 else settings.model_copy(update={"metrics_port": free_port()})
+            procs.append(start_worker(own, stack.workdir / f"worker-{i}.log", f"demo-worker-{i}"))
         generator = TrafficGenerator(
             customers=customers, seed=seed, start_ms=int(time.time() * 1000) - 86_400_000
         )
@@ -190,6 +219,12 @@ def run_demo(
         try:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while seconds is None or time.monotonic() - started < seconds:
+                    due = shift_at is not None and time.monotonic() - started >= shift_at
+                    if due and shift_mix and generator.mix is None:
+                        generator.shift(shift_mix)
+                        live.console.print(
+                            f"[yellow]generator switched its persona mix to {shift_mix}[/yellow]"
+                        )
                     for proc in procs:
                         if proc.poll() is not None:
                             raise RuntimeError(
@@ -205,6 +240,7 @@ def run_demo(
         summary = _summarize(
             client, generator, produced, time.monotonic() - started, view.peak, truth_path
         )
+        summary.dashboard = dashboard.url
         client.close()
     finally:
         stop.set()
@@ -212,6 +248,8 @@ def run_demo(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
+            for server in servers:
+                server.stop()
             for proc in procs:
                 stop_process(proc)
             stack.stop()
@@ -219,6 +257,18 @@ def run_demo(
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
     return summary
+
+
+def _port_or_free(port: int) -> int:
+    """``port`` if nothing listens there yet, else a free one (a second demo on one machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
 
 
 def _interrupt_on_signals() -> dict[int, Any]:
@@ -290,4 +340,5 @@ def _summarize(
         sizes=sizes,
         labels={seg: _label(model, seg) for seg in sizes},
         purity=majority / total if total else None,
+        drift_alerts=client.drift(),
     )

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GENERATOR_PERSONAS", "Message", "PersonaBehavior", "TrafficGenerator"]
+__all__ = [
+    "GENERATOR_PERSONAS",
+    "Message",
+    "PersonaBehavior",
+    "TrafficGenerator",
+    "parse_mix",
+]
 
 HOUR_MS = 3_600_000
 
@@ -172,11 +178,45 @@ class TrafficGenerator:
         self.customer_ids = list(self.truth)
         self._identified: set[str] = set()
         self._counter = 0
+        self.mix: dict[str, float] | None = None
+        self._by_persona: dict[str, list[str]] = {}
+        for customer_id, persona in self.truth.items():
+            self._by_persona.setdefault(persona.name, []).append(customer_id)
+
+    def shift(self, mix: dict[str, float]) -> None:
+        """From now on, pick each session's persona by these weights (a persona-mix switch).
+
+        Before a shift every customer is equally likely to visit, so sessions follow the
+        personas' population weights; afterwards, e.g. ``{"Bargain Ben": 0.6}`` makes 60% of
+        sessions Bargain Ben's. Personas not named share what is left equally.
+
+        >>> g = TrafficGenerator(customers=200, seed=1)
+        >>> g.shift({"Bargain Ben": 1.0})
+        >>> {g.truth[m[0].key].name for m in (g.session(g.pick()) for _ in range(20))}
+        {'Bargain Ben'}
+        """
+        names = {p.name for p in self.personas}
+        unknown = set(mix) - names
+        if unknown:
+            raise ValueError(f"unknown personas {sorted(unknown)}; known: {sorted(names)}")
+        if any(w < 0 for w in mix.values()) or sum(mix.values()) > 1.0 + 1e-9:
+            raise ValueError("mix weights must be non-negative and sum to at most 1")
+        rest = [n for n in names if n not in mix and self._by_persona.get(n)]
+        left = max(0.0, 1.0 - sum(mix.values()))
+        weights = {**mix, **{n: left / len(rest) for n in rest}} if rest else dict(mix)
+        self.mix = {n: w for n, w in weights.items() if w > 0 and self._by_persona.get(n)}
+
+    def pick(self) -> str:
+        """The customer of the next session."""
+        if self.mix is None:
+            return self.rng.choice(self.customer_ids)
+        persona = _pick(self.rng, self.mix)
+        return self.rng.choice(self._by_persona[persona])
 
     def sessions(self) -> Iterator[list[Message]]:
         """An endless stream of sessions, each a list of messages."""
         while True:
-            yield self.session(self.rng.choice(self.customer_ids))
+            yield self.session(self.pick())
 
     def session(self, customer_id: str) -> list[Message]:
         persona = self.truth[customer_id]
@@ -297,3 +337,23 @@ class TrafficGenerator:
 
 def _pick(rng: random.Random, weights: dict[str, float]) -> str:
     return rng.choices(list(weights), list(weights.values()))[0]
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """Parse ``"Bargain Ben=0.6,Executive Ella=0.1"`` into persona weights.
+
+    >>> parse_mix("Bargain Ben=0.6, Executive Ella=0.1")
+    {'Bargain Ben': 0.6, 'Executive Ella': 0.1}
+    """
+    out: dict[str, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, weight = part.partition("=")
+        if not sep:
+            raise ValueError(f"expected PERSONA=WEIGHT, got {part.strip()!r}")
+        try:
+            out[name.strip()] = float(weight)
+        except ValueError:
+            raise ValueError(f"weight of {name.strip()!r} is not a number: {weight!r}") from None
+    return out

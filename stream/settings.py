@@ -130,7 +130,13 @@ class Settings(BaseSettings):
         0.05, description="smallest change of a share or feature mean worth an alert"
     )
     drift_centre_threshold: Annotated[float, Field(gt=0)] = Field(
-        0.15, description="centre movement between model versions worth an alert"
+        0.25, description="centre movement between model versions worth an alert"
+    )
+    drift_warmup_samples: Annotated[int, Field(ge=0)] = Field(
+        15_000, description="training samples after the first model before any drift alert"
+    )
+    drift_cooldown_samples: Annotated[int, Field(ge=0)] = Field(
+        5_000, description="samples between two alerts on the same subject"
     )
     drift_history: Annotated[int, Field(ge=1)] = Field(200, description="drift alerts kept")
     metrics_host: str = Field("127.0.0.1", description="address of the worker's /metrics")
