@@ -105,6 +105,66 @@ def demo(
 
 
 @app.command()
+def triggers(
+    webhook: Annotated[str, typer.Option(help="URL that receives each change as a JSON POST")],
+    segment: Annotated[
+        list[str] | None,
+        typer.Option(help="only this segment (repeatable): rule:vip, vip, persona:Bargain Ben"),
+    ] = None,
+    change: Annotated[
+        list[str] | None, typer.Option(help="only 'entered' or 'exited' (repeatable)")
+    ] = None,
+    max_attempts: Annotated[int, typer.Option(min=1, help="attempts before dead-lettering")] = 6,
+    backoff: Annotated[float, typer.Option(min=0, help="first retry delay, s; doubles")] = 0.5,
+    max_backoff: Annotated[float, typer.Option(min=0, help="longest retry delay, s")] = 30.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds per HTTP attempt")] = 5.0,
+    header: Annotated[
+        list[str] | None, typer.Option(help="extra request header 'Name: value' (repeatable)")
+    ] = None,
+    group: Annotated[str, typer.Option(help="consumer group (its offsets are the progress)")] = (
+        "segmenter-triggers"
+    ),
+) -> None:
+    """Deliver segment changes to a webhook: retries, backoff, idempotency key, dead letters."""
+    import logging
+
+    from stream.kafka import ensure_topics, wait_for_broker
+    from stream.triggers import TriggerStats, WebhookSender, run_triggers
+
+    bad = [c for c in change or [] if c not in ("entered", "exited")]
+    if bad:
+        console.print(f"[red]--change[/red] must be 'entered' or 'exited', not {bad[0]!r}")
+        raise typer.Exit(2)
+    if not webhook.startswith(("http://", "https://")):
+        console.print(f"[red]--webhook[/red] must be an http(s) URL, not {webhook!r}")
+        raise typer.Exit(2)
+    headers = {}
+    for h in header or []:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            console.print(f"[red]--header[/red] must look like 'Name: value', not {h!r}")
+            raise typer.Exit(2)
+        headers[name.strip()] = value.strip()
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"),
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    wait_for_broker(settings)
+    ensure_topics(settings)
+    sender = WebhookSender(webhook, max_attempts, backoff, max_backoff, timeout, headers)
+
+    def progress(stats: TriggerStats) -> None:
+        console.print(stats.line())
+
+    console.print(
+        f"delivering {settings.topic(settings.changes_topic)} to the webhook; Ctrl-C stops"
+    )
+    stats = run_triggers(settings, sender, segment or [], change or [], group, on_progress=progress)
+    console.print("stopped: " + stats.line())
+
+
+@app.command()
 def dashboard(
     host: Annotated[str | None, typer.Option(help="address (default SEGMENTER_HTTP_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default SEGMENTER_HTTP_PORT)")] = None,
