@@ -181,6 +181,9 @@ def run_triggers(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=50,
+        # Tansu lets a new member in after about half the session timeout: keep it short.
+        session_timeout_ms=int(settings.session_timeout * 1000),
+        heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
         # A change may wait out several backoffs; the group must not evict us meanwhile.
         max_poll_interval_ms=15 * 60 * 1000,
     )
