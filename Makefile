@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow check eval bench clean install
+.PHONY: demo test test-slow check eval bench clean install browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,12 @@ check: $(STAMP)
 	$(BIN)/ruff check models stream tests
 	$(BIN)/ruff format --check models stream tests
 	$(BIN)/mypy models stream
+
+## Debian's Chromium for the dashboard's browser test (needs root and apt; skipped if present).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@chromium --version
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -85,18 +85,41 @@ def make_producer(settings: Settings, **overrides: object) -> KafkaProducer:
 def read_topic(
     settings: Settings, topic: str, timeout: float = 5.0
 ) -> Iterator[tuple[bytes | None, Any]]:
-    """Every message of a topic from the beginning, JSON-decoded; stops after `timeout` of quiet."""
+    """Every message of a topic, JSON-decoded, from the beginning up to its end when called.
+
+    Stops at the end offsets taken at the start (a topic written all the time still ends), or
+    after ``timeout`` seconds without a message.
+    """
     consumer = KafkaConsumer(
-        topic,
         bootstrap_servers=settings.bootstrap_servers,
-        auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=int(timeout * 1000),
         group_id=None,
     )
     try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = {tp: end for tp, end in consumer.end_offsets(tps).items() if end > 0}
+        if not ends:
+            return
         for message in consumer:
+            tp = TopicPartition(message.topic, message.partition)
+            if tp not in ends or message.offset >= ends[tp]:
+                ends.pop(tp, None)
+                consumer.pause(tp)
+                if not ends:
+                    break
+                continue
             yield message.key, orjson.loads(message.value)
+            if message.offset + 1 >= ends[tp]:
+                del ends[tp]
+                consumer.pause(tp)
+            if not ends:
+                break
     finally:
         consumer.close()
 

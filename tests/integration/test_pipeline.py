@@ -113,7 +113,16 @@ def test_every_customer_is_assigned_a_segment_from_a_published_model(run):
 
 
 def test_malformed_messages_land_in_dead_letters_with_bytes_position_and_reason(run):
-    letters = [v for _, v in read_topic(run.settings, run.settings.topic("dead-letters"))]
+    # Redis is written before the dead letters are sent: wait for them, not for the counters.
+    letters = wait_until(
+        lambda: (
+            (ls := [v for _, v in read_topic(run.settings, run.settings.topic("dead-letters"))])
+            and len(ls) >= len(BAD)
+            and ls
+        ),
+        30,
+        "the dead letters",
+    )
     assert len(letters) == len(BAD)
     by_value = {base64.b64decode(letter["value_b64"]): letter for letter in letters}
     assert set(by_value) == {value for _, value in BAD}  # the original bytes, exactly

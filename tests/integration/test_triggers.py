@@ -1,4 +1,4 @@
-"""`segmenter triggers` against a real local HTTP server that fails on purpose, on the real broker."""
+"""`segmenter triggers` against a real local HTTP server that fails on purpose, real broker."""
 
 from __future__ import annotations
 

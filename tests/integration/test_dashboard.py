@@ -1,0 +1,213 @@
+"""Sizes over time, drift, /metrics, the read API and the dashboard in a real headless Chromium.
+
+One worker runs for the whole module. Generated traffic first follows the personas' usual mix;
+then the generator switches to mostly Bargain Ben, and drift alerts must follow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from stream.embedded import free_port
+from stream.generator import TrafficGenerator
+from stream.kafka import read_topic
+from stream.producer import generated_messages, send_messages
+from stream.settings import Settings
+from stream.store import SegmentClient
+from stream.web import DashboardServer
+
+from .conftest import Workers, make_settings, wait_until
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@dataclass
+class Running:
+    settings: Settings
+    workers: Workers
+    client: SegmentClient
+    generator: TrafficGenerator
+    dashboard: DashboardServer
+    stop: threading.Event
+    sent: list[int]
+
+    def produce(self, events: int, rate: float = 4000) -> None:
+        stats = send_messages(
+            self.settings, generated_messages(self.generator), rate=rate, max_events=events
+        )
+        self.sent.append(stats.events)
+
+    def processed(self) -> int:
+        return self.client.stats().get("events", 0)
+
+
+@pytest.fixture(scope="module")
+def running(stack, tmp_path_factory) -> Iterator[Running]:  # type: ignore[no-untyped-def]
+    settings = make_settings(
+        stack,
+        metrics_port=free_port(),
+        stats_interval=0.5,
+        stats_bucket_seconds=60,
+        drift_warmup_samples=3000,
+        drift_cooldown_samples=2000,
+    )
+    workers = Workers(settings, tmp_path_factory.mktemp("dashboard"))
+    dashboard = DashboardServer(settings, "127.0.0.1", free_port())
+    dashboard.start()
+    run = Running(
+        settings,
+        workers,
+        SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix),
+        TrafficGenerator(customers=600, seed=11),
+        dashboard,
+        threading.Event(),
+        [],
+    )
+    try:
+        workers.start(1)
+        workers.wait_joined(1)
+        run.produce(60_000)  # the usual mix: a model, then enough samples past drift warm-up
+        wait_until(lambda: run.processed() >= sum(run.sent), 120, "the first traffic processed")
+        yield run
+    finally:
+        dashboard.stop()
+        workers.stop()
+        run.client.close()
+
+
+def _share_alerts(client: SegmentClient) -> list[dict]:
+    return [a for a in client.drift() if a["kind"] == "segment_share"]
+
+
+def test_the_dashboard_shows_live_sizes_and_a_drift_alert_after_a_forced_change(running):
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("SEGMENTER_REQUIRE_BROWSER"):
+            pytest.fail(f"no Chromium at {CHROMIUM} (CI installs Debian's chromium)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    assert _share_alerts(running.client) == [], "a share alert before the change"
+    errors: list[str] = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(running.dashboard.url)
+            page.wait_for_function(
+                "Number(document.getElementById('chart').dataset.points) >= 3", timeout=20_000
+            )
+            assert int(page.locator("#chart").get_attribute("data-series") or 0) >= 2
+            assert page.locator("#segments tbody tr").count() >= 5
+            assert page.locator("#alerts li.alert[data-kind=segment_share]").count() == 0
+            # The forced change: from now on 90% of sessions are Bargain Ben's.
+            running.generator.shift({"Bargain Ben": 0.9})
+            running.produce(40_000)
+            page.wait_for_selector("#alerts li.alert[data-kind=segment_share]", timeout=90_000)
+            text = page.locator("#alerts li.alert[data-kind=segment_share]").first.inner_text()
+            assert "share of cluster:" in text and ("rose" in text or "fell" in text)
+            assert page.locator("#throughput").inner_text() != "-"
+            page.screenshot(path=str(running.workers.logdir / "dashboard.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == [], errors
+
+
+def test_size_snapshots_are_kept_per_event_time_bucket_and_published(running):
+    history = running.client.history()
+    assert len(history) >= 3
+    buckets = [h["bucket"] for h in history]
+    assert buckets == sorted(set(buckets))
+    assert all(b % 60_000 == 0 for b in buckets)
+    last = history[-1]
+    clusters = sum(n for s, n in last["sizes"].items() if s.startswith("cluster:"))
+    personas = sum(n for s, n in last["sizes"].items() if s.startswith("persona:"))
+    assert clusters <= last["customers"] and personas == last["customers"]
+    published = [
+        v for _, v in read_topic(running.settings, running.settings.topic("segment-stats"))
+    ]
+    assert published and {p["bucket"] for p in published} >= set(buckets[-1:])
+
+
+def test_drift_alerts_are_published_with_what_how_much_and_since_when(running):
+    wait_until(lambda: _share_alerts(running.client), 60, "a share alert")
+    alerts = [v for _, v in read_topic(running.settings, running.settings.topic("segment-drift"))]
+    shares = [a for a in alerts if a["kind"] == "segment_share"]
+    assert shares
+    for a in shares:
+        assert a["subject"].startswith("cluster:")
+        assert a["magnitude"] == pytest.approx(abs(a["after"] - a["before"]), abs=1e-3)
+        assert a["magnitude"] >= running.settings.drift_min_effect
+        assert a["since"] <= a["detected_at"]
+        assert a["message"]
+
+
+def test_metrics_count_what_the_worker_did(running):
+    text = httpx.get(f"http://127.0.0.1:{running.settings.metrics_port}/metrics").text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    events = sum(v for k, v in values.items() if k.startswith("segmenter_events_total{"))
+    assert events == running.processed()
+    assert values["segmenter_batch_seconds_count"] > 0
+    assert values["segmenter_event_delay_seconds_count"] > 0
+    assert any(k.startswith("segmenter_consumer_lag{") for k in values)
+    assert any(k.startswith('segmenter_segment_size{segment="cluster:') for k in values)
+    assert values.get('segmenter_drift_alerts_total{kind="segment_share"}', 0) >= 1
+    assert values["segmenter_dead_letters_total"] == 0
+    assert values["segmenter_model_version"] >= 1
+
+
+def test_the_read_api_serves_the_same_records_and_describes_itself(running):
+    base = running.dashboard.url.rstrip("/")
+    customer = running.generator.customer_ids[0]
+    got = httpx.get(f"{base}/customers/{customer}")
+    assert got.status_code == 200 and got.json() == running.client.get(customer)
+    missing = httpx.get(f"{base}/customers/nobody-by-this-name")
+    assert missing.status_code == 404 and "nobody-by-this-name" in missing.json()["detail"]
+    report = httpx.get(f"{base}/segments").json()
+    assert report["customers"] == running.client.customers()
+    members = running.client.members()
+    for row in report["segments"]:
+        if row["kind"] == "persona":
+            assert row["customers"] == members.get(f"persona:{row['segment']}", 0)
+    spec = httpx.get(f"{base}/openapi.json").json()
+    assert {"/customers/{customer_id}", "/segments"} <= set(spec["paths"])
+
+
+def test_a_token_when_set_is_required(running):
+    settings = Settings(**{**running.settings.model_dump(), "api_token": "s3cret-token"})
+    server = DashboardServer(settings, "127.0.0.1", free_port())
+    server.start()
+    try:
+        base = server.url.rstrip("/")
+        customer = running.generator.customer_ids[0]
+        assert httpx.get(f"{base}/customers/{customer}").status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert httpx.get(f"{base}/segments", headers=wrong).status_code == 401
+        right = {"Authorization": "Bearer s3cret-token"}
+        assert httpx.get(f"{base}/customers/{customer}", headers=right).status_code == 200
+        assert httpx.get(f"{base}/api/overview", headers=right).status_code == 200
+    finally:
+        server.stop()
