@@ -59,6 +59,8 @@ def test_demo_runs_for_n_seconds_processes_everything_and_prints_a_summary():
     sent, processed = (int(g.replace(",", "")) for g in match.groups())
     assert sent > 2000 and processed == sent
     assert re.search(r"model v\d+", err) and "segment" in err
+    assert re.search(r"dashboard\s+http://127\.0\.0\.1:\d+/", err)  # the address is printed
+    assert re.search(r"drift alerts: \d+", err)
 
 
 def test_sigterm_stops_the_demo_and_every_process_it_started():
