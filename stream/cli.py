@@ -99,8 +99,16 @@ def demo(
         console.print(f"  segment {name:>10}: {n:6,}  {summary.labels.get(seg, '')}")
     if summary.purity is not None:
         console.print(f"  customers in their persona's majority segment: {summary.purity:.1%}")
-    console.print(f"  drift alerts: {len(summary.drift_alerts)}")
-    for alert in reversed(summary.drift_alerts[:10]):
+    from collections import Counter
+
+    kinds = Counter(a["kind"] for a in summary.drift_alerts)
+    console.print(
+        f"  drift alerts: {len(summary.drift_alerts)}"
+        + (f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})" if kinds else "")
+    )
+    shares = [a for a in summary.drift_alerts if a["kind"] == "segment_share"]
+    rest = [a for a in summary.drift_alerts if a["kind"] != "segment_share"]
+    for alert in reversed(shares[:5] + rest[:5]):
         console.print(f"    {alert['kind']:<16} {alert['message']}")
 
 

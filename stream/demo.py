@@ -181,6 +181,10 @@ def run_demo(
             # Demo traffic moves event time ~250x faster than the clock: 5-minute buckets give
             # the dashboard's chart a point about every second.
             stats_bucket_seconds=300,
+            # The demo sends a few hundred training samples a second: a shorter drift warm-up
+            # than the production default lets the persona-mix switch show within a minute.
+            drift_warmup_samples=5_000,
+            drift_cooldown_samples=3_000,
             metrics_port=free_port(),
         )
         wait_for_broker(settings)
@@ -232,6 +236,9 @@ def run_demo(
                             )
                     live.update(view.render(time.monotonic() - started, produced))
                     time.sleep(0.5)
+            # The generator's last messages are counted once its producer has flushed them.
+            stop.set()
+            thread.join(timeout=10)
             _drain(client, produced.events, procs, console, stop)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping everything[/yellow]")
