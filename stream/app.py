@@ -8,12 +8,13 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import faust
 import orjson
+import redis
 from faust.types import EventT
 
 from models.clustering import ClusterTrainer, ModelSnapshot
@@ -435,7 +436,7 @@ class Segmenter:
                 seed=self.settings.seed,
                 min_share=self.settings.min_segment_share,
             )
-            data = await self.store.get_json("model")
+            data = await retry_forever("Redis model read", self.store.get_json, "model")
             if data:
                 self.trainer.restore(ModelSnapshot.from_dict(data))
                 log.info("trainer restored model version %s", self.trainer.version)
@@ -499,7 +500,8 @@ class Segmenter:
                 snapshot["rfm_cuts"] = cuts.to_dict()
             elif self.model is not None and self.model.rfm_cuts:
                 snapshot["rfm_cuts"] = self.model.rfm_cuts  # keep the last until enough data
-        await self.store.publish_model(snapshot)
+        # Stalls, rather than drops, a snapshot while Redis is away: the trainer waits with it.
+        await retry_forever("Redis model publish", self.store.publish_model, snapshot)
         await self.snapshots.send(value=orjson.dumps(snapshot))
         self.trainer_dirty = False
         self.pending_alerts += self.drift.model_moved(
@@ -555,6 +557,21 @@ class Segmenter:
         await self.store.set_json(f"worker:{self.settings.worker_id}", info, ttl=10)
 
 
+_OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+async def _unless_redis_is_down(what: str, job: Callable[[], Awaitable[None]]) -> None:
+    """Run a periodic job; while Redis is away, skip it with a warning instead of crashing.
+
+    An exception escaping a Faust timer stops the whole worker; these jobs (heartbeat, model
+    refresh, size snapshots) simply run again on their next tick.
+    """
+    try:
+        await job()
+    except _OUTAGE as exc:
+        log.warning("%s skipped: Redis is not available (%s)", what, exc)
+
+
 def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
     """The composition root of a worker process."""
     app = faust.App(
@@ -602,19 +619,19 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
 
     @app.timer(settings.snapshot_interval)  # type: ignore[untyped-decorator]
     async def publish_model() -> None:
-        await segmenter.publish_model()
+        await _unless_redis_is_down("model publish", segmenter.publish_model)
 
     @app.timer(settings.model_refresh_interval)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:
-        await segmenter.refresh_model()
+        await _unless_redis_is_down("model refresh", segmenter.refresh_model)
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:
-        await segmenter.heartbeat()
+        await _unless_redis_is_down("heartbeat", segmenter.heartbeat)
 
     @app.timer(settings.stats_interval)  # type: ignore[untyped-decorator]
     async def publish_stats() -> None:
-        await segmenter.publish_stats()
+        await _unless_redis_is_down("size snapshot", segmenter.publish_stats)
 
     if settings.metrics_port:
         segmenter.metrics.serve(settings.metrics_host, settings.metrics_port)
