@@ -607,10 +607,15 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
 
     @app.agent(source, name="segment")
     async def segment(stream: faust.StreamT[bytes]) -> None:
-        # take_events exists on faust.Stream; the StreamT protocol does not declare it.
-        batches = stream.take_events(settings.batch_size, within=settings.batch_within)  # type: ignore[attr-defined]
+        # Acknowledge a batch only once all its effects are done. Faust's take_events acks
+        # in a `finally`, so a batch cut short (the worker stopped or killed mid-batch, or an
+        # error) had its offsets committed anyway, and its events were lost on restart.
+        # noack_take (events, no acks) exists on faust.Stream; StreamT does not declare it.
+        batches = stream.noack_take(settings.batch_size, within=settings.batch_within)  # type: ignore[attr-defined]
         async for batch in batches:
             await segmenter.handle(batch)
+            for event in batch:
+                await stream.ack(event)
 
     @app.agent(segmenter.samples, name="train")
     async def train(stream: faust.StreamT[bytes]) -> None:

@@ -97,7 +97,11 @@ class Workers:
     def start(self, n: int = 1) -> list[str]:
         ids = []
         for _ in range(n):
-            worker_id = f"w{len(self.procs)}"
+            # A fresh id (and log file) even after a restart in the same test directory.
+            index = len(self.procs)
+            while (self.logdir / f"w{index}.log").exists():
+                index += 1
+            worker_id = f"w{index}"
             self.procs[worker_id] = start_worker(
                 self.settings, self.logdir / f"{worker_id}.log", worker_id
             )

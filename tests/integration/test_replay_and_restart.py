@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import time
 
 import orjson
 import pytest
@@ -138,7 +139,14 @@ def test_a_restarted_worker_recovers_features_from_the_changelog(stack, tmp_path
 
         # Every customer's features come to cover both halves: the first half can only come
         # back from the table's changelog, since the committed input is not read again.
-        wait_until(lambda: not mismatches(), 90, "features over both halves")
-        assert mismatches() == {}
+        deadline = time.monotonic() + 90
+        while mismatches() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        wrong = mismatches()
+        detail = {
+            cid: ((workers.client.get(cid) or {}).get("events_applied"), got, want)
+            for cid, (got, want) in wrong.items()
+        }
+        assert wrong == {}, f"(events applied, got, want) per wrong customer: {detail}"
     finally:
         workers.stop()
