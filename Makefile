@@ -22,8 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -m "not slow" $(ARGS)
 
+## Tests marked slow (none at the moment; exit code 5, "no tests", counts as success).
 test-slow: $(STAMP)
-	$(BIN)/pytest -m slow $(ARGS)
+	$(BIN)/pytest -m slow $(ARGS) || [ $$? -eq 5 ]
 
 ## Segmentation quality on generator traffic with known personas, against the targets.
 eval: $(STAMP)

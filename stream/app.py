@@ -38,7 +38,10 @@ from stream.store import RecordWrite, RedisSegmentStore, retry_forever
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CustomerTable", "Segmenter", "build_app"]
+__all__ = ["END_MARKER_KEY", "CustomerTable", "Segmenter", "build_app"]
+
+#: Reserved table key of the changelog end markers (see Segmenter._end_markers).
+END_MARKER_KEY = "\x00segmenter-end"
 
 
 class CustomerTable(faust.Table):  # type: ignore[type-arg]
@@ -303,6 +306,8 @@ class Segmenter:
         """After a rebalance, schedule the customers of the partitions this worker now owns."""
         self.due.clear()
         for customer_id, raw in self.table.items():
+            if customer_id == END_MARKER_KEY or not raw:
+                continue
             state = orjson.loads(raw)
             partition = state.get("p")
             if partition in owned:
@@ -341,8 +346,23 @@ class Segmenter:
         # changelog (the input offsets are committed, the state is not): flush them first.
         if states:
             await self.app.producer.flush()
+            if self.settings.changelog_end_markers:
+                await self._end_markers({self.table.partition_of[c] for c in states})
         for name, by in counters.items():
             self.counters[name] = self.counters.get(name, 0) + by
+
+    async def _end_markers(self, partitions: set[int | None]) -> None:
+        """Close each changelog partition just written with a record alone in its batch.
+
+        Tansu answers "end offset" with the last batch's first offset + 1, so a table
+        recovery that trusts it stops before the other records of a many-record batch and
+        restores older states (events lost). A lone tombstone of a reserved key, sent after the
+        flush, is always the last batch; recovery deletes that key again, so the table never
+        holds it. Apache Kafka does not need this (SEGMENTER_CHANGELOG_END_MARKERS=false).
+        """
+        for partition in sorted(p for p in partitions if p is not None):
+            self.table.send_changelog(partition, END_MARKER_KEY, None, value_serializer="raw")
+        await self.app.producer.flush()
 
     async def _send_all(
         self,

@@ -83,18 +83,16 @@ def make_producer(settings: Settings, **overrides: object) -> KafkaProducer:
 
 
 def read_topic(
-    settings: Settings, topic: str, timeout: float = 5.0
+    settings: Settings, topic: str, timeout: float = 5.0, quiet: float = 1.0
 ) -> Iterator[tuple[bytes | None, Any]]:
-    """Every message of a topic, JSON-decoded, from the beginning up to its end when called.
+    """Every message of a topic from the beginning, JSON-decoded, up to about its end.
 
-    Stops at the end offsets taken at the start (a topic written all the time still ends), or
-    after ``timeout`` seconds without a message.
+    Ends ``quiet`` seconds after the end offsets read at the start are reached (Tansu may
+    report an end offset short of the last batch's records, which come in that time), or after
+    ``timeout`` seconds without any message. A topic written all the time still ends.
     """
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        consumer_timeout_ms=int(timeout * 1000),
-        group_id=None,
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
     )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -104,22 +102,24 @@ def read_topic(
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = {tp: end for tp, end in consumer.end_offsets(tps).items() if end > 0}
-        if not ends:
-            return
-        for message in consumer:
-            tp = TopicPartition(message.topic, message.partition)
-            if tp not in ends or message.offset >= ends[tp]:
-                ends.pop(tp, None)
-                consumer.pause(tp)
-                if not ends:
-                    break
-                continue
-            yield message.key, orjson.loads(message.value)
-            if message.offset + 1 >= ends[tp]:
-                del ends[tp]
-                consumer.pause(tp)
-            if not ends:
-                break
+        last_message = time.monotonic()
+        reached = last_message if not ends else None
+        while True:
+            polled = consumer.poll(timeout_ms=100)
+            now = time.monotonic()
+            for tp, records in polled.items():
+                for message in records:
+                    last_message = now
+                    if message.offset + 1 >= ends.get(tp, 0):
+                        ends.pop(tp, None)
+                    yield message.key, orjson.loads(message.value)
+            if reached is None and not ends:
+                reached = now
+            if now - last_message >= timeout:
+                return
+            # Past the reported ends, read on briefly for what the broker under-reported.
+            if reached is not None and (now - last_message >= quiet or now - reached >= quiet):
+                return
     finally:
         consumer.close()
 

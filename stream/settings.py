@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         3.0, description="consumer heartbeat, s"
     )
     log_level: str = Field("info", description="crit, error, warn, info or debug")
+    changelog_end_markers: bool = Field(
+        True,
+        description="end each batch's changelog writes with a one-record marker, so that a "
+        "broker reporting the end offset as the last batch's start (Tansu) recovers every state",
+    )
 
     # Model
     n_clusters: Annotated[int, Field(ge=2, le=64)] = Field(5, description="behavioral clusters")
