@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import threading
@@ -141,3 +142,25 @@ def test_redis_down_for_30_seconds_under_load_stalls_the_worker_and_loses_nothin
         stop.set()
         workers.stop()
         own.stop()
+
+
+def test_shuffled_and_duplicated_deliveries_give_the_clean_logs_features(stack, tmp_path):
+    """Older events after newer ones, and a fifth of the messages delivered twice at random
+    places: the canonical value features equal those of the clean, ordered log."""
+    settings = make_settings(stack, partitions=2)
+    generator = TrafficGenerator(customers=150, seed=13, session_gap_ms=60_000)
+    clean = [m for _ in range(6) for cid in generator.customer_ids for m in generator.session(cid)]
+    expected = expected_value_features(clean)
+    rng = random.Random(3)
+    messy = list(clean)
+    rng.shuffle(messy)
+    for duplicate in rng.sample(clean, len(clean) // 5):
+        messy.insert(rng.randrange(len(messy) + 1), duplicate)
+    workers = Workers(settings, tmp_path)
+    try:
+        workers.start(1)
+        send_messages(settings, iter(messy))
+        wait_until(lambda: not _mismatches(workers.client, expected), 120, "the clean features")
+        assert _mismatches(workers.client, expected) == {}
+    finally:
+        workers.stop()
