@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from stream.embedded import free_port, redis_server_binary
+from stream.embedded import free_port, redis_server_binary, tansu_binary
 from stream.generator import TrafficGenerator
 from stream.producer import send_messages
 from stream.store import SegmentClient, StoreUnavailable
@@ -164,3 +166,132 @@ def test_shuffled_and_duplicated_deliveries_give_the_clean_logs_features(stack, 
         assert _mismatches(workers.client, expected) == {}
     finally:
         workers.stop()
+
+
+class CuttableProxy:
+    """A TCP proxy in front of a broker, whose connections can be cut and restored."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.port = free_port()
+        self.upstream = upstream_port
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones (the network is gone)."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_path):
+    """A broker of this test's own, reached only through a proxy (it advertises the proxy's
+    address): the proxy cuts every connection for 15 s under load, then lets them in again."""
+    broker_port = free_port()
+    proxy = CuttableProxy(broker_port)
+    log = open(tmp_path / "tansu.log", "wb")  # noqa: SIM115 (closed in finally)
+    broker = subprocess.Popen(
+        [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{broker_port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{proxy.port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    workers = None
+    stop = threading.Event()
+    try:
+        proxy.start()
+        redis_dir = tmp_path / "redis"
+        redis_dir.mkdir()
+        stack = SimpleNamespace(kafka_url=f"kafka://127.0.0.1:{proxy.port}", redis_url=None)
+        own_redis = OwnRedis(redis_dir)
+        own_redis.start()
+        stack.redis_url = own_redis.url
+        wait_until(lambda: _listening(broker_port), 20, "the broker")
+        settings = make_settings(stack, partitions=2)  # type: ignore[arg-type]
+        generator = TrafficGenerator(customers=150, seed=17, session_gap_ms=60_000)
+        messages = [
+            m for _ in range(8) for cid in generator.customer_ids for m in generator.session(cid)
+        ]
+        expected = expected_value_features(messages)
+        half = len(messages) // 2
+        workers = Workers(settings, tmp_path)
+        workers.start(1)
+        workers.wait_joined(1)
+        send_messages(settings, iter(messages[:half]))
+        wait_until(lambda: workers.client.stats().get("events", 0) > 0, 60, "processing")
+        proxy.cut()
+        for _ in range(15):
+            workers.check_alive()
+            time.sleep(1)
+        proxy.start()
+        send_messages(settings, iter(messages[half:]))
+        wait_until(lambda: not _mismatches(workers.client, expected), 180, "exact features")
+        workers.check_alive()
+    finally:
+        stop.set()
+        if workers is not None:
+            workers.stop()
+        proxy.cut()
+        broker.terminate()
+        broker.wait(timeout=20)
+        log.close()
+        with contextlib.suppress(Exception):
+            own_redis.stop()
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
