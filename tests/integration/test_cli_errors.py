@@ -50,3 +50,42 @@ def test_get_without_redis_fails_fast():
     done = _run("get", "c-1", SEGMENTER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     assert done.returncode == 2 and "not reachable" not in done.stdout
     assert "Redis at redis://127.0.0.1:" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SEGMENTER_PARTITIONS": "0"}, "partitions"),
+        ({"SEGMENTER_HYSTERESIS": "1.5"}, "hysteresis"),
+        ({"SEGMENTER_LIFECYCLE_AT_RISK_DAYS": "400"}, "lifecycle_at_risk_days"),
+        ({"SEGMENTER_METRICS_PORT": "not-a-port"}, "metrics_port"),
+    ],
+)
+def test_invalid_settings_fail_at_start_up_naming_the_field(env, named):
+    done = _run("worker", **env)
+    assert done.returncode == 2
+    assert "invalid configuration" in done.stderr and named in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_invalid_segment_file_fails_at_start_up_naming_the_entry_and_line(stack, tmp_path):
+    bad = tmp_path / "segments.yaml"
+    bad.write_text(
+        "segments:\n"
+        "  big_spender:\n"
+        "    kind: value\n"
+        "    description: spends a lot\n"
+        "    when: {customer_value_estimate: {gte: 1500}}\n"
+        "  broken:\n"
+        "    kind: value\n"
+        "    description: no rule here\n"
+    )
+    done = _run(
+        "worker",
+        SEGMENTER_KAFKA_URL=stack.kafka_url,
+        SEGMENTER_REDIS_URL=stack.redis_url,
+        SEGMENTER_SEGMENTS_FILE=str(bad),
+    )
+    assert done.returncode == 2
+    assert "broken" in done.stderr and "line" in done.stderr
+    assert "Traceback" not in done.stderr
