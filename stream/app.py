@@ -76,6 +76,7 @@ class Segmenter:
         self.app = app
         self.store = store
         self.input_topics = settings.input_topics
+        self.forget_topic = settings.topic(settings.forget_topic)
         self.table = CustomerTable(
             app,
             name="profiles",
@@ -164,9 +165,15 @@ class Segmenter:
         limits = self.settings.limits
         per_customer: dict[str, list[tuple[str, int, list[Event]]]] = {}
         dead: list[tuple[bytes | None, bytes]] = []
+        forget: dict[str, int] = {}
         for event in batch:
             message = event.message
             value = event.value
+            if message.topic == self.forget_topic:
+                if message.key:
+                    customer_id = message.key.decode("utf-8", "replace")
+                    forget[customer_id] = message.partition
+                continue
             try:
                 if not message.key:
                     raise DecodeError("message has no key; the key must be the customer_id")
@@ -221,7 +228,32 @@ class Segmenter:
             "records": len(writes),
         }
         await self._commit(writes, changes, states, counters, samples, dead)
+        if forget:
+            await self._forget(forget)
         await self._expire_due()
+
+    async def _forget(self, customers: dict[str, int]) -> None:
+        """Erase customers everywhere this worker keeps them (segmenter forget).
+
+        Redis record and counters first, then a tombstone on ``segment-changes`` (key =
+        customer, no value) for downstream systems to erase too, then the table entry (a
+        changelog tombstone). Events of the same batch are erased with the customer; an event
+        that arrives later starts a new profile.
+        """
+        ids = sorted(customers)
+        await retry_forever("Redis forget", self.store.forget_many, ids)
+        futures = [await self.changes.send(key=c.encode(), value=None) for c in ids]
+        await asyncio.gather(*futures)
+        for customer_id in ids:
+            self.table.partition_of[customer_id] = customers[customer_id]
+            if self.table.get(customer_id) is not None:
+                del self.table[customer_id]
+            self.due.set(customer_id, None)
+        await self.app.producer.flush()
+        if self.settings.changelog_end_markers:
+            await self._end_markers(set(customers.values()))
+        self.counters["forgotten"] = self.counters.get("forgotten", 0) + len(ids)
+        log.info("forgot %d customers", len(ids))
 
     def _score(
         self,
@@ -623,7 +655,12 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
         stability=Stability(settings.hysteresis, int(settings.min_dwell_seconds * 1000)),
     )
     segmenter = Segmenter(settings, app, store, catalog)
-    source = app.topic(*settings.input_topics, value_serializer="raw", key_serializer="raw")
+    source = app.topic(
+        *settings.input_topics,
+        settings.topic(settings.forget_topic),
+        value_serializer="raw",
+        key_serializer="raw",
+    )
 
     @app.agent(source, name="segment")
     async def segment(stream: faust.StreamT[bytes]) -> None:

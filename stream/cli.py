@@ -113,6 +113,48 @@ def demo(
 
 
 @app.command()
+def forget(
+    customer_id: Annotated[str, typer.Argument(help="the customer to erase")],
+    wait: Annotated[float, typer.Option(help="seconds to wait for a worker to confirm")] = 30.0,
+) -> None:
+    """Erase a customer everywhere the project keeps data, and tell downstream systems.
+
+    Sends an erasure request to the forget-requests topic; the worker that owns the customer
+    deletes their Redis record (and their share of the segment sizes), deletes their profile
+    from its table (a changelog tombstone), and publishes a tombstone (key = customer, no
+    value) on segment-changes. Exit 0 once the record is gone, 1 if no worker confirmed it.
+    """
+    from stream.kafka import ensure_topics, make_producer, wait_for_broker
+    from stream.store import SegmentClient
+
+    settings = _settings()
+    if not customer_id or len(customer_id) > settings.max_id_length:
+        console.print(f"[red]customer id must be 1 to {settings.max_id_length} characters[/red]")
+        raise typer.Exit(2)
+    client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    client.ping()
+    wait_for_broker(settings)
+    ensure_topics(settings)
+    producer = make_producer(settings, acks="all")
+    request = {"customer_id": customer_id, "requested_at": int(time.time() * 1000)}
+    producer.send(
+        settings.topic(settings.forget_topic), key=customer_id, value=orjson.dumps(request)
+    )
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + wait
+    while client.get(customer_id) is not None:
+        if time.monotonic() > deadline:
+            console.print(
+                f"[yellow]request sent, but the record is still there after {wait:.0f}s; "
+                "is a worker running?[/yellow]"
+            )
+            raise typer.Exit(1)
+        time.sleep(0.2)
+    console.print(f"forgotten: {customer_id}")
+
+
+@app.command()
 def triggers(
     webhook: Annotated[str, typer.Option(help="URL that receives each change as a JSON POST")],
     segment: Annotated[

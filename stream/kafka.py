@@ -51,6 +51,7 @@ def ensure_topics(settings: Settings) -> None:
     the sample and snapshot topics have one partition, read by the single model trainer.
     """
     wanted = {name: settings.partitions for name in settings.input_topics}
+    wanted[settings.topic(settings.forget_topic)] = settings.partitions  # co-partitioned
     wanted[settings.topic(settings.dead_letter_topic)] = 1
     wanted[settings.topic(settings.changes_topic)] = settings.partitions
     wanted[settings.topic(settings.samples_topic)] = 1
@@ -112,7 +113,8 @@ def read_topic(
                     last_message = now
                     if message.offset + 1 >= ends.get(tp, 0):
                         ends.pop(tp, None)
-                    yield message.key, orjson.loads(message.value)
+                    value = message.value
+                    yield message.key, None if value is None else orjson.loads(value)
             if reached is None and not ends:
                 reached = now
             if now - last_message >= timeout:

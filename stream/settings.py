@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     changes_topic: str = "segment-changes"
     samples_topic: str = "segment-samples"
     snapshots_topic: str = "model-snapshots"
+    forget_topic: str = Field(
+        "forget-requests", description="erasure requests (segmenter forget), keyed by customer"
+    )
     stats_topic: str = "segment-stats"
     drift_topic: str = "segment-drift"
     trigger_dead_letter_topic: str = Field(

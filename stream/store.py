@@ -71,6 +71,18 @@ end
 return 1
 """
 
+# Erases one customer's record and takes them out of the size counters, in one atomic step.
+_FORGET_SCRIPT = """
+local cur = redis.call('HMGET', KEYS[1], 'seg', 'm')
+if not cur[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HINCRBY', KEYS[2], cur[1], -1)
+if cur[2] then
+  for _, m in ipairs(cjson.decode(cur[2])) do redis.call('HINCRBY', KEYS[3], m, -1) end
+end
+return 1
+"""
+
 # Keeps the newest event time any worker applied, so size snapshots of several workers share
 # one event-time clock.
 _WATERMARK_SCRIPT = """
@@ -160,6 +172,7 @@ class RedisSegmentStore:
         self.client: aioredis.Redis = aioredis.Redis.from_url(url)
         self._script = self.client.register_script(_WRITE_SCRIPT)
         self._watermark = self.client.register_script(_WATERMARK_SCRIPT)
+        self._forget = self.client.register_script(_FORGET_SCRIPT)
 
     async def ping(self) -> None:
         try:
@@ -213,6 +226,19 @@ class RedisSegmentStore:
     async def model_version(self) -> int:
         raw = await self.client.get(f"{self.prefix}model:version")
         return int(raw) if raw else 0
+
+    async def forget_many(self, customer_ids: Sequence[str]) -> int:
+        """Erase these customers' records and their share of the size counters."""
+        if not customer_ids:
+            return 0
+        keys = [f"{self.prefix}sizes", f"{self.prefix}members"]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for customer_id in customer_ids:
+                await self._forget(
+                    keys=[record_key(self.prefix, customer_id), *keys], args=[], client=pipe
+                )
+            results = await pipe.execute()
+        return sum(1 for r in results if r == 1)
 
     async def size_snapshot(
         self, worker_id: str, watermark: int, bucket_ms: int, keep: int, period_s: float
