@@ -188,7 +188,7 @@ def _decode_event(source: str, raw: object, limits: DecodeLimits) -> Event:
     }
     if source == "clickstream":
         kind = raw["type"]
-        if kind not in CLICKSTREAM_TYPES:
+        if not isinstance(kind, str) or kind not in CLICKSTREAM_TYPES:
             raise DecodeError(
                 f"type {str(kind)[:64]!r} is not one of {', '.join(sorted(CLICKSTREAM_TYPES))}"
             )

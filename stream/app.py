@@ -187,6 +187,13 @@ class Segmenter:
             except DecodeError as exc:
                 dead.append((message.key, self._dead_letter(message, value, exc.reason)))
                 continue
+            except Exception as exc:  # a decoder bug must not make a poison message
+                log.exception(
+                    "decoder failed on %s[%s]@%s", message.topic, message.partition, message.offset
+                )
+                reason = f"could not decode ({type(exc).__name__}: {str(exc)[:120]})"
+                dead.append((message.key, self._dead_letter(message, value, reason)))
+                continue
             customer_id = decoded[0].customer_id
             self.metrics.events.labels(message.topic).inc(len(decoded))
             position = f"{message.topic}/{message.partition}"
