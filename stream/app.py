@@ -14,7 +14,6 @@ from typing import Any
 
 import faust
 import orjson
-import redis
 from faust.types import EventT
 
 from models.clustering import ClusterTrainer, ModelSnapshot
@@ -34,13 +33,13 @@ from models.segments import (
 from stream.catalog import load_personas, load_segments
 from stream.metrics import WorkerMetrics
 from stream.settings import Settings
-from stream.store import RecordWrite, RedisSegmentStore, retry_forever
+from stream.store import REDIS_OUTAGE, RecordWrite, RedisSegmentStore, retry_forever
 
 log = logging.getLogger(__name__)
 
 __all__ = ["END_MARKER_KEY", "CustomerTable", "Segmenter", "build_app"]
 
-#: Reserved table key of the changelog end markers (see Segmenter._end_markers).
+#: Reserved table key of the changelog end markers (see Segmenter._flush_changelog).
 END_MARKER_KEY = "\x00segmenter-end"
 
 
@@ -127,7 +126,6 @@ class Segmenter:
             cooldown=settings.drift_cooldown_samples,
         )
         self.pending_alerts: list[DriftAlert] = []
-        self.drift_ts = 0  # newest event time the drift monitor has seen
         self.metrics = WorkerMetrics()
         self.offsets: dict[tuple[str, int], int] = {}  # newest offset handled per partition
         self.lock = asyncio.Lock()
@@ -154,12 +152,15 @@ class Segmenter:
             await self._handle(batch)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         now = time.time()
+        per_topic: dict[str, int] = {}
         for event in batch:
             message = event.message
-            self.metrics.messages.labels(message.topic).inc()
+            per_topic[message.topic] = per_topic.get(message.topic, 0) + 1
             self.metrics.event_delay.observe(max(0.0, now - message.timestamp))
             key = (message.topic, message.partition)
             self.offsets[key] = max(self.offsets.get(key, -1), message.offset)
+        for topic, n in per_topic.items():
+            self.metrics.messages.labels(topic).inc(n)
 
     async def _handle(self, batch: Sequence[EventT[Any]]) -> None:
         limits = self.settings.limits
@@ -256,9 +257,7 @@ class Segmenter:
             if self.table.get(customer_id) is not None:
                 del self.table[customer_id]
             self.due.set(customer_id, None)
-        await self.app.producer.flush()
-        if self.settings.changelog_end_markers:
-            await self._end_markers(set(customers.values()))
+        await self._flush_changelog(set(customers.values()))
         self.counters["forgotten"] = self.counters.get("forgotten", 0) + len(ids)
         log.info("forgot %d customers", len(ids))
 
@@ -384,21 +383,23 @@ class Segmenter:
         # they reach the broker loses events when a rebalance recovers the table from its
         # changelog (the input offsets are committed, the state is not): flush them first.
         if states:
-            await self.app.producer.flush()
-            if self.settings.changelog_end_markers:
-                await self._end_markers({self.table.partition_of[c] for c in states})
+            await self._flush_changelog({self.table.partition_of[c] for c in states})
         for name, by in counters.items():
             self.counters[name] = self.counters.get(name, 0) + by
 
-    async def _end_markers(self, partitions: set[int | None]) -> None:
-        """Close each changelog partition just written with a record alone in its batch.
+    async def _flush_changelog(self, partitions: set[int | None]) -> None:
+        """Deliver the table's queued changelog writes to these partitions before an ack.
 
-        Tansu answers "end offset" with the last batch's first offset + 1, so a table
-        recovery that trusts it stops before the other records of a many-record batch and
+        Then close each partition with a record alone in its batch (end markers): Tansu
+        answers "end offset" with the last batch's first offset + 1, so a table recovery that
+        trusts it stops before the other records of a many-record batch and
         restores older states (events lost). A lone tombstone of a reserved key, sent after the
         flush, is always the last batch; recovery deletes that key again, so the table never
         holds it. Apache Kafka does not need this (SEGMENTER_CHANGELOG_END_MARKERS=false).
         """
+        await self.app.producer.flush()
+        if not self.settings.changelog_end_markers:
+            return
         for partition in sorted(p for p in partitions if p is not None):
             self.table.send_changelog(partition, END_MARKER_KEY, None, value_serializer="raw")
         await self.app.producer.flush()
@@ -547,7 +548,6 @@ class Segmenter:
                         model.version,
                         len(model.centres),
                     )
-                    self.drift_ts = max(self.drift_ts, int(sample.get("ts") or 0))
 
     async def publish_model(self) -> None:
         if self.trainer is None or not self.trainer.ready or not self.trainer_dirty:
@@ -564,7 +564,7 @@ class Segmenter:
         await self.snapshots.send(value=orjson.dumps(snapshot))
         self.trainer_dirty = False
         self.pending_alerts += self.drift.model_moved(
-            snapshot["version"], snapshot["centres"], self.drift_ts
+            snapshot["version"], snapshot["centres"], self.drift.clock
         )
         await self._publish_alerts()
 
@@ -616,9 +616,6 @@ class Segmenter:
         await self.store.set_json(f"worker:{self.settings.worker_id}", info, ttl=10)
 
 
-_OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError)
-
-
 async def _unless_redis_is_down(what: str, job: Callable[[], Awaitable[None]]) -> None:
     """Run a periodic job; while Redis is away, skip it with a warning instead of crashing.
 
@@ -627,7 +624,7 @@ async def _unless_redis_is_down(what: str, job: Callable[[], Awaitable[None]]) -
     """
     try:
         await job()
-    except _OUTAGE as exc:
+    except REDIS_OUTAGE as exc:
         log.warning("%s skipped: Redis is not available (%s)", what, exc)
 
 

@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "REDIS_OUTAGE",
     "AsyncSegmentClient",
     "InMemorySegmentStore",
     "RecordWrite",
@@ -91,6 +92,10 @@ local mine = tonumber(ARGV[1])
 if mine > cur then redis.call('SET', KEYS[1], ARGV[1]); return mine end
 return cur
 """
+
+
+#: What Redis being away looks like to a client: retried or skipped, never fatal to a worker.
+REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class StoreUnavailable(RuntimeError):
@@ -424,7 +429,7 @@ async def retry_forever(
     while True:
         try:
             return await func(*args)
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except REDIS_OUTAGE as exc:
             log.warning(
                 "%s failed (%s); retrying in %.1fs (down %.0fs)",
                 what,

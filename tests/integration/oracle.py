@@ -46,3 +46,22 @@ def expected_value_features(messages: Iterable[Message]) -> dict[str, dict[str, 
                     ts if f["last_purchase_ts"] is None else max(f["last_purchase_ts"], ts)
                 )
     return out
+
+
+def feature_mismatches(client: Any, expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Customers whose record's canonical features differ from ``expected``: id -> (got, want).
+
+    A customer with no record counts as a mismatch (got None). Revenue compares to 6 places.
+    """
+    out: dict[str, Any] = {}
+    for cid, features in expected.items():
+        record = client.get(cid)
+        if record is None:
+            out[cid] = (None, features)
+            continue
+        got = {k: record["features"][k] for k in features}
+        got["revenue_total"] = round(got["revenue_total"], 6)
+        want = {**features, "revenue_total": round(features["revenue_total"], 6)}
+        if got != want:
+            out[cid] = (got, want)
+    return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,7 +36,6 @@ class Running:
     client: SegmentClient
     generator: TrafficGenerator
     dashboard: DashboardServer
-    stop: threading.Event
     sent: list[int]
 
     def produce(self, events: int, rate: float = 4000) -> None:
@@ -69,7 +67,6 @@ def running(stack, tmp_path_factory) -> Iterator[Running]:  # type: ignore[no-un
         SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix),
         TrafficGenerator(customers=600, seed=11),
         dashboard,
-        threading.Event(),
         [],
     )
     try:

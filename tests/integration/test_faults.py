@@ -19,24 +19,9 @@ from stream.producer import send_messages
 from stream.store import SegmentClient, StoreUnavailable
 
 from .conftest import Workers, make_settings, wait_until
-from .oracle import expected_value_features
+from .oracle import expected_value_features, feature_mismatches
 
 pytestmark = pytest.mark.integration
-
-
-def _mismatches(client, expected):  # type: ignore[no-untyped-def]
-    out = {}
-    for cid, features in expected.items():
-        record = client.get(cid)
-        if record is None:
-            out[cid] = (None, features)
-            continue
-        got = {k: record["features"][k] for k in features}
-        got["revenue_total"] = round(got["revenue_total"], 6)
-        want = {**features, "revenue_total": round(features["revenue_total"], 6)}
-        if got != want:
-            out[cid] = (got, want)
-    return out
 
 
 def test_a_worker_killed_mid_replay_loses_and_double_counts_nothing(stack, tmp_path):
@@ -63,8 +48,8 @@ def test_a_worker_killed_mid_replay_loses_and_double_counts_nothing(stack, tmp_p
         victim.wait()  # type: ignore[attr-defined]
         assert workers.client.stats()["events"] < total, "too late: the replay was done"
         workers.start(1)
-        wait_until(lambda: not _mismatches(workers.client, expected), 180, "exact features")
-        assert _mismatches(workers.client, expected) == {}
+        wait_until(lambda: not feature_mismatches(workers.client, expected), 180, "exact features")
+        assert feature_mismatches(workers.client, expected) == {}
     finally:
         workers.stop()
 
@@ -85,14 +70,7 @@ class OwnRedis:
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--dir", str(self.workdir), "--appendonly", "yes", "--save", ""]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._up, 20, "redis-server to listen")
-
-    def _up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        wait_until(lambda: _listening(self.port), 20, "redis-server to listen")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -137,7 +115,9 @@ def test_redis_down_for_30_seconds_under_load_stalls_the_worker_and_loses_nothin
             time.sleep(1)
         own.start()
         sender.join(timeout=120)
-        wait_until(lambda: not _mismatches(workers.client, expected), 180, "caught up, exactly")
+        wait_until(
+            lambda: not feature_mismatches(workers.client, expected), 180, "caught up, exactly"
+        )
         workers.check_alive()
         assert "retrying" in workers.log("w0", 400)  # it backed off, and said so
     finally:
@@ -162,8 +142,10 @@ def test_shuffled_and_duplicated_deliveries_give_the_clean_logs_features(stack, 
     try:
         workers.start(1)
         send_messages(settings, iter(messy))
-        wait_until(lambda: not _mismatches(workers.client, expected), 120, "the clean features")
-        assert _mismatches(workers.client, expected) == {}
+        wait_until(
+            lambda: not feature_mismatches(workers.client, expected), 120, "the clean features"
+        )
+        assert feature_mismatches(workers.client, expected) == {}
     finally:
         workers.stop()
 
@@ -247,7 +229,6 @@ def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_p
         stderr=subprocess.STDOUT,
     )
     workers = None
-    stop = threading.Event()
     try:
         proxy.start()
         redis_dir = tmp_path / "redis"
@@ -275,10 +256,9 @@ def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_p
             time.sleep(1)
         proxy.start()
         send_messages(settings, iter(messages[half:]))
-        wait_until(lambda: not _mismatches(workers.client, expected), 180, "exact features")
+        wait_until(lambda: not feature_mismatches(workers.client, expected), 180, "exact features")
         workers.check_alive()
     finally:
-        stop.set()
         if workers is not None:
             workers.stop()
         proxy.cut()

@@ -14,7 +14,7 @@ from stream.producer import read_events_file, send_messages
 from stream.store import AsyncSegmentClient, StoreUnavailable
 
 from .conftest import Workers, make_settings, run_cli, wait_until
-from .oracle import expected_value_features
+from .oracle import expected_value_features, feature_mismatches
 
 pytestmark = pytest.mark.integration
 
@@ -124,15 +124,7 @@ def test_a_restarted_worker_recovers_features_from_the_changelog(stack, tmp_path
         expected = expected_value_features(first + second)
 
         def mismatches() -> dict[str, tuple[object, object]]:
-            out = {}
-            for cid, features in expected.items():
-                record = workers.client.get(cid)
-                got = {k: record["features"][k] for k in features}
-                got["revenue_total"] = round(got["revenue_total"], 6)
-                want = {**features, "revenue_total": round(features["revenue_total"], 6)}
-                if got != want:
-                    out[cid] = (got, want)
-            return out
+            return feature_mismatches(workers.client, expected)
 
         # Every customer's features come to cover both halves: the first half can only come
         # back from the table's changelog, since the committed input is not read again.
