@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow check eval bench clean install browser
+.PHONY: demo test test-slow check eval bench clean install browser system-deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,11 +35,17 @@ check: $(STAMP)
 	$(BIN)/ruff format --check models stream tests
 	$(BIN)/mypy models stream
 
-## Debian's Chromium for the dashboard's browser test (needs root and apt; skipped if present).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+## System packages some tests need (root and apt; nothing is installed if already present):
+## Debian's Chromium for the dashboard's browser test, and Debian's Redis 7 with TLS
+## (package redis-tools: the server binary without a system service) for the TLS test.
+system-deps:
+	@{ command -v chromium >/dev/null 2>&1 && test -x /usr/bin/redis-check-rdb; } || { \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			chromium redis-tools; }
 	@chromium --version
+	@/usr/bin/redis-check-rdb --version
+
+browser: system-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,7 @@ from models.segments import (
     remember,
 )
 from stream.catalog import load_personas, load_segments
+from stream.kafka import faust_credentials
 from stream.metrics import WorkerMetrics
 from stream.settings import Settings
 from stream.store import REDIS_OUTAGE, RecordWrite, RedisSegmentStore, retry_forever
@@ -189,9 +190,16 @@ class Segmenter:
                 dead.append((message.key, self._dead_letter(message, value, exc.reason)))
                 continue
             except Exception as exc:  # a decoder bug must not make a poison message
-                log.exception(
-                    "decoder failed on %s[%s]@%s", message.topic, message.partition, message.offset
+                # The exception's text may quote the message (ids, traits): type only above
+                # debug; the reason goes with the message to the dead-letter topic.
+                log.error(
+                    "decoder failed (%s) on %s[%s]@%s",
+                    type(exc).__name__,
+                    message.topic,
+                    message.partition,
+                    message.offset,
                 )
+                log.debug("decoder failure", exc_info=True)
                 reason = f"could not decode ({type(exc).__name__}: {str(exc)[:120]})"
                 dead.append((message.key, self._dead_letter(message, value, reason)))
                 continue
@@ -430,7 +438,15 @@ class Segmenter:
             self.metrics.dead_letters.inc(len(dead))
 
     def _dead_letter(self, message: Any, value: bytes | None, reason: str) -> bytes:
+        # A reason may quote the message (a customer id, a trait): only at debug level here;
+        # it travels with the message to the dead-letter topic.
         log.warning(
+            "dead letter from %s[%s]@%s (reason on the dead-letter topic)",
+            message.topic,
+            message.partition,
+            message.offset,
+        )
+        log.debug(
             "dead letter from %s[%s]@%s: %s",
             message.topic,
             message.partition,
@@ -633,6 +649,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
     app = faust.App(
         settings.app_id,
         broker=settings.kafka_url,
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         autodiscover=False,
         datadir=settings.data_dir or tempfile.mkdtemp(prefix="segmenter-worker-"),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
+from faust.auth import Credentials, SASLCredentials, SSLCredentials
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -17,11 +19,70 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BrokerUnavailable", "ensure_topics", "make_producer", "read_topic", "wait_for_broker"]
+__all__ = [
+    "BrokerUnavailable",
+    "client_options",
+    "ensure_topics",
+    "faust_credentials",
+    "make_producer",
+    "read_topic",
+    "ssl_context",
+    "wait_for_broker",
+]
 
 
 class BrokerUnavailable(RuntimeError):
     """Kafka could not be reached; the message says where and why."""
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for Kafka, or None when the protocol has no TLS.
+
+    Verifies the broker's certificate and host name against ``kafka_ssl_ca_file`` (the
+    system's CAs when unset), and presents a client certificate when one is configured.
+    """
+    if not settings.kafka_security_protocol.endswith("SSL"):
+        return None
+    ca = settings.kafka_ssl_ca_file
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if settings.kafka_ssl_cert_file and settings.kafka_ssl_key_file:
+        context.load_cert_chain(settings.kafka_ssl_cert_file, settings.kafka_ssl_key_file)
+    return context
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection options for every kafka-python client (admin, producer, consumer)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    context = ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = password.get_secret_value() if password else ""
+    return options
+
+
+def faust_credentials(settings: Settings) -> Credentials | None:
+    """The same connection security for the Faust worker (aiokafka), or None for PLAINTEXT."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = ssl_context(settings)
+    if protocol == "SSL":
+        assert context is not None
+        return SSLCredentials(context)
+    password = settings.kafka_sasl_password
+    return SASLCredentials(
+        username=settings.kafka_sasl_username,
+        password=password.get_secret_value() if password else "",
+        ssl_context=context,
+        mechanism=settings.kafka_sasl_mechanism,
+    )
 
 
 def wait_for_broker(settings: Settings, timeout: float | None = None) -> None:
@@ -30,7 +91,7 @@ def wait_for_broker(settings: Settings, timeout: float | None = None) -> None:
     while True:
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=settings.bootstrap_servers,
+                **client_options(settings),
                 request_timeout_ms=3000,
                 bootstrap_timeout_ms=int(max(0.5, min(budget, 5.0)) * 1000),
             )
@@ -59,7 +120,7 @@ def ensure_topics(settings: Settings) -> None:
     wanted[settings.topic(settings.stats_topic)] = 1
     wanted[settings.topic(settings.drift_topic)] = 1
     wanted[settings.topic(settings.trigger_dead_letter_topic)] = 1
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = KafkaAdminClient(**client_options(settings))
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
@@ -74,7 +135,7 @@ def ensure_topics(settings: Settings) -> None:
 
 def make_producer(settings: Settings, **overrides: object) -> KafkaProducer:
     options: dict[str, object] = {
-        "bootstrap_servers": settings.bootstrap_servers,
+        **client_options(settings),
         "linger_ms": 5,
         "acks": 1,
         "key_serializer": lambda k: k.encode() if isinstance(k, str) else k,
@@ -92,9 +153,7 @@ def read_topic(
     report an end offset short of the last batch's records, which come in that time), or after
     ``timeout`` seconds without any message. A topic written all the time still ends.
     """
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
+    consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

@@ -6,9 +6,9 @@ import os
 import socket
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.events import DecodeLimits
@@ -26,7 +26,28 @@ class Settings(BaseSettings):
         "kafka://127.0.0.1:9092", description="Kafka bootstrap, kafka://host:port[;host:port]"
     )
     redis_url: SecretStr = Field(
-        SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (redis:// or rediss://)"
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description=(
+            "Redis URL: redis://[:password@]host:port/db, or rediss:// for TLS; TLS options as "
+            "query parameters, e.g. ?ssl_ca_certs=/path/ca.pem (redis-py's names)"
+        ),
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how to reach Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism, with SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_ssl_ca_file: FilePath | None = Field(
+        None, description="CA bundle to trust for Kafka TLS; unset: the system's"
+    )
+    kafka_ssl_cert_file: FilePath | None = Field(
+        None, description="client certificate for mutual TLS (PEM)"
+    )
+    kafka_ssl_key_file: FilePath | None = Field(
+        None, description="client certificate's private key (PEM)"
     )
 
     connect_timeout: Annotated[float, Field(gt=0)] = Field(
@@ -169,6 +190,19 @@ class Settings(BaseSettings):
     max_message_bytes: Annotated[int, Field(ge=64)] = 1_000_000
     max_events_per_message: Annotated[int, Field(ge=1)] = 1_000
     max_id_length: Annotated[int, Field(ge=8)] = 256
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs "
+                "kafka_sasl_username and kafka_sasl_password"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("kafka_ssl_cert_file and kafka_ssl_key_file go together")
+        return self
 
     @model_validator(mode="after")
     def _lifecycle_in_order(self) -> Settings:

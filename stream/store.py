@@ -20,11 +20,13 @@ Key layout (``P`` is ``SEGMENTER_REDIS_PREFIX``, default ``seg:``):
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import orjson
 import redis
@@ -100,6 +102,33 @@ REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 class StoreUnavailable(RuntimeError):
     """Redis could not be reached; the message says where and why."""
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _unavailable_on_error(method: _Method) -> _Method:
+    """Turn any Redis error of a client method into ``StoreUnavailable`` naming the server
+    (without its password); a generator method is covered while it is iterated."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from method(self, *args, **kwargs)
+            except redis.RedisError as exc:
+                raise StoreUnavailable(f"Redis at {_safe(self.url)}: {exc}") from exc
+
+        return cast(_Method, generator)
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"Redis at {_safe(self.url)}: {exc}") from exc
+
+    return cast(_Method, call)
 
 
 def record_key(prefix: str, customer_id: str) -> str:
@@ -312,19 +341,19 @@ class SegmentClient:
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
 
+    @_unavailable_on_error
     def get(self, customer_id: str) -> dict[str, Any] | None:
-        try:
-            raw = self.client.hget(record_key(self.prefix, customer_id), "v")
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis at {_safe(self.url)}: {exc}") from exc
+        raw = self.client.hget(record_key(self.prefix, customer_id), "v")
         return None if raw is None else orjson.loads(raw)
 
+    @_unavailable_on_error
     def ping(self) -> None:
         try:
             self.client.ping()
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis at {_safe(self.url)} is not reachable: {exc}") from exc
 
+    @_unavailable_on_error
     def iter_records(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
         """Every customer record (SCAN, then one pipelined HGET per batch of keys)."""
         keys: list[bytes] = []
@@ -344,15 +373,18 @@ class SegmentClient:
             if raw is not None:
                 yield orjson.loads(raw)
 
+    @_unavailable_on_error
     def sizes(self) -> dict[str, int]:
         raw = self.client.hgetall(f"{self.prefix}sizes")
         return {_text(k): int(v) for k, v in raw.items() if int(v) > 0}
 
+    @_unavailable_on_error
     def members(self) -> dict[str, int]:
         """Customers in each segment of any kind (``cluster:3``, ``rule:vip``, ``persona:...``)."""
         raw = self.client.hgetall(f"{self.prefix}members")
         return {_text(k): int(v) for k, v in raw.items() if int(v) > 0}
 
+    @_unavailable_on_error
     def history(self, limit: int = 500) -> list[dict[str, Any]]:
         """Size snapshots, oldest first: at most the newest ``limit`` event-time buckets."""
         buckets: list[bytes] = self.client.zrange(f"{self.prefix}history:index", -limit, -1)  # type: ignore[assignment]
@@ -361,23 +393,28 @@ class SegmentClient:
         values = self.client.hmget(f"{self.prefix}history", buckets)
         return [orjson.loads(v) for v in values if v]
 
+    @_unavailable_on_error
     def drift(self, limit: int = 200) -> list[dict[str, Any]]:
         """The newest drift alerts, newest first."""
         return [orjson.loads(v) for v in self.client.lrange(f"{self.prefix}drift", 0, limit - 1)]
 
+    @_unavailable_on_error
     def customers(self) -> int:
         """Customers with a record (the sum of the segment-size counters, kept atomically)."""
         raw = self.client.hvals(f"{self.prefix}sizes")
         return sum(int(v) for v in raw)
 
+    @_unavailable_on_error
     def stats(self) -> dict[str, int]:
         raw = self.client.hgetall(f"{self.prefix}stats")
         return {_text(k): int(v) for k, v in raw.items()}
 
+    @_unavailable_on_error
     def model(self) -> dict[str, Any] | None:
         raw = self.client.get(f"{self.prefix}model")
         return None if raw is None else orjson.loads(raw)
 
+    @_unavailable_on_error
     def workers(self) -> list[dict[str, Any]]:
         keys = list(self.client.scan_iter(match=f"{self.prefix}worker:*"))
         values = self.client.mget(keys) if keys else []

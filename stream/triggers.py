@@ -27,7 +27,7 @@ import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from stream.kafka import make_producer
+from stream.kafka import client_options, make_producer
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def run_triggers(
     dead_topic = settings.topic(settings.trigger_dead_letter_topic)
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         group_id=f"{settings.topic_prefix}{group}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from stream.report import segment_report
 from stream.settings import Settings
-from stream.store import SegmentClient
+from stream.store import SegmentClient, StoreUnavailable
 
 __all__ = ["DashboardServer", "build_web_app"]
 
@@ -82,7 +82,8 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
     )
 
     @app.exception_handler(redis.RedisError)
-    async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+    @app.exception_handler(StoreUnavailable)
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"Redis is not available: {exc}"}, status_code=503)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

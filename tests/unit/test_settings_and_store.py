@@ -68,3 +68,38 @@ def test_generator_is_deterministic_and_keeps_the_truth_out_of_events(tmp_path):
     with open(tmp_path / "t.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["persona"] for r in rows} <= {p.name for p in a.personas}
+
+
+def test_kafka_security_settings_are_checked_at_start_up(tmp_path):
+    with pytest.raises(ValidationError, match="kafka_sasl_username and kafka_sasl_password"):
+        Settings(kafka_security_protocol="SASL_SSL")
+    with pytest.raises(ValidationError, match="kafka_ssl_ca_file"):
+        Settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=str(tmp_path / "missing.pem"))
+    (tmp_path / "client.pem").write_text("not read until a connection")
+    with pytest.raises(ValidationError, match="go together"):
+        Settings(kafka_ssl_cert_file=str(tmp_path / "client.pem"))
+    with pytest.raises(ValidationError, match="kafka_sasl_mechanism"):
+        Settings(kafka_sasl_mechanism="MD5")
+
+
+def test_kafka_client_options_carry_sasl_and_tls_and_hide_the_password():
+    from stream.kafka import client_options, faust_credentials
+
+    plain = Settings()
+    assert client_options(plain)["security_protocol"] == "PLAINTEXT"
+    assert faust_credentials(plain) is None
+    s = Settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="seg",
+        kafka_sasl_password="hunter2",
+    )
+    options = client_options(s)
+    assert (
+        options["sasl_mechanism"] == "SCRAM-SHA-512" and options["sasl_plain_password"] == "hunter2"
+    )
+    assert options["ssl_context"].verify_mode.name == "CERT_REQUIRED"
+    credentials = faust_credentials(s)
+    assert credentials is not None and credentials.protocol.value == "SASL_SSL"
+    assert "hunter2" not in repr(credentials) and "hunter2" not in repr(s)
+    assert s.env()["SEGMENTER_KAFKA_SASL_PASSWORD"] == "hunter2"  # a worker process gets it
