@@ -30,6 +30,11 @@ test-slow: $(STAMP)
 eval: $(STAMP)
 	$(BIN)/segmenter eval $(ARGS)
 
+## Speed, freshness, memory, recovery and scale-out beside their baselines (about 10 minutes);
+## writes docs/benchmarks.md and docs/benchmarks.png. ARGS="--quick" for a smoke run.
+bench: $(STAMP)
+	$(BIN)/segmenter bench $(ARGS)
+
 check: $(STAMP)
 	$(BIN)/ruff check models stream tests
 	$(BIN)/ruff format --check models stream tests

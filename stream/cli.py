@@ -482,6 +482,24 @@ def status() -> None:
 
 
 @app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="the report to write (a PNG chart goes beside it)")] = (
+        Path("docs/benchmarks.md")
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="small volumes: checks every phase runs, numbers not meaningful")
+    ] = False,
+) -> None:
+    """Measure throughput, freshness, read latency, memory, recovery and scale-out, each beside
+    its baseline in the same run, on a broker and Redis of its own; write the report."""
+    from stream.bench import BenchConfig, run_bench
+
+    config = BenchConfig.quick() if quick else BenchConfig()
+    command = "segmenter bench" + (" --quick" if quick else "") + f" --out {out}"
+    run_bench(config, out, console, command=command)
+
+
+@app.command()
 def topics() -> None:
     """Create the project's topics if missing (workers do this too)."""
     from stream.kafka import ensure_topics, wait_for_broker
