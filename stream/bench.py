@@ -316,7 +316,8 @@ class Bench:
             stop_process(proc)
             self.procs.remove(proc)
         data = orjson.loads(result.read_bytes())
-        return float(data["messages"]) / max(data["last"] - data["first"], 1e-6)
+        span = float(data["last"]) - float(data["first"])
+        return float(data["messages"]) / max(span, 1e-6)
 
     # phases
 
