@@ -8,12 +8,13 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import faust
 import orjson
+from faust.serializers import codecs
 from faust.types import EventT
 
 from models.clustering import ClusterTrainer, ModelSnapshot
@@ -65,6 +66,29 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
         partition = self.partition_of.get(key)
         return partition if partition is not None else super().partition_for_key(key)
 
+    async def put(self, key: str, value: bytes | None) -> Awaitable[Any]:
+        """Set (or, with None, delete) a key and send its changelog record straight to the
+        producer; returns the delivery future.
+
+        What ``table[key] = value`` does, without Faust's per-message machinery around the send
+        (a FutureMessage, a buffer and a callback per record), which cost more than all our
+        feature and segment work together. The record is the same: JSON key, raw value, in the
+        key's source partition.
+        """
+        partition = self.partition_of.get(key)
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+        return await self.app.producer.send(
+            self.changelog_topic.get_topic_name(),
+            codecs.dumps(self.key_serializer, key),
+            value,
+            partition,
+            None,
+            None,
+        )
+
 
 class Segmenter:
     """Everything one worker process does; the agents below only hand it batches."""
@@ -112,6 +136,8 @@ class Segmenter:
         )
         self.catalog = catalog
         self.watermark = 0  # the newest event time this worker has applied
+        self._sample_tokens = settings.max_samples_per_second
+        self._sample_at = time.monotonic()
         self.due = DueSchedule()
         self._scheduled_for: set[int] = set()
         self.model: ModelSnapshot | None = None
@@ -371,7 +397,21 @@ class Segmenter:
 
     def _wants_sample(self, before: int, after: int) -> bool:
         every = self.settings.sample_every
-        return after >= self.settings.min_events_for_sample and after // every > before // every
+        due = after >= self.settings.min_events_for_sample and after // every > before // every
+        return due and self._sample_budget()
+
+    def _sample_budget(self) -> bool:
+        """A token bucket of ``max_samples_per_second`` (one second's worth of burst)."""
+        rate = self.settings.max_samples_per_second
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        self._sample_tokens = min(rate, self._sample_tokens + (now - self._sample_at) * rate)
+        self._sample_at = now
+        if self._sample_tokens < 1:
+            return False
+        self._sample_tokens -= 1
+        return True
 
     async def _commit(
         self,
@@ -385,32 +425,39 @@ class Segmenter:
         """Apply a batch's effects in the one order that makes a crash safe (see handle)."""
         await retry_forever("Redis write", self.store.write_many, writes, counters)
         await self._send_all(changes, samples, dead)
-        for customer_id, state in states.items():
-            self.table[customer_id] = state
-        # The table's changelog writes are only queued by Faust. Acknowledging the batch before
-        # they reach the broker loses events when a rebalance recovers the table from its
-        # changelog (the input offsets are committed, the state is not): flush them first.
-        if states:
-            await self._flush_changelog({self.table.partition_of[c] for c in states})
+        # The table's changelog records must reach the broker before the batch is acknowledged:
+        # otherwise a rebalance recovers the table from a changelog without them while the
+        # input offsets are committed, and the events are lost.
+        futures = [await self.table.put(customer_id, st) for customer_id, st in states.items()]
+        if futures:
+            await asyncio.gather(*futures)
+            await self._end_markers({self.table.partition_of[c] for c in states})
         for name, by in counters.items():
             self.counters[name] = self.counters.get(name, 0) + by
 
     async def _flush_changelog(self, partitions: set[int | None]) -> None:
-        """Deliver the table's queued changelog writes to these partitions before an ack.
+        """Deliver the table's changelog writes queued by Faust, then the end markers."""
+        await self.app.producer.flush()
+        await self._end_markers(partitions)
 
-        Then close each partition with a record alone in its batch (end markers): Tansu
+    async def _end_markers(self, partitions: set[int | None]) -> None:
+        """Close each changelog partition written to with a record alone in its batch: Tansu
         answers "end offset" with the last batch's first offset + 1, so a table recovery that
         trusts it stops before the other records of a many-record batch and
         restores older states (events lost). A lone tombstone of a reserved key, sent after the
         flush, is always the last batch; recovery deletes that key again, so the table never
         holds it. Apache Kafka does not need this (SEGMENTER_CHANGELOG_END_MARKERS=false).
+        Call it only once the records before it are delivered.
         """
-        await self.app.producer.flush()
         if not self.settings.changelog_end_markers:
             return
+        futures = []
         for partition in sorted(p for p in partitions if p is not None):
-            self.table.send_changelog(partition, END_MARKER_KEY, None, value_serializer="raw")
-        await self.app.producer.flush()
+            self.table.partition_of[END_MARKER_KEY] = partition
+            futures.append(await self.table.put(END_MARKER_KEY, None))
+        self.table.partition_of.pop(END_MARKER_KEY, None)
+        if futures:
+            await asyncio.gather(*futures)
 
     async def _send_all(
         self,
@@ -419,16 +466,17 @@ class Segmenter:
         dead: Sequence[tuple[bytes | None, bytes]],
     ) -> None:
         futures = []
+        changes_topic = self.changes.get_topic_name()
         for change in changes:
+            payload = orjson.dumps(change.to_dict())
+            futures.append(await self._produce(changes_topic, change.customer_id.encode(), payload))
+        if samples:  # one message per batch: a JSON array of the batch's samples
+            array = b"[" + b",".join(samples) + b"]"
+            futures.append(await self._produce(self.samples.get_topic_name(), None, array))
+        for dead_key, letter in dead:
             futures.append(
-                await self.changes.send(
-                    key=change.customer_id.encode(), value=orjson.dumps(change.to_dict())
-                )
+                await self._produce(self.dead_letters.get_topic_name(), dead_key, letter)
             )
-        for sample in samples:
-            futures.append(await self.samples.send(value=sample))
-        for key, letter in dead:
-            futures.append(await self.dead_letters.send(key=key, value=letter))
         if futures:
             await asyncio.gather(*futures)  # delivered before the table write and the ack
         self.counters["changes"] += len(changes)
@@ -436,6 +484,12 @@ class Segmenter:
             self.metrics.changes.labels(change.change).inc()
         if dead:
             self.metrics.dead_letters.inc(len(dead))
+
+    async def _produce(self, topic: str, key: bytes | None, value: bytes | None) -> Awaitable[Any]:
+        """Hand one record to the producer; returns its delivery future. Straight to the
+        producer rather than ``Topic.send``: Faust's per-message wrapping costs more than the
+        send itself at thousands of records a second."""
+        return await self.app.producer.send(topic, key, value, None, None, None)
 
     def _dead_letter(self, message: Any, value: bytes | None, reason: str) -> bytes:
         # A reason may quote the message (a customer id, a trait): only at debug level here;
@@ -546,8 +600,7 @@ class Segmenter:
         assert self.trainer is not None
         model = self.model
         with self.trainer_lock:
-            for raw in batch:
-                sample = orjson.loads(raw)
+            for sample in _samples(batch):
                 x = sample["x"]
                 self.trainer.learn_one(x)
                 if sample.get("rfm"):
@@ -642,6 +695,13 @@ async def _unless_redis_is_down(what: str, job: Callable[[], Awaitable[None]]) -
         await job()
     except REDIS_OUTAGE as exc:
         log.warning("%s skipped: Redis is not available (%s)", what, exc)
+
+
+def _samples(batch: Sequence[bytes]) -> Iterator[dict[str, Any]]:
+    """Training samples of a batch of messages, each one sample or an array of them."""
+    for raw in batch:
+        decoded = orjson.loads(raw)
+        yield from decoded if isinstance(decoded, list) else [decoded]
 
 
 def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:

@@ -707,6 +707,12 @@ class Bench:
         self.redis.close()
 
 
+def _py_spy() -> str:
+    """py-spy beside this Python (the project's venv), else from PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else "py-spy"
+
+
 def summarize_profile(raw: str, top: int = 15) -> list[tuple[str, float]]:
     """Self-time share per function from py-spy's raw (collapsed) stacks, largest first."""
     own: Counter[str] = Counter()

@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     min_events_for_sample: Annotated[int, Field(ge=1)] = Field(
         5, description="events a customer needs before training on it"
     )
+    max_samples_per_second: Annotated[float, Field(ge=0)] = Field(
+        400.0,
+        description="training samples a worker sends per second at most (0: no limit); the "
+        "single trainer learns from a thinned stream instead of falling behind a fast one",
+    )
     snapshot_interval: Annotated[float, Field(gt=0)] = Field(
         2.0, description="seconds between model snapshots"
     )

@@ -1,0 +1,69 @@
+"""deploy/ stays true to the code: every setting it names exists, every metric it queries is
+one the worker exports, and the workers run as a non-root user."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from stream.metrics import WorkerMetrics
+from stream.settings import Settings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def _documents() -> list[dict]:  # type: ignore[type-arg]
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _exported_metrics() -> set[str]:
+    names = set()
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    for metric in WorkerMetrics().registry.collect():
+        names.update(metric.name + s for s in suffixes.get(metric.type, [""]))
+    return names
+
+
+def test_every_setting_named_in_the_manifests_exists():
+    fields = {f"SEGMENTER_{name.upper()}" for name in Settings.model_fields}
+    named = set()
+    for doc in _documents():
+        if doc["kind"] in ("ConfigMap", "Secret") and doc["metadata"]["name"].startswith("segm"):
+            named |= set((doc.get("data") or {}) | (doc.get("stringData") or {}))
+        named |= set(re.findall(r"SEGMENTER_[A-Z_]+", json.dumps(doc)))
+    named.discard("SEGMENTER_")
+    assert named, "no settings found in deploy/k8s"
+    assert named <= fields, sorted(named - fields)
+    # And the ConfigMap's values are valid settings.
+    config = next(d for d in _documents() if d["kind"] == "ConfigMap")["data"]
+    Settings(**{k.removeprefix("SEGMENTER_").lower(): v for k, v in config.items()})
+
+
+def test_workers_run_as_non_root_and_within_the_partition_count():
+    docs = _documents()
+    worker = next(
+        d for d in docs if d["kind"] == "Deployment" and "worker" in d["metadata"]["name"]
+    )
+    pod = worker["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert worker["spec"]["replicas"] <= int(config["SEGMENTER_PARTITIONS"])
+    assert "USER segmenter" in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_grafana_and_prometheus_query_only_exported_metrics():
+    exported = _exported_metrics()
+    dashboard = json.loads((DEPLOY / "grafana" / "segmenter-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    used = {m for e in exprs for m in re.findall(r"\bsegmenter_[a-z_]+", e)}
+    assert used and used <= exported, sorted(used - exported)
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert {c["job_name"] for c in scrape["scrape_configs"]} >= {"segmenter-worker"}
