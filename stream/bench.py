@@ -732,7 +732,13 @@ def summarize_profile(raw: str, top: int = 15) -> list[tuple[str, float]]:
 
 def _fmt(value: float, unit: str) -> str:
     if unit == "ms":
-        return f"{value:.2f} ms" if value < 10 else f"{value:.0f} ms"
+        return (
+            f"{value:.3f} ms"
+            if value < 1
+            else f"{value:.1f} ms"
+            if value < 100
+            else (f"{value:,.0f} ms")
+        )
     if unit == "s":
         return f"{value:.1f} s"
     if unit == "bytes":

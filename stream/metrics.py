@@ -56,6 +56,11 @@ class WorkerMetrics:
             ["segment"],
             registry=r,
         )
+        self.offset_gaps = Counter(
+            "segmenter_offset_gaps",
+            "Input partitions read again because the stream skipped an offset",
+            registry=r,
+        )
         self.drift_alerts = Counter(
             "segmenter_drift_alerts", "Drift alerts raised, by kind", ["kind"], registry=r
         )

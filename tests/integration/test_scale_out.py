@@ -1,14 +1,18 @@
-"""Scale-out: three workers in one group on six partitions; one is stopped cleanly and another
-killed mid-stream. The survivor takes their partitions, recovers their customers' state from
-the changelog, and every customer ends with exact features and the same segment IDs."""
+"""Scale-out: three workers in one group on six partitions; one is stopped cleanly and the one
+running the model trainer is killed mid-stream. The survivor takes all partitions, recovers
+the others' customers from the changelog, takes over training from the last model snapshot,
+and every customer ends with exact features and segment IDs of the one, unrenumbered model."""
 
 from __future__ import annotations
 
 import signal
 from collections import Counter
+from typing import Any
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
+from models.clustering import match_ids
 from stream.generator import TrafficGenerator
 from stream.producer import send_messages
 
@@ -18,12 +22,12 @@ from .oracle import expected_value_features, feature_mismatches
 pytestmark = pytest.mark.integration
 
 
-def _majority(records: list[dict], generator: TrafficGenerator) -> dict[str, int]:  # type: ignore[type-arg]
-    """Each persona's most common segment id."""
+def _agreement(records: list[dict[str, Any]], generator: TrafficGenerator) -> float:
+    """Share of customers in their persona's most common segment."""
     counts: dict[str, Counter[int]] = {}
     for r in records:
         counts.setdefault(generator.truth[r["customer_id"]].name, Counter())[r["segment"]] += 1
-    return {p: c.most_common(1)[0][0] for p, c in counts.items()}
+    return sum(c.most_common(1)[0][1] for c in counts.values()) / max(1, len(records))
 
 
 def test_three_workers_survive_a_stop_and_a_kill_with_exact_records(stack, tmp_path):
@@ -32,13 +36,13 @@ def test_three_workers_survive_a_stop_and_a_kill_with_exact_records(stack, tmp_p
     rounds = [
         [m for cid in generator.customer_ids for m in generator.session(cid)] for _ in range(9)
     ]
-    messages = [m for r in rounds for m in r]
-    expected = expected_value_features(messages)
+    expected = expected_value_features(m for r in rounds for m in r)
     workers = Workers(settings, tmp_path)
     try:
-        ids = workers.start(3)
+        workers.start(3)
         workers.wait_joined(3)
-        assert all(len(b["partitions"]) == 2 for b in workers.client.workers())
+        beats = workers.client.workers()
+        assert sorted(len(b["partitions"]) for b in beats) == [2, 2, 2]
         first = [m for r in rounds[:5] for m in r]
         sent = send_messages(settings, iter(first)).events
         wait_until(lambda: workers.client.stats().get("events", 0) >= sent, 120, "the first part")
@@ -49,50 +53,81 @@ def test_three_workers_survive_a_stop_and_a_kill_with_exact_records(stack, tmp_p
         )
         before = list(workers.client.iter_records())
         assert len({r["worker_id"] for r in before}) == 3  # all three did work
-        majority_before = _majority(before, generator)
-        assert len(set(majority_before.values())) >= 3, majority_before
+        model_before = workers.client.model()
+        assert model_before is not None
 
-        # One worker stops cleanly (SIGTERM: it leaves the group); another is killed while the
-        # rest of the traffic is on its way.
-        stopped, killed, survivor = ids
-        sender = [m for r in rounds[5:] for m in r]
-        half = len(sender) // 2
+        # Kill the worker that trains the model, stop another cleanly (SIGTERM: it leaves the
+        # group), while the rest of the traffic is on its way.
+        beats = workers.client.workers()
+        killed = next(b["worker_id"] for b in beats if b["trainer"])
+        stopped, survivor = sorted(b["worker_id"] for b in beats if b["worker_id"] != killed)
+        rest = [m for r in rounds[5:] for m in r]
+        half = len(rest) // 2
         workers.procs[stopped].send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
-        send_messages(settings, iter(sender[:half]))
+        send_messages(settings, iter(rest[:half]))
         workers.procs[killed].send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
-        workers.procs[stopped].wait(timeout=60)  # type: ignore[attr-defined]
-        workers.procs[killed].wait(timeout=60)  # type: ignore[attr-defined]
-        del workers.procs[stopped], workers.procs[killed]
-        send_messages(settings, iter(sender[half:]))
+        for gone in (stopped, killed):
+            workers.procs.pop(gone).wait(timeout=60)  # type: ignore[attr-defined]
+        model_at_kill = workers.client.model()
+        send_messages(settings, iter(rest[half:]))
+        # The survivor's trainer resumes from the last snapshot: its first model keeps the ids.
+        first_new = wait_until(
+            lambda: (m := workers.client.model()) and m["version"] > model_at_kill["version"] and m,
+            120,
+            "a model from the new trainer",
+            every=0.05,
+        )
 
-        # The survivor takes all six partitions and brings every customer to the exact state.
-        wait_until(lambda: not feature_mismatches(workers.client, expected), 240, "exact features")
+        # Nothing lost, nothing counted twice, whoever applied it.
+        try:
+            wait_until(lambda: not feature_mismatches(workers.client, expected), 240, "features")
+        except BaseException:
+            _explain(settings, workers, expected)
+            raise
         workers.check_alive()
-        beats = [b for b in workers.client.workers() if b["worker_id"] == survivor]
-        assert beats and sorted(beats[0]["partitions"]) == list(range(6)), beats
+        beat = next(b for b in workers.client.workers() if b["worker_id"] == survivor)
+        assert beat["partitions"] == list(range(6)) and beat["trainer"], beat
 
+        # The same segment IDs: the new trainer's first model matches the last one before the
+        # kill centre for centre (a fresh trainer would number its centres anew).
+        assert model_at_kill["version"] >= model_before["version"]
+        ids = match_ids(model_at_kill["centres"], first_new["centres"])  # type: ignore[index]
+        assert ids == list(range(len(ids))), (ids, model_at_kill, first_new)
         after = list(workers.client.iter_records())
         assert len(after) == 600 and all(r["segment"] is not None for r in after)
-        taken_over = [r for r in after if r["worker_id"] == survivor]
-        moved = [
-            r
-            for r in taken_over
-            if r["customer_id"]
-            in {b["customer_id"] for b in before if b["worker_id"] in (stopped, killed)}
-        ]
-        assert moved, "the survivor wrote no record of the others' customers"
-        # Same segment IDs: each persona's segment is the one it had before the failover, and
-        # the survivor scores the customers it took over with that same numbering.
-        assert _majority(after, generator) == majority_before
-        majority = _majority(moved, generator)
-        agree = sum(
-            r["segment"] == majority_before[generator.truth[r["customer_id"]].name] for r in moved
-        )
-        assert majority == {p: s for p, s in majority_before.items() if p in majority}
-        assert agree / len(moved) >= 0.7, (agree, len(moved))
+        moved = {b["customer_id"] for b in before if b["worker_id"] in (stopped, killed)}
+        taken_over = [r for r in after if r["customer_id"] in moved]
+        assert taken_over and all(r["worker_id"] == survivor for r in taken_over)
+        # Customers the survivor took over are segmented like the ones it always had.
+        own = [r for r in after if r["customer_id"] not in moved]
+        assert _agreement(taken_over, generator) >= 0.7
+        assert abs(_agreement(taken_over, generator) - _agreement(own, generator)) < 0.15
     except BaseException:
         for worker_id in workers.procs:
-            print(f"--- {worker_id}\n{workers.log(worker_id)}")
+            print(f"--- {worker_id}\n{workers.log(worker_id, 200)}")
         raise
     finally:
         workers.stop()
+
+
+def _explain(settings, workers, expected) -> None:  # type: ignore[no-untyped-def]
+    """On a failure: who differs, the group's committed offsets, and where the purchases of
+    those customers sit in the log (to compare with the workers' logs)."""
+    mismatches = feature_mismatches(workers.client, expected)
+    print(f"{len(mismatches)} customers differ, e.g. {list(mismatches.items())[:3]}")
+    print("heartbeats", workers.client.workers(), workers.client.stats())
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.app_id,
+        enable_auto_commit=False,
+        consumer_timeout_ms=3000,
+    )
+    topic = settings.topic(settings.purchases_topic)
+    tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+    print("committed", [(tp.partition, consumer.committed(tp)) for tp in tps])
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    for m in consumer:
+        if m.key and m.key.decode() in mismatches:
+            print("purchase of", m.key.decode(), "at partition", m.partition, "offset", m.offset)
+    consumer.close()
