@@ -310,7 +310,10 @@ def match_ids(old: Sequence[Sequence[float]], new: Sequence[Sequence[float]]) ->
 
 
 def _sq(a: Sequence[float], b: Sequence[float]) -> float:
-    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True))
+    """Squared Euclidean distance (``math.dist`` runs in C: this is the model's inner loop)."""
+    if len(a) != len(b):
+        raise ValueError("points of different dimensions")
+    return math.dist(a, b) ** 2
 
 
 # Plain-language words for a centre: (feature, threshold above which the phrase applies).

@@ -340,6 +340,8 @@ class Bench:
         self.say(f"  bare Faust (batches) {bare_take:,.0f} events/s; our worker...")
         procs = self.start_workers(settings, 1, f"tp{size}")
         profiler = self._profile(procs[0].pid, config) if arrays and config.profile else None
+        if arrays and config.profile and profiler is None:
+            report.notes.append("py-spy is not installed here: no profile taken.")
         _, ours = self.worker_span(
             settings, events, procs, lambda n: self.say(f"  worker: {n:,}/{events:,} events")
         )
@@ -421,7 +423,7 @@ class Bench:
         try:
             return subprocess.Popen(
                 [
-                    "py-spy",
+                    _py_spy(),
                     "record",
                     "--pid",
                     str(pid),

@@ -12,6 +12,7 @@ Run as ``python -m stream.bench_faust worker -l warn`` with the worker's SEGMENT
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,10 +28,11 @@ result = Path(os.environ.get("BENCH_RESULT", "bench-faust.json"))
 mode = os.environ.get("BENCH_MODE", "each")
 
 app = faust.App(
-    f"{settings.app_id}-bare",
+    f"{settings.app_id}-bare-{mode}",  # a group of its own: each run reads the topic from 0
     broker=settings.kafka_url,
     broker_credentials=faust_credentials(settings),
     store="memory://",
+    datadir=tempfile.mkdtemp(prefix="segmenter-bench-"),
     autodiscover=False,
     topic_partitions=settings.partitions,
     consumer_auto_offset_reset="earliest",

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         3.0, description="consumer heartbeat, s"
     )
     log_level: str = Field("info", description="crit, error, warn, info or debug")
+    shutdown_timeout: Annotated[float, Field(gt=0)] = Field(
+        15.0, description="seconds a stopping worker may take before it exits regardless"
+    )
     changelog_end_markers: bool = Field(
         True,
         description="end each batch's changelog writes with a one-record marker, so that a "

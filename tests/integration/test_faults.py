@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import socket
 import subprocess
 import threading
@@ -275,3 +276,48 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_a_worker_whose_broker_vanished_stops_within_its_shutdown_timeout(tmp_path):
+    """SIGTERM with the broker gone: Faust's clean stop waited 60 s on its consumer thread
+    (longer than a supervisor's grace period); the worker now exits after its shutdown
+    timeout, leaving the unacknowledged rest to the next owner."""
+    broker_port = free_port()
+    log = open(tmp_path / "tansu.log", "wb")  # noqa: SIM115 (closed in finally)
+    broker = subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}"]
+        + ["--advertised-listener-url", f"tcp://127.0.0.1:{broker_port}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    own_redis = OwnRedis(redis_dir)
+    workers = None
+    try:
+        own_redis.start()
+        wait_until(lambda: _listening(broker_port), 20, "the broker")
+        stack = SimpleNamespace(
+            kafka_url=f"kafka://127.0.0.1:{broker_port}", redis_url=own_redis.url
+        )
+        settings = make_settings(stack, partitions=2, shutdown_timeout=4.0)  # type: ignore[arg-type]
+        workers = Workers(settings, tmp_path)
+        (worker_id,) = workers.start(1)
+        workers.wait_joined(1)
+        broker.kill()
+        broker.wait(timeout=20)
+        time.sleep(3)
+        proc = workers.procs[worker_id]
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+        proc.wait(timeout=40)  # type: ignore[attr-defined]
+        took = time.monotonic() - started
+        assert took < 4.0 + 6.0, f"the worker took {took:.0f} s to stop"
+        assert "exiting now" in workers.log(worker_id) or took < 4.0
+    finally:
+        if workers is not None:
+            workers.stop()
+        if broker.poll() is None:
+            broker.kill()
+        log.close()
+        own_redis.stop()
