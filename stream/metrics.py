@@ -58,7 +58,7 @@ class WorkerMetrics:
         )
         self.offset_gaps = Counter(
             "segmenter_offset_gaps",
-            "Input partitions read again because the stream skipped an offset",
+            "Batches in which an input partition's offsets jumped ahead (see OffsetGuard)",
             registry=r,
         )
         self.drift_alerts = Counter(
