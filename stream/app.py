@@ -66,16 +66,19 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
         partition = self.partition_of.get(key)
         return partition if partition is not None else super().partition_for_key(key)
 
-    async def put(self, key: str, value: bytes | None) -> Awaitable[Any]:
+    async def put(
+        self, key: str, value: bytes | None, partition: int | None = None
+    ) -> Awaitable[Any]:
         """Set (or, with None, delete) a key and send its changelog record straight to the
         producer; returns the delivery future.
 
         What ``table[key] = value`` does, without Faust's per-message machinery around the send
         (a FutureMessage, a buffer and a callback per record), which cost more than all our
         feature and segment work together. The record is the same: JSON key, raw value, in the
-        key's source partition.
+        key's source partition (or ``partition``).
         """
-        partition = self.partition_of.get(key)
+        if partition is None:
+            partition = self.partition_of.get(key)
         if value is None:
             self.data.pop(key, None)
         else:
@@ -284,7 +287,8 @@ class Segmenter:
         """
         ids = sorted(customers)
         await retry_forever("Redis forget", self.store.forget_many, ids)
-        futures = [await self.changes.send(key=c.encode(), value=None) for c in ids]
+        topic = self.changes.get_topic_name()
+        futures = [await self._produce(topic, c.encode(), None) for c in ids]
         await asyncio.gather(*futures)
         for customer_id in ids:
             self.table.partition_of[customer_id] = customers[customer_id]
@@ -453,9 +457,7 @@ class Segmenter:
             return
         futures = []
         for partition in sorted(p for p in partitions if p is not None):
-            self.table.partition_of[END_MARKER_KEY] = partition
-            futures.append(await self.table.put(END_MARKER_KEY, None))
-        self.table.partition_of.pop(END_MARKER_KEY, None)
+            futures.append(await self.table.put(END_MARKER_KEY, None, partition))
         if futures:
             await asyncio.gather(*futures)
 

@@ -346,7 +346,6 @@ class SegmentClient:
         raw = self.client.hget(record_key(self.prefix, customer_id), "v")
         return None if raw is None else orjson.loads(raw)
 
-    @_unavailable_on_error
     def ping(self) -> None:
         try:
             self.client.ping()

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import IO
 
 import pytest
 
@@ -215,20 +216,7 @@ def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_p
     broker_port = free_port()
     proxy = CuttableProxy(broker_port)
     log = open(tmp_path / "tansu.log", "wb")  # noqa: SIM115 (closed in finally)
-    broker = subprocess.Popen(
-        [
-            tansu_binary(),
-            "broker",
-            "--listener-url",
-            f"tcp://127.0.0.1:{broker_port}",
-            "--advertised-listener-url",
-            f"tcp://127.0.0.1:{proxy.port}",
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    broker = own_broker(broker_port, proxy.port, log)
     workers = None
     try:
         proxy.start()
@@ -270,6 +258,18 @@ def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_p
             own_redis.stop()
 
 
+def own_broker(port: int, advertised_port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """A Tansu broker of the test's own on ``port`` that advertises ``advertised_port`` (a
+    proxy's, when the test puts one in front of it)."""
+    return subprocess.Popen(
+        [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}"]
+        + ["--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port}"]
+        + ["--storage-engine", "memory://tansu/"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -284,12 +284,7 @@ def test_a_worker_whose_broker_vanished_stops_within_its_shutdown_timeout(tmp_pa
     timeout, leaving the unacknowledged rest to the next owner."""
     broker_port = free_port()
     log = open(tmp_path / "tansu.log", "wb")  # noqa: SIM115 (closed in finally)
-    broker = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}"]
-        + ["--advertised-listener-url", f"tcp://127.0.0.1:{broker_port}"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    broker = own_broker(broker_port, broker_port, log)
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
     own_redis = OwnRedis(redis_dir)

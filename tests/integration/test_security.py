@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import trustme
 
-from stream.embedded import free_port, tansu_binary
+from stream.embedded import free_port
 from stream.generator import TrafficGenerator
 from stream.producer import send_messages
 from stream.settings import Settings
@@ -30,7 +30,7 @@ from stream.store import SegmentClient, StoreUnavailable
 from .conftest import Workers, make_settings, run_cli, wait_until
 from .oracle import expected_value_features, feature_mismatches
 from .secure_proxy import SecureProxy
-from .test_faults import _listening
+from .test_faults import _listening, own_broker
 
 pytestmark = pytest.mark.integration
 
@@ -103,12 +103,7 @@ def secure_broker(pki: SimpleNamespace, tmp_path: Path) -> Iterator[SecureProxy]
     broker_port = free_port()
     proxy = SecureProxy(broker_port, tls=pki.server_context, users={"segmenter": KAFKA_PASSWORD})
     log = open(tmp_path / "tansu.log", "wb")  # noqa: SIM115 (closed below)
-    broker = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{broker_port}"]
-        + ["--advertised-listener-url", f"tcp://127.0.0.1:{proxy.port}"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    broker = own_broker(broker_port, proxy.port, log)
     try:
         proxy.start()
         wait_until(lambda: _listening(broker_port), 20, "the broker")
