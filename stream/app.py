@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -32,6 +32,7 @@ from models.segments import (
     remember,
 )
 from stream.catalog import load_personas, load_segments
+from stream.consumer import SegmenterApp, SegmenterConsumer
 from stream.kafka import faust_credentials
 from stream.metrics import WorkerMetrics
 from stream.settings import Settings
@@ -786,7 +787,7 @@ def _samples(batch: Sequence[bytes]) -> Iterator[dict[str, Any]]:
 
 def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
     """The composition root of a worker process."""
-    app = faust.App(
+    app = SegmenterApp(
         settings.app_id,
         broker=settings.kafka_url,
         broker_credentials=faust_credentials(settings),
@@ -825,7 +826,11 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
 
     @app.agent(source, name="segment")
     async def segment(stream: faust.StreamT[bytes]) -> None:
-        # Acknowledge a batch only once all its effects are done (see event_batches).
+        # Acknowledge a batch only once all its effects are done (see event_batches), and
+        # register each event as processed first: on these topics only those count as done
+        # (a skip during a rebalance does not; see stream/consumer.py).
+        consumer = cast(SegmenterConsumer, app.consumer)
+        consumer.guard(source.topics)
         guard = OffsetGuard()
         async for batch in event_batches(stream, settings.batch_size, settings.batch_within):
             for tp, (expected, got) in guard.gaps(batch, app.consumer_generation_id).items():
@@ -839,6 +844,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
                 segmenter.metrics.offset_gaps.inc()
             await segmenter.handle(batch)
             for event in batch:
+                consumer.processed(event.message)
                 await stream.ack(event)
 
     @app.agent(segmenter.samples, name="train")
