@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -48,7 +49,7 @@ class ModelSnapshot:
         point = [x.get(name, 0.0) for name in self.features]
         best, d1, d2 = -1, math.inf, math.inf
         for index, centre in enumerate(self.centres):
-            d = math.sqrt(sum((p - c) ** 2 for p, c in zip(point, centre, strict=True)))
+            d = math.dist(point, centre)
             if d < d1:
                 best, d1, d2 = index, d, d1
             elif d < d2:
@@ -62,7 +63,7 @@ class ModelSnapshot:
         return math.dist(point, self.centres[segment])
 
     def describe(self, segment: int) -> str:
-        return describe_centre(dict(zip(self.features, self.centres[segment], strict=True)))
+        return _describe(self.features, self.centres[segment])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -329,6 +330,12 @@ _HIGH_PHRASES = (
     ("tablet_share", 0.5, "tablet"),
     ("evening_share", 0.5, "evenings"),
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _describe(features: tuple[str, ...], centre: tuple[float, ...]) -> str:
+    """``describe_centre`` of one centre, remembered: every scoring asks for its label."""
+    return describe_centre(dict(zip(features, centre, strict=True)))
 
 
 def describe_centre(centre: Mapping[str, float]) -> str:

@@ -76,9 +76,25 @@ class PersonaCatalog:
             raise ValueError("persona names must be unique")
         self.personas = tuple(personas)
         self._vectors = [p.vector() for p in personas]
+        self._points = [tuple(v[f] for f in FEATURE_VECTOR) for v in self._vectors]
         self._index = {p.name: i for i, p in enumerate(personas)}
         n = len(personas)
         self._mean = {f: sum(v[f] for v in self._vectors) / n for f in FEATURE_VECTOR}
+        # Per persona, per prototype field: how far it stands from the others (fixed), where it
+        # sits in the vector and its readable value, so that a match only measures closeness.
+        self._fields = [
+            [
+                (
+                    abs(proto[PROTOTYPE_FIELDS[name][0]] - self._mean[PROTOTYPE_FIELDS[name][0]]),
+                    name,
+                    PROTOTYPE_FIELDS[name][0],
+                    proto[PROTOTYPE_FIELDS[name][0]],
+                    _fmt(persona.prototype[name]),
+                )
+                for name in persona.prototype
+            ]
+            for persona, proto in zip(self.personas, self._vectors, strict=True)
+        ]
 
     def match(
         self, x: Mapping[str, float], current: str | None = None, hysteresis: float = 0.0
@@ -88,10 +104,8 @@ class PersonaCatalog:
         Confidence is ``d_other / (d_self + d_other)`` against the nearest other persona: below
         0.5 when a kept ``current`` persona is no longer the nearest.
         """
-        distances = [
-            math.sqrt(sum((x.get(f, 0.0) - v[f]) ** 2 for f in FEATURE_VECTOR))
-            for v in self._vectors
-        ]
+        point = [x.get(f, 0.0) for f in FEATURE_VECTOR]
+        distances = [math.dist(point, v) for v in self._points]
         order = sorted(range(len(distances)), key=distances.__getitem__)
         best = order[0]
         kept = self._index.get(current) if current is not None else None
@@ -109,20 +123,17 @@ class PersonaCatalog:
 
     def _reasons(self, x: Mapping[str, float], index: int, top: int = 3) -> tuple[str, ...]:
         """Features where this persona stands out from the others and the customer is close."""
-        persona = self.personas[index]
-        proto = self._vectors[index]
-        scored = []
-        for name in persona.prototype:
-            target = PROTOTYPE_FIELDS[name][0]
-            distinct = abs(proto[target] - self._mean[target])
-            closeness = 1.0 - abs(x.get(target, 0.0) - proto[target])
-            scored.append((distinct * closeness, name, target))
-        scored.sort(reverse=True)
-        reasons = []
-        for _, name, target in scored[:top]:
-            own = _unsquash(name, x.get(target, 0.0))
-            reasons.append(f"{name} near {_fmt(persona.prototype[name])} (persona) vs {_fmt(own)}")
-        return tuple(reasons)
+        scored = sorted(
+            (
+                (distinct * (1.0 - abs(x.get(target, 0.0) - at)), name, target, shown)
+                for distinct, name, target, at, shown in self._fields[index]
+            ),
+            reverse=True,
+        )
+        return tuple(
+            f"{name} near {shown} (persona) vs {_fmt(_unsquash(name, x.get(target, 0.0)))}"
+            for _, name, target, shown in scored[:top]
+        )
 
 
 def _unsquash(name: str, value: float) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 
 from models.clustering import ModelSnapshot
 from models.facts import LifecyclePolicy, RfmCuts, customer_facts
-from models.features import CustomerProfile, feature_vector
+from models.features import CANONICAL_FEATURES, CustomerProfile, feature_vector
 from models.personas import PersonaCatalog
 from models.rules import RuleSegment, evaluate_all
 
@@ -32,6 +32,9 @@ _RECORD_FACTS = (
     "top_category",
     "days_since_last_purchase",
 )
+#: The record's features: the canonical value features and the readable behavior, taken from
+#: the facts the assignment computed (at its evaluation time) rather than computed again.
+_RECORD_FEATURES = (*CANONICAL_FEATURES, *CustomerProfile("x").behavior())
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,9 @@ class SegmentAssignment:
             "evaluated_at": self.now,
             "updated_at": updated_at_ms,
             "events_applied": self.applied,
-            "features": {**profile.value_features(), **profile.behavior()},
+            "features": {k: self.facts[k] for k in _RECORD_FEATURES}
+            if self.facts
+            else {**profile.value_features(), **profile.behavior()},
             "facts": {k: self.facts.get(k) for k in _RECORD_FACTS},
             "traits": profile.traits,
         }

@@ -703,13 +703,11 @@ async def _unless_redis_is_down(what: str, job: Callable[[], Awaitable[None]]) -
 class OffsetGuard:
     """Per input partition, the next offset this assignment expects; reports jumps.
 
-    Detection only. After a failover on Tansu, Faust was seen handing a partition's messages
-    to the stream with an offset or two missing between batches, and those events were lost
-    (tests/integration/test_scale_out.py). Reading the partition again from the expected
-    offset was tried: right after a worker's start, jumps also appear that are not losses
-    (Faust skips what it reads before seeking to the committed offsets, then reads it again),
-    and the re-read, dropping what ran ahead, stalled a partition for good. So a jump is
-    logged and counted (``segmenter_offset_gaps``), not acted on; the cause is an open problem.
+    Detection only, a last check behind the consumer (stream/consumer.py), which keeps Faust
+    from committing offsets nobody processed after a rebalance: the cause of the events a
+    failover used to lose (docs/reliability.md, fix 3). A jump seen here is logged and counted
+    (``segmenter_offset_gaps``); one right after a rebalance can be harmless (events skipped in
+    the revocation are read again from the committed offset).
     """
 
     def __init__(self) -> None:

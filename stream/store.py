@@ -2,9 +2,11 @@
 
 Key layout (``P`` is ``SEGMENTER_REDIS_PREFIX``, default ``seg:``):
 
-- ``P c:{customer_id}``: hash with ``v`` (the record as JSON), ``ts`` (event time of the newest
-  applied event, epoch ms), ``n`` (events applied), ``seg`` (cluster id, ``-`` if none) and
-  ``m`` (every segment the customer is in, a JSON list such as ``["cluster:3", "rule:vip"]``).
+- ``P c:{customer_id}``: hash with ``v`` (the record: ``z1:`` then its JSON deflated with a
+  preset dictionary, see ``encode_record``; plain JSON reads too), ``ts`` (event time of the
+  newest applied event, epoch ms), ``n`` (events applied), ``seg`` (cluster id, ``-`` if none)
+  and ``m`` (every segment the customer is in, a JSON list such as
+  ``["cluster:3", "rule:vip"]``).
 - ``P sizes``: hash, cluster id to number of customers in it (kept by the same script).
 - ``P members``: hash, segment of any kind (``cluster:3``, ``rule:vip``, ``persona:...``) to
   number of customers in it (kept by the same script).
@@ -24,6 +26,7 @@ import functools
 import inspect
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
@@ -43,6 +46,8 @@ __all__ = [
     "SegmentClient",
     "SegmentStore",
     "StoreUnavailable",
+    "decode_record",
+    "encode_record",
     "record_key",
 ]
 
@@ -129,6 +134,112 @@ def _unavailable_on_error(method: _Method) -> _Method:
             raise StoreUnavailable(f"Redis at {_safe(self.url)}: {exc}") from exc
 
     return cast(_Method, call)
+
+
+#: A typical record: the preset dictionary records are deflated with. Frozen: a record written
+#: with it must stay readable, so a new dictionary needs a new prefix (``z2:``), never an edit.
+_ZDICT_V1 = orjson.dumps(
+    {
+        "customer_id": "cust-000000-000000",
+        "segment": 3,
+        "segment_label": "high value, frequent, mobile",
+        "confidence": 0.8123,
+        "persona": "Loyal Larry",
+        "persona_confidence": 0.7321,
+        "persona_reasons": [
+            "avg_order_value near 120.00 (persona) vs 118.52",
+            "conversion near 0.90 (persona) vs 0.50",
+            "cart_abandonment near 0.07 (persona) vs 0.00",
+        ],
+        "rule_segments": [
+            "cart_abandoner",
+            "dach",
+            "europe",
+            "high_income",
+            "lifecycle_active",
+            "mobile_first",
+            "repeat_buyer",
+            "tech_shopper",
+            "vip",
+            "young_adult",
+        ],
+        "lifecycle": "active",
+        "model_version": 12,
+        "event_ts": 1795000000000,
+        "evaluated_at": 1795000000000,
+        "updated_at": 1795000000000,
+        "events_applied": 120,
+        "features": {
+            "orders_total": 2,
+            "revenue_total": 1234.56,
+            "first_seen_ts": 1786360000000,
+            "last_seen_ts": 1795000000000,
+            "last_purchase_ts": 1795000000000,
+            "recency_days": 1.2345,
+            "frequency_decayed": 0.8765,
+            "monetary_decayed": 123.45,
+            "avg_order_value": 123.45,
+            "avg_viewed_price": 67.89,
+            "sessions": 4,
+            "page_views": 12,
+            "product_views": 8,
+            "searches": 2,
+            "cart_adds": 1,
+            "cart_abandonment": 0.25,
+            "views_per_session": 3.5,
+            "clicks": 20,
+            "top_categories": ["electronics", "fashion", "home", "grocery", "books"],
+            "top_spend_categories": ["electronics", "fashion"],
+            "primary_device": "mobile",
+            "country": "DE",
+            "channel": "search",
+            "mobile_share": 0.5,
+            "desktop_share": 0.5,
+            "tablet_share": 0.0,
+            "evening_share": 0.5,
+            "morning_share": 0.25,
+            "afternoon_share": 0.25,
+            "search_share": 0.1,
+            "discount_share": 0.1,
+            "conversion": 0.5,
+        },
+        "facts": {
+            "lifecycle": "active",
+            "rfm_score": "511",
+            "value_tier": "bronze",
+            "customer_value_estimate": 1234.56,
+            "region": "Western Europe",
+            "age_band": "45-54",
+            "top_category": "electronics",
+            "days_since_last_purchase": 12.5,
+        },
+        "traits": {"age": 45, "income_band": "high", "country": "DE", "company_size": "1-10"},
+        "worker_id": "worker-000000",
+    }
+)
+_RECORD_PREFIX = b"z1:"
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """A record as Redis holds it: JSON, deflated with a preset dictionary (a typical record).
+
+    About 10 µs and a quarter of the bytes (README, "Redis key layout"): with 100k customers
+    Redis holds about 0.9 KB per customer instead of 2.2 KB. ``decode_record`` reverses it.
+
+    >>> decode_record(encode_record({"customer_id": "c-1", "segment": 3}))
+    {'customer_id': 'c-1', 'segment': 3}
+    >>> decode_record(b'{"segment": 2}')  # plain JSON (an older record) still reads
+    {'segment': 2}
+    """
+    packer = zlib.compressobj(6, zlib.DEFLATED, -12, 4, zlib.Z_DEFAULT_STRATEGY, _ZDICT_V1)
+    return _RECORD_PREFIX + packer.compress(orjson.dumps(record)) + packer.flush()
+
+
+def decode_record(raw: bytes | str) -> dict[str, Any]:
+    """The record from Redis's bytes (see ``encode_record``)."""
+    if isinstance(raw, bytes) and raw.startswith(_RECORD_PREFIX):
+        raw = zlib.decompressobj(-12, _ZDICT_V1).decompress(raw[len(_RECORD_PREFIX) :])
+    return cast(dict[str, Any], orjson.loads(raw))
 
 
 def record_key(prefix: str, customer_id: str) -> str:
@@ -229,7 +340,7 @@ class RedisSegmentStore:
                         w.event_ts,
                         w.applied,
                         _seg(w.segment),
-                        orjson.dumps(w.record),
+                        encode_record(w.record),
                         ttl,
                         orjson.dumps(sorted(w.members)),
                     ],
@@ -242,7 +353,7 @@ class RedisSegmentStore:
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         raw = await self.client.hget(record_key(self.prefix, customer_id), "v")
-        return None if raw is None else orjson.loads(raw)
+        return None if raw is None else decode_record(raw)
 
     async def get_json(self, key: str) -> Any:
         raw = await self.client.get(f"{self.prefix}{key}")
@@ -344,7 +455,7 @@ class SegmentClient:
     @_unavailable_on_error
     def get(self, customer_id: str) -> dict[str, Any] | None:
         raw = self.client.hget(record_key(self.prefix, customer_id), "v")
-        return None if raw is None else orjson.loads(raw)
+        return None if raw is None else decode_record(raw)
 
     def ping(self) -> None:
         try:
@@ -370,7 +481,7 @@ class SegmentClient:
             pipe.hget(key, "v")
         for raw in pipe.execute():
             if raw is not None:
-                yield orjson.loads(raw)
+                yield decode_record(raw)
 
     @_unavailable_on_error
     def sizes(self) -> dict[str, int]:
@@ -438,7 +549,7 @@ class AsyncSegmentClient:
             raw = await self.client.hget(record_key(self.prefix, customer_id), "v")
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis at {_safe(self.url)}: {exc}") from exc
-        return None if raw is None else orjson.loads(raw)
+        return None if raw is None else decode_record(raw)
 
     async def close(self) -> None:
         await self.client.aclose()

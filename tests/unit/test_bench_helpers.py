@@ -12,6 +12,7 @@ from stream.bench import (
     as_singles,
     click_streams,
     summarize_profile,
+    summarize_stages,
     write_report,
 )
 
@@ -36,11 +37,35 @@ def test_percentile_and_profile_summary():
     assert summary[0] == ("score (b.py:2)", 0.6) and len(summary) == 3
 
 
+def test_stage_summary_counts_each_sample_for_the_innermost_stage_or_its_library():
+    raw = "\n".join(
+        [
+            # our batch handler -> scoring -> a persona match: scoring, not the handler
+            "t;Segmenter._handle (stream/app.py:250);assign (models/segments.py:220);"
+            "PersonaCatalog.match (models/personas.py:99) 40",
+            # our handler's own line (orjson.loads of the state): the rest of the agent
+            "t;run (asyncio/base_events.py:1);Segmenter._handle (stream/app.py:249) 20",
+            # the aiokafka thread unpacking records, nothing of ours on the stack
+            "t;run (threading.py:1);PartitionRecords._unpack_records "
+            "(aiokafka/consumer/fetcher.py:216) 30",
+            "t;run_forever (asyncio/base_events.py:1);EpollSelector.select (selectors.py:468) 10",
+        ]
+    )
+    stages = dict(summarize_stages(raw))
+    assert stages == {
+        "scoring: clusters, personas, rules, facts": 0.4,
+        "our batching and the rest of the agent": 0.2,
+        "aiokafka and kafka-python: fetch, unpack, send": 0.3,
+        "asyncio event loop and sockets": 0.1,
+    }
+
+
 def test_report_marks_targets_and_writes_a_chart(tmp_path: Path):
     report = Report()
     report.add(Figure("T", "ours vs bare", 700.0, "events/s", 1000.0, "bare", ">= 0.7", True))
     report.add(Figure("T", "ours vs raw", 100.0, "events/s", 1000.0, "raw", ">= 0.25", False))
     report.add(Figure("F", "p99", 12.5, "ms", target="<= 50 ms", met=True))
+    report.profiles["arrays of 10"] = ([("decoding events", 0.25)], [("f (a.py:1)", 0.1)])
     out = tmp_path / "bench.md"
     write_report(report, out, "segmenter bench", 60.0)
     text = out.read_text()
@@ -48,4 +73,6 @@ def test_report_marks_targets_and_writes_a_chart(tmp_path: Path):
         "| T | ours vs bare | 700 events/s | 1,000 events/s (bare) | 0.70 | >= 0.7 | yes |" in text
     )
     assert "**no**" in text and "| 12.5 ms |" in text
+    assert "## Where the worker's time goes (arrays of 10)" in text
+    assert "| 25.0% | decoding events |" in text and "| 10.0% | `f (a.py:1)` |" in text
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
