@@ -89,6 +89,8 @@ class Report:
         default_factory=dict
     )
     notes: list[str] = field(default_factory=list)
+    #: Per throughput run: events/s of each reader of the same topic (for the floors table).
+    rates: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
@@ -354,6 +356,12 @@ class Bench:
             self._finish_profile(profiler, report, label)
         self.stop(procs)
         self.say(f"  our worker {ours:,.0f} events/s")
+        report.rates[label] = {
+            "plain aiokafka consumer (read + parse)": raw,
+            "bare Faust agent, per message": bare,
+            "bare Faust agent, batches": bare_take,
+            "our worker": ours,
+        }
         section = f"Throughput, {label}"
         if arrays:
             report.add(
@@ -866,6 +874,30 @@ def write_report(report: Report, out: Path, command: str, elapsed: float) -> Non
             f"| {f.section} | {what} | {_fmt(f.ours, f.unit)} | {base} | {ratio} | {f.target} "
             f"| {met} |"
         )
+    if report.rates:
+        lines += [
+            "",
+            "## Floors: time per event on this machine",
+            "",
+            "The same topic read by each reader, in this run (1 / throughput). What our worker "
+            "adds is its time per event less the bare Faust agent's; the profiles below say "
+            "where that time goes.",
+            "",
+            "| run | reader | events/s | time per event |",
+            "|---|---|---:|---:|",
+        ]
+        for label, rates in report.rates.items():
+            lines += [
+                f"| {label} | {name} | {rate:,.0f} | {1e6 / rate:,.1f} µs |"
+                for name, rate in rates.items()
+                if rate > 0
+            ]
+            ours, bare = rates.get("our worker", 0), rates.get("bare Faust agent, batches", 0)
+            if ours > 0 and bare > 0:
+                lines.append(
+                    f"| {label} | our logic (our worker less bare Faust with batches) | | "
+                    f"{1e6 / ours - 1e6 / bare:,.1f} µs |"
+                )
     for label, (stages, functions) in report.profiles.items():
         lines += [
             "",

@@ -66,6 +66,7 @@ def test_report_marks_targets_and_writes_a_chart(tmp_path: Path):
     report.add(Figure("T", "ours vs raw", 100.0, "events/s", 1000.0, "raw", ">= 0.25", False))
     report.add(Figure("F", "p99", 12.5, "ms", target="<= 50 ms", met=True))
     report.profiles["arrays of 10"] = ([("decoding events", 0.25)], [("f (a.py:1)", 0.1)])
+    report.rates["arrays of 10"] = {"bare Faust agent, batches": 20_000, "our worker": 5_000}
     out = tmp_path / "bench.md"
     write_report(report, out, "segmenter bench", 60.0)
     text = out.read_text()
@@ -74,5 +75,10 @@ def test_report_marks_targets_and_writes_a_chart(tmp_path: Path):
     )
     assert "**no**" in text and "| 12.5 ms |" in text
     assert "## Where the worker's time goes (arrays of 10)" in text
+    assert "| arrays of 10 | our worker | 5,000 | 200.0 µs |" in text
+    assert (
+        "| arrays of 10 | our logic (our worker less bare Faust with batches) | | 150.0 µs |"
+        in text
+    )
     assert "| 25.0% | decoding events |" in text and "| 10.0% | `f (a.py:1)` |" in text
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
