@@ -733,9 +733,10 @@ class OffsetGuard:
 
 
 async def event_batches(
-    stream: faust.StreamT[bytes], size: int, within: float
+    stream: faust.StreamT[bytes], size: int, within: float, idle: float | None = None
 ) -> AsyncIterator[list[EventT[Any]]]:
-    """Batches of up to ``size`` events, a partial one after ``within`` seconds; no acks.
+    """Batches of up to ``size`` events, a partial one after ``within`` seconds or as soon as
+    no event came for ``idle`` seconds (what was fetched is in: do not wait for more); no acks.
 
     The caller acknowledges each event once the batch's effects are done. Faust's own batching
     can fail that: ``take_events`` acknowledges a batch in a ``finally``, so a batch cut short
@@ -755,6 +756,8 @@ async def event_batches(
             if pending is None:
                 pending = asyncio.ensure_future(events.__anext__())
             timeout = max(0.0, deadline - loop.time()) if batch else None
+            if timeout is not None and idle is not None:
+                timeout = min(timeout, idle)
             done, _ = await asyncio.wait({pending}, timeout=timeout)
             if done:
                 try:
@@ -801,6 +804,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
         web_enabled=False,
         worker_redirect_stdouts=False,
     )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     store = RedisSegmentStore(
         settings.redis_url.get_secret_value(), settings.redis_prefix, settings.record_ttl_seconds
     )
@@ -830,7 +834,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
         consumer = cast(SegmenterConsumer, app.consumer)
         consumer.guard(source.topics)
         guard = OffsetGuard()
-        async for batch in event_batches(stream, settings.batch_size, settings.batch_within):
+        async for batch in event_batches(
+            stream, settings.batch_size, settings.batch_within, settings.batch_idle or None
+        ):
             for tp, (expected, got) in guard.gaps(batch, app.consumer_generation_id).items():
                 log.warning(
                     "offset jump on %s[%s]: expected %d, got %d",

@@ -53,8 +53,29 @@ from mode.utils.futures import notify
 log = logging.getLogger(__name__)
 
 
+class SegmenterConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread; the fetch wait comes from the app, not a fixed 1.5 s.
+
+    A fetch that finds no new records waits on the broker up to ``fetch_max_wait_ms`` for some.
+    Apache Kafka answers as soon as records arrive; Tansu was measured answering only when the
+    wait is over, so an event that arrives while a fetch waits is seen half the wait later on
+    average (plain aiokafka against Tansu: p50 408 ms at Faust's fixed 1,500 ms, 78 ms at
+    500 ms, 9 ms at 50 ms). ``SEGMENTER_FETCH_MAX_WAIT_MS`` sets it (default 25 ms).
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        wait = getattr(self.app, "fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)  # read by AIOKafkaConsumer.start()
+        return consumer
+
+
 class SegmenterConsumer(faust_aiokafka.Consumer):
     """The aiokafka consumer, strict about what counts as done on guarded topics."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return SegmenterConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -180,6 +201,9 @@ class SegmenterTransport(faust_aiokafka.Transport):
 
 class SegmenterApp(faust.App):
     """A Faust app whose consumer is :class:`SegmenterConsumer`."""
+
+    #: The consumer's fetch wait on the broker, ms (see :class:`SegmenterConsumerThread`).
+    fetch_max_wait_ms: int | None = None
 
     def _new_transport(self) -> TransportT:
         return SegmenterTransport(self.conf.broker_consumer, self)

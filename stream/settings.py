@@ -83,6 +83,20 @@ class Settings(BaseSettings):
     batch_within: Annotated[float, Field(gt=0)] = Field(
         0.05, description="seconds to wait to fill a batch"
     )
+    fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = Field(
+        25,
+        description=(
+            "longest a fetch waits on the broker for new records, ms (Tansu answers only at "
+            "the end of the wait, so this bounds how late an event is seen; Faust's own: 1500)"
+        ),
+    )
+    batch_idle: Annotated[float, Field(ge=0)] = Field(
+        0.003,
+        description=(
+            "end a batch early when no event came for this long, s: what was fetched is in "
+            "(low latency when traffic is light, full batches when it is heavy); 0: off"
+        ),
+    )
     session_timeout: Annotated[float, Field(gt=0)] = Field(
         30.0, description="consumer session timeout, s"
     )

@@ -1,12 +1,13 @@
-"""The serving store: one Redis hash per customer, written in pipelined batches, read in one trip.
+"""The serving store: one Redis string per customer, written in pipelined batches, read in one
+trip.
 
 Key layout (``P`` is ``SEGMENTER_REDIS_PREFIX``, default ``seg:``):
 
-- ``P c:{customer_id}``: hash with ``v`` (the record: ``z1:`` then its JSON deflated with a
-  preset dictionary, see ``encode_record``; plain JSON reads too), ``ts`` (event time of the
-  newest applied event, epoch ms), ``n`` (events applied), ``seg`` (cluster id, ``-`` if none)
-  and ``m`` (every segment the customer is in, a JSON list such as
-  ``["cluster:3", "rule:vip"]``).
+- ``P c:{customer_id}``: a header line ``<ts> <n> <seg> <segments>`` (event time of the newest
+  applied event in epoch ms, events applied, cluster id or ``-``, every segment the customer is
+  in as a JSON list such as ``["cluster:3","rule:vip"]``), a newline, then the record deflated
+  with a preset dictionary (``record_value``, ``encode_record``). A record in the earlier layout,
+  a hash (``v``, ``ts``, ``n``, ``seg``, ``m``), is read too and replaced by the next write.
 - ``P sizes``: hash, cluster id to number of customers in it (kept by the same script).
 - ``P members``: hash, segment of any kind (``cluster:3``, ``rule:vip``, ``persona:...``) to
   number of customers in it (kept by the same script).
@@ -27,7 +28,7 @@ import inspect
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
@@ -49,6 +50,7 @@ __all__ = [
     "decode_record",
     "encode_record",
     "record_key",
+    "record_value",
 ]
 
 # Why a script: the staleness check and the write must be one atomic step, or two workers
@@ -57,21 +59,30 @@ __all__ = [
 # never overwrites newer state, and an equal one rewrites the same record harmlessly. The
 # segment-size counters move only when a write is accepted, so they always match the records.
 _WRITE_SCRIPT = """
-local cur = redis.call('HMGET', KEYS[1], 'ts', 'n', 'seg', 'm')
-if cur[1] then
-  local cts, cn = tonumber(cur[1]), tonumber(cur[2])
-  local ts, n = tonumber(ARGV[1]), tonumber(ARGV[2])
-  if ts < cts or (ts == cts and n < cn) then return 0 end
+local ts, n = tonumber(ARGV[1]), tonumber(ARGV[2])
+local cts, cn, cseg, cm
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) == 'table' and cur.err then
+  -- a record in the earlier layout (a hash): read its header fields; SET replaces it
+  local h = redis.call('HMGET', KEYS[1], 'ts', 'n', 'seg', 'm')
+  cts, cn, cseg, cm = tonumber(h[1]), tonumber(h[2]), h[3], h[4]
+elseif cur then
+  local a, b, c, d = string.match(cur, '^(%d+) (%d+) (%S+) ([^\\n]*)\\n')
+  cts, cn, cseg, cm = tonumber(a), tonumber(b), c, d
 end
-redis.call('HSET', KEYS[1], 'ts', ARGV[1], 'n', ARGV[2], 'seg', ARGV[3], 'v', ARGV[4], 'm', ARGV[6])
-if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
-if cur[3] ~= ARGV[3] then
-  if cur[3] then redis.call('HINCRBY', KEYS[2], cur[3], -1) end
+if cts and (ts < cts or (ts == cts and n < cn)) then return 0 end
+if tonumber(ARGV[5]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5])
+else
+  redis.call('SET', KEYS[1], ARGV[4])
+end
+if cseg ~= ARGV[3] then
+  if cseg then redis.call('HINCRBY', KEYS[2], cseg, -1) end
   redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 end
-if cur[4] ~= ARGV[6] then
+if cm ~= ARGV[6] then
   local old, new = {}, {}
-  if cur[4] then for _, m in ipairs(cjson.decode(cur[4])) do old[m] = true end end
+  if cm then for _, m in ipairs(cjson.decode(cm)) do old[m] = true end end
   for _, m in ipairs(cjson.decode(ARGV[6])) do new[m] = true end
   for m in pairs(old) do if not new[m] then redis.call('HINCRBY', KEYS[3], m, -1) end end
   for m in pairs(new) do if not old[m] then redis.call('HINCRBY', KEYS[3], m, 1) end end
@@ -81,12 +92,20 @@ return 1
 
 # Erases one customer's record and takes them out of the size counters, in one atomic step.
 _FORGET_SCRIPT = """
-local cur = redis.call('HMGET', KEYS[1], 'seg', 'm')
-if not cur[1] then return 0 end
+local cseg, cm
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) == 'table' and cur.err then
+  local h = redis.call('HMGET', KEYS[1], 'seg', 'm')
+  cseg, cm = h[1], h[2]
+elseif cur then
+  local c, d = string.match(cur, '^%d+ %d+ (%S+) ([^\\n]*)\\n')
+  cseg, cm = c, d
+end
+if not cseg then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('HINCRBY', KEYS[2], cur[1], -1)
-if cur[2] then
-  for _, m in ipairs(cjson.decode(cur[2])) do redis.call('HINCRBY', KEYS[3], m, -1) end
+redis.call('HINCRBY', KEYS[2], cseg, -1)
+if cm then
+  for _, m in ipairs(cjson.decode(cm)) do redis.call('HINCRBY', KEYS[3], m, -1) end
 end
 return 1
 """
@@ -223,8 +242,8 @@ _RECORD_PREFIX = b"z1:"
 def encode_record(record: Mapping[str, Any]) -> bytes:
     """A record as Redis holds it: JSON, deflated with a preset dictionary (a typical record).
 
-    About 10 µs and a quarter of the bytes (README, "Redis key layout"): with 100k customers
-    Redis holds about 0.9 KB per customer instead of 2.2 KB. ``decode_record`` reverses it.
+    About 10 µs, and a quarter of the bytes of a typical record (README, "Output contracts").
+    ``decode_record`` reverses it.
 
     >>> decode_record(encode_record({"customer_id": "c-1", "segment": 3}))
     {'customer_id': 'c-1', 'segment': 3}
@@ -235,8 +254,29 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     return _RECORD_PREFIX + packer.compress(orjson.dumps(record)) + packer.flush()
 
 
+def record_value(write: RecordWrite) -> tuple[bytes, bytes]:
+    """What Redis holds for a write, and its segments as JSON (the write script's ARGV).
+
+    One line of plain text, ``<event_ts> <events applied> <cluster id or -> <segments JSON>``,
+    then the record as ``encode_record`` gives it. The first line is what the write script
+    compares and counts, and what a reader that needs only the segments reads.
+
+    >>> value, m = record_value(RecordWrite("c-1", 1795000000000, 7, 3, {"segment": 3},
+    ...                                     ("rule:vip", "cluster:3")))
+    >>> value.split(b"\\n", 1)[0]
+    b'1795000000000 7 3 ["cluster:3","rule:vip"]'
+    >>> decode_record(value)
+    {'segment': 3}
+    """
+    members = orjson.dumps(sorted(write.members))
+    head = f"{write.event_ts} {write.applied} {_seg(write.segment)} ".encode()
+    return head + members + b"\n" + encode_record(write.record), members
+
+
 def decode_record(raw: bytes | str) -> dict[str, Any]:
-    """The record from Redis's bytes (see ``encode_record``)."""
+    """The record from what Redis holds (see ``record_value`` and ``encode_record``)."""
+    if isinstance(raw, bytes) and raw[:1].isdigit():
+        raw = raw.split(b"\n", 1)[1]
     if isinstance(raw, bytes) and raw.startswith(_RECORD_PREFIX):
         raw = zlib.decompressobj(-12, _ZDICT_V1).decompress(raw[len(_RECORD_PREFIX) :])
     return cast(dict[str, Any], orjson.loads(raw))
@@ -334,16 +374,10 @@ class RedisSegmentStore:
         ttl = str(self.ttl_seconds)
         async with self.client.pipeline(transaction=False) as pipe:
             for w in writes:
+                value, segments = record_value(w)
                 await self._script(
                     keys=[record_key(self.prefix, w.customer_id), sizes, members],
-                    args=[
-                        w.event_ts,
-                        w.applied,
-                        _seg(w.segment),
-                        encode_record(w.record),
-                        ttl,
-                        orjson.dumps(sorted(w.members)),
-                    ],
+                    args=[w.event_ts, w.applied, _seg(w.segment), value, ttl, segments],
                     client=pipe,
                 )
             for name, by in counters.items():
@@ -352,7 +386,7 @@ class RedisSegmentStore:
         return sum(1 for r in results[: len(writes)] if r == 1)
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
-        raw = await self.client.hget(record_key(self.prefix, customer_id), "v")
+        raw = await _aread(self.client, record_key(self.prefix, customer_id))
         return None if raw is None else decode_record(raw)
 
     async def get_json(self, key: str) -> Any:
@@ -438,7 +472,7 @@ class RedisSegmentStore:
 
 
 class SegmentClient:
-    """Read one customer's segment record: one round trip (HGET).
+    """Read one customer's segment record: one round trip (GET).
 
     >>> client = SegmentClient("redis://127.0.0.1:6379/0")  # doctest: +SKIP
     >>> client.get("c-42")["segment"]                       # doctest: +SKIP
@@ -454,7 +488,7 @@ class SegmentClient:
 
     @_unavailable_on_error
     def get(self, customer_id: str) -> dict[str, Any] | None:
-        raw = self.client.hget(record_key(self.prefix, customer_id), "v")
+        raw = _read(self.client, record_key(self.prefix, customer_id))
         return None if raw is None else decode_record(raw)
 
     def ping(self) -> None:
@@ -465,7 +499,7 @@ class SegmentClient:
 
     @_unavailable_on_error
     def iter_records(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
-        """Every customer record (SCAN, then one pipelined HGET per batch of keys)."""
+        """Every customer record (SCAN, then one pipelined GET per batch of keys)."""
         keys: list[bytes] = []
         for key in self.client.scan_iter(match=f"{self.prefix}c:*", count=batch):
             keys.append(key)
@@ -475,11 +509,13 @@ class SegmentClient:
         if keys:
             yield from self._fetch(keys)
 
-    def _fetch(self, keys: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    def _fetch(self, keys: Sequence[bytes]) -> Iterator[dict[str, Any]]:
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
-            pipe.hget(key, "v")
-        for raw in pipe.execute():
+            pipe.get(key)
+        for key, raw in zip(keys, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(raw, redis.ResponseError):  # a record in the earlier layout
+                raw = _read(self.client, key)
             if raw is not None:
                 yield decode_record(raw)
 
@@ -546,13 +582,33 @@ class AsyncSegmentClient:
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         try:
-            raw = await self.client.hget(record_key(self.prefix, customer_id), "v")
+            raw = await _aread(self.client, record_key(self.prefix, customer_id))
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis at {_safe(self.url)}: {exc}") from exc
         return None if raw is None else decode_record(raw)
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _read(client: redis.Redis, key: str | bytes) -> bytes | None:
+    """One record's bytes: a string since ``record_value``; a hash (``v``) before it."""
+    try:
+        return cast(bytes | None, client.get(key))
+    except redis.ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        return cast(bytes | None, client.hget(key, "v"))
+
+
+async def _aread(client: aioredis.Redis, key: str) -> bytes | None:
+    """``_read`` for the asyncio client."""
+    try:
+        return cast(bytes | None, await client.get(key))
+    except redis.ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        return cast(bytes | None, await client.hget(key, "v"))
 
 
 def _text(value: bytes | str) -> str:

@@ -1,0 +1,151 @@
+"""The Redis record layout on a real redis-server: what a reader in another language sees, the
+write script's ordering and counters, the earlier (hash) layout still read and replaced, and the
+size of a typical record."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+import redis
+
+from stream.store import RecordWrite, RedisSegmentStore, SegmentClient, record_key
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "layout:"
+
+RECORD = {
+    "customer_id": "cust-5bc8fb-000823",
+    "segment": 2,
+    "segment_label": "browses deeply, tablet, rarely buys",
+    "confidence": 0.9079,
+    "persona": "Browsing Bella",
+    "persona_confidence": 0.6362,
+    "persona_reasons": [
+        "afternoon_share near 1.00 (persona) vs 1.00",
+        "desktop_share near 0.00 (persona) vs 0.00",
+        "avg_order_value near 0.50 (persona) vs 0.00",
+    ],
+    "rule_segments": ["home_and_garden", "tablet_user", "europe", "lifecycle_new"],
+    "lifecycle": "new",
+    "model_version": 1,
+    "event_ts": 1794924913053,
+    "evaluated_at": 1794924913053,
+    "updated_at": 1795000000000,
+    "events_applied": 16,
+    "features": {
+        "orders_total": 0,
+        "revenue_total": 0.0,
+        "first_seen_ts": 1794924496847,
+        "last_seen_ts": 1794924913053,
+        "avg_viewed_price": 86.11,
+        "views_per_session": 16.0,
+        "top_categories": ["garden", "home-decor"],
+        "primary_device": "tablet",
+        "country": "FR",
+        "channel": "social",
+    },
+    "facts": {"lifecycle": "new", "region": "Western Europe", "top_category": "garden"},
+    "traits": {},
+    "worker_id": "bench-1234567",
+}
+MEMBERS = (
+    "cluster:2",
+    "persona:Browsing Bella",
+    "rule:europe",
+    "rule:home_and_garden",
+    "rule:lifecycle_new",
+    "rule:tablet_user",
+)
+
+
+class Store:
+    """The worker's asyncio store driven from a test: one event loop for all its calls."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.store = RedisSegmentStore(url, PREFIX)
+
+    def write(self, *writes: RecordWrite) -> int:
+        return self.loop.run_until_complete(self.store.write_many(list(writes)))
+
+    def forget(self, *ids: str) -> int:
+        return self.loop.run_until_complete(self.store.forget_many(list(ids)))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.store.close())
+        self.loop.close()
+
+
+def test_a_record_is_one_string_whose_first_line_any_reader_can_parse(stack):
+    store = Store(stack.redis_url)
+    _write = store.write
+    raw = redis.Redis.from_url(stack.redis_url)
+    client = SegmentClient(stack.redis_url, PREFIX)
+    try:
+        cid = RECORD["customer_id"]
+        write = RecordWrite(cid, RECORD["event_ts"], 16, 2, RECORD, MEMBERS)
+        assert _write(write) == 1
+        value = raw.get(record_key(PREFIX, cid))
+        head, _, body = value.partition(b"\n")
+        ts, n, seg, members = head.decode().split(" ", 3)
+        assert (int(ts), int(n), seg) == (RECORD["event_ts"], 16, "2")
+        assert orjson.loads(members) == sorted(MEMBERS)
+        assert body.startswith(b"z1:")
+        assert client.get(cid) == RECORD
+        # A typical record, with its key, in well under 1 KB (issue 5's target): it was 2.2 KB
+        # as a hash with the record as plain JSON.
+        assert raw.memory_usage(record_key(PREFIX, cid)) < 1024
+        # An older state is refused; the same one again is harmless; counters moved once.
+        assert _write(RecordWrite(cid, RECORD["event_ts"] - 1, 20, 4, {}, ())) == 0
+        assert _write(write) == 1
+        assert client.get(cid) == RECORD
+        assert client.sizes() == {"2": 1}
+        assert client.members() == dict.fromkeys(MEMBERS, 1)
+    finally:
+        raw.delete(*raw.keys(f"{PREFIX}*"))
+        store.close()
+        client.close()
+        raw.close()
+
+
+def test_a_record_in_the_earlier_hash_layout_is_read_then_replaced_with_its_counters(stack):
+    store = Store(stack.redis_url)
+    _write = store.write
+    raw = redis.Redis.from_url(stack.redis_url)
+    client = SegmentClient(stack.redis_url, PREFIX)
+    try:
+        key = record_key(PREFIX, "old-1")
+        raw.hset(
+            key,
+            mapping={
+                "ts": 1000,
+                "n": 3,
+                "seg": "1",
+                "m": orjson.dumps(["cluster:1", "rule:vip"]),
+                "v": orjson.dumps({"segment": 1}),
+            },
+        )
+        raw.hset(f"{PREFIX}sizes", "1", 1)
+        raw.hset(f"{PREFIX}members", mapping={"cluster:1": 1, "rule:vip": 1})
+        assert client.get("old-1") == {"segment": 1}
+        assert [r["segment"] for r in client.iter_records()] == [1]
+        # Older than the stored hash: refused, the hash stays.
+        assert _write(RecordWrite("old-1", 999, 9, 2, {"segment": 2}, ("cluster:2",))) == 0
+        assert raw.type(key) == b"hash"
+        # Newer: replaces the hash with the string layout and moves the counters.
+        new = RecordWrite("old-1", 2000, 4, 2, {"segment": 2}, ("cluster:2",))
+        assert _write(new) == 1
+        assert raw.type(key) == b"string" and client.get("old-1") == {"segment": 2}
+        assert client.sizes() == {"2": 1}
+        assert client.members() == {"cluster:2": 1}
+        # Forgetting takes the customer out of every counter.
+        assert store.forget("old-1") == 1
+        assert client.get("old-1") is None and client.sizes() == {} and client.members() == {}
+    finally:
+        raw.delete(*raw.keys(f"{PREFIX}*"))
+        store.close()
+        client.close()
+        raw.close()
