@@ -5,6 +5,7 @@ size of a typical record."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -62,11 +63,14 @@ MEMBERS = (
 
 
 class Store:
-    """The worker's asyncio store driven from a test: one event loop for all its calls."""
+    """The worker's asyncio store driven from a test: one event loop for all its calls, plus a
+    bare redis-py connection and our sync client on the same server."""
 
     def __init__(self, url: str) -> None:
         self.loop = asyncio.new_event_loop()
         self.store = RedisSegmentStore(url, PREFIX)
+        self.raw = redis.Redis.from_url(url)
+        self.client = SegmentClient(url, PREFIX)
 
     def write(self, *writes: RecordWrite) -> int:
         return self.loop.run_until_complete(self.store.write_many(list(writes)))
@@ -75,77 +79,73 @@ class Store:
         return self.loop.run_until_complete(self.store.forget_many(list(ids)))
 
     def close(self) -> None:
+        keys = self.raw.keys(f"{PREFIX}*")
+        if keys:
+            self.raw.delete(*keys)
         self.loop.run_until_complete(self.store.close())
         self.loop.close()
+        self.client.close()
+        self.raw.close()
 
 
-def test_a_record_is_one_string_whose_first_line_any_reader_can_parse(stack):
-    store = Store(stack.redis_url)
-    _write = store.write
-    raw = redis.Redis.from_url(stack.redis_url)
-    client = SegmentClient(stack.redis_url, PREFIX)
+@pytest.fixture
+def store(stack) -> Iterator[Store]:  # type: ignore[no-untyped-def]
+    s = Store(stack.redis_url)
     try:
-        cid = RECORD["customer_id"]
-        write = RecordWrite(cid, RECORD["event_ts"], 16, 2, RECORD, MEMBERS)
-        assert _write(write) == 1
-        value = raw.get(record_key(PREFIX, cid))
-        head, _, body = value.partition(b"\n")
-        ts, n, seg, members = head.decode().split(" ", 3)
-        assert (int(ts), int(n), seg) == (RECORD["event_ts"], 16, "2")
-        assert orjson.loads(members) == sorted(MEMBERS)
-        assert body.startswith(b"z1:")
-        assert client.get(cid) == RECORD
-        # A typical record, with its key, in well under 1 KB (issue 5's target): it was 2.2 KB
-        # as a hash with the record as plain JSON.
-        assert raw.memory_usage(record_key(PREFIX, cid)) < 1024
-        # An older state is refused; the same one again is harmless; counters moved once.
-        assert _write(RecordWrite(cid, RECORD["event_ts"] - 1, 20, 4, {}, ())) == 0
-        assert _write(write) == 1
-        assert client.get(cid) == RECORD
-        assert client.sizes() == {"2": 1}
-        assert client.members() == dict.fromkeys(MEMBERS, 1)
+        yield s
     finally:
-        raw.delete(*raw.keys(f"{PREFIX}*"))
-        store.close()
-        client.close()
-        raw.close()
+        s.close()
 
 
-def test_a_record_in_the_earlier_hash_layout_is_read_then_replaced_with_its_counters(stack):
-    store = Store(stack.redis_url)
-    _write = store.write
-    raw = redis.Redis.from_url(stack.redis_url)
-    client = SegmentClient(stack.redis_url, PREFIX)
-    try:
-        key = record_key(PREFIX, "old-1")
-        raw.hset(
-            key,
-            mapping={
-                "ts": 1000,
-                "n": 3,
-                "seg": "1",
-                "m": orjson.dumps(["cluster:1", "rule:vip"]),
-                "v": orjson.dumps({"segment": 1}),
-            },
-        )
-        raw.hset(f"{PREFIX}sizes", "1", 1)
-        raw.hset(f"{PREFIX}members", mapping={"cluster:1": 1, "rule:vip": 1})
-        assert client.get("old-1") == {"segment": 1}
-        assert [r["segment"] for r in client.iter_records()] == [1]
-        # Older than the stored hash: refused, the hash stays.
-        assert _write(RecordWrite("old-1", 999, 9, 2, {"segment": 2}, ("cluster:2",))) == 0
-        assert raw.type(key) == b"hash"
-        # Newer: replaces the hash with the string layout and moves the counters.
-        new = RecordWrite("old-1", 2000, 4, 2, {"segment": 2}, ("cluster:2",))
-        assert _write(new) == 1
-        assert raw.type(key) == b"string" and client.get("old-1") == {"segment": 2}
-        assert client.sizes() == {"2": 1}
-        assert client.members() == {"cluster:2": 1}
-        # Forgetting takes the customer out of every counter.
-        assert store.forget("old-1") == 1
-        assert client.get("old-1") is None and client.sizes() == {} and client.members() == {}
-    finally:
-        raw.delete(*raw.keys(f"{PREFIX}*"))
-        store.close()
-        client.close()
-        raw.close()
+def test_a_record_is_one_string_whose_first_line_any_reader_can_parse(store):
+    _write, raw, client = store.write, store.raw, store.client
+    cid = RECORD["customer_id"]
+    write = RecordWrite(cid, RECORD["event_ts"], 16, 2, RECORD, MEMBERS)
+    assert _write(write) == 1
+    value = raw.get(record_key(PREFIX, cid))
+    head, _, body = value.partition(b"\n")
+    ts, n, seg, members = head.decode().split(" ", 3)
+    assert (int(ts), int(n), seg) == (RECORD["event_ts"], 16, "2")
+    assert orjson.loads(members) == sorted(MEMBERS)
+    assert body.startswith(b"z1:")
+    assert client.get(cid) == RECORD
+    # A typical record, with its key, in well under 1 KB (issue 5's target): it was 2.2 KB
+    # as a hash with the record as plain JSON.
+    assert raw.memory_usage(record_key(PREFIX, cid)) < 1024
+    # An older state is refused; the same one again is harmless; counters moved once.
+    assert _write(RecordWrite(cid, RECORD["event_ts"] - 1, 20, 4, {}, ())) == 0
+    assert _write(write) == 1
+    assert client.get(cid) == RECORD
+    assert client.sizes() == {"2": 1}
+    assert client.members() == dict.fromkeys(MEMBERS, 1)
+
+
+def test_a_record_in_the_earlier_hash_layout_is_read_then_replaced_with_its_counters(store):
+    _write, raw, client = store.write, store.raw, store.client
+    key = record_key(PREFIX, "old-1")
+    raw.hset(
+        key,
+        mapping={
+            "ts": 1000,
+            "n": 3,
+            "seg": "1",
+            "m": orjson.dumps(["cluster:1", "rule:vip"]),
+            "v": orjson.dumps({"segment": 1}),
+        },
+    )
+    raw.hset(f"{PREFIX}sizes", "1", 1)
+    raw.hset(f"{PREFIX}members", mapping={"cluster:1": 1, "rule:vip": 1})
+    assert client.get("old-1") == {"segment": 1}
+    assert [r["segment"] for r in client.iter_records()] == [1]
+    # Older than the stored hash: refused, the hash stays.
+    assert _write(RecordWrite("old-1", 999, 9, 2, {"segment": 2}, ("cluster:2",))) == 0
+    assert raw.type(key) == b"hash"
+    # Newer: replaces the hash with the string layout and moves the counters.
+    new = RecordWrite("old-1", 2000, 4, 2, {"segment": 2}, ("cluster:2",))
+    assert _write(new) == 1
+    assert raw.type(key) == b"string" and client.get("old-1") == {"segment": 2}
+    assert client.sizes() == {"2": 1}
+    assert client.members() == {"cluster:2": 1}
+    # Forgetting takes the customer out of every counter.
+    assert store.forget("old-1") == 1
+    assert client.get("old-1") is None and client.sizes() == {} and client.members() == {}
