@@ -82,19 +82,14 @@ class PersonaCatalog:
         self._mean = {f: sum(v[f] for v in self._vectors) / n for f in FEATURE_VECTOR}
         # Per persona, per prototype field: how far it stands from the others (fixed), where it
         # sits in the vector and its readable value, so that a match only measures closeness.
-        self._fields = [
-            [
-                (
-                    abs(proto[PROTOTYPE_FIELDS[name][0]] - self._mean[PROTOTYPE_FIELDS[name][0]]),
-                    name,
-                    PROTOTYPE_FIELDS[name][0],
-                    proto[PROTOTYPE_FIELDS[name][0]],
-                    _fmt(persona.prototype[name]),
-                )
-                for name in persona.prototype
-            ]
-            for persona, proto in zip(self.personas, self._vectors, strict=True)
-        ]
+        self._fields: list[list[tuple[float, str, str, float, str]]] = []
+        for persona, proto in zip(self.personas, self._vectors, strict=True):
+            fields = []
+            for name, value in persona.prototype.items():
+                target = PROTOTYPE_FIELDS[name][0]
+                distinct = abs(proto[target] - self._mean[target])
+                fields.append((distinct, name, target, proto[target], _fmt(value)))
+            self._fields.append(fields)
 
     def match(
         self, x: Mapping[str, float], current: str | None = None, hysteresis: float = 0.0

@@ -700,38 +700,6 @@ async def _unless_redis_is_down(what: str, job: Callable[[], Awaitable[None]]) -
         log.warning("%s skipped: Redis is not available (%s)", what, exc)
 
 
-class OffsetGuard:
-    """Per input partition, the next offset this assignment expects; reports jumps.
-
-    Detection only, a last check behind the consumer (stream/consumer.py), which keeps Faust
-    from committing offsets nobody processed after a rebalance: the cause of the events a
-    failover used to lose (docs/reliability.md, fix 3). A jump seen here is logged and counted
-    (``segmenter_offset_gaps``); one right after a rebalance can be harmless (events skipped in
-    the revocation are read again from the committed offset).
-    """
-
-    def __init__(self) -> None:
-        self.expected: dict[Any, int] = {}
-        self.generation: int | None = None
-
-    def gaps(
-        self, batch: Sequence[EventT[Any]], generation: int | None
-    ) -> dict[Any, tuple[int, int]]:
-        """Partitions whose offsets jumped ahead in this batch: tp -> (expected, got)."""
-        if generation != self.generation:  # a new assignment: offsets start afresh
-            self.generation = generation
-            self.expected.clear()
-        found: dict[Any, tuple[int, int]] = {}
-        for event in batch:
-            tp, offset = event.message.tp, event.message.offset
-            expected = self.expected.get(tp)
-            if expected is not None and offset > expected:
-                found.setdefault(tp, (expected, offset))
-            if expected is None or offset >= expected:
-                self.expected[tp] = offset + 1
-        return found
-
-
 async def event_batches(
     stream: faust.StreamT[bytes], size: int, within: float, idle: float | None = None
 ) -> AsyncIterator[list[EventT[Any]]]:
@@ -833,19 +801,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Segmenter]:
         # (a skip during a rebalance does not; see stream/consumer.py).
         consumer = cast(SegmenterConsumer, app.consumer)
         consumer.guard(source.topics)
-        guard = OffsetGuard()
+        consumer.on_reread = segmenter.metrics.offset_gaps.inc
         async for batch in event_batches(
             stream, settings.batch_size, settings.batch_within, settings.batch_idle or None
         ):
-            for tp, (expected, got) in guard.gaps(batch, app.consumer_generation_id).items():
-                log.warning(
-                    "offset jump on %s[%s]: expected %d, got %d",
-                    tp.topic,
-                    tp.partition,
-                    expected,
-                    got,
-                )
-                segmenter.metrics.offset_gaps.inc()
             await segmenter.handle(batch)
             for event in batch:
                 consumer.processed(event.message)

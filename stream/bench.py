@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -568,23 +568,11 @@ class Bench:
         self.say(f"  freshness p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(latencies)} probes")
         section = "Freshness (send to readable in Redis)"
         note = f"{len(latencies)} probes" + (f", {lost} not seen within 10 s" if lost else "")
-        report.add(Figure(section, f"p50 at {label}", p50, "ms", note=note))
         if floor:
             note += "; well under one worker's capacity: the floor without queueing"
-            report.figures[-1].note = note
-            report.add(Figure(section, f"p99 at {label}", p99, "ms", note=note))
-        else:
-            report.add(
-                Figure(
-                    section,
-                    f"p99 at {label}",
-                    p99,
-                    "ms",
-                    target="<= 50 ms",
-                    met=p99 <= 50,
-                    note=note,
-                )
-            )
+        target, met = ("", None) if floor else ("<= 50 ms", p99 <= 50)
+        report.add(Figure(section, f"p50 at {label}", p50, "ms", note=note))
+        report.add(Figure(section, f"p99 at {label}", p99, "ms", target=target, met=met, note=note))
         if arrays and not floor:
             o50, o99 = _percentile(reads_ours, 0.5) * 1000, _percentile(reads_ours, 0.99) * 1000
             b50, b99 = _percentile(reads_bare, 0.5) * 1000, _percentile(reads_bare, 0.99) * 1000
@@ -790,18 +778,25 @@ LIBRARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def _stacks(raw: str) -> Iterator[tuple[list[str], int]]:
+    """py-spy's raw (collapsed) output: each stack, outermost frame first, and its samples."""
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack.split(";"), int(count)
+
+
+def _shares(counts: Counter[str], top: int | None = None) -> list[tuple[str, float]]:
+    total = sum(counts.values())
+    return [(name, n / total) for name, n in counts.most_common(top)] if total else []
+
+
 def summarize_stages(raw: str) -> list[tuple[str, float]]:
     """Share of py-spy samples per stage of the worker (``STAGES``), else per library."""
     counts: Counter[str] = Counter()
-    total = 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = stack.split(";")
-        total += int(count)
-        counts[_stage_of(frames)] += int(count)
-    return [(name, n / total) for name, n in counts.most_common()] if total else []
+    for frames, n in _stacks(raw):
+        counts[_stage_of(frames)] += n
+    return _shares(counts)
 
 
 def _stage_of(frames: list[str]) -> str:
@@ -819,15 +814,9 @@ def _stage_of(frames: list[str]) -> str:
 def summarize_profile(raw: str, top: int = 15) -> list[tuple[str, float]]:
     """Self-time share per function from py-spy's raw (collapsed) stacks, largest first."""
     own: Counter[str] = Counter()
-    total = 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        leaf = stack.split(";")[-1]
-        own[leaf] += int(count)
-        total += int(count)
-    return [(name, n / total) for name, n in own.most_common(top)] if total else []
+    for frames, n in _stacks(raw):
+        own[frames[-1]] += n
+    return _shares(own, top)
 
 
 # --- the report ---------------------------------------------------------------------------

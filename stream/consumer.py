@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import faust
@@ -88,6 +88,8 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         self.skipped = 0
         #: Times a partition was read again because its records jumped ahead.
         self.rereads = 0
+        #: Called on each of those (the worker counts them in ``segmenter_offset_gaps``).
+        self.on_reread: Callable[[], object] | None = None
 
     def guard(self, topics: Iterable[str]) -> None:
         """Apply the strict rules (module docstring) to these topics."""
@@ -173,6 +175,8 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
                 if self._reread.get(tp) != (expected, offset):
                     reread.add(tp)
                     self.rereads += 1
+                    if self.on_reread is not None:
+                        self.on_reread()
                     log.warning(
                         "%s[%d] jumped from offset %d to %d: reading again from %d",
                         tp.topic,

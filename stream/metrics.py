@@ -58,7 +58,8 @@ class WorkerMetrics:
         )
         self.offset_gaps = Counter(
             "segmenter_offset_gaps",
-            "Batches in which an input partition's offsets jumped ahead (see OffsetGuard)",
+            "Times an input partition's records jumped ahead of the expected offset and the "
+            "partition was read again from it (stream/consumer.py)",
             registry=r,
         )
         self.drift_alerts = Counter(

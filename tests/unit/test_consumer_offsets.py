@@ -68,11 +68,13 @@ def run(coro: Any) -> Any:
 def test_records_from_before_a_seek_are_dropped_and_the_partition_read_again() -> None:
     async def scenario() -> None:
         h = Harness()
+        counted: list[int] = []
+        h.consumer.on_reread = lambda: counted.append(1)  # the worker's segmenter_offset_gaps
         await h.consumer.seek(h.partition, 210)  # as after a rebalance: committed offset 210
         # A record fetched before the seek (offset 293) arrives first: not delivered, and the
         # partition is sought back to 210; the rest of that fetch is dropped too.
         assert await h.read([293, 294]) == []
-        assert h.seeks == [210, 210] and h.consumer.rereads == 1
+        assert h.seeks == [210, 210] and h.consumer.rereads == 1 and counted == [1]
         # The fresh read starts at 210 and goes on in order; a duplicate below is dropped.
         assert await h.read([210, 211, 212], [211, 213]) == [210, 211, 212, 213]
         assert not h.consumer._gap[h.partition]
