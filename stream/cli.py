@@ -62,9 +62,9 @@ def demo(
     port: Annotated[int, typer.Option(help="dashboard port (a free one if taken)")] = 8080,
 ) -> None:
     """Run everything locally (broker, Redis, worker, generator, dashboard); no Docker."""
-    from stream.demo import run_demo
-    from stream.embedded import EmbeddedError
-    from stream.generator import parse_mix
+    from stream.tools.demo import run_demo
+    from stream.tools.embedded import EmbeddedError
+    from stream.tools.generator import parse_mix
 
     try:
         mix = parse_mix(shift_mix)
@@ -179,7 +179,7 @@ def triggers(
     import logging
 
     from stream.kafka import ensure_topics, wait_for_broker
-    from stream.triggers import TriggerStats, WebhookSender, run_triggers
+    from stream.serving.triggers import TriggerStats, WebhookSender, run_triggers
 
     bad = [c for c in change or [] if c not in ("entered", "exited")]
     if bad:
@@ -222,8 +222,8 @@ def dashboard(
     """Serve the live dashboard and the read API (GET /customers/{id}, GET /segments)."""
     import uvicorn
 
+    from stream.serving.web import build_web_app
     from stream.store import SegmentClient
-    from stream.web import build_web_app
 
     settings = _settings()
     SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix).ping()
@@ -236,7 +236,7 @@ def dashboard(
 @app.command()
 def worker() -> None:
     """Run one worker (consume, segment, write Redis); start several for one consumer group."""
-    from stream.worker import run_worker
+    from stream.worker.run import run_worker
 
     run_worker(_settings())
 
@@ -257,9 +257,9 @@ def produce(
     ] = None,
 ) -> None:
     """Generate persona-driven traffic; the true persona of each customer goes to --truth only."""
-    from stream.generator import Message, TrafficGenerator
     from stream.kafka import ensure_topics, wait_for_broker
-    from stream.producer import generated_messages, send_messages
+    from stream.tools.generator import Message, TrafficGenerator
+    from stream.tools.producer import generated_messages, send_messages
 
     if events is None and seconds is None and out is not None:
         raise typer.BadParameter("writing to --out needs --events or --seconds")
@@ -320,7 +320,7 @@ def replay(
 ) -> None:
     """Load events from a file into the input topics."""
     from stream.kafka import ensure_topics, wait_for_broker
-    from stream.producer import ReplayError, read_events_file, send_messages
+    from stream.tools.producer import ReplayError, read_events_file, send_messages
 
     settings = _settings()
     if not file.exists():
@@ -401,7 +401,7 @@ def segments(
     """Every segment with its size and description: clusters, personas and rule segments."""
     from rich.table import Table
 
-    from stream.report import segment_report
+    from stream.serving.report import segment_report
     from stream.store import SegmentClient
 
     settings = _settings()
@@ -436,7 +436,7 @@ def evaluate_quality(
 
     Exits 1 if a target is missed."""
     from stream.catalog import load_personas
-    from stream.evaluate import evaluate
+    from stream.tools.evaluate import evaluate
 
     settings = _settings()
     with console.status("segmenting generated traffic...") as status:
@@ -492,7 +492,7 @@ def bench(
 ) -> None:
     """Measure throughput, freshness, read latency, memory, recovery and scale-out, each beside
     its baseline in the same run, on a broker and Redis of its own; write the report."""
-    from stream.bench import BenchConfig, run_bench
+    from stream.tools.bench import BenchConfig, run_bench
 
     config = BenchConfig.quick() if quick else BenchConfig()
     command = "segmenter bench" + (" --quick" if quick else "") + f" --out {out}"

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from stream.demo import start_worker, stop_process
-from stream.embedded import EmbeddedStack
 from stream.kafka import ensure_topics, make_producer
 from stream.settings import Settings
 from stream.store import SegmentClient
+from stream.tools.demo import start_worker, stop_process
+from stream.tools.embedded import EmbeddedStack
 
 pytestmark = pytest.mark.integration
 

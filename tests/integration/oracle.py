@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from stream.generator import Message
+from stream.tools.generator import Message
 
 
 def _ts(value: Any) -> int:

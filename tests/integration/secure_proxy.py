@@ -19,7 +19,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from stream.embedded import free_port
+from stream.tools.embedded import free_port
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 UNSUPPORTED_SASL_MECHANISM, SASL_AUTHENTICATION_FAILED = 33, 58

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from stream.embedded import free_port
+from stream.tools.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

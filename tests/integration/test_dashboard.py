@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from stream.embedded import free_port
-from stream.generator import TrafficGenerator
 from stream.kafka import read_topic
-from stream.producer import generated_messages, send_messages
+from stream.serving.web import DashboardServer
 from stream.settings import Settings
 from stream.store import SegmentClient
-from stream.web import DashboardServer
+from stream.tools.embedded import free_port
+from stream.tools.generator import TrafficGenerator
+from stream.tools.producer import generated_messages, send_messages
 
 from .conftest import Workers, make_settings, wait_until
 

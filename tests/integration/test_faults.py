@@ -15,10 +15,10 @@ from typing import IO
 
 import pytest
 
-from stream.embedded import free_port, redis_server_binary, tansu_binary
-from stream.generator import TrafficGenerator
-from stream.producer import send_messages
 from stream.store import SegmentClient, StoreUnavailable
+from stream.tools.embedded import free_port, redis_server_binary, tansu_binary
+from stream.tools.generator import TrafficGenerator
+from stream.tools.producer import send_messages
 
 from .conftest import Workers, make_settings, wait_until
 from .oracle import expected_value_features, feature_mismatches

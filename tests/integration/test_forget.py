@@ -9,9 +9,9 @@ import pytest
 import redis
 from kafka import KafkaConsumer, TopicPartition
 
-from stream.generator import TrafficGenerator
 from stream.kafka import read_topic
-from stream.producer import send_messages
+from stream.tools.generator import TrafficGenerator
+from stream.tools.producer import send_messages
 
 from .conftest import Workers, make_settings, run_cli, wait_until
 

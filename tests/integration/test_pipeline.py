@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
-from stream.generator import Message, TrafficGenerator
 from stream.kafka import make_producer, read_topic
-from stream.producer import send_messages
 from stream.settings import Settings
+from stream.tools.generator import Message, TrafficGenerator
+from stream.tools.producer import send_messages
 
 from .conftest import Workers, make_settings, run_cli, wait_until
 from .oracle import expected_value_features

@@ -9,9 +9,9 @@ import time
 import orjson
 import pytest
 
-from stream.generator import TrafficGenerator
-from stream.producer import read_events_file, send_messages
 from stream.store import AsyncSegmentClient, StoreUnavailable
+from stream.tools.generator import TrafficGenerator
+from stream.tools.producer import read_events_file, send_messages
 
 from .conftest import Workers, make_settings, run_cli, wait_until
 from .oracle import expected_value_features, feature_mismatches

@@ -17,8 +17,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from models.clustering import match_ids
-from stream.generator import TrafficGenerator
-from stream.producer import send_messages
+from stream.tools.generator import TrafficGenerator
+from stream.tools.producer import send_messages
 
 from .conftest import Workers, make_settings, wait_until
 from .oracle import expected_value_features, feature_mismatches

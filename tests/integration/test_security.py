@@ -21,11 +21,11 @@ from types import SimpleNamespace
 import pytest
 import trustme
 
-from stream.embedded import free_port
-from stream.generator import TrafficGenerator
-from stream.producer import send_messages
 from stream.settings import Settings
 from stream.store import SegmentClient, StoreUnavailable
+from stream.tools.embedded import free_port
+from stream.tools.generator import TrafficGenerator
+from stream.tools.producer import send_messages
 
 from .conftest import Workers, make_settings, run_cli, wait_until
 from .oracle import expected_value_features, feature_mismatches

@@ -6,9 +6,9 @@ import orjson
 import pytest
 
 from models.features import DAY_MS
-from stream.generator import GENERATOR_PERSONAS, TrafficGenerator
 from stream.kafka import make_producer, read_topic
-from stream.producer import send_messages
+from stream.tools.generator import GENERATOR_PERSONAS, TrafficGenerator
+from stream.tools.producer import send_messages
 
 from .conftest import Workers, make_settings, wait_until
 

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from stream.generator import TrafficGenerator
-from stream.producer import send_messages
+from stream.tools.generator import TrafficGenerator
+from stream.tools.producer import send_messages
 
 from .conftest import Workers, make_settings, wait_until
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stream.bench import (
+from stream.tools.bench import (
     Figure,
     Report,
     _percentile,

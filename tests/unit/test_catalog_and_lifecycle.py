@@ -5,7 +5,7 @@ from models.features import DAY_MS, CustomerProfile, feature_vector
 from models.schedule import DueSchedule
 from models.segments import SegmentCatalog, assign, changes_between, remember
 from stream.catalog import CatalogError, load_personas, load_segments
-from stream.generator import GENERATOR_PERSONAS
+from stream.tools.generator import GENERATOR_PERSONAS
 
 
 def test_built_in_catalogs_load_and_cover_every_kind():

@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from stream.consumer import SegmenterApp, SegmenterConsumer
+from stream.worker.faust_adapt import SegmenterApp, SegmenterConsumer
 
 TOPIC = "in"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from stream.metrics import WorkerMetrics
 from stream.settings import Settings
+from stream.worker.metrics import WorkerMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

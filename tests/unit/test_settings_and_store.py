@@ -5,9 +5,10 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from stream.generator import TrafficGenerator
 from stream.settings import Settings
-from stream.store import InMemorySegmentStore, RecordWrite, _safe, record_key
+from stream.store import InMemorySegmentStore, RecordWrite, record_key
+from stream.store.redis_store import _safe
+from stream.tools.generator import TrafficGenerator
 
 
 def test_settings_read_the_segmenter_prefix_and_mask_secrets(monkeypatch):

@@ -9,10 +9,10 @@ import threading
 
 import faust
 
-from stream.app import build_app
 from stream.kafka import ensure_topics, wait_for_broker
 from stream.settings import Settings
 from stream.store import SegmentClient
+from stream.worker.app import build_app
 
 _LEVELS = {"crit", "error", "warn", "info", "debug"}
 

@@ -1,6 +1,6 @@
 """The bare Faust baseline of `segmenter bench`: an agent that does nothing with its messages.
 
-Run as ``python -m stream.bench_faust worker -l warn`` with the worker's SEGMENTER_* settings
+Run as ``python -m stream.tools.bench_faust worker -l warn`` with the worker's SEGMENTER_* settings
 (the same broker, security and consumer settings as a real worker) and:
 
 - ``BENCH_TARGET``: messages to consume before writing the result and stopping;

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
-from stream.generator import Message, TrafficGenerator
 from stream.kafka import make_producer
 from stream.settings import Settings
+from stream.tools.generator import Message, TrafficGenerator
 
 __all__ = ["ProduceStats", "ReplayError", "read_events_file", "send_messages", "generated_messages"]
 

@@ -25,7 +25,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from stream.report import segment_report
+from stream.serving.report import segment_report
 from stream.settings import Settings
 from stream.store import SegmentClient, StoreUnavailable
 
@@ -88,7 +88,7 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:
-        return files("stream").joinpath("static/dashboard.html").read_text()
+        return files("stream.serving").joinpath("static/dashboard.html").read_text()
 
     @app.get("/healthz", summary="Liveness and Redis reachability")
     def healthz() -> dict[str, str]:

@@ -17,13 +17,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from stream.embedded import EmbeddedStack, free_port
-from stream.generator import TrafficGenerator
 from stream.kafka import ensure_topics, wait_for_broker
-from stream.producer import ProduceStats, generated_messages, send_messages
+from stream.serving.web import DashboardServer
 from stream.settings import Settings
 from stream.store import SegmentClient
-from stream.web import DashboardServer
+from stream.tools.embedded import EmbeddedStack, free_port
+from stream.tools.generator import TrafficGenerator
+from stream.tools.producer import ProduceStats, generated_messages, send_messages
 
 __all__ = ["DemoSummary", "run_demo", "start_worker", "stop_process"]
 

@@ -33,13 +33,13 @@ import psutil
 import redis
 from rich.console import Console
 
-from stream.demo import start_worker, stop_process
-from stream.embedded import EmbeddedStack
-from stream.generator import Message, TrafficGenerator
 from stream.kafka import ensure_topics, make_producer, ssl_context, wait_for_broker
-from stream.producer import send_messages
 from stream.settings import Settings
 from stream.store import SegmentClient, record_key
+from stream.tools.demo import start_worker, stop_process
+from stream.tools.embedded import EmbeddedStack
+from stream.tools.generator import Message, TrafficGenerator
+from stream.tools.producer import send_messages
 
 __all__ = ["BenchConfig", "Figure", "run_bench"]
 
@@ -308,7 +308,7 @@ class Bench:
         }
         log = open(self.workdir / f"bare-{mode}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.bench_faust", "worker", "-l", "warn"],
+            [sys.executable, "-m", "stream.tools.bench_faust", "worker", "-l", "warn"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

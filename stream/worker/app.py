@@ -32,11 +32,11 @@ from models.segments import (
     remember,
 )
 from stream.catalog import load_personas, load_segments
-from stream.consumer import SegmenterApp, SegmenterConsumer
 from stream.kafka import faust_credentials
-from stream.metrics import WorkerMetrics
 from stream.settings import Settings
 from stream.store import REDIS_OUTAGE, RecordWrite, RedisSegmentStore, retry_forever
+from stream.worker.faust_adapt import SegmenterApp, SegmenterConsumer
+from stream.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from models.features import DAY_MS, CustomerProfile, feature_vector
 from models.metrics import adjusted_rand_index
 from models.personas import PersonaCatalog
 from models.schedule import DueSchedule
-from stream.generator import TrafficGenerator
 from stream.settings import Settings
+from stream.tools.generator import TrafficGenerator
 
 __all__ = ["EvalResult", "evaluate"]
 

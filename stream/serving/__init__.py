@@ -1,0 +1,1 @@
+"""Serving: the HTTP read API and dashboard, segment reports, webhook triggers."""

@@ -1,0 +1,1 @@
+"""Tools around the worker: demo, bench, eval, traffic generator, producer, embedded stack."""
