@@ -20,7 +20,7 @@ __all__ = [
     "squash",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 #: The value features whose meaning is fixed by the design (DESIGN.md, "Canonical value features").
 CANONICAL_FEATURES = (
     "orders_total",
@@ -160,7 +160,6 @@ class CustomerProfile:
     # Event time at which the published cluster and persona were entered (for minimum dwell).
     segment_since: int = 0
     persona_since: int = 0
-    partition: int | None = None  # the source partition of this customer's events
 
     def seen_position(self, log: str, position: int) -> bool:
         """Mark the message at ``position`` of source ``log`` applied; True if it already was.
@@ -309,7 +308,6 @@ class CustomerProfile:
             "pe": self.persona,
             "lc": self.lifecycle,
             "since": [self.segment_since, self.persona_since],
-            "p": self.partition,
         }
 
     @classmethod
@@ -348,12 +346,11 @@ class CustomerProfile:
             recent_ids={k: list(v) for k, v in state["ids"].items()},
             positions=dict(state["pos"]),
             segment=state["seg"],
-            rule_segments=list(state.get("rs", [])),
-            persona=state.get("pe"),
-            lifecycle=state.get("lc"),
-            segment_since=state.get("since", [0, 0])[0],
-            persona_since=state.get("since", [0, 0])[1],
-            partition=state.get("p"),
+            rule_segments=list(state["rs"]),
+            persona=state["pe"],
+            lifecycle=state["lc"],
+            segment_since=state["since"][0],
+            persona_since=state["since"][1],
         )
 
 

@@ -117,9 +117,7 @@ class SegmentAssignment:
             "evaluated_at": self.now,
             "updated_at": updated_at_ms,
             "events_applied": self.applied,
-            "features": {k: self.facts[k] for k in _RECORD_FEATURES}
-            if self.facts
-            else {**profile.value_features(), **profile.behavior()},
+            "features": {k: self.facts[k] for k in _RECORD_FEATURES},
             "facts": {k: self.facts.get(k) for k in _RECORD_FACTS},
             "traits": profile.traits,
         }

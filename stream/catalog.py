@@ -12,6 +12,7 @@ import yaml
 from models.facts import is_known_fact
 from models.personas import PROTOTYPE_FIELDS, Persona, PersonaCatalog
 from models.rules import RuleError, RuleSegment, compile_condition
+from stream.errors import SegmenterError
 
 __all__ = ["CatalogError", "load_personas", "load_segments"]
 
@@ -28,7 +29,7 @@ SEGMENT_KINDS = (
 )
 
 
-class CatalogError(ValueError):
+class CatalogError(SegmenterError):
     """A segment or persona file that cannot be used; the message names file, entry and line."""
 
 

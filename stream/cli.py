@@ -320,7 +320,7 @@ def replay(
 ) -> None:
     """Load events from a file into the input topics."""
     from stream.kafka import ensure_topics, wait_for_broker
-    from stream.tools.producer import ReplayError, read_events_file, send_messages
+    from stream.tools.producer import read_events_file, send_messages
 
     settings = _settings()
     if not file.exists():
@@ -328,23 +328,20 @@ def replay(
         raise typer.Exit(2)
     wait_for_broker(settings)
     ensure_topics(settings)
-    try:
-        with Progress(
-            TextColumn("[b]replaying"),
-            TextColumn("{task.completed:,} events"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar:
-            task = bar.add_task("replay", total=None)
-            stats = send_messages(
-                settings,
-                read_events_file(file),
-                rate=rate,
-                on_progress=lambda s: bar.update(task, completed=s.events),
-            )
-    except ReplayError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    # A bad line raises ReplayError: main() prints it (file and line) and exits 2.
+    with Progress(
+        TextColumn("[b]replaying"),
+        TextColumn("{task.completed:,} events"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("replay", total=None)
+        stats = send_messages(
+            settings,
+            read_events_file(file),
+            rate=rate,
+            on_progress=lambda s: bar.update(task, completed=s.events),
+        )
     console.print(f"replayed {stats.events:,} events in {stats.messages:,} messages from {file}")
 
 
@@ -353,15 +350,11 @@ def get(
     customer_id: Annotated[str, typer.Argument(help="the customer id (the message key)")],
 ) -> None:
     """Print one customer's current segment record as JSON (exit 1 if unknown)."""
-    from stream.store import SegmentClient, StoreUnavailable
+    from stream.store import SegmentClient
 
     settings = _settings()
     client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
-    try:
-        record = client.get(customer_id)
-    except StoreUnavailable as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    record = client.get(customer_id)  # StoreUnavailable: main() prints it, exits 2
     if record is None:
         console.print(f"no record for customer {customer_id!r}")
         raise typer.Exit(1)
@@ -373,7 +366,7 @@ def export(
     out: Annotated[Path | None, typer.Option(help="write here instead of standard output")] = None,
 ) -> None:
     """Write every customer's record as JSONL: an audience export."""
-    from stream.store import SegmentClient, StoreUnavailable
+    from stream.store import SegmentClient
 
     settings = _settings()
     client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
@@ -383,10 +376,7 @@ def export(
         for record in client.iter_records():
             sink.write(orjson.dumps(record) + b"\n")
             n += 1
-    except StoreUnavailable as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    finally:
+    finally:  # StoreUnavailable: main() prints it and exits 2
         if out:
             sink.close()
         else:
@@ -435,14 +425,13 @@ def evaluate_quality(
     """Segmentation quality against known personas, each figure beside its target.
 
     Exits 1 if a target is missed."""
-    from stream.catalog import load_personas
     from stream.tools.evaluate import evaluate
 
     settings = _settings()
     with console.status("segmenting generated traffic...") as status:
         result = evaluate(
             settings,
-            load_personas(),
+            None,
             events,
             customers,
             seed,
@@ -503,20 +492,21 @@ def bench(
 def topics() -> None:
     """Create the project's topics if missing (workers do this too)."""
     from stream.kafka import ensure_topics, wait_for_broker
+    from stream.topology import topology
 
     settings = _settings()
     wait_for_broker(settings)
     ensure_topics(settings)
-    console.print("topics ready: " + ", ".join(settings.input_topics))
+    console.print("topics ready: " + ", ".join(topology(settings).names))
 
 
 def main() -> None:
-    from stream.catalog import CatalogError
-    from stream.kafka import BrokerUnavailable
-    from stream.store import StoreUnavailable
+    from stream.errors import SegmenterError
 
     try:
         app()
-    except (BrokerUnavailable, StoreUnavailable, CatalogError) as exc:
+    except SegmenterError as exc:
+        # Kafka or Redis not there, a bad segment or persona file, a bad replay file, a local
+        # broker that would not start: one line that says what and where, and exit code 2.
         console.print(f"[red]error[/red]: {exc}")
         sys.exit(2)

@@ -15,7 +15,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from stream.errors import SegmenterError
 from stream.settings import Settings
+from stream.topology import topology
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 
-class BrokerUnavailable(RuntimeError):
+class BrokerUnavailable(SegmenterError):
     """Kafka could not be reached; the message says where and why."""
 
 
@@ -106,20 +108,12 @@ def wait_for_broker(settings: Settings, timeout: float | None = None) -> None:
 
 
 def ensure_topics(settings: Settings) -> None:
-    """Create the project's topics if they are missing.
+    """Create the project's topics (every one of ``stream.topology``) if they are missing.
 
     Input topics and the feature table share one partition count (Faust's co-partitioning);
     the sample and snapshot topics have one partition, read by the single model trainer.
     """
-    wanted = {name: settings.partitions for name in settings.input_topics}
-    wanted[settings.topic(settings.forget_topic)] = settings.partitions  # co-partitioned
-    wanted[settings.topic(settings.dead_letter_topic)] = 1
-    wanted[settings.topic(settings.changes_topic)] = settings.partitions
-    wanted[settings.topic(settings.samples_topic)] = 1
-    wanted[settings.topic(settings.snapshots_topic)] = 1
-    wanted[settings.topic(settings.stats_topic)] = 1
-    wanted[settings.topic(settings.drift_topic)] = 1
-    wanted[settings.topic(settings.trigger_dead_letter_topic)] = 1
+    wanted = topology(settings).names
     admin = KafkaAdminClient(**client_options(settings))
     try:
         existing = set(admin.list_topics())

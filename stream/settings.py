@@ -237,12 +237,10 @@ class Settings(BaseSettings):
 
     @property
     def input_topics(self) -> dict[str, str]:
-        """Topic name to input source (clickstream, purchases, identify)."""
-        return {
-            self.topic(self.clickstream_topic): "clickstream",
-            self.topic(self.purchases_topic): "purchases",
-            self.topic(self.identify_topic): "identify",
-        }
+        """Topic name to input source (clickstream, purchases, identify); see stream.topology."""
+        from stream.topology import topology
+
+        return topology(self).input_topics
 
     @property
     def bootstrap_servers(self) -> list[str]:

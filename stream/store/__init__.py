@@ -1,25 +1,31 @@
-"""The serving store: per-customer records, segment counters, model and status in Redis."""
+"""The serving store: per-customer records, segment counters, model and status.
 
-from stream.store.redis_store import (
-    REDIS_OUTAGE,
-    AsyncSegmentClient,
-    InMemorySegmentStore,
-    RecordWrite,
-    RedisSegmentStore,
-    SegmentClient,
-    SegmentStore,
-    StoreUnavailable,
-    decode_record,
-    encode_record,
-    record_key,
-    record_value,
-    retry_forever,
-)
+- ``base``: ``SegmentStore``, what the worker needs of a store.
+- ``keys``: every Redis key name (``Keys``) and the key layout.
+- ``codec``: a record as Redis holds it (header line, deflated JSON).
+- ``scripts``: the Lua scripts that write and forget atomically.
+- ``redis_store``: ``RedisSegmentStore``, the worker's store in Redis; ``retry_forever``.
+- ``memory``: ``InMemorySegmentStore``, the same contract over dicts.
+- ``client``: the readers, ``SegmentClient`` and ``AsyncSegmentClient``.
+- ``errors``: ``StoreUnavailable``, ``REDIS_OUTAGE``.
+"""
+
+from typing import TYPE_CHECKING
+
+from models.step import RecordWrite
+from stream.store.base import SegmentStore
+from stream.store.client import AsyncSegmentClient, SegmentClient
+from stream.store.codec import decode_record, encode_record, record_value
+from stream.store.errors import REDIS_OUTAGE, StoreUnavailable
+from stream.store.keys import Keys, record_key
+from stream.store.memory import InMemorySegmentStore
+from stream.store.redis_store import RedisSegmentStore, retry_forever
 
 __all__ = [
     "REDIS_OUTAGE",
     "AsyncSegmentClient",
     "InMemorySegmentStore",
+    "Keys",
     "RecordWrite",
     "RedisSegmentStore",
     "SegmentClient",
@@ -31,3 +37,10 @@ __all__ = [
     "record_value",
     "retry_forever",
 ]
+
+if TYPE_CHECKING:  # mypy checks that both stores are a SegmentStore, signatures included
+
+    def _both_are_stores(
+        memory: InMemorySegmentStore, redis: RedisSegmentStore
+    ) -> tuple[SegmentStore, SegmentStore]:
+        return memory, redis

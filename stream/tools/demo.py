@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -23,37 +21,10 @@ from stream.settings import Settings
 from stream.store import SegmentClient
 from stream.tools.embedded import EmbeddedStack, free_port
 from stream.tools.generator import TrafficGenerator
+from stream.tools.process import start_worker, stop_process
 from stream.tools.producer import ProduceStats, generated_messages, send_messages
 
-__all__ = ["DemoSummary", "run_demo", "start_worker", "stop_process"]
-
-
-def start_worker(settings: Settings, log_path: Path, worker_id: str) -> subprocess.Popen[bytes]:
-    """A worker in its own process (and process group), logging to ``log_path``."""
-    env = {**os.environ, **settings.env(), "SEGMENTER_WORKER_ID": worker_id}
-    out = open(log_path, "wb")  # noqa: SIM115 - handed to the child
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    finally:
-        out.close()
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Stop a child cleanly (SIGTERM, so it leaves its consumer group), then by force."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+__all__ = ["DemoSummary", "run_demo"]
 
 
 @dataclass

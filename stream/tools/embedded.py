@@ -13,12 +13,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream.errors import SegmenterError
+from stream.tools.process import spawn
+
 log = logging.getLogger(__name__)
 
 __all__ = ["EmbeddedError", "EmbeddedStack", "free_port", "redis_server_binary", "tansu_binary"]
 
 
-class EmbeddedError(RuntimeError):
+class EmbeddedError(SegmenterError):
     """A local broker or Redis could not be found or started."""
 
 
@@ -99,16 +102,7 @@ class EmbeddedStack:
 
     def _spawn(self, args: list[str], logname: str) -> subprocess.Popen[bytes]:
         assert self.workdir is not None
-        out = open(self.workdir / logname, "wb")  # noqa: SIM115 - lives as long as the child
-        proc = subprocess.Popen(
-            args,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            start_new_session=True,
-        )
-        out.close()
+        proc = spawn(args, self.workdir / logname, cwd=self.workdir)
         self.processes.append(proc)
         return proc
 

@@ -1,28 +1,165 @@
 """`segmenter eval`: segmentation quality on generator traffic with known personas.
 
-It runs the same pure core the worker runs (decoding, features, the sampling rule, the one
-trainer and its snapshots) in-process, so quality is measured without broker timing noise.
+It runs the worker's own step (``models.step.SegmentStep``, built by the worker's
+``build_step`` from the same settings, segments and personas files) in-process, fed the way a
+worker is fed: messages go to the clickstream, purchases and identify topics' partitions by
+key, and each batch is fetched from every partition in turn, so a session's purchase can come
+before its clicks as it does from two topics. The one trainer learns from the step's samples
+(with the sampling cap) and its snapshots reach the step on the worker's timers, on a clock
+that simulates events arriving at ``rate`` a second. No broker, no Redis: quality is measured
+without timing noise, and ``tests/integration/test_eval_matches_worker.py`` checks that the
+worker and this replay write the same records for the same input.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
 
 from models.clustering import ClusterTrainer, ModelSnapshot
-from models.events import decode_message
-from models.facts import LifecyclePolicy
-from models.features import DAY_MS, CustomerProfile, feature_vector
+from models.facts import PopulationQuantiles
+from models.features import DAY_MS, CustomerProfile
 from models.metrics import adjusted_rand_index
-from models.personas import PersonaCatalog
 from models.schedule import DueSchedule
+from models.segments import SegmentCatalog, assign
+from models.step import RecordWrite, SegmentStep, SourceMessage
 from stream.settings import Settings
-from stream.tools.generator import TrafficGenerator
+from stream.tools.generator import Message, TrafficGenerator
+from stream.worker.app import build_step
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "Replay", "evaluate"]
+
+_CLOCK_CUSTOMER = "eval-clock"  # moves event time on after the traffic (lifecycle exits)
+
+
+class Replay:
+    """The worker's step and trainer in one process, fed as a worker is fed.
+
+    ``model`` fixes the model the step scores with (no trainer then); otherwise the trainer
+    learns from the step's samples and publishes on the simulated clock.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: SegmentCatalog | None = None,
+        rate: float = 2000.0,
+        model: ModelSnapshot | None = None,
+    ) -> None:
+        self.settings = settings
+        self.step: SegmentStep = build_step(settings, catalog)
+        self.rate = rate
+        self.partitions = settings.partitions
+        self.queues: dict[str, deque[SourceMessage]] = {}
+        self.profiles: dict[str, CustomerProfile] = {}
+        self.schedule = DueSchedule()
+        self.watermark = 0
+        self.model = model
+        self.fixed_model = model is not None
+        self.trainer = ClusterTrainer(
+            n_clusters=settings.n_clusters,
+            halflife=settings.learning_rate,
+            warmup=settings.warmup_samples,
+            seed=settings.seed,
+            min_share=settings.min_segment_share,
+        )
+        self.population = PopulationQuantiles()
+        self.records: dict[str, RecordWrite] = {}
+        self.sent = 0  # events handed to the topics: the simulated clock
+        self.applied_events = 0
+        self._offsets: dict[str, int] = {}
+        self._published: ModelSnapshot | None = None
+        self._next_snapshot = settings.snapshot_interval
+        self._next_refresh = settings.model_refresh_interval
+
+    @property
+    def clock(self) -> float:
+        """Seconds since the start, as if events arrived at ``rate`` a second."""
+        return self.sent / self.rate
+
+    def send(self, message: Message) -> None:
+        """Put one message on its topic's partition, chosen by key as a producer would."""
+        partition = zlib.crc32(message.key.encode()) % self.partitions
+        log = f"{message.source}/{partition}"
+        offset = self._offsets.get(log, 0)
+        self._offsets[log] = offset + 1
+        value = orjson.dumps(message.value)
+        source_message = SourceMessage(message.source, log, offset, message.key.encode(), value)
+        self.queues.setdefault(log, deque()).append(source_message)
+        self.sent += message.events
+
+    def drain(self, per_fetch: int = 50) -> None:
+        """Consume everything sent so far, in batches of ``SEGMENTER_BATCH_SIZE`` made of
+        fetches of up to ``per_fetch`` records from each partition in turn."""
+        size = self.settings.batch_size
+        batch: list[SourceMessage] = []
+        while any(self.queues.values()):
+            for log in sorted(self.queues):
+                queue = self.queues[log]
+                for _ in range(min(per_fetch, len(queue))):
+                    batch.append(queue.popleft())
+                    if len(batch) >= size:
+                        self._run(batch)
+                        batch = []
+        if batch:
+            self._run(batch)
+
+    def _run(self, batch: list[SourceMessage]) -> None:
+        outcome = self.step.run(
+            batch, self.profiles, self.model, self.watermark, self.schedule, 0, self.clock
+        )
+        self.watermark = outcome.watermark
+        for customer_id, profile in outcome.states.items():
+            if profile is None:
+                self.profiles.pop(customer_id, None)
+            else:
+                self.profiles[customer_id] = profile
+        for write in outcome.writes:
+            self.records[write.customer_id] = write
+        self.applied_events += sum(outcome.events.values())
+        if not self.fixed_model:
+            self._train(outcome.samples)
+
+    def _train(self, samples: Iterable[dict[str, object]]) -> None:
+        """The trainer's learning, its snapshot timer and the workers' refresh timer."""
+        was_ready = self.trainer.ready
+        for sample in samples:
+            self.trainer.learn_one(sample["x"])  # type: ignore[arg-type]
+            if sample["rfm"]:
+                self.population.update(*sample["rfm"])  # type: ignore[misc]
+        clock = self.clock
+        if self.trainer.ready and (not was_ready or clock >= self._next_snapshot):
+            snapshot = self.trainer.snapshot().to_dict()
+            cuts = self.population.cuts()
+            if cuts is not None:
+                snapshot["rfm_cuts"] = cuts.to_dict()
+            self._published = ModelSnapshot.from_dict(snapshot)
+            self._next_snapshot = clock + self.settings.snapshot_interval
+        if self._published is not None and (self.model is None or clock >= self._next_refresh):
+            self.model = self._published
+            self._next_refresh = clock + self.settings.model_refresh_interval
+
+    def advance(self, ts: int) -> None:
+        """Move event time to ``ts`` with one event of a customer of its own (as other
+        customers' events do in the worker); lifecycle expiry follows."""
+        self.send(
+            Message(
+                "clickstream",
+                _CLOCK_CUSTOMER,
+                {
+                    "event_id": f"clock-{ts}",
+                    "type": "page_view",
+                    "customer_id": _CLOCK_CUSTOMER,
+                    "ts": ts,
+                },
+            )
+        )
+        self.drain()
 
 
 @dataclass
@@ -69,74 +206,65 @@ class EvalResult:
 
 def evaluate(
     settings: Settings,
-    catalog: PersonaCatalog,
+    catalog: SegmentCatalog | None = None,
     events: int = 100_000,
     customers: int = 2000,
     seed: int = 7,
     min_sessions: int = 3,
+    rate: float = 2000.0,
     on_progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Run ``events`` generated events through the core; score customers past warm-up
-    (at least ``min_sessions`` sessions: one session says little about who someone is)."""
+    """Run ``events`` generated events through the worker's step; score customers past warm-up
+    (at least ``min_sessions`` sessions: one session says little about who someone is) by the
+    records the worker would hold at the end."""
     generator = TrafficGenerator(customers=customers, seed=seed, session_gap_ms=60_000)
-    trainer = ClusterTrainer(
-        n_clusters=settings.n_clusters,
-        halflife=settings.learning_rate,
-        warmup=settings.warmup_samples,
-        seed=settings.seed,
-        min_share=settings.min_segment_share,
-    )
-    profiles: dict[str, CustomerProfile] = {}
-    snapshot: ModelSnapshot | None = None
-    half: ModelSnapshot | None = None
-    half_vectors: dict[str, dict[str, float]] = {}
-    seen = 0
-    snapshot_every = 500  # samples between snapshots, standing in for the worker's 2 s timer
-    samples = 0
-    while seen < events:
-        for message in generator.session(generator.rng.choice(generator.customer_ids)):
-            decoded = decode_message(
-                message.source,
-                orjson.dumps(message.value),
-                message.key.encode(),
-                settings.limits,
-                orjson.loads,
-            )
-            profile = profiles.setdefault(message.key, CustomerProfile(message.key))
-            before = profile.applied
-            for event in decoded:
-                profile.apply(event)
-            seen += len(decoded)
-            every = settings.sample_every
-            if (
-                profile.applied >= settings.min_events_for_sample
-                and profile.applied // every > before // every
-            ):
-                trainer.learn_one(feature_vector(profile))
-                samples += 1
-                if trainer.ready and (snapshot is None or samples % snapshot_every == 0):
-                    snapshot = trainer.snapshot()
-        if half is None and seen >= events // 2 and snapshot is not None:
-            half = snapshot
-            half_vectors = {
-                c: feature_vector(p) for c, p in profiles.items() if p.sessions >= min_sessions
+    replay = Replay(settings, catalog, rate)
+    half: dict[str, CustomerProfile] = {}
+    half_model: ModelSnapshot | None = None
+    progress = 0
+    while replay.sent < events:
+        for message in generator.session(generator.pick()):
+            replay.send(message)
+        if replay.sent - progress >= 1000:  # a fetch's worth at a time
+            replay.drain()
+            progress = replay.sent
+            if on_progress:
+                on_progress(replay.sent)
+        if half_model is None and replay.sent >= events // 2 and replay.model is not None:
+            replay.drain()
+            half_model = replay.model
+            half = {
+                c: CustomerProfile.from_state(p.to_state())
+                for c, p in replay.profiles.items()
+                if p.sessions >= min_sessions
             }
-        if on_progress and seen % 1000 < 20:
-            on_progress(seen)
-    assert snapshot is not None and half is not None, "too few events for a model; raise --events"
-    final = trainer.snapshot()
-    warm = {c: p for c, p in profiles.items() if p.sessions >= min_sessions}
+    replay.drain()
+    final = replay.model
+    assert final is not None and half_model is not None, (
+        "too few events for a model; raise --events"
+    )
+    step_catalog = replay.step.catalog_for(final)
+    warm = {
+        c: p
+        for c, p in replay.profiles.items()
+        if p.sessions >= min_sessions and c in generator.truth
+    }
     truth = [generator.truth[c].name for c in warm]
-    clusters = [final.predict(feature_vector(p))[0] for p in warm.values()]
-    personas = [catalog.match(feature_vector(p)).name for p in warm.values()]
-    changed = sum(1 for x in half_vectors.values() if half.predict(x)[0] != final.predict(x)[0])
-    exits, on_time = _lifecycle_exits(profiles, generator.rng)
+    clusters = [p.segment for p in warm.values()]
+    personas = [p.persona for p in warm.values()]
+    changed = 0
+    for profile in half.values():
+        # The same behavior scored by the midpoint model, then by the final one as the worker
+        # would: with hysteresis from where the midpoint model put it.
+        profile.segment = assign(profile, half_model, step_catalog).segment
+        changed += assign(profile, final, step_catalog).segment != profile.segment
+    exits, on_time = _lifecycle_exits(replay, generator.rng, set(warm))
     return EvalResult(
-        events=seen,
-        customers=len(profiles),
+        events=replay.sent,
+        customers=len(replay.profiles),
         ari=adjusted_rand_index(truth, clusters),
         persona_accuracy=sum(t == p for t, p in zip(truth, personas, strict=True)) / len(truth),
-        id_changes=changed / len(half_vectors) if half_vectors else 0.0,
+        id_changes=changed / len(half) if half else 0.0,
         warm_customers=len(warm),
         segments_used=len(set(clusters)),
         lifecycle_exits=exits,
@@ -144,33 +272,23 @@ def evaluate(
     )
 
 
-def _lifecycle_exits(profiles: dict[str, CustomerProfile], rng: random.Random) -> tuple[int, float]:
-    """Advance the watermark past the traffic in random steps, as idle time would, and count
-    stage changes made on the first advance past their due time (the worker's mechanism:
-    the same schedule and policy). A change of stage the schedule did not flag is a miss."""
-    policy = LifecyclePolicy()
-    watermark = max(p.last_seen_ts or 0 for p in profiles.values())
-    schedule = DueSchedule()
-    stages: dict[str, str] = {}
-    due: dict[str, int | None] = {}
-    for cid, p in profiles.items():
-        stages[cid] = policy.stage(p, watermark)
-        due[cid] = policy.next_change(p, watermark)
-        schedule.set(cid, due[cid])
-    exits = on_time = 0
+def _lifecycle_exits(replay: Replay, rng: random.Random, customers: set[str]) -> tuple[int, float]:
+    """Move event time past the traffic in random steps, as idle time would, through the
+    step's own schedule, and count stage changes published on the first advance past their due
+    time: after each step, every customer's record must show the stage the policy gives at
+    the watermark; a record that lags behind is a miss."""
+    policy = replay.step.catalog.lifecycle
+    stages = {c: replay.records[c].record["lifecycle"] for c in customers}
+    exits = missed = 0
+    watermark = replay.watermark
     end = watermark + 200 * DAY_MS
     while watermark < end:
-        previous, watermark = watermark, watermark + rng.randrange(DAY_MS // 4, 3 * DAY_MS)
-        popped = set(schedule.pop_due(watermark))
-        for cid, p in profiles.items():
-            stage = policy.stage(p, watermark)
-            if stage == stages[cid] and cid not in popped:
-                continue
-            if stage != stages[cid]:
+        watermark += rng.randrange(DAY_MS // 4, 3 * DAY_MS)
+        replay.advance(watermark)
+        for customer_id in customers:
+            published = replay.records[customer_id].record["lifecycle"]
+            if published != stages[customer_id]:
                 exits += 1
-                d = due[cid]
-                on_time += cid in popped and d is not None and previous < d <= watermark
-                stages[cid] = stage
-            due[cid] = policy.next_change(p, watermark)
-            schedule.set(cid, due[cid])
-    return exits, on_time / exits if exits else 0.0
+                stages[customer_id] = published
+            missed += published != policy.stage(replay.profiles[customer_id], watermark)
+    return exits, exits / (exits + missed) if exits + missed else 0.0

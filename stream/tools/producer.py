@@ -13,14 +13,16 @@ from typing import Any
 import orjson
 from kafka import KafkaProducer
 
+from stream.errors import SegmenterError
 from stream.kafka import make_producer
 from stream.settings import Settings
 from stream.tools.generator import Message, TrafficGenerator
+from stream.topology import INPUT_SOURCES, topology
 
 __all__ = ["ProduceStats", "ReplayError", "read_events_file", "send_messages", "generated_messages"]
 
 
-class ReplayError(ValueError):
+class ReplayError(SegmenterError):
     """A replay file that cannot be read; the message names the line."""
 
 
@@ -56,7 +58,7 @@ def send_messages(
     ``rate`` is events per second (0: as fast as possible); stops after ``max_events`` events,
     ``seconds`` seconds, when ``stop`` is set, or when ``messages`` run out.
     """
-    topics = {source: name for name, source in settings.input_topics.items()}
+    topics = topology(settings).topic_of_source
     own = producer is None
     producer = producer or make_producer(settings)
     stats = ProduceStats(started=time.monotonic())
@@ -144,6 +146,6 @@ def read_events_file(path: Path) -> Iterator[Message]:
             if not isinstance(first, dict):
                 raise ReplayError(f"{path}:{number}: expected an event object or an array of them")
             source = str(first.get("topic") or _source_of(first))
-            if source not in ("clickstream", "purchases", "identify"):
+            if source not in INPUT_SOURCES:
                 raise ReplayError(f"{path}:{number}: unknown topic {source!r}")
             yield Message(source, str(first.get("customer_id", "")), value)

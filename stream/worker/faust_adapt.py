@@ -1,8 +1,18 @@
-"""Faust's consumer, with the fixes that keep a rebalance from losing input.
+"""Every adaptation of Faust (faust-streaming 0.15.3, aiokafka driver) and Tansu (0.6.0) the
+worker needs, in one place; each says what it works around.
 
-``tests/integration/test_scale_out.py`` (three workers, one stopped, one killed) lost a few
-purchases in about a third of its runs. The survivor's logs showed three ways Faust (0.15,
-aiokafka driver) commits an offset nobody processed:
+- ``SegmenterConsumer`` / ``SegmenterConsumerThread``: what counts as done after a rebalance
+  (below; faust-streaming #606 among them) and the fetch wait (Faust fixes it at 1.5 s, which
+  Tansu always waits out).
+- ``CustomerTable``: changelog records routed to the key's source partition and sent straight
+  to the producer, one write path for updates and erasures, and end markers for Tansu's end
+  offsets.
+- ``event_batches``: batches without ``take_events``' acknowledgement in a ``finally``.
+- ``DeadlineWorker``: a deadline on Faust's clean shutdown (60 s with the broker gone).
+
+**The consumer.** ``tests/integration/test_scale_out.py`` (three workers, one stopped, one
+killed) lost a few purchases in about a third of its runs. The survivor's logs showed three
+ways Faust (0.15, aiokafka driver) commits an offset nobody processed:
 
 1. **Records from before a seek.** After a rebalance Faust seeks every partition to its
    committed offset ``C``, but records fetched *before* the seek (from the old position, far
@@ -38,14 +48,19 @@ A few events may be processed twice after a rebalance; the worker's effects are 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
+from faust.serializers import codecs
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, Message, TransportT
+from faust.types import TP, EventT, Message, TransportT
 from faust.types.tuples import ack_lock
 from faust.utils.functional import consecutive_numbers
 from mode.utils.futures import notify
@@ -211,3 +226,159 @@ class SegmenterApp(faust.App):
 
     def _new_transport(self) -> TransportT:
         return SegmenterTransport(self.conf.broker_consumer, self)
+
+
+#: Reserved table key of the changelog end markers (see ``CustomerTable.write``).
+END_MARKER_KEY = "\x00segmenter-end"
+
+
+class CustomerTable(faust.Table):  # type: ignore[type-arg]
+    """The profile table: customer id to our own bytes (the worker encodes profiles itself).
+
+    Three adaptations:
+
+    - **Partition by source.** Faust routes a changelog record to the partition of the
+      *current* event; inside a batch that is the last event of the batch, another customer's.
+      Each key's changelog goes to the partition its events came from (``partition_of``, kept
+      from the input and from the changelog during recovery), so the table stays co-partitioned
+      with the input whatever partitioner the producers used.
+    - **Straight to the producer.** ``table[key] = value`` wraps every record in Faust's
+      per-message machinery (a FutureMessage, a buffer and a callback), which cost more than all
+      our feature and segment work together. ``write`` sends the same records (JSON key, raw
+      value) and waits for their delivery; erasures (value None) take the same path.
+    - **End markers (Tansu).** Tansu answers "end offset" with the last batch's first offset
+      + 1, so a recovery that trusts it stops before the rest of a many-record batch and
+      restores older states (events lost). After the records, ``write`` sends a lone tombstone
+      of a reserved key to each partition written; it is always the last batch, and recovery
+      deletes that key again. Apache Kafka does not need it (``SEGMENTER_CHANGELOG_END_MARKERS``
+      false).
+    """
+
+    def __init__(self, *args: Any, end_markers: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_serializer = "json"  # JSON keeps customer ids str across recovery
+        self.value_serializer = "raw"
+        self.end_markers = end_markers
+        self.partition_of: dict[str, int] = {}
+
+    def partition_for_key(self, key: Any) -> int | None:
+        partition = self.partition_of.get(key)
+        return partition if partition is not None else super().partition_for_key(key)
+
+    def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
+        events = list(batch)
+        for event in events:
+            key = event.key
+            if isinstance(key, str) and key != END_MARKER_KEY:
+                self.partition_of[key] = event.message.partition
+        super().apply_changelog_batch(events)
+
+    def stored(self) -> Iterable[tuple[str, bytes]]:
+        """Every stored (customer id, value), end markers left out."""
+        for key, value in self.data.items():
+            if key != END_MARKER_KEY and value:
+                yield key, value
+
+    async def write(self, values: Mapping[str, bytes | None]) -> None:
+        """Store (None: delete) these values and deliver their changelog records, then the end
+        markers. Returns once the broker has them all: only then may the input be acknowledged,
+        or a rebalance could recover the table without them while the offsets are committed."""
+        futures = [await self._send(key, value) for key, value in values.items()]
+        if not futures:
+            return
+        await asyncio.gather(*futures)
+        if self.end_markers:
+            partitions = sorted({self.partition_of[key] for key in values})
+            markers = [await self._send(END_MARKER_KEY, None, p) for p in partitions]
+            await asyncio.gather(*markers)
+
+    async def _send(
+        self, key: str, value: bytes | None, partition: int | None = None
+    ) -> Awaitable[Any]:
+        if partition is None:
+            partition = self.partition_of[key]
+        if value is None:
+            self.data.pop(key, None)
+        else:
+            self.data[key] = value
+        return await self.app.producer.send(
+            self.changelog_topic.get_topic_name(),
+            codecs.dumps(self.key_serializer, key),
+            value,
+            partition,
+            None,
+            None,
+        )
+
+
+async def event_batches(
+    stream: faust.StreamT[bytes], size: int, within: float, idle: float | None = None
+) -> AsyncIterator[list[EventT[Any]]]:
+    """Batches of up to ``size`` events, a partial one after ``within`` seconds or as soon as
+    no event came for ``idle`` seconds (what was fetched is in: do not wait for more); no acks.
+
+    The caller acknowledges each event once the batch's effects are done. Faust's own batching
+    can fail that: ``take_events`` acknowledges a batch in a ``finally``, so a batch cut short
+    by a stop or a crash was committed anyway (events lost on restart); ``noack_take`` fills
+    its buffer from a background drainer that reads ``stream.current_event`` after an await.
+    Here one iterator reads the stream and nothing is cancelled: a read still pending when the
+    time is up carries over to the next batch.
+    """
+    stream.enable_acks = False
+    events = stream.events().__aiter__()
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[EventT[Any]] | None = None
+    batch: list[EventT[Any]] = []
+    deadline = 0.0
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(events.__anext__())
+            timeout = max(0.0, deadline - loop.time()) if batch else None
+            if timeout is not None and idle is not None:
+                timeout = min(timeout, idle)
+            done, _ = await asyncio.wait({pending}, timeout=timeout)
+            if done:
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    break
+                pending = None
+                if not batch:
+                    deadline = loop.time() + within
+                batch.append(event)
+                if len(batch) < size:
+                    continue
+            yield batch
+            batch = []
+        if batch:
+            yield batch
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
+class DeadlineWorker(faust.Worker):
+    """Faust's worker with a deadline on shutdown.
+
+    On SIGTERM or SIGINT Faust stops cleanly: it finishes the batch, commits and leaves the
+    group. With the broker gone, that stop waited 60 s on a consumer thread before giving up
+    (measured), longer than a supervisor's grace period. After ``shutdown_deadline`` seconds
+    the process now exits by itself; what was not acknowledged is read again by the next
+    owner (at-least-once, as after a SIGKILL).
+    """
+
+    shutdown_deadline = 15.0
+
+    def _schedule_shutdown(self, signum: signal.Signals) -> None:
+        deadline = self.shutdown_deadline
+
+        def give_up() -> None:
+            log.warning("clean shutdown took over %.0f s (broker gone?); exiting now", deadline)
+            logging.shutdown()
+            os._exit(1)
+
+        timer = threading.Timer(deadline, give_up)
+        timer.daemon = True
+        timer.start()
+        super()._schedule_shutdown(signum)

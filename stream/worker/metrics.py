@@ -59,7 +59,7 @@ class WorkerMetrics:
         self.offset_gaps = Counter(
             "segmenter_offset_gaps",
             "Times an input partition's records jumped ahead of the expected offset and the "
-            "partition was read again from it (stream/consumer.py)",
+            "partition was read again from it (stream/worker/faust_adapt.py)",
             registry=r,
         )
         self.drift_alerts = Counter(

@@ -17,8 +17,8 @@ import pytest
 from stream.kafka import ensure_topics, make_producer
 from stream.settings import Settings
 from stream.store import SegmentClient
-from stream.tools.demo import start_worker, stop_process
 from stream.tools.embedded import EmbeddedStack
+from stream.tools.process import start_worker, stop_process
 
 pytestmark = pytest.mark.integration
 

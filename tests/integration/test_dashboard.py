@@ -37,6 +37,7 @@ class Running:
     generator: TrafficGenerator
     dashboard: DashboardServer
     sent: list[int]
+    shift_at: int | None = None
 
     def produce(self, events: int, rate: float = 4000) -> None:
         stats = send_messages(
@@ -46,6 +47,16 @@ class Running:
 
     def processed(self) -> int:
         return self.client.stats().get("events", 0)
+
+    def force_change(self) -> int:
+        """Once per module: from now on 90% of sessions are Bargain Ben's; returns the event
+        time of the switch. Whichever test needs the change first makes it (the browser test
+        while its page is open), so no test depends on another having run."""
+        if self.shift_at is None:
+            self.shift_at = self.generator.clock
+            self.generator.shift({"Bargain Ben": 0.9})
+            self.produce(40_000)
+        return self.shift_at
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +130,7 @@ def test_the_dashboard_shows_live_sizes_and_a_drift_alert_after_a_forced_change(
             # have raised one on the usual mix while it was still learning; that one does not
             # count here (that no alert fires before a change on a stationary stream is the
             # drift golden test's job, tests/unit/test_drift.py).
-            shift_at = running.generator.clock
-            running.generator.shift({"Bargain Ben": 0.9})
-            running.produce(40_000)
+            shift_at = running.force_change()
             after = "#alerts li.alert[data-kind=segment_share]"
             page.wait_for_function(
                 f"""[...document.querySelectorAll("{after}")]
@@ -159,7 +168,12 @@ def test_size_snapshots_are_kept_per_event_time_bucket_and_published(running):
 
 
 def test_drift_alerts_are_published_with_what_how_much_and_since_when(running):
-    wait_until(lambda: _share_alerts(running.client), 60, "a share alert")
+    shift_at = running.force_change()
+    wait_until(
+        lambda: any(a["detected_at"] >= shift_at for a in _share_alerts(running.client)),
+        120,
+        "a share alert after the forced change",
+    )
     alerts = [v for _, v in read_topic(running.settings, running.settings.topic("segment-drift"))]
     shares = [a for a in alerts if a["kind"] == "segment_share"]
     assert shares
@@ -172,14 +186,31 @@ def test_drift_alerts_are_published_with_what_how_much_and_since_when(running):
 
 
 def test_metrics_count_what_the_worker_did(running):
-    text = httpx.get(f"http://127.0.0.1:{running.settings.metrics_port}/metrics").text
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    events = sum(v for k, v in values.items() if k.startswith("segmenter_events_total{"))
-    assert events == running.processed()
+    shift_at = running.force_change()
+    wait_until(lambda: running.processed() >= sum(running.sent), 120, "all traffic processed")
+    wait_until(
+        lambda: any(a["detected_at"] >= shift_at for a in _share_alerts(running.client)),
+        120,
+        "a share alert after the forced change",
+    )
+    url = f"http://127.0.0.1:{running.settings.metrics_port}/metrics"
+
+    def scrape() -> dict[str, float]:
+        values: dict[str, float] = {}
+        for line in httpx.get(url).text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def events(values: dict[str, float]) -> float:
+        return sum(v for k, v in values.items() if k.startswith("segmenter_events_total{"))
+
+    # The Redis counters are written before the metrics move: wait until both agree.
+    values = wait_until(
+        lambda: (v := scrape()) and events(v) == running.processed() and v, 30, "metrics"
+    )
+    assert isinstance(values, dict)
     assert values["segmenter_batch_seconds_count"] > 0
     assert values["segmenter_event_delay_seconds_count"] > 0
     assert any(k.startswith("segmenter_consumer_lag{") for k in values)

@@ -10,6 +10,7 @@ import redis
 from kafka import KafkaConsumer, TopicPartition
 
 from stream.kafka import read_topic
+from stream.store import Keys
 from stream.tools.generator import TrafficGenerator
 from stream.tools.producer import send_messages
 
@@ -61,9 +62,8 @@ def test_forget_erases_a_customer_everywhere_and_publishes_a_tombstone(stack, tm
             assert members_after.get(segment, 0) == n - (segment in mine), segment
         raw = redis.Redis.from_url(stack.redis_url)
         assert list(raw.scan_iter(match=f"*{victim}*")) == []
-        assert all(
-            victim not in (v or b"").decode() for v in raw.hvals(f"{settings.redis_prefix}history")
-        )
+        history = raw.hvals(Keys(settings.redis_prefix).history)
+        assert all(victim not in (v or b"").decode() for v in history)
         raw.close()
         exported = run_cli(settings, "export")
         assert victim not in exported.stdout and other in exported.stdout

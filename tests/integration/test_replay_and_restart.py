@@ -6,10 +6,10 @@ import asyncio
 import csv
 import time
 
-import orjson
 import pytest
 
-from stream.store import AsyncSegmentClient, StoreUnavailable
+from models.step import RecordWrite
+from stream.store import AsyncSegmentClient, Keys, StoreUnavailable, record_value
 from stream.tools.generator import TrafficGenerator
 from stream.tools.producer import read_events_file, send_messages
 
@@ -86,7 +86,8 @@ def test_asyncio_client_reads_a_record_and_fails_fast_without_redis(stack):
         import redis.asyncio as aioredis
 
         raw = aioredis.Redis.from_url(stack.redis_url)
-        await raw.hset(f"{settings.redis_prefix}c:c-1", mapping={"v": orjson.dumps({"segment": 2})})
+        value, _ = record_value(RecordWrite("c-1", 1, 1, 2, {"segment": 2}))
+        await raw.set(Keys(settings.redis_prefix).record("c-1"), value)
         await raw.aclose()
         client = AsyncSegmentClient(stack.redis_url, settings.redis_prefix)
         assert await client.get("c-1") == {"segment": 2}

@@ -1,6 +1,6 @@
 """The Redis record layout on a real redis-server: what a reader in another language sees, the
-write script's ordering and counters, the earlier (hash) layout still read and replaced, and the
-size of a typical record."""
+write script's ordering and counters, and the size of a typical record. The behaviour every
+store shares is in ``test_store_contract.py``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import orjson
 import pytest
 import redis
 
-from stream.store import RecordWrite, RedisSegmentStore, SegmentClient, record_key
+from models.step import RecordWrite
+from stream.store import Keys, RedisSegmentStore, SegmentClient
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "layout:"
+KEYS = Keys(PREFIX)
 
 RECORD = {
     "customer_id": "cust-5bc8fb-000823",
@@ -79,7 +81,7 @@ class Store:
         return self.loop.run_until_complete(self.store.forget_many(list(ids)))
 
     def close(self) -> None:
-        keys = self.raw.keys(f"{PREFIX}*")
+        keys = list(self.raw.scan_iter(match=f"{PREFIX}*"))
         if keys:
             self.raw.delete(*keys)
         self.loop.run_until_complete(self.store.close())
@@ -102,50 +104,24 @@ def test_a_record_is_one_string_whose_first_line_any_reader_can_parse(store):
     cid = RECORD["customer_id"]
     write = RecordWrite(cid, RECORD["event_ts"], 16, 2, RECORD, MEMBERS)
     assert _write(write) == 1
-    value = raw.get(record_key(PREFIX, cid))
+    value = raw.get(KEYS.record(cid))
     head, _, body = value.partition(b"\n")
     ts, n, seg, members = head.decode().split(" ", 3)
     assert (int(ts), int(n), seg) == (RECORD["event_ts"], 16, "2")
     assert orjson.loads(members) == sorted(MEMBERS)
     assert body.startswith(b"z1:")
     assert client.get(cid) == RECORD
-    # A typical record, with its key, in well under 1 KB (issue 5's target): it was 2.2 KB
-    # as a hash with the record as plain JSON.
-    assert raw.memory_usage(record_key(PREFIX, cid)) < 1024
+    # A typical record, with its key, in well under 1 KB (issue 5's target).
+    assert raw.memory_usage(KEYS.record(cid)) < 1024
     # An older state is refused; the same one again is harmless; counters moved once.
     assert _write(RecordWrite(cid, RECORD["event_ts"] - 1, 20, 4, {}, ())) == 0
     assert _write(write) == 1
     assert client.get(cid) == RECORD
     assert client.sizes() == {"2": 1}
     assert client.members() == dict.fromkeys(MEMBERS, 1)
-
-
-def test_a_record_in_the_earlier_hash_layout_is_read_then_replaced_with_its_counters(store):
-    _write, raw, client = store.write, store.raw, store.client
-    key = record_key(PREFIX, "old-1")
-    raw.hset(
-        key,
-        mapping={
-            "ts": 1000,
-            "n": 3,
-            "seg": "1",
-            "m": orjson.dumps(["cluster:1", "rule:vip"]),
-            "v": orjson.dumps({"segment": 1}),
-        },
-    )
-    raw.hset(f"{PREFIX}sizes", "1", 1)
-    raw.hset(f"{PREFIX}members", mapping={"cluster:1": 1, "rule:vip": 1})
-    assert client.get("old-1") == {"segment": 1}
-    assert [r["segment"] for r in client.iter_records()] == [1]
-    # Older than the stored hash: refused, the hash stays.
-    assert _write(RecordWrite("old-1", 999, 9, 2, {"segment": 2}, ("cluster:2",))) == 0
-    assert raw.type(key) == b"hash"
-    # Newer: replaces the hash with the string layout and moves the counters.
-    new = RecordWrite("old-1", 2000, 4, 2, {"segment": 2}, ("cluster:2",))
-    assert _write(new) == 1
-    assert raw.type(key) == b"string" and client.get("old-1") == {"segment": 2}
-    assert client.sizes() == {"2": 1}
-    assert client.members() == {"cluster:2": 1}
-    # Forgetting takes the customer out of every counter.
-    assert store.forget("old-1") == 1
-    assert client.get("old-1") is None and client.sizes() == {} and client.members() == {}
+    assert list(client.iter_records()) == [RECORD]
+    # Forgetting deletes the key and takes the customer out of every counter.
+    assert store.forget(cid) == 1
+    assert raw.exists(KEYS.record(cid)) == 0
+    assert client.sizes() == {} and client.members() == {}
+    assert raw.hgetall(KEYS.sizes) == {b"2": b"0"}  # a field at 0, not read as a segment

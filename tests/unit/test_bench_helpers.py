@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 
-from stream.tools.bench import (
-    Figure,
-    Report,
-    _percentile,
-    as_arrays,
-    as_singles,
-    click_streams,
+import pytest
+
+import models.features
+import models.segments
+from stream.tools.bench import _percentile, as_arrays, as_singles, click_streams
+from stream.tools.bench_profile import (
+    LIBRARIES,
+    STAGES,
+    Mark,
+    short_filename,
+    stage_of,
     summarize_profile,
     summarize_stages,
-    write_report,
 )
+from stream.tools.bench_report import Figure, Report, write_report
 
 
 def test_arrays_hold_exactly_ten_events_of_one_customer_in_order():
@@ -41,10 +47,10 @@ def test_stage_summary_counts_each_sample_for_the_innermost_stage_or_its_library
     raw = "\n".join(
         [
             # our batch handler -> scoring -> a persona match: scoring, not the handler
-            "t;Segmenter._handle (stream/app.py:250);assign (models/segments.py:220);"
+            "t;Segmenter._handle (stream/worker/app.py:250);assign (models/segments.py:220);"
             "PersonaCatalog.match (models/personas.py:99) 40",
             # our handler's own line (orjson.loads of the state): the rest of the agent
-            "t;run (asyncio/base_events.py:1);Segmenter._handle (stream/app.py:249) 20",
+            "t;run (asyncio/base_events.py:1);Segmenter._handle (stream/worker/app.py:249) 20",
             # the aiokafka thread unpacking records, nothing of ours on the stack
             "t;run (threading.py:1);PartitionRecords._unpack_records "
             "(aiokafka/consumer/fetcher.py:216) 30",
@@ -58,6 +64,51 @@ def test_stage_summary_counts_each_sample_for_the_innermost_stage_or_its_library
         "aiokafka and kafka-python: fetch, unpack, send": 0.3,
         "asyncio event loop and sockets": 0.1,
     }
+
+
+def test_every_stage_names_code_that_exists_where_py_spy_says_it_is():
+    """A stage is named by objects, so naming something gone fails at import; here each mark's
+    file must be a real source file, and a frame py-spy would print for it must land in its
+    stage (or, for code also claimed by an earlier stage, in that one)."""
+    names = [name for name, _ in STAGES + LIBRARIES]
+    assert len(names) == len(set(names))
+    roots = [Path(p) for p in sys.path if p]
+    for table in (STAGES, LIBRARIES):
+        for stage, marks in table:
+            assert marks, stage
+            for mark in marks:
+                path = mark.file.rstrip("/")
+                assert any((root / path).exists() for root in roots), (stage, mark)
+                if mark.qualname and not mark.qualname.endswith("."):
+                    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+                    obj: object = module
+                    for part in mark.qualname.split("."):
+                        obj = getattr(obj, part)
+                    assert callable(obj), (stage, mark)
+    earlier: list[str] = []
+    for stage, marks in STAGES:
+        for mark in marks:
+            assert stage_of(["t (threading.py:1)", mark.frame()]) in {stage, *earlier}, mark
+        earlier.append(stage)
+
+
+def test_marks_read_file_and_qualified_name_off_the_objects():
+    apply = Mark.of(models.features.CustomerProfile.apply)
+    assert apply == Mark("models/features.py", "CustomerProfile.apply")
+    assert apply.matches("CustomerProfile.apply", "models/features.py")
+    assert not apply.matches("CustomerProfile.apply_all", "models/features.py")
+    assert not apply.matches("CustomerProfile.apply", "stream/features.py")
+    assert apply.matches("CustomerProfile.apply.<locals>.f", "models/features.py")
+    assert Mark.of(models.features.CustomerProfile.from_state).qualname == (
+        "CustomerProfile.from_state"  # a classmethod
+    )
+    assert Mark.of(models.segments) == Mark("models/segments.py")
+    package = Mark.of(models)
+    assert package == Mark("models/") and package.matches("anything", "models/rules.py")
+    cls = Mark.of(models.segments.SegmentAssignment)
+    assert cls.matches("SegmentAssignment.record", "models/segments.py")
+    assert not cls.matches("SegmentAssignmentX.record", "models/segments.py")
+    assert short_filename(pytest.__file__) == "pytest/__init__.py"
 
 
 def test_report_marks_targets_and_writes_a_chart(tmp_path: Path):

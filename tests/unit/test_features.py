@@ -1,7 +1,7 @@
 import random
 
 from models.events import Event
-from models.features import FEATURE_VECTOR, CustomerProfile, feature_vector
+from models.features import FEATURE_VECTOR, STATE_VERSION, CustomerProfile, feature_vector
 
 DAY = 86_400_000
 T0 = 1_795_000_000_000
@@ -91,7 +91,7 @@ def test_behavioral_features_sessions_carts_and_mixes():
 def test_state_round_trip_is_lossless_and_plain():
     p = profile_of(sample_events())
     state = p.to_state()
-    assert state["v"] == 1
+    assert state["v"] == STATE_VERSION
     restored = CustomerProfile.from_state(state)
     assert restored.to_state() == state
     restored.apply(Event("p3", "c", "purchase", T0 + 8 * DAY, amount=5.0))

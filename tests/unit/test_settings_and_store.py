@@ -5,9 +5,11 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
+from models.step import RecordWrite
+from stream.errors import SegmenterError
 from stream.settings import Settings
-from stream.store import InMemorySegmentStore, RecordWrite, record_key
-from stream.store.redis_store import _safe
+from stream.store import InMemorySegmentStore, StoreUnavailable
+from stream.store.errors import safe_url
 from stream.tools.generator import TrafficGenerator
 
 
@@ -28,13 +30,15 @@ def test_invalid_settings_name_the_field(monkeypatch):
         Settings()
 
 
-def test_record_key_is_pinned_byte_for_byte():
-    assert record_key("seg:", "c-42") == "seg:c:c-42"
-    assert record_key("tenant1:", "ü 7") == "tenant1:c:ü 7"
-
-
 def test_safe_url_hides_the_password():
-    assert _safe("redis://:pw@host:6379/0") == "redis://***@host:6379/0"
+    assert safe_url("redis://:pw@host:6379/0") == "redis://***@host:6379/0"
+    assert safe_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_store_unavailable_is_a_segmenter_error_naming_the_server_without_its_password():
+    error = StoreUnavailable.at("rediss://u:pw@host:1/0", OSError("refused"))
+    assert isinstance(error, SegmenterError)
+    assert str(error) == "Redis at rediss://***@host:1/0: refused"
 
 
 def test_in_memory_store_refuses_stale_writes_and_keeps_sizes():
@@ -49,10 +53,31 @@ def test_in_memory_store_refuses_stale_writes_and_keeps_sizes():
         assert await store.write_many([w(100, 2, 2)]) == 0  # same time, fewer events loses
         assert await store.write_many([w(100, 3, 1)]) == 1  # an identical replay is harmless
         assert await store.write_many([w(200, 4, 2)]) == 1
-        return await store.get("c")
+        return await store.get("c"), await store.sizes()
 
-    assert asyncio.run(run())["segment"] == 2
-    assert store.sizes == {"1": 0, "2": 1}
+    record, sizes = asyncio.run(run())
+    assert record["segment"] == 2 and sizes == {"2": 1}
+
+
+def test_in_memory_store_times_heartbeats_and_snapshot_periods_by_its_clock():
+    now = [1000.0]
+    store = InMemorySegmentStore(clock=lambda: now[0])
+
+    async def run():
+        await store.heartbeat("w1", {"worker_id": "w1"}, ttl=10)
+        assert await store.workers() == [{"worker_id": "w1"}]
+        assert await store.size_snapshot("w1", 5_000, 1_000, 3, 10.0) is not None
+        assert await store.size_snapshot("w2", 6_000, 1_000, 3, 10.0) is None
+        now[0] += 9.5  # the lock is held for 90% of the period
+        assert (await store.size_snapshot("w2", 6_000, 1_000, 3, 10.0))["bucket"] == 6_000
+        now[0] += 1.0
+        assert await store.workers() == []
+        for t in (7_000, 8_000, 9_000):
+            now[0] += 10
+            await store.size_snapshot("w1", t, 1_000, 3, 10.0)
+        assert [h["bucket"] for h in await store.history()] == [7_000, 8_000, 9_000]
+
+    asyncio.run(run())
 
 
 def test_generator_is_deterministic_and_keeps_the_truth_out_of_events(tmp_path):

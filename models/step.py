@@ -1,0 +1,387 @@
+"""The pure per-batch step: decoded messages and profiles in, every effect of the batch out.
+
+The worker, ``segmenter eval``, the bench's core measurement and the unit tests all run this
+one step. It knows no Faust, Kafka or Redis, and no partitions: a message's position is an
+opaque log name and an offset, a profile comes from whatever ``ProfileSource`` the caller
+gives, and the outcome lists what the caller must do, in the order that makes a crash safe
+(see ``StepOutcome``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from models.clustering import ModelSnapshot
+from models.events import DecodeError, DecodeLimits, decode_message
+from models.facts import RfmCuts, rfm_values
+from models.features import CustomerProfile, feature_vector
+from models.schedule import DueSchedule
+from models.segments import SegmentCatalog, SegmentChange, assign, changes_between, remember
+
+__all__ = [
+    "FORGET",
+    "DeadLetter",
+    "ProfileSource",
+    "RecordWrite",
+    "SampleBudget",
+    "SamplingPolicy",
+    "SegmentStep",
+    "SourceMessage",
+    "StepOutcome",
+]
+
+#: The source of an erasure request (``segmenter forget``): key = customer id, no value.
+FORGET = "forget"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """One customer's serving record, with what the store compares and counts."""
+
+    customer_id: str
+    event_ts: int
+    applied: int
+    segment: int | None
+    record: Mapping[str, Any]
+    members: Sequence[str] = ()  # every segment of any kind the customer is in
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMessage:
+    """One input message as read: its source kind, the log it came from and its offset there.
+
+    ``source`` is ``clickstream``, ``purchases``, ``identify`` or ``forget``. ``log`` names
+    the ordered log the message sits in (the shell uses ``topic/partition``); a customer's
+    messages stay in one log, which is what makes the redelivery guard exact.
+    """
+
+    source: str
+    log: str
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be applied, and why (the reason may quote the message)."""
+
+    message: SourceMessage
+    reason: str
+
+
+class ProfileSource(Protocol):
+    """Where the step finds the stored profile of a customer (None: never seen, or erased)."""
+
+    def get(self, customer_id: str) -> CustomerProfile | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingPolicy:
+    """Which profile updates become training samples for the one trainer.
+
+    A customer is sampled when their events applied cross a multiple of ``every`` and they have
+    at least ``min_events``; ``max_per_second`` caps the samples of one step instance (0: no
+    cap), so the single trainer learns from a thinned stream however many workers feed it.
+    """
+
+    every: int = 5
+    min_events: int = 3
+    max_per_second: float = 400.0
+
+
+class SampleBudget:
+    """A token bucket of ``rate`` tokens a second, one second's worth of burst.
+
+    The clock is an argument, so a replay can run on the clock it simulates.
+
+    >>> b = SampleBudget(2)
+    >>> [b.take(0.0), b.take(0.0), b.take(0.0), b.take(0.5), b.take(0.5)]
+    [True, True, False, True, False]
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = rate
+        self._at: float | None = None
+
+    def take(self, clock: float) -> bool:
+        if self.rate <= 0:
+            return True
+        if self._at is not None:
+            self._tokens = min(self.rate, self._tokens + max(0.0, clock - self._at) * self.rate)
+        self._at = clock
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+@dataclass
+class StepOutcome:
+    """Everything one step causes. The shell applies it in this order, which is crash-safe:
+
+    1. ``erased`` from the store (an erasure is older than any write of the same step);
+    2. ``writes`` to the store, with ``counters``;
+    3. a tombstone per ``erased`` customer, then ``changes``, ``samples`` and ``dead`` to
+       their topics;
+    4. ``states`` to the changelog (None: delete), and only then acknowledge the messages.
+
+    A crash before 4 redelivers the messages and every effect is redone idempotently; a crash
+    after it finds the messages' positions in the profiles, and nothing is applied twice.
+    ``due`` holds the next lifecycle due time of every customer scored (None: none).
+    """
+
+    watermark: int
+    writes: list[RecordWrite] = field(default_factory=list)
+    changes: list[SegmentChange] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, CustomerProfile | None] = field(default_factory=dict)
+    due: dict[str, int | None] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)
+    events: dict[str, int] = field(default_factory=dict)  # events decoded, per source
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+class SegmentStep:
+    """The segmenter's per-batch logic.
+
+    ``run`` applies a batch of messages: decoding (bad messages become dead letters),
+    erasures, features, one scoring per touched customer, changes, records, samples, then
+    lifecycle expiry of every customer the moved watermark made due. ``rescore`` scores stored
+    customers outside their events (a first model).
+
+    >>> import orjson
+    >>> step = SegmentStep(SegmentCatalog())
+    >>> msg = SourceMessage("purchases", "purchases/0", 0, b"c-1", orjson.dumps(
+    ...     {"event_id": "e1", "customer_id": "c-1", "ts": 1795000000000, "amount": 20.0}))
+    >>> out = step.run([msg], {}, None, 0, DueSchedule(), now_ms=0, clock=0.0)
+    >>> out.watermark, out.states["c-1"].orders_total, out.writes[0].record["lifecycle"]
+    (1795000000000, 1, 'new')
+    >>> again = step.run([msg], out.states, None, out.watermark, DueSchedule(), 0, 0.0)
+    >>> again.writes, again.states   # a redelivered message changes nothing
+    ([], {})
+    """
+
+    def __init__(
+        self,
+        catalog: SegmentCatalog,
+        sampling: SamplingPolicy = SamplingPolicy(),  # noqa: B008 - frozen
+        limits: DecodeLimits = DecodeLimits(),  # noqa: B008 - frozen
+        worker_id: str = "",
+        loads: Callable[[bytes], Any] = json.loads,
+    ) -> None:
+        self.catalog = catalog
+        self.sampling = sampling
+        self.limits = limits
+        self.worker_id = worker_id
+        self.loads = loads
+        self._budget = SampleBudget(sampling.max_per_second)
+        self._rfm_of: tuple[int, SegmentCatalog] | None = None
+
+    def catalog_for(self, model: ModelSnapshot | None) -> SegmentCatalog:
+        """The catalog with the population RFM cuts the model carries, if any."""
+        if model is None or not model.rfm_cuts:
+            return self.catalog
+        if self._rfm_of is None or self._rfm_of[0] != model.version:
+            cuts = RfmCuts.from_dict(model.rfm_cuts)
+            self._rfm_of = (model.version, replace(self.catalog, rfm=cuts))
+        return self._rfm_of[1]
+
+    # -- a batch ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        messages: Sequence[SourceMessage],
+        profiles: ProfileSource | Mapping[str, CustomerProfile | None],
+        model: ModelSnapshot | None,
+        watermark: int,
+        schedule: DueSchedule,
+        now_ms: int,
+        clock: float,
+    ) -> StepOutcome:
+        """Apply one batch; ``watermark`` is the newest event time applied before it,
+        ``now_ms`` the wall clock for ``updated_at``, ``clock`` seconds for the sampling cap.
+
+        Messages are applied in the order given. An erasure drops the customer's profile at its
+        place in that order: their events before it are erased with them, events after it start
+        a new profile.
+        """
+        out = StepOutcome(watermark=watermark)
+        touched: dict[str, tuple[CustomerProfile, int]] = {}  # profile, events applied before
+        for message in messages:
+            if message.source == FORGET:
+                if message.key:
+                    self._erase(message.key.decode("utf-8", "replace"), touched, out, schedule)
+                continue
+            events = self._decode(message, out)
+            if events is None:
+                continue
+            customer_id = events[0].customer_id
+            out.events[message.source] = out.events.get(message.source, 0) + len(events)
+            found = touched.get(customer_id)
+            if found is None:
+                stored = None if customer_id in out.states else profiles.get(customer_id)
+                profile = stored if stored is not None else CustomerProfile(customer_id)
+                found = touched[customer_id] = (profile, profile.applied)
+            profile = found[0]
+            if not profile.seen_position(message.log, message.offset):
+                for event in events:
+                    profile.apply(event)
+
+        catalog = self.catalog_for(model)
+        for customer_id, (profile, before) in touched.items():
+            if profile.applied == before:
+                continue  # every message was a redelivery or every event a duplicate
+            out.watermark = max(out.watermark, profile.last_seen_ts or 0)
+            self._score(profile, model, catalog, now_ms, None, "event", out, schedule)
+            if self._wants_sample(before, profile.applied, clock):
+                out.samples.append(_sample(profile))
+            out.states[customer_id] = profile
+
+        n_records = len(out.writes)
+        if out.watermark > watermark:
+            self._expire(profiles, model, catalog, now_ms, out, schedule)
+        counters = {
+            "events": sum(out.events.values()),
+            "messages": len(messages),
+            "dead_letters": len(out.dead),
+            "records": len(out.writes),
+            "expired": len(out.writes) - n_records,
+            "forgotten": len(out.erased),
+        }
+        out.counters = {name: n for name, n in counters.items() if n}
+        return out
+
+    def rescore(
+        self,
+        customer_ids: Iterable[str],
+        profiles: ProfileSource | Mapping[str, CustomerProfile | None],
+        model: ModelSnapshot | None,
+        watermark: int,
+        schedule: DueSchedule,
+        now_ms: int,
+        only: Callable[[CustomerProfile], bool] | None = None,
+    ) -> StepOutcome:
+        """Score stored customers at the watermark outside their events, as if on an event
+        (a first model assigns everyone seen before it); ``only`` picks which."""
+        out = StepOutcome(watermark=watermark)
+        catalog = self.catalog_for(model)
+        for customer_id in customer_ids:
+            profile = profiles.get(customer_id)
+            if profile is None or (only is not None and not only(profile)):
+                continue
+            self._score(profile, model, catalog, now_ms, watermark, "event", out, schedule)
+            out.states[customer_id] = profile
+        out.counters = {"records": len(out.writes)} if out.writes else {}
+        return out
+
+    # -- the parts ----------------------------------------------------------------------------
+
+    def _decode(self, message: SourceMessage, out: StepOutcome) -> list[Any] | None:
+        try:
+            if not message.key:
+                raise DecodeError("message has no key; the key must be the customer_id")
+            return decode_message(
+                message.source, message.value or b"", message.key, self.limits, self.loads
+            )
+        except DecodeError as exc:
+            out.dead.append(DeadLetter(message, exc.reason))
+        except Exception as exc:  # a decoder bug must not make a poison message
+            out.dead.append(
+                DeadLetter(message, f"could not decode ({type(exc).__name__}: {str(exc)[:120]})")
+            )
+        return None
+
+    def _erase(
+        self,
+        customer_id: str,
+        touched: dict[str, tuple[CustomerProfile, int]],
+        out: StepOutcome,
+        schedule: DueSchedule,
+    ) -> None:
+        touched.pop(customer_id, None)
+        out.states[customer_id] = None
+        out.due[customer_id] = None
+        schedule.set(customer_id, None)
+        if customer_id not in out.erased:
+            out.erased.append(customer_id)
+
+    def _score(
+        self,
+        profile: CustomerProfile,
+        model: ModelSnapshot | None,
+        catalog: SegmentCatalog,
+        now_ms: int,
+        at: int | None,
+        trigger: str,
+        out: StepOutcome,
+        schedule: DueSchedule,
+    ) -> bool:
+        """Assign, collect changes and the record write; True if a record was written.
+
+        A time-driven evaluation (``trigger`` watermark) that changed no segment and no
+        lifecycle stage writes nothing.
+        """
+        assignment = assign(profile, model, catalog, at)
+        found = changes_between(profile, assignment, trigger)
+        out.changes.extend(found)
+        stage_moved = assignment.lifecycle != profile.lifecycle
+        remember(profile, assignment)
+        due = catalog.lifecycle.next_change(profile, assignment.now)
+        out.due[profile.customer_id] = due
+        schedule.set(profile.customer_id, due)
+        if trigger != "event" and not found and not stage_moved:
+            return False
+        record = assignment.record(profile, now_ms)
+        record["worker_id"] = self.worker_id
+        out.writes.append(
+            RecordWrite(
+                profile.customer_id,
+                assignment.event_ts,
+                assignment.applied,
+                assignment.segment,
+                record,
+                assignment.members(),
+            )
+        )
+        return True
+
+    def _expire(
+        self,
+        profiles: ProfileSource | Mapping[str, CustomerProfile | None],
+        model: ModelSnapshot | None,
+        catalog: SegmentCatalog,
+        now_ms: int,
+        out: StepOutcome,
+        schedule: DueSchedule,
+    ) -> None:
+        """Re-evaluate customers whose lifecycle stage came due as the watermark moved.
+
+        Event time only: with no new events the watermark stands still and nothing expires, so
+        a replay of a log ends in the same segments as the live stream did.
+        """
+        for customer_id in schedule.pop_due(out.watermark):
+            profile = out.states.get(customer_id) or profiles.get(customer_id)
+            if profile is None:
+                continue
+            if self._score(
+                profile, model, catalog, now_ms, out.watermark, "watermark", out, schedule
+            ):
+                out.states[customer_id] = profile
+
+    def _wants_sample(self, before: int, after: int, clock: float) -> bool:
+        every = self.sampling.every
+        due = after >= self.sampling.min_events and after // every > before // every
+        return due and self._budget.take(clock)
+
+
+def _sample(profile: CustomerProfile) -> dict[str, Any]:
+    """A training sample: the feature vector and, for a buyer, raw RFM for the quantiles."""
+    at = profile.last_seen_ts or 0
+    rfm = rfm_values(profile, at) if profile.orders_total else None
+    return {"x": feature_vector(profile), "rfm": rfm, "ts": profile.last_seen_ts}

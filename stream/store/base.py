@@ -1,0 +1,75 @@
+"""What the worker needs of a serving store (the Redis one and the in-memory one both do it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from models.step import RecordWrite
+
+__all__ = ["SegmentStore"]
+
+
+class SegmentStore(Protocol):
+    """The serving store as the worker sees it; ``tests/integration/test_store_contract.py``
+    runs one contract over every implementation."""
+
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` if the store cannot be reached."""
+
+    async def write_many(
+        self, writes: Sequence[RecordWrite], counters: Mapping[str, int] = {}
+    ) -> int:
+        """Apply record writes (a write older than the stored record, by (event_ts, applied),
+        is ignored), moving size and membership counters with them; add ``counters`` to the
+        status counters. Returns the writes accepted."""
+
+    async def forget_many(self, customer_ids: Sequence[str]) -> int:
+        """Erase these customers' records and their share of the counters; returns how many
+        had a record."""
+
+    async def get(self, customer_id: str) -> dict[str, Any] | None:
+        """One customer's record, or None."""
+
+    async def model(self) -> dict[str, Any] | None:
+        """The newest model snapshot, or None."""
+
+    async def model_version(self) -> int:
+        """The newest model snapshot's version (0: none yet)."""
+
+    async def publish_model(self, snapshot: Mapping[str, Any]) -> None:
+        """Store a model snapshot as the newest."""
+
+    async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl: int) -> None:
+        """A worker's status, kept for ``ttl`` seconds."""
+
+    async def size_snapshot(
+        self, worker_id: str, watermark: int, bucket_ms: int, keep: int, period_s: float
+    ) -> dict[str, Any] | None:
+        """Snapshot every segment's size into its event-time bucket; one worker per period
+        gets the snapshot back to publish, the others None."""
+
+    async def push_drift(self, alerts: Sequence[Mapping[str, Any]], keep: int) -> None:
+        """Keep the newest drift alerts, at most ``keep``."""
+
+    # Reads: what the contract test asserts on (and what an async reader may use).
+
+    async def sizes(self) -> dict[str, int]:
+        """Customers in each cluster (``-``: none yet), counts above 0 only."""
+
+    async def members(self) -> dict[str, int]:
+        """Customers in each segment of any kind (``cluster:3``, ``rule:vip``, ...), above 0."""
+
+    async def stats(self) -> dict[str, int]:
+        """The status counters ``write_many`` added up."""
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """The heartbeats not yet expired, by worker id."""
+
+    async def drift(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest drift alerts, newest first."""
+
+    async def history(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The size snapshots of the newest ``limit`` event-time buckets, oldest first."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,82 @@
+"""The store's errors: Redis away is ``StoreUnavailable``, naming the server without its
+password."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import redis
+
+from stream.errors import SegmenterError
+
+__all__ = ["REDIS_OUTAGE", "StoreUnavailable", "safe_url", "unavailable_on_error"]
+
+#: What Redis being away looks like to a client: retried or skipped, never fatal to a worker.
+REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class StoreUnavailable(SegmenterError):
+    """Redis could not be reached; the message says where and why."""
+
+    @classmethod
+    def at(cls, url: str, exc: BaseException, what: str = "") -> StoreUnavailable:
+        """``Redis at <url without password>[ what]: <exc>``.
+
+        >>> StoreUnavailable.at("redis://:pw@h:1/0", OSError("refused"), "is not reachable")
+        StoreUnavailable('Redis at redis://***@h:1/0 is not reachable: refused')
+        """
+        return cls(f"Redis at {safe_url(url)}{' ' + what if what else ''}: {exc}")
+
+
+def safe_url(url: str) -> str:
+    """A URL without its password, for messages and logs.
+
+    >>> safe_url("redis://:pw@host:6379/0")
+    'redis://***@host:6379/0'
+    """
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def unavailable_on_error(method: _Method) -> _Method:
+    """Turn any Redis error of a client method into ``StoreUnavailable`` naming the server
+    (``self.url``); a generator method is covered while it is iterated, a coroutine method
+    while it is awaited."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from method(self, *args, **kwargs)
+            except redis.RedisError as exc:
+                raise StoreUnavailable.at(self.url, exc) from exc
+
+        return cast(_Method, generator)
+
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def coroutine(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await method(self, *args, **kwargs)
+            except redis.RedisError as exc:
+                raise StoreUnavailable.at(self.url, exc) from exc
+
+        return cast(_Method, coroutine)
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreUnavailable.at(self.url, exc) from exc
+
+    return cast(_Method, call)

@@ -1,0 +1,213 @@
+"""The bench's freshness phase: send-to-readable latency in Redis of probe customers mixed
+into traffic at a given rate, and (with arrays, not at the floor rate) our client's read
+against a bare redis-py GET, from a process of its own, under that ingest."""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import threading
+import time
+import uuid
+from typing import Any
+
+import orjson
+import redis
+from kafka import KafkaProducer
+
+from stream.kafka import make_producer
+from stream.store import Keys, SegmentClient
+from stream.tools.bench_context import BenchContext
+from stream.tools.bench_report import Figure
+from stream.tools.bench_traffic import as_arrays, as_singles, click_streams, percentile
+from stream.tools.generator import Message
+from stream.tools.producer import send_messages
+
+__all__ = ["Freshness", "read_probe"]
+
+
+class Freshness:
+    """Send-to-readable latency with probe customers at ``rate``; ``floor``: a rate well under
+    one worker's capacity, to show the latency without queueing (no target)."""
+
+    def __init__(self, ctx: BenchContext, rate: float, arrays: bool, floor: bool = False) -> None:
+        self.ctx = ctx
+        self.rate = rate
+        self.arrays = arrays
+        self.floor = floor
+        self.size = 10 if arrays else 1
+        self.label = f"{rate:,.0f} events/s, " + ("arrays of 10" if arrays else "one per message")
+        self.settings = ctx.settings()
+        self.stop = threading.Event()
+        self.stop_at = 0.0
+        self.lock = threading.Lock()
+        self.sent: dict[str, float] = {}  # probe customer -> sent at (perf_counter)
+        self.seen: dict[str, float] = {}  # probe customer -> first seen in Redis at
+
+    def run(self) -> None:
+        ctx, config, settings = self.ctx, self.ctx.config, self.settings
+        seconds = config.fresh_seconds
+        per = click_streams(config.customers, int(self.rate * seconds * 1.3), seed=29)
+        load = as_arrays(per, 10**9) if self.arrays else as_singles(per, 10**9)
+        template = next(iter(per.values()))[: self.size]
+        procs = ctx.start_workers(settings, 1, f"fresh{self.size}")
+        ctx.wait_joined(settings, 1, procs)
+        # Warm up: the first messages create the customers and the model's first records.
+        warm = load[: len(load) // 10]
+        send_messages(settings, iter(warm))
+        ctx.worker_span(settings, sum(m.events for m in warm), procs)
+        ctx.say(f"freshness at {self.label}: {seconds:.0f} s of traffic with probes")
+        producer = make_producer(settings)
+        threads = [
+            threading.Thread(target=self._traffic, args=(load[len(load) // 10 :], producer)),
+            threading.Thread(target=self._probes, args=(template, producer)),
+            threading.Thread(target=self._watch),
+        ]
+        for t in threads:
+            t.daemon = True
+        reader = results = None
+        if self.arrays and not self.floor:
+            # reads from a process of its own: this one's threads would delay them
+            spawn = multiprocessing.get_context("spawn")
+            results = spawn.Queue()
+            reader = spawn.Process(
+                target=read_probe,
+                args=(
+                    settings.redis_url.get_secret_value(),
+                    settings.redis_prefix,
+                    list(per),
+                    seconds,
+                    results,
+                ),
+                daemon=True,
+            )
+            reader.start()
+        for t in threads:
+            t.start()
+        reads: tuple[list[float], list[float]] = ([], [])
+        if reader is not None and results is not None:
+            reads = results.get(timeout=seconds + 120)
+            reader.join(timeout=10)
+        threads[0].join()
+        self.stop_at = time.perf_counter()
+        self.stop.set()
+        for t in threads[1:]:
+            t.join(timeout=30)
+        producer.close()
+        ctx.stop(procs)
+        self._figures()
+        if reader is not None:
+            self._read_figures(*reads)
+
+    def _traffic(self, messages: list[Message], producer: KafkaProducer) -> None:
+        send_messages(
+            self.settings,
+            iter(messages),
+            rate=self.rate - self.size * 20,  # the probes make up the rest
+            seconds=self.ctx.config.fresh_seconds,
+            stop=self.stop,
+            producer=producer,
+        )
+
+    def _probes(self, template: list[dict[str, Any]], producer: KafkaProducer) -> None:
+        """A new customer every 50 ms, its first message timed from the send."""
+        topic = self.settings.topic(self.settings.clickstream_topic)
+        i = 0
+        while not self.stop.is_set():
+            cid = f"probe-{uuid.uuid4().hex[:8]}-{i}"
+            events = [
+                {**e, "customer_id": cid, "event_id": f"{cid}-{j}"} for j, e in enumerate(template)
+            ]
+            value = orjson.dumps(events if self.arrays else events[0])
+            with self.lock:
+                self.sent[cid] = time.perf_counter()
+            producer.send(topic, key=cid.encode(), value=value)
+            i += 1
+            time.sleep(0.05)
+
+    def _watch(self) -> None:
+        """When each probe's record appears in Redis (polled every half millisecond)."""
+        client = redis.Redis.from_url(self.settings.redis_url.get_secret_value())
+        keys = Keys(self.settings.redis_prefix)
+        while not self.stop.is_set() or len(self.seen) < len(self.sent):
+            with self.lock:
+                pending = [c for c in self.sent if c not in self.seen]
+            if pending:
+                pipe = client.pipeline(transaction=False)
+                for cid in pending:
+                    pipe.exists(keys.record(cid))
+                now = time.perf_counter()
+                for cid, there in zip(pending, pipe.execute(), strict=True):
+                    if there:
+                        self.seen[cid] = now
+            if self.stop.is_set() and time.perf_counter() - self.stop_at > 10:
+                break
+            time.sleep(0.0005)
+        client.close()
+
+    def _figures(self) -> None:
+        sent, seen = self.sent, self.seen
+        latencies = [(seen[c] - sent[c]) * 1000 for c in sent if c in seen]
+        lost = len(sent) - len(latencies)
+        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        self.ctx.say(f"  freshness p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(latencies)} probes")
+        section = "Freshness (send to readable in Redis)"
+        note = f"{len(latencies)} probes" + (f", {lost} not seen within 10 s" if lost else "")
+        if self.floor:
+            note += "; well under one worker's capacity: the floor without queueing"
+        target, met = ("", None) if self.floor else ("<= 50 ms", p99 <= 50)
+        report = self.ctx.report
+        report.add(Figure(section, f"p50 at {self.label}", p50, "ms", note=note))
+        report.add(
+            Figure(section, f"p99 at {self.label}", p99, "ms", target=target, met=met, note=note)
+        )
+
+    def _read_figures(self, ours: list[float], bare: list[float]) -> None:
+        o50, o99 = percentile(ours, 0.5) * 1000, percentile(ours, 0.99) * 1000
+        b50, b99 = percentile(bare, 0.5) * 1000, percentile(bare, 0.99) * 1000
+        self.ctx.say(f"  reads: client get p99 {o99:.3f} ms, bare GET p99 {b99:.3f} ms")
+        section = f"Read latency under ingest ({self.label})"
+        n = f"{len(ours):,} and {len(bare):,} reads, interleaved, own process"
+        report = self.ctx.report
+        report.add(
+            Figure(section, "client get p50", o50, "ms", b50, "bare redis-py GET p50", note=n)
+        )
+        report.add(
+            Figure(
+                section,
+                "client get p99",
+                o99,
+                "ms",
+                b99,
+                "bare redis-py GET p99",
+                "<= 1 ms and <= 1.5x bare",
+                o99 <= 1.0 and o99 <= 1.5 * b99,
+                note=n,
+            )
+        )
+
+
+def read_probe(url: str, prefix: str, ids: list[str], seconds: float, results: Any) -> None:
+    """Our client's ``get`` and a bare redis-py GET of the same key, back to back in a random
+    order, for ``seconds``; puts both lists of latencies (seconds) on ``results``. Runs in a
+    process of its own, so the bench's producer threads do not hold the GIL over a read."""
+    ours = SegmentClient(url, prefix)
+    bare = redis.Redis.from_url(url)
+    rng = random.Random(3)
+    timings: tuple[list[float], list[float]] = ([], [])
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        cid = rng.choice(ids)
+        key = Keys(prefix).record(cid)
+        for use_ours in (True, False) if rng.random() < 0.5 else (False, True):
+            t = time.perf_counter()
+            if use_ours:
+                ours.get(cid)
+                timings[0].append(time.perf_counter() - t)
+            else:
+                bare.get(key)
+                timings[1].append(time.perf_counter() - t)
+        time.sleep(0.001)
+    ours.close()
+    bare.close()
+    results.put(timings)

@@ -1,0 +1,113 @@
+"""A step's effects, applied in the crash-safe order ``models.step.StepOutcome`` gives."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+
+from models.features import CustomerProfile
+from models.step import DeadLetter, StepOutcome
+from stream.store import SegmentStore, retry_forever
+from stream.worker.faust_adapt import CustomerTable
+from stream.worker.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Effects", "Send", "encode_profile"]
+
+#: Hands one record (topic, key, value) to the producer; returns its delivery future.
+Send = Callable[[str, bytes | None, bytes | None], Awaitable[Awaitable[Any]]]
+
+
+def encode_profile(profile: CustomerProfile | None) -> bytes | None:
+    """A profile as the table and its changelog hold it (None: erased)."""
+    return None if profile is None else orjson.dumps(profile.to_state())
+
+
+class Effects:
+    """Applies a step's outcome: store, then topics, then the table (see ``StepOutcome``)."""
+
+    def __init__(
+        self,
+        store: SegmentStore,
+        table: CustomerTable,
+        send: Send,
+        topics: Mapping[str, str],
+        worker_id: str,
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.store = store
+        self.table = table
+        self.send = send
+        self.topics = topics  # topology key (changes, samples, dead_letter) -> topic name
+        self.worker_id = worker_id
+        self.metrics = metrics
+        self.counters: dict[str, int] = {}
+
+    async def apply(self, outcome: StepOutcome) -> None:
+        if outcome.erased:
+            await retry_forever("Redis forget", self.store.forget_many, outcome.erased)
+        await retry_forever("Redis write", self.store.write_many, outcome.writes, outcome.counters)
+        await self._publish(outcome)
+        await self.table.write({c: encode_profile(p) for c, p in outcome.states.items()})
+        for name, by in outcome.counters.items():
+            self.counters[name] = self.counters.get(name, 0) + by
+        if outcome.erased:
+            log.info("forgot %d customers", len(outcome.erased))
+
+    async def _publish(self, outcome: StepOutcome) -> None:
+        """Tombstones, changes, the batch's samples (one JSON array) and dead letters, all
+        delivered before the table write and the acknowledgement."""
+        changes_topic = self.topics["changes"]
+        futures = [await self.send(changes_topic, c.encode(), None) for c in outcome.erased]
+        for change in outcome.changes:
+            payload = orjson.dumps(change.to_dict())
+            futures.append(await self.send(changes_topic, change.customer_id.encode(), payload))
+        if outcome.samples:
+            futures.append(
+                await self.send(self.topics["samples"], None, orjson.dumps(outcome.samples))
+            )
+        for letter in outcome.dead:
+            futures.append(
+                await self.send(
+                    self.topics["dead_letter"], letter.message.key, self._letter(letter)
+                )
+            )
+        if futures:
+            await asyncio.gather(*futures)
+        self.counters["changes"] = self.counters.get("changes", 0) + len(outcome.changes)
+        for change in outcome.changes:
+            self.metrics.changes.labels(change.change).inc()
+        if outcome.dead:
+            self.metrics.dead_letters.inc(len(outcome.dead))
+
+    def _letter(self, letter: DeadLetter) -> bytes:
+        message = letter.message
+        topic, _, partition = message.log.rpartition("/")
+        # A reason may quote the message (a customer id, a trait): only at debug level here;
+        # it travels with the message to the dead-letter topic.
+        log.warning(
+            "dead letter from %s[%s]@%s (reason on the dead-letter topic)",
+            topic,
+            partition,
+            message.offset,
+        )
+        log.debug("dead letter from %s[%s]@%s: %s", topic, partition, message.offset, letter.reason)
+        return orjson.dumps(
+            {
+                "reason": letter.reason,
+                "topic": topic,
+                "partition": int(partition),
+                "offset": message.offset,
+                "key": message.key.decode("utf-8", "replace") if message.key else None,
+                "value_b64": base64.b64encode(message.value or b"").decode(),
+                "worker_id": self.worker_id,
+                "dead_at": int(time.time() * 1000),
+            }
+        )

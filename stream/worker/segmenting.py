@@ -1,0 +1,165 @@
+"""The segmenting agent's work: a batch of Faust events through the pure step, then effects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from faust.types import EventT
+
+from models.clustering import ModelSnapshot
+from models.features import CustomerProfile
+from models.schedule import DueSchedule
+from models.step import FORGET, SegmentStep, SourceMessage, StepOutcome
+from stream.store import SegmentStore
+from stream.worker.effects import Effects
+from stream.worker.faust_adapt import CustomerTable
+from stream.worker.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Segmenting", "TableProfiles"]
+
+
+class TableProfiles:
+    """The step's ``ProfileSource`` over the table: a profile of an owned partition, decoded."""
+
+    def __init__(self, table: CustomerTable, owned: set[int]) -> None:
+        self.table = table
+        self.owned = owned
+
+    def get(self, customer_id: str) -> CustomerProfile | None:
+        if self.table.partition_of.get(customer_id) not in self.owned:
+            return None
+        raw = self.table.data.get(customer_id)
+        return CustomerProfile.from_state(orjson.loads(raw)) if raw else None
+
+
+class Segmenting:
+    """Turns Faust batches into ``SourceMessage``s, runs the step, applies its effects."""
+
+    def __init__(
+        self,
+        step: SegmentStep,
+        table: CustomerTable,
+        effects: Effects,
+        store: SegmentStore,
+        sources: Mapping[str, str],
+        owned_partitions: Callable[[], set[int]],
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.step = step
+        self.table = table
+        self.effects = effects
+        self.store = store
+        self.sources = sources  # topic -> source kind (clickstream, purchases, identify, forget)
+        self.owned_partitions = owned_partitions
+        self.metrics = metrics
+        self.model: ModelSnapshot | None = None
+        self.watermark = 0  # the newest event time this worker has applied
+        self.schedule = DueSchedule()
+        self._scheduled_for: set[int] = set()
+        self.offsets: dict[tuple[str, int], int] = {}  # newest offset handled per partition
+        self.lock = asyncio.Lock()
+
+    async def handle(self, batch: Sequence[EventT[Any]]) -> None:
+        started = time.perf_counter()
+        messages = []
+        for event in batch:
+            m = event.message
+            messages.append(
+                SourceMessage(
+                    self.sources[m.topic], f"{m.topic}/{m.partition}", m.offset, m.key, event.value
+                )
+            )
+            if m.key:
+                customer_id = m.key.decode("utf-8", "replace")
+                # An erasure request's partition is the forget topic's; the customer's events
+                # (and so the changelog) keep theirs.
+                if self.sources[m.topic] != FORGET or customer_id not in self.table.partition_of:
+                    self.table.partition_of[customer_id] = m.partition
+        async with self.lock:
+            owned = self._owned()
+            outcome = self.step.run(
+                messages,
+                TableProfiles(self.table, owned),
+                self.model,
+                self.watermark,
+                self.schedule,
+                now_ms=int(time.time() * 1000),
+                clock=time.monotonic(),
+            )
+            await self.effects.apply(outcome)
+            self.watermark = outcome.watermark
+        self._observe(batch, outcome, time.perf_counter() - started)
+
+    def _observe(self, batch: Sequence[EventT[Any]], outcome: StepOutcome, seconds: float) -> None:
+        self.metrics.batch_seconds.observe(seconds)
+        now = time.time()
+        per_topic: dict[str, int] = {}
+        for event in batch:
+            m = event.message
+            per_topic[m.topic] = per_topic.get(m.topic, 0) + 1
+            self.metrics.event_delay.observe(max(0.0, now - m.timestamp))
+            key = (m.topic, m.partition)
+            self.offsets[key] = max(self.offsets.get(key, -1), m.offset)
+        for topic, n in per_topic.items():
+            self.metrics.messages.labels(topic).inc(n)
+        for topic, source in self.sources.items():
+            if source in outcome.events:
+                self.metrics.events.labels(topic).inc(outcome.events[source])
+
+    def _owned(self) -> set[int]:
+        """The partitions owned now; after a rebalance, their customers are scheduled anew."""
+        owned = self.owned_partitions()
+        if owned != self._scheduled_for:
+            self.schedule.clear()
+            lifecycle = self.step.catalog.lifecycle
+            for customer_id, raw in self.table.stored():
+                if self.table.partition_of.get(customer_id) in owned:
+                    profile = CustomerProfile.from_state(orjson.loads(raw))
+                    at = max(self.watermark, profile.last_seen_ts or 0)
+                    self.schedule.set(customer_id, lifecycle.next_change(profile, at))
+            self._scheduled_for = set(owned)
+            log.info(
+                "lifecycle schedule: %d customers on partitions %s",
+                len(self.schedule),
+                sorted(owned),
+            )
+        return owned
+
+    async def refresh_model(self) -> None:
+        """Load a newer snapshot; on the very first one, score customers still unassigned."""
+        version = await self.store.model_version()
+        if not version or (self.model and self.model.version >= version):
+            return
+        data = await self.store.model()
+        if data is None:
+            return
+        first = self.model is None
+        self.model = ModelSnapshot.from_dict(data)
+        self.metrics.model_version.set(self.model.version)
+        log.info(
+            "model version %s loaded (%s samples)", self.model.version, self.model.trained_samples
+        )
+        if first:
+            async with self.lock:
+                owned = self._owned()
+                outcome = self.step.rescore(
+                    [c for c, _ in self.table.stored()],
+                    TableProfiles(self.table, owned),
+                    self.model,
+                    self.watermark,
+                    self.schedule,
+                    int(time.time() * 1000),
+                    only=lambda profile: profile.segment is None,
+                )
+                if outcome.writes:
+                    await self.effects.apply(outcome)
+                    log.info(
+                        "first model: assigned %d customers seen before it", len(outcome.writes)
+                    )

@@ -1,0 +1,144 @@
+"""The one trainer: learns the cluster model and RFM quantiles from samples, watches drift."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from models.clustering import ClusterTrainer, ModelSnapshot
+from models.drift import DriftAlert, DriftMonitor
+from models.facts import PopulationQuantiles
+from stream.settings import Settings
+from stream.store import SegmentStore, retry_forever
+from stream.worker.effects import Send
+from stream.worker.metrics import WorkerMetrics
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    """Runs in the worker that owns the one-partition samples topic; state is built lazily,
+    so the other workers carry none of it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: SegmentStore,
+        send: Send,
+        topics: dict[str, str],
+        metrics: WorkerMetrics,
+        serving_model: Callable[[], ModelSnapshot | None],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.send = send
+        self.topics = topics  # role (snapshots, drift) -> topic name
+        self.metrics = metrics
+        self.serving_model = serving_model  # the model the workers score with: drift uses it
+        self.trainer: ClusterTrainer | None = None
+        self.population = PopulationQuantiles()
+        self.drift = DriftMonitor(
+            delta=settings.drift_delta,
+            min_effect=settings.drift_min_effect,
+            centre_threshold=settings.drift_centre_threshold,
+            warmup=settings.drift_warmup_samples,
+            cooldown=settings.drift_cooldown_samples,
+        )
+        self.dirty = False
+        self.pending_alerts: list[DriftAlert] = []
+        self.lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self.trainer is not None
+
+    async def train(self, batch: Sequence[bytes]) -> None:
+        """Learn from a batch of sample messages (each a JSON array of samples)."""
+        if self.trainer is None:
+            s = self.settings
+            self.trainer = ClusterTrainer(
+                n_clusters=s.n_clusters,
+                halflife=s.learning_rate,
+                warmup=s.warmup_samples,
+                seed=s.seed,
+                min_share=s.min_segment_share,
+            )
+            data = await retry_forever("Redis model read", self.store.model)
+            if data:
+                self.trainer.restore(ModelSnapshot.from_dict(data))
+                log.info("trainer restored model version %s", self.trainer.version)
+        was_ready = self.trainer.ready
+        samples = [sample for raw in batch for sample in orjson.loads(raw)]
+        # In a thread: seeding (ten k-means++ starts) takes seconds of pure Python, and the
+        # event loop must keep serving heartbeats and events meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self._learn, samples)
+        self.dirty = True
+        if self.trainer.ready and not was_ready:
+            await self.publish_model()  # the first model goes out at once
+        await self._publish_alerts()
+
+    def _learn(self, samples: Sequence[dict[str, Any]]) -> None:
+        assert self.trainer is not None
+        model = self.serving_model()
+        with self.lock:
+            for sample in samples:
+                x = sample["x"]
+                self.trainer.learn_one(x)
+                if sample["rfm"]:
+                    self.population.update(*sample["rfm"])
+                if model is not None:
+                    # Drift is watched on the stream the model learns from, scored by the model
+                    # the workers use; before the first model there is nothing to watch.
+                    segment, distance, _ = model.predict(x)
+                    self.pending_alerts += self.drift.update(
+                        x,
+                        segment,
+                        distance,
+                        int(sample["ts"] or 0),
+                        model.version,
+                        len(model.centres),
+                    )
+
+    async def publish_model(self) -> None:
+        if self.trainer is None or not self.trainer.ready or not self.dirty:
+            return
+        with self.lock:
+            snapshot = self.trainer.snapshot().to_dict()
+            cuts = self.population.cuts()
+            serving = self.serving_model()
+            if cuts is not None:
+                snapshot["rfm_cuts"] = cuts.to_dict()
+            elif serving is not None and serving.rfm_cuts:
+                snapshot["rfm_cuts"] = serving.rfm_cuts  # keep the last until enough data
+        # Stalls, rather than drops, a snapshot while Redis is away: the trainer waits with it.
+        await retry_forever("Redis model publish", self.store.publish_model, snapshot)
+        await (await self.send(self.topics["snapshots"], None, orjson.dumps(snapshot)))
+        self.dirty = False
+        self.pending_alerts += self.drift.model_moved(
+            snapshot["version"], snapshot["centres"], self.drift.clock
+        )
+        await self._publish_alerts()
+
+    async def _publish_alerts(self) -> None:
+        alerts, self.pending_alerts = self.pending_alerts, []
+        if not alerts:
+            return
+        payloads = [a.to_dict() for a in alerts]
+        for alert in alerts:
+            log.warning("drift: %s", alert.message)
+            self.metrics.drift_alerts.labels(alert.kind).inc()
+        await retry_forever(
+            "Redis drift", self.store.push_drift, payloads, self.settings.drift_history
+        )
+        futures = [
+            await self.send(self.topics["drift"], a["subject"].encode(), orjson.dumps(a))
+            for a in payloads
+        ]
+        await asyncio.gather(*futures)

@@ -1,0 +1,101 @@
+"""`segmenter eval` runs the worker's step: for the same input and model, its replay writes the
+same records as a worker on the real broker and Redis.
+
+The input is generator traffic over three topics. Purchases are sent without their
+``session_id`` here: the worker's interleaving of two topics is the broker's, and a purchase
+applied after the next session's clicks would count a session more in one run than the other
+(that order dependence is real, and the replay simulates it; this test is about the step being
+the same, so it takes the one order-dependent field out). Hysteresis is 0 so a customer's
+cluster and persona depend on their final behavior, not on where batches happened to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from stream.store import RedisSegmentStore
+from stream.tools.evaluate import Replay
+from stream.tools.generator import Message, TrafficGenerator
+from stream.tools.producer import send_messages
+
+from .conftest import Workers, make_settings, wait_until
+
+pytestmark = pytest.mark.integration
+
+#: Fields that name the process or the wall clock, not the customer.
+_LOCAL = {"updated_at", "worker_id"}
+
+
+def _input() -> list[Message]:
+    generator = TrafficGenerator(customers=120, seed=5, session_gap_ms=60_000)
+    messages = []
+    for _ in range(6):
+        for customer_id in generator.customer_ids:
+            for m in generator.session(customer_id):
+                if m.source == "purchases":
+                    m.value.pop("session_id", None)  # type: ignore[union-attr]
+                messages.append(m)
+    return messages
+
+
+def test_eval_replay_and_the_worker_write_the_same_records(stack, tmp_path):  # type: ignore[no-untyped-def]
+    settings = make_settings(
+        stack, hysteresis=0.0, snapshot_interval=3600.0, model_refresh_interval=0.5
+    )
+    messages = _input()
+
+    # A model learned by the replay's own trainer, then fixed for both sides.
+    learner = Replay(settings.model_copy(update={"warmup_samples": 60}))
+    for m in messages:
+        learner.send(m)
+    learner.drain()
+    assert learner.trainer.ready, "the input is too small for a model"
+    model = learner.trainer.snapshot()
+
+    async def publish() -> None:
+        store = RedisSegmentStore(settings.redis_url.get_secret_value(), settings.redis_prefix)
+        await store.publish_model(model.to_dict())
+        await store.close()
+
+    asyncio.run(publish())
+
+    replay = Replay(settings, model=model)
+    for m in messages:
+        replay.send(m)
+    replay.drain()
+
+    workers = Workers(settings, tmp_path)
+    try:
+        workers.start(1)
+        # The worker scores with the model from its first batch on, as the replay does.
+        wait_until(
+            lambda: any(w.get("model_version") == model.version for w in workers.client.workers()),
+            90,
+            "the worker to load the model",
+        )
+        stats = send_messages(settings, iter(messages))
+        wait_until(
+            lambda: workers.client.stats().get("events", 0) >= stats.events,
+            120,
+            f"{stats.events} events",
+        )
+        stored = {r["customer_id"]: r for r in workers.client.iter_records()}
+    except BaseException:
+        print(workers.log("w0"))
+        raise
+    finally:
+        workers.stop()
+
+    expected = {c: dict(w.record) for c, w in replay.records.items()}
+    assert set(stored) == set(expected)
+    assert len(expected) == 120
+    differ = [
+        c
+        for c in expected
+        if {k: v for k, v in expected[c].items() if k not in _LOCAL}
+        != {k: v for k, v in stored[c].items() if k not in _LOCAL}
+    ]
+    assert not differ, (differ[:3], expected[differ[0]], stored[differ[0]])
+    assert len({r["segment"] for r in stored.values()}) > 1  # the model did separate them

@@ -1,0 +1,200 @@
+"""One contract over every ``SegmentStore``: the Redis store on a real redis-server and the
+in-memory store run the same tests, so a unit test or tool on the in-memory one sees what the
+worker sees in production."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from models.step import RecordWrite
+from stream.store import InMemorySegmentStore, RedisSegmentStore, SegmentStore
+
+
+class Sync:
+    """A store's coroutine methods called synchronously, on one event loop for all its calls."""
+
+    def __init__(self, store: SegmentStore) -> None:
+        self.store = store
+        self.loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.store, name)
+        return lambda *args, **kwargs: self.loop.run_until_complete(method(*args, **kwargs))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.store.close())
+        self.loop.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest) -> Iterator[Sync]:
+    if request.param == "memory":
+        s = Sync(InMemorySegmentStore())
+        yield s
+        s.close()
+        return
+    url = request.getfixturevalue("stack").redis_url
+    prefix = f"contract-{uuid.uuid4().hex[:8]}:"
+    s = Sync(RedisSegmentStore(url, prefix))
+    try:
+        yield s
+    finally:
+        s.close()
+        raw = redis.Redis.from_url(url)
+        keys = list(raw.scan_iter(match=f"{prefix}*"))
+        if keys:
+            raw.delete(*keys)
+        raw.close()
+
+
+def w(cid: str, ts: int, n: int, seg: int | None, *members: str, **record: Any) -> RecordWrite:
+    return RecordWrite(cid, ts, n, seg, {"customer_id": cid, "segment": seg, **record}, members)
+
+
+def test_every_store_has_every_method_of_the_protocol(store):
+    for name, wanted in inspect.getmembers(SegmentStore, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        method = getattr(type(store.store), name)
+        assert inspect.iscoroutinefunction(method), name
+        have, want = inspect.signature(method), inspect.signature(wanted)
+        assert list(have.parameters) == list(want.parameters), name
+
+
+def test_a_write_then_get(store):
+    store.ping()
+    assert store.get("c-1") is None
+    assert store.write_many([w("c-1", 100, 1, 3, "cluster:3", rule_segments=("vip",))]) == 1
+    # Values go through JSON in both stores: a tuple comes back a list, a fresh copy each time.
+    record = store.get("c-1")
+    assert record == {"customer_id": "c-1", "segment": 3, "rule_segments": ["vip"]}
+    record["segment"] = 9
+    assert store.get("c-1")["segment"] == 3
+    assert store.get("c-2") is None
+    assert store.write_many([]) == 0
+
+
+def test_an_older_write_is_ignored_and_an_equal_one_is_harmless(store):
+    assert store.write_many([w("c", 100, 3, 1, "cluster:1", v="first")]) == 1
+    assert store.write_many([w("c", 90, 9, 2, "cluster:2", v="older time")]) == 0
+    assert store.write_many([w("c", 100, 2, 2, "cluster:2", v="fewer events")]) == 0
+    assert store.get("c")["v"] == "first"
+    assert store.write_many([w("c", 100, 3, 1, "cluster:1", v="first")]) == 1  # equal
+    assert store.sizes() == {"1": 1} and store.members() == {"cluster:1": 1}
+    assert store.write_many([w("c", 100, 4, 1, "cluster:1", v="more events")]) == 1
+    assert store.get("c")["v"] == "more events"
+    # In one batch, writes apply in order: the older of the two is refused.
+    batch = [w("c", 300, 6, 2, "cluster:2", v="new"), w("c", 200, 5, 1, "cluster:1", v="old")]
+    assert store.write_many(batch) == 1
+    assert store.get("c")["v"] == "new" and store.sizes() == {"2": 1}
+
+
+def test_size_and_membership_counters_follow_moves(store):
+    store.write_many(
+        [
+            w("a", 1, 1, 1, "cluster:1", "rule:vip"),
+            w("b", 1, 1, 1, "cluster:1"),
+            w("c", 1, 1, None),  # no cluster yet
+        ]
+    )
+    assert store.sizes() == {"1": 2, "-": 1}
+    assert store.members() == {"cluster:1": 2, "rule:vip": 1}
+    store.write_many([w("a", 2, 2, 2, "cluster:2", "persona:Ann"), w("c", 2, 2, 1, "cluster:1")])
+    assert store.sizes() == {"1": 2, "2": 1}  # "-" left at 0 is not a segment
+    assert store.members() == {"cluster:1": 2, "cluster:2": 1, "persona:Ann": 1}
+    store.write_many([w("a", 3, 3, 2, "cluster:2", "persona:Ann", "rule:vip")])  # same cluster
+    assert store.sizes() == {"1": 2, "2": 1}
+    assert store.members() == {"cluster:1": 2, "cluster:2": 1, "persona:Ann": 1, "rule:vip": 1}
+
+
+def test_forget_removes_the_record_and_its_counts(store):
+    store.write_many([w("a", 1, 1, 1, "cluster:1", "rule:vip"), w("b", 1, 1, 1, "cluster:1")])
+    assert store.forget_many(["a", "a", "nobody"]) == 1
+    assert store.get("a") is None and store.get("b") is not None
+    assert store.sizes() == {"1": 1} and store.members() == {"cluster:1": 1}
+    assert store.forget_many(["nobody"]) == 0
+    assert store.forget_many([]) == 0
+    # A forgotten customer can come back, counted once.
+    assert store.write_many([w("a", 1, 1, 1, "cluster:1")]) == 1
+    assert store.sizes() == {"1": 2} and store.members() == {"cluster:1": 2}
+
+
+def test_status_counters_add_up(store):
+    assert store.stats() == {}
+    assert store.write_many([], {"events": 3, "messages": 1}) == 0
+    assert store.write_many([w("a", 1, 1, 1)], {"events": 2, "dead_letters": 0}) == 1
+    assert store.stats() == {"events": 5, "messages": 1, "dead_letters": 0}
+
+
+def test_model_publish_version_and_read(store):
+    assert store.model() is None and store.model_version() == 0
+    store.publish_model({"version": 3, "centroids": [[0.5, 1.0]]})
+    assert store.model_version() == 3
+    assert store.model() == {"version": 3, "centroids": [[0.5, 1.0]]}
+    store.publish_model({"version": 4, "centroids": []})
+    assert store.model_version() == 4 and store.model()["version"] == 4
+
+
+def test_heartbeats_are_kept_for_their_ttl(store):
+    assert store.workers() == []
+    store.heartbeat("w2", {"worker_id": "w2", "partitions": [1]}, 1)
+    store.heartbeat("w1", {"worker_id": "w1", "partitions": [0]}, 30)
+    store.heartbeat("w1", {"worker_id": "w1", "partitions": [0, 2]}, 30)  # replaces
+    assert store.workers() == [
+        {"worker_id": "w1", "partitions": [0, 2]},
+        {"worker_id": "w2", "partitions": [1]},
+    ]
+    time.sleep(1.2)
+    assert [b["worker_id"] for b in store.workers()] == ["w1"]
+
+
+def test_drift_alerts_are_kept_newest_first_and_bounded(store):
+    assert store.drift() == []
+    store.push_drift([{"n": 1}, {"n": 2}], 3)
+    assert store.drift() == [{"n": 2}, {"n": 1}]
+    store.push_drift([{"n": 3}, {"n": 4}], 3)
+    store.push_drift([], 3)
+    assert store.drift() == [{"n": 4}, {"n": 3}, {"n": 2}]
+    assert store.drift(limit=1) == [{"n": 4}]
+
+
+def test_a_size_snapshot_goes_to_the_first_caller_of_a_period(store):
+    store.write_many([w("a", 1, 1, 1, "cluster:1", "rule:vip"), w("b", 1, 1, None)])
+    first = store.size_snapshot("w1", 12_345, 1_000, 2, 0.3)
+    assert first is not None
+    assert {k: v for k, v in first.items() if k != "at"} == {
+        "bucket": 12_000,
+        "watermark": 12_345,
+        "customers": 2,
+        "sizes": {"cluster:1": 1, "rule:vip": 1},
+    }
+    assert abs(first["at"] - time.time() * 1000) < 60_000
+    assert store.size_snapshot("w2", 13_000, 1_000, 2, 0.3) is None  # same period
+    assert store.history() == [first]
+    time.sleep(0.35)
+    second = store.size_snapshot("w2", 13_500, 1_000, 2, 0.3)  # the next period
+    assert second["watermark"] == 13_500 and second["bucket"] == 13_000
+    time.sleep(0.35)
+    # The watermark is the newest any snapshot taker gave, never an older one; a later
+    # snapshot in the same bucket replaces the earlier.
+    third = store.size_snapshot("w1", 11_000, 1_000, 2, 0.3)
+    assert third["watermark"] == 13_500 and third["bucket"] == 13_000
+    assert store.history() == [first, third]
+    time.sleep(0.35)
+    fourth = store.size_snapshot("w1", 14_100, 1_000, 2, 0.3)
+    assert fourth["bucket"] == 14_000
+    assert store.history() == [third, fourth]  # ``keep`` buckets, oldest first
+    assert store.history(limit=1) == [fourth]
+
+
+def test_no_size_snapshot_before_any_event_time(store):
+    assert store.size_snapshot("w1", 0, 1_000, 5, 0.3) is None
+    assert store.history() == []

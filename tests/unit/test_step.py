@@ -1,0 +1,185 @@
+"""The per-batch step, with no I/O: what a batch of messages causes, effect by effect."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from models.clustering import ModelSnapshot
+from models.facts import LifecyclePolicy
+from models.features import DAY_MS, FEATURE_VECTOR, CustomerProfile
+from models.rules import RuleSegment, compile_condition
+from models.schedule import DueSchedule
+from models.segments import SegmentCatalog
+from models.step import FORGET, SamplingPolicy, SegmentStep, SourceMessage, StepOutcome
+
+T0 = 1_795_000_000_000
+
+
+def buyer_rule() -> RuleSegment:
+    return RuleSegment(
+        "buyer", "behavioral", "bought", compile_condition("buyer", {"orders_total": {"gte": 1}})
+    )
+
+
+def purchase(
+    cid: str, n: int, ts: int = T0, offset: int = 0, log: str = "purchases/0"
+) -> SourceMessage:
+    value = {"event_id": f"p{n}", "customer_id": cid, "ts": ts, "amount": 10.0}
+    return SourceMessage("purchases", log, offset, cid.encode(), orjson.dumps(value))
+
+
+def click(cid: str, n: int, ts: int = T0, offset: int = 0, session: str = "s1") -> SourceMessage:
+    value = {
+        "event_id": f"c{n}",
+        "type": "page_view",
+        "customer_id": cid,
+        "ts": ts,
+        "session_id": session,
+    }
+    return SourceMessage("clickstream", "clickstream/0", offset, cid.encode(), orjson.dumps(value))
+
+
+def forget(cid: str, offset: int = 0) -> SourceMessage:
+    return SourceMessage(FORGET, "forget/0", offset, cid.encode(), None)
+
+
+class Harness:
+    """The step with a dict of profiles standing in for the table, applied as the shell does."""
+
+    def __init__(self, step: SegmentStep | None = None) -> None:
+        self.step = step or SegmentStep(SegmentCatalog(rules=(buyer_rule(),)), worker_id="w")
+        self.profiles: dict[str, CustomerProfile] = {}
+        self.schedule = DueSchedule()
+        self.watermark = 0
+        self.model: ModelSnapshot | None = None
+
+    def run(self, *messages: SourceMessage, clock: float = 0.0) -> StepOutcome:
+        out = self.step.run(
+            list(messages), self.stored(), self.model, self.watermark, self.schedule, 123, clock
+        )
+        self.save(out)
+        return out
+
+    def stored(self) -> dict[str, CustomerProfile]:
+        # A fresh copy each time, as the worker decodes the table's bytes: the step must not
+        # rely on objects kept between batches.
+        return {c: CustomerProfile.from_state(p.to_state()) for c, p in self.profiles.items()}
+
+    def save(self, out: StepOutcome) -> None:
+        self.watermark = out.watermark
+        for cid, profile in out.states.items():
+            if profile is None:
+                self.profiles.pop(cid, None)
+            else:
+                self.profiles[cid] = profile
+
+
+def test_a_batch_gives_records_changes_states_and_due_times() -> None:
+    h = Harness()
+    out = h.run(click("a", 1, offset=0), purchase("a", 1, T0 + 1000, offset=0))
+    assert out.watermark == T0 + 1000
+    assert [w.customer_id for w in out.writes] == ["a"]  # one score per customer per batch
+    write = out.writes[0]
+    assert (write.event_ts, write.applied) == (T0 + 1000, 2)
+    assert write.record["rule_segments"] == ["buyer"] and write.record["worker_id"] == "w"
+    assert write.record["updated_at"] == 123
+    assert "rule:buyer" in write.members
+    assert [(c.segment, c.change) for c in out.changes] == [("rule:buyer", "entered")]
+    assert out.states["a"].orders_total == 1
+    assert out.due["a"] == h.step.catalog.lifecycle.next_change(out.states["a"], T0 + 1000)
+    assert out.events == {"clickstream": 1, "purchases": 1}
+    assert out.counters == {"events": 2, "messages": 2, "records": 1}
+
+
+def test_bad_messages_become_dead_letters_with_reasons_and_the_rest_applies() -> None:
+    h = Harness()
+    no_key = SourceMessage("purchases", "purchases/0", 1, None, b"{}")
+    broken = SourceMessage("purchases", "purchases/0", 2, b"b", b"{not json")
+    wrong_key = purchase("b", 1, offset=3)
+    wrong_key = SourceMessage("purchases", "purchases/0", 3, b"other", wrong_key.value)
+    out = h.run(no_key, purchase("a", 1), broken, wrong_key)
+    assert [d.message.offset for d in out.dead] == [1, 2, 3]
+    assert "key" in out.dead[0].reason and "JSON" in out.dead[1].reason
+    assert "does not match" in out.dead[2].reason
+    assert list(out.states) == ["a"] and out.counters["dead_letters"] == 3
+
+
+def test_a_redelivered_batch_changes_nothing_and_a_resent_event_counts_once() -> None:
+    h = Harness()
+    h.run(purchase("a", 1, offset=0))
+    again = h.run(purchase("a", 1, offset=0))  # the same message (redelivery)
+    assert again.writes == [] and again.states == {} and again.changes == []
+    resent = h.run(purchase("a", 1, offset=1))  # the same event in a new message
+    assert resent.writes == [] and h.profiles["a"].orders_total == 1
+
+
+def test_an_older_event_never_moves_the_watermark_back() -> None:
+    h = Harness()
+    h.run(purchase("a", 1, T0 + 5000))
+    out = h.run(purchase("b", 2, T0, offset=1))
+    assert out.watermark == T0 + 5000
+    assert out.writes[0].event_ts == T0
+
+
+def test_an_erasure_drops_what_came_before_it_and_later_events_start_a_new_profile() -> None:
+    h = Harness()
+    h.run(purchase("a", 1, offset=0), purchase("a", 2, offset=1))
+    out = h.run(purchase("a", 3, offset=2), forget("a"), purchase("a", 4, T0 + 10, offset=3))
+    assert out.erased == ["a"]
+    assert out.states["a"] is not None and out.states["a"].orders_total == 1  # only p4
+    assert out.writes[0].record["features"]["orders_total"] == 1
+    alone = h.run(forget("a", 1))
+    assert alone.erased == ["a"] and alone.states == {"a": None} and alone.writes == []
+    assert "a" not in h.profiles and len(h.schedule) == 0
+
+
+def test_the_watermark_expires_customers_whose_stage_came_due_through_the_same_step() -> None:
+    catalog = SegmentCatalog(lifecycle=LifecyclePolicy(new_days=7, at_risk_days=30, lapsed_days=90))
+    h = Harness(SegmentStep(catalog))
+    h.run(purchase("a", 1, T0), purchase("a", 2, T0 + DAY_MS, offset=1))
+    h.run(purchase("a", 3, T0 + 2 * DAY_MS, offset=2))
+    assert h.profiles["a"].lifecycle == "new"
+    # Another customer's event 40 days later moves event time: "a" is now at risk.
+    out = h.run(purchase("b", 9, T0 + 40 * DAY_MS, offset=3))
+    assert {w.customer_id for w in out.writes} == {"a", "b"}
+    assert h.profiles["a"].lifecycle == "at_risk"
+    assert out.counters["expired"] == 1
+    # Without new events time stands still: nothing more expires.
+    assert h.run().writes == []
+
+
+def test_samples_follow_the_policy_and_the_cap_on_the_given_clock() -> None:
+    step = SegmentStep(SegmentCatalog(), SamplingPolicy(every=1, min_events=1, max_per_second=2))
+    h = Harness(step)
+    out = h.run(*(purchase(f"c{i}", i, offset=i) for i in range(5)), clock=0.0)
+    assert len(out.samples) == 2  # the bucket holds one second's worth
+    sample = out.samples[0]
+    assert set(sample["x"]) == set(FEATURE_VECTOR) and sample["rfm"] is not None
+    later = h.run(*(purchase(f"d{i}", 10 + i, offset=10 + i) for i in range(5)), clock=1.0)
+    assert len(later.samples) == 2
+
+
+def test_a_first_model_assigns_customers_seen_before_it() -> None:
+    h = Harness()
+    h.run(purchase("a", 1), click("b", 2))
+    centres = ((0.0,) * len(FEATURE_VECTOR), (1.0,) * len(FEATURE_VECTOR))
+    h.model = ModelSnapshot(1, FEATURE_VECTOR, centres, (1, 1))
+    out = h.step.rescore(
+        ["a", "b"],
+        h.stored(),
+        h.model,
+        h.watermark,
+        h.schedule,
+        0,
+        only=lambda p: p.segment is None,
+    )
+    assert {w.customer_id for w in out.writes} == {"a", "b"}
+    assert all(w.segment == 0 for w in out.writes)
+    assert [c.segment for c in out.changes if c.customer_id == "a"][0] == "cluster:0"
+
+
+@pytest.mark.parametrize("value", [b"[]", b"42", b'{"event_id": 1}'])
+def test_every_bad_value_is_a_dead_letter_never_an_exception(value: bytes) -> None:
+    out = Harness().run(SourceMessage("clickstream", "clickstream/0", 0, b"a", value))
+    assert len(out.dead) == 1 and out.writes == []
