@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 __all__ = [
     "CLICKSTREAM_TYPES",
@@ -52,12 +53,16 @@ class DecodeLimits:
     max_id_length: int = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One validated input event, in the shape the feature code reads.
+_NO_TRAITS: Mapping[str, Any] = MappingProxyType({})
+
+
+class Event(NamedTuple):
+    """One validated input event, in the shape the feature code reads (immutable).
 
     ``kind`` is the clickstream ``type``, ``"purchase"`` or ``"identify"``; ``ts`` is epoch ms.
-    ``items`` holds ``(category, spend)`` pairs of a purchase.
+    ``items`` holds ``(category, spend)`` pairs of a purchase. A named tuple rather than a
+    frozen dataclass: one is made per event, and a frozen dataclass took 1.3 µs to build
+    against 0.3 µs.
     """
 
     event_id: str
@@ -73,7 +78,7 @@ class Event:
     country: str | None = None
     channel: str | None = None
     items: tuple[tuple[str, float], ...] = ()
-    traits: Mapping[str, Any] = field(default_factory=dict)
+    traits: Mapping[str, Any] = _NO_TRAITS
 
 
 def parse_timestamp(value: object) -> int:
@@ -174,53 +179,85 @@ def decode_message(
 def _decode_event(source: str, raw: object, limits: DecodeLimits) -> Event:
     if not isinstance(raw, dict):
         raise DecodeError(f"event must be a JSON object, got {_kind(raw)}")
+    get = raw.get
     for name in _REQUIRED[source]:
-        if raw.get(name) is None:
+        if get(name) is None:
             raise DecodeError(f"missing required field {name!r}")
     event_id = _identifier(raw, "event_id", limits)
     customer_id = _identifier(raw, "customer_id", limits)
-    ts = parse_timestamp(raw["ts"])
-    common: dict[str, Any] = {
-        "event_id": event_id,
-        "customer_id": customer_id,
-        "ts": ts,
-        "country": _opt_str(raw, "country", limits),
-    }
+    ts = raw["ts"]
+    if type(ts) is not int or not _MIN_TS_MS <= ts <= _MAX_TS_MS:
+        ts = parse_timestamp(ts)
+    longest = limits.max_id_length
+    # The common case first: every optional string absent or a short string. Anything else
+    # goes through the field's own check, which raises with the reason.
+    country = get("country")
+    if country is not None and (type(country) is not str or len(country) > longest):
+        _opt_str(raw, "country", limits)
+    if source == "identify":
+        traits = get("traits", {})
+        if not isinstance(traits, dict):
+            raise DecodeError(f"traits must be an object, got {_kind(traits)}")
+        return Event(
+            event_id,
+            customer_id,
+            "identify",
+            ts,
+            country=country,
+            traits=_clean_traits(traits, limits),
+        )
+    session_id, device, channel = get("session_id"), get("device"), get("channel")
+    for name, value in (("session_id", session_id), ("device", device), ("channel", channel)):
+        if value is not None and (type(value) is not str or len(value) > longest):
+            _opt_str(raw, name, limits)
     if source == "clickstream":
         kind = raw["type"]
         if not isinstance(kind, str) or kind not in CLICKSTREAM_TYPES:
             raise DecodeError(
                 f"type {str(kind)[:64]!r} is not one of {', '.join(sorted(CLICKSTREAM_TYPES))}"
             )
+        category, product_id, price = get("category"), get("product_id"), get("price")
+        if category is not None and (type(category) is not str or len(category) > longest):
+            _opt_str(raw, "category", limits)
+        if product_id is not None and (type(product_id) is not str or len(product_id) > longest):
+            _opt_str(raw, "product_id", limits)
+        if price is not None:
+            price = _opt_amount(raw, "price")
         return Event(
-            kind=kind,
-            session_id=_opt_str(raw, "session_id", limits),
-            category=_opt_str(raw, "category", limits),
-            product_id=_opt_str(raw, "product_id", limits),
-            price=_opt_amount(raw, "price"),
-            device=_opt_str(raw, "device", limits),
-            channel=_opt_str(raw, "channel", limits),
-            **common,
+            event_id,
+            customer_id,
+            kind,
+            ts,
+            session_id,
+            category,
+            product_id,
+            price,
+            None,
+            device,
+            country,
+            channel,
         )
-    if source == "purchases":
-        amount = _opt_amount(raw, "amount")
-        return Event(
-            kind="purchase",
-            amount=amount,
-            session_id=_opt_str(raw, "session_id", limits),
-            device=_opt_str(raw, "device", limits),
-            channel=_opt_str(raw, "channel", limits),
-            items=_items(raw.get("items"), limits),
-            **common,
-        )
-    traits = raw.get("traits", {})
-    if not isinstance(traits, dict):
-        raise DecodeError(f"traits must be an object, got {_kind(traits)}")
-    return Event(kind="identify", traits=_clean_traits(traits, limits), **common)
+    return Event(
+        event_id,
+        customer_id,
+        "purchase",
+        ts,
+        session_id,
+        None,
+        None,
+        None,
+        _opt_amount(raw, "amount"),
+        device,
+        country,
+        channel,
+        _items(get("items"), limits),
+    )
 
 
 def _identifier(raw: Mapping[str, Any], name: str, limits: DecodeLimits) -> str:
     value = raw[name]
+    if type(value) is str and 0 < len(value) <= limits.max_id_length and not value[0].isspace():
+        return value  # the common case; anything else gets its reason below
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise DecodeError(f"{name} must be a string, got {_kind(value)}")
     text = str(value)

@@ -179,8 +179,11 @@ class CustomerProfile:
 
     def apply(self, event: Event) -> bool:
         """Fold one event into the profile; return False if it was a recent duplicate."""
-        group = event.kind if event.kind in ("purchase", "identify") else "click"
-        recent = self.recent_ids.setdefault(group, [])
+        kind = event.kind
+        group = kind if kind == "purchase" or kind == "identify" else "click"
+        recent = self.recent_ids.get(group)
+        if recent is None:
+            recent = self.recent_ids[group] = []
         if event.event_id in recent:
             return False
         recent.append(event.event_id)
@@ -188,24 +191,31 @@ class CustomerProfile:
             del recent[0]
         self.applied += 1
         ts = event.ts
-        self.first_seen_ts = ts if self.first_seen_ts is None else min(self.first_seen_ts, ts)
-        self.last_seen_ts = ts if self.last_seen_ts is None else max(self.last_seen_ts, ts)
+        first, last = self.first_seen_ts, self.last_seen_ts
+        if first is None or ts < first:
+            self.first_seen_ts = ts
+        if last is None or ts > last:
+            self.last_seen_ts = ts
         if event.country and ts >= self.country_ts:
             self.country, self.country_ts = event.country, ts
         if event.channel:
             self.channel = event.channel
         if event.device:
             _bump(self.devices, event.device)
-        if event.session_id and event.session_id != self.last_session_id:
+        session_id = event.session_id
+        if session_id and session_id != self.last_session_id:
             self.sessions += 1
-            self.last_session_id = event.session_id
+            self.last_session_id = session_id
             self.session_has_cart = False
 
-        if event.kind == "identify":
+        if kind == "identify":
             self._merge_traits(event.traits, ts)
             return True
-        _bump(self.dayparts, _daypart(ts))
-        if event.kind == "purchase":
+        hour = (ts // 3_600_000) % 24
+        _bump(
+            self.dayparts, _DAYPARTS[0 if hour < 6 else 1 if hour < 12 else 2 if hour < 18 else 3]
+        )
+        if kind == "purchase":
             amount = event.amount or 0.0
             self.orders_total += 1
             self.revenue_total += amount
@@ -218,12 +228,13 @@ class CustomerProfile:
             for category, spend in event.items:
                 _bump(self.category_spend, category, spend)
             return True
-        self.counts[event.kind] = self.counts.get(event.kind, 0) + 1
+        counts = self.counts
+        counts[kind] = counts.get(kind, 0) + 1
         if event.category:
             _bump(self.categories, event.category)
-        if event.kind == "product_view" and event.price is not None:
+        if kind == "product_view" and event.price is not None:
             self.viewed_price.update(event.price)
-        if event.kind == "add_to_cart" and not self.session_has_cart:
+        if kind == "add_to_cart" and not self.session_has_cart:
             self.cart_sessions += 1
             self.session_has_cart = True
         return True

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
             "(low latency when traffic is light, full batches when it is heavy); 0: off"
         ),
     )
+    profile_cache: Annotated[int, Field(ge=0)] = Field(
+        20_000,
+        description=(
+            "live customer profiles a worker keeps between batches (least recently used "
+            "first out; 0: decode every profile from the table each batch)"
+        ),
+    )
     session_timeout: Annotated[float, Field(gt=0)] = Field(
         30.0, description="consumer session timeout, s"
     )

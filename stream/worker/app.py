@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import tempfile
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -19,11 +21,13 @@ from stream.settings import Settings
 from stream.store import RedisSegmentStore
 from stream.topology import topology
 from stream.worker.effects import Effects
-from stream.worker.faust_adapt import CustomerTable, SegmenterApp, SegmenterConsumer, event_batches
+from stream.worker.faust_adapt import BatchFeed, CustomerTable, SegmenterApp, SegmenterConsumer
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.segmenting import Segmenting
 from stream.worker.status import Status, unless_redis_is_down
 from stream.worker.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Worker", "build_app", "build_catalog", "build_step"]
 
@@ -102,6 +106,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     names = topics.by_key  # changes, samples, dead_letter, snapshots, drift, stats, ...
     sources = topics.consumed  # the input topics and the forget requests, to their source
     input_topic = app.topic(*sources, value_serializer="raw", key_serializer="raw")
+    app.topics.add(input_topic)  # subscribed, though no Faust stream reads it: the feed does
+    feed = BatchFeed()
+    app.guarded_topics = tuple(input_topic.topics)
+    app.input_feed = feed
     samples_topic = app.topic(
         names["samples"],
         value_serializer="raw",
@@ -124,7 +132,14 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     )
     effects = Effects(store, table, send, names, settings.worker_id, metrics)
     segmenting = Segmenting(
-        build_step(settings), table, effects, store, sources, owned_partitions, metrics
+        build_step(settings),
+        table,
+        effects,
+        store,
+        sources,
+        owned_partitions,
+        metrics,
+        settings.profile_cache,
     )
     trainer = Trainer(settings, store, send, names, metrics, lambda: segmenting.model)
     status = Status(
@@ -132,21 +147,27 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     )
     worker = Worker(settings, app, table, segmenting, effects, trainer, status, metrics)
 
-    @app.agent(input_topic, name="segment")
-    async def segment(stream: faust.StreamT[bytes]) -> None:
-        # Acknowledge a batch only once all its effects are done (see event_batches), and
-        # register each event as processed first: on these topics only those count as done
-        # (a skip during a rebalance does not; see faust_adapt.SegmenterConsumer).
+    @app.task  # type: ignore[untyped-decorator]
+    async def segment() -> None:
+        # The input topics' messages come in batches through the feed, past Faust's streams
+        # (faust_adapt.BatchFeed). Each is acknowledged only once the batch's effects are done,
+        # and registered as processed first: on these topics only those count as done (a
+        # message released during a rebalance does not; see faust_adapt.SegmenterConsumer).
         consumer = cast(SegmenterConsumer, app.consumer)
-        consumer.guard(input_topic.topics)
         consumer.on_reread = metrics.offset_gaps.inc
-        async for batch in event_batches(
-            stream, settings.batch_size, settings.batch_within, settings.batch_idle or None
-        ):
-            await segmenting.handle(batch)
-            for event in batch:
-                consumer.processed(event.message)
-                await stream.ack(event)
+        idle = settings.batch_idle or None
+        try:
+            while True:
+                batch = await feed.take(settings.batch_size, settings.batch_within, idle)
+                await segmenting.handle(batch)
+                for message in batch:
+                    consumer.processed(message)
+                    consumer.ack(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, not bad input (that is a dead letter): stop
+            log.exception("the segmenting loop failed; stopping the worker")
+            await app.crash(exc)
 
     @app.agent(samples_topic, name="train")
     async def train(stream: faust.StreamT[bytes]) -> None:

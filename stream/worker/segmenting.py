@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import orjson
-from faust.types import EventT
+from faust.types import Message
 
 from models.clustering import ModelSnapshot
 from models.features import CustomerProfile
@@ -26,17 +26,53 @@ __all__ = ["Segmenting", "TableProfiles"]
 
 
 class TableProfiles:
-    """The step's ``ProfileSource`` over the table: a profile of an owned partition, decoded."""
+    """The step's ``ProfileSource`` over the table, with live profiles kept between batches.
 
-    def __init__(self, table: CustomerTable, owned: set[int]) -> None:
+    The table holds each profile's serialized state (what its changelog carries); decoding it
+    every batch cost a JSON round trip per customer. The newest ``limit`` profiles used stay
+    live here, the objects the step updated and the effects wrote. Only profiles of owned
+    partitions are served; the live ones are dropped when ownership changes (the table may
+    have been recovered) and after a failed batch (they may be ahead of the table).
+    """
+
+    def __init__(self, table: CustomerTable, limit: int) -> None:
         self.table = table
-        self.owned = owned
+        self.limit = limit
+        self.owned: set[int] = set()
+        self._live: OrderedDict[str, CustomerProfile] = OrderedDict()
 
     def get(self, customer_id: str) -> CustomerProfile | None:
         if self.table.partition_of.get(customer_id) not in self.owned:
             return None
+        live = self._live.get(customer_id)
+        if live is not None:
+            self._live.move_to_end(customer_id)
+            return live
         raw = self.table.data.get(customer_id)
-        return CustomerProfile.from_state(orjson.loads(raw)) if raw else None
+        if not raw:
+            return None
+        profile = CustomerProfile.from_state(orjson.loads(raw))
+        self._keep(customer_id, profile)
+        return profile
+
+    def saved(self, states: Mapping[str, CustomerProfile | None]) -> None:
+        """The table now holds these states (None: erased)."""
+        for customer_id, profile in states.items():
+            if profile is None:
+                self._live.pop(customer_id, None)
+            else:
+                self._keep(customer_id, profile)
+
+    def drop_live(self) -> None:
+        self._live.clear()
+
+    def _keep(self, customer_id: str, profile: CustomerProfile) -> None:
+        if self.limit <= 0:
+            return
+        self._live[customer_id] = profile
+        self._live.move_to_end(customer_id)
+        while len(self._live) > self.limit:
+            self._live.popitem(last=False)
 
 
 class Segmenting:
@@ -51,8 +87,10 @@ class Segmenting:
         sources: Mapping[str, str],
         owned_partitions: Callable[[], set[int]],
         metrics: WorkerMetrics,
+        profile_cache: int = 0,
     ) -> None:
         self.step = step
+        self.profiles = TableProfiles(table, profile_cache)
         self.table = table
         self.effects = effects
         self.store = store
@@ -66,14 +104,14 @@ class Segmenting:
         self.offsets: dict[tuple[str, int], int] = {}  # newest offset handled per partition
         self.lock = asyncio.Lock()
 
-    async def handle(self, batch: Sequence[EventT[Any]]) -> None:
+    async def handle(self, batch: Sequence[Message]) -> None:
+        """Apply a batch of input messages; returns once every effect is done."""
         started = time.perf_counter()
         messages = []
-        for event in batch:
-            m = event.message
+        for m in batch:
             messages.append(
                 SourceMessage(
-                    self.sources[m.topic], f"{m.topic}/{m.partition}", m.offset, m.key, event.value
+                    self.sources[m.topic], f"{m.topic}/{m.partition}", m.offset, m.key, m.value
                 )
             )
             if m.key:
@@ -83,26 +121,30 @@ class Segmenting:
                 if self.sources[m.topic] != FORGET or customer_id not in self.table.partition_of:
                     self.table.partition_of[customer_id] = m.partition
         async with self.lock:
-            owned = self._owned()
-            outcome = self.step.run(
-                messages,
-                TableProfiles(self.table, owned),
-                self.model,
-                self.watermark,
-                self.schedule,
-                now_ms=int(time.time() * 1000),
-                clock=time.monotonic(),
-            )
-            await self.effects.apply(outcome)
+            self._owned()
+            try:
+                outcome = self.step.run(
+                    messages,
+                    self.profiles,
+                    self.model,
+                    self.watermark,
+                    self.schedule,
+                    now_ms=int(time.time() * 1000),
+                    clock=time.monotonic(),
+                )
+                await self.effects.apply(outcome)
+            except BaseException:
+                self.profiles.drop_live()
+                raise
+            self.profiles.saved(outcome.states)
             self.watermark = outcome.watermark
         self._observe(batch, outcome, time.perf_counter() - started)
 
-    def _observe(self, batch: Sequence[EventT[Any]], outcome: StepOutcome, seconds: float) -> None:
+    def _observe(self, batch: Sequence[Message], outcome: StepOutcome, seconds: float) -> None:
         self.metrics.batch_seconds.observe(seconds)
         now = time.time()
         per_topic: dict[str, int] = {}
-        for event in batch:
-            m = event.message
+        for m in batch:
             per_topic[m.topic] = per_topic.get(m.topic, 0) + 1
             self.metrics.event_delay.observe(max(0.0, now - m.timestamp))
             key = (m.topic, m.partition)
@@ -117,6 +159,8 @@ class Segmenting:
         """The partitions owned now; after a rebalance, their customers are scheduled anew."""
         owned = self.owned_partitions()
         if owned != self._scheduled_for:
+            self.profiles.owned = owned
+            self.profiles.drop_live()
             self.schedule.clear()
             lifecycle = self.step.catalog.lifecycle
             for customer_id, raw in self.table.stored():
@@ -148,10 +192,10 @@ class Segmenting:
         )
         if first:
             async with self.lock:
-                owned = self._owned()
+                self._owned()
                 outcome = self.step.rescore(
                     [c for c, _ in self.table.stored()],
-                    TableProfiles(self.table, owned),
+                    self.profiles,
                     self.model,
                     self.watermark,
                     self.schedule,
@@ -159,7 +203,12 @@ class Segmenting:
                     only=lambda profile: profile.segment is None,
                 )
                 if outcome.writes:
-                    await self.effects.apply(outcome)
+                    try:
+                        await self.effects.apply(outcome)
+                    except BaseException:
+                        self.profiles.drop_live()
+                        raise
+                    self.profiles.saved(outcome.states)
                     log.info(
                         "first model: assigned %d customers seen before it", len(outcome.writes)
                     )

@@ -41,13 +41,19 @@ def test_a_worker_killed_mid_replay_loses_and_double_counts_nothing(stack, tmp_p
     try:
         workers.start(1)
         workers.wait_joined(1)
-        send_messages(settings, iter(messages))
+        # Sent at a bounded rate from a thread, so the worker cannot be done with the log when
+        # the kill comes (it keeps up with any rate this machine can send at).
+        sender = threading.Thread(
+            target=send_messages, args=(settings, iter(messages)), kwargs={"rate": 10_000}
+        )
+        sender.start()
         wait_until(
             lambda: workers.client.stats().get("events", 0) >= total // 3, 90, "a third processed"
         )
         victim = workers.procs.pop("w0")
         victim.kill()  # type: ignore[attr-defined]
         victim.wait()  # type: ignore[attr-defined]
+        sender.join(120)
         assert workers.client.stats()["events"] < total, "too late: the replay was done"
         workers.start(1)
         wait_until(lambda: not feature_mismatches(workers.client, expected), 180, "exact features")
