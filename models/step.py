@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from models.clustering import ModelSnapshot
-from models.events import DecodeError, DecodeLimits, decode_message
+from models.events import DecodeError, DecodeLimits, Event, decode_message
 from models.facts import RfmCuts, rfm_values
 from models.features import CustomerProfile, feature_vector
 from models.schedule import DueSchedule
@@ -37,8 +37,7 @@ __all__ = [
 FORGET = "forget"
 
 
-@dataclass(frozen=True, slots=True)
-class RecordWrite:
+class RecordWrite(NamedTuple):
     """One customer's serving record, with what the store compares and counts."""
 
     customer_id: str
@@ -49,8 +48,7 @@ class RecordWrite:
     members: Sequence[str] = ()  # every segment of any kind the customer is in
 
 
-@dataclass(frozen=True, slots=True)
-class SourceMessage:
+class SourceMessage(NamedTuple):
     """One input message as read: its source kind, the log it came from and its offset there.
 
     ``source`` is ``clickstream``, ``purchases``, ``identify`` or ``forget``. ``log`` names
@@ -174,12 +172,16 @@ class SegmentStep:
         limits: DecodeLimits = DecodeLimits(),  # noqa: B008 - frozen
         worker_id: str = "",
         loads: Callable[[bytes], Any] = json.loads,
+        decode: Callable[[str, bytes, bytes | None], list[Event]] | None = None,
     ) -> None:
         self.catalog = catalog
         self.sampling = sampling
         self.limits = limits
         self.worker_id = worker_id
         self.loads = loads
+        #: ``decode(source, value, key)``: the core's ``decode_message`` unless the shell gives
+        #: a faster one with the same contract (the worker does: stream/worker/decoding.py).
+        self.decode = decode or self._decode_message
         self._budget = SampleBudget(sampling.max_per_second)
         self._rfm_of: tuple[int, SegmentCatalog] | None = None
 
@@ -282,13 +284,11 @@ class SegmentStep:
 
     # -- the parts ----------------------------------------------------------------------------
 
-    def _decode(self, message: SourceMessage, out: StepOutcome) -> list[Any] | None:
+    def _decode(self, message: SourceMessage, out: StepOutcome) -> list[Event] | None:
         try:
             if not message.key:
                 raise DecodeError("message has no key; the key must be the customer_id")
-            return decode_message(
-                message.source, message.value or b"", message.key, self.limits, self.loads
-            )
+            return self.decode(message.source, message.value or b"", message.key)
         except DecodeError as exc:
             out.dead.append(DeadLetter(message, exc.reason))
         except Exception as exc:  # a decoder bug must not make a poison message
@@ -296,6 +296,9 @@ class SegmentStep:
                 DeadLetter(message, f"could not decode ({type(exc).__name__}: {str(exc)[:120]})")
             )
         return None
+
+    def _decode_message(self, source: str, value: bytes, key: bytes | None) -> list[Event]:
+        return decode_message(source, value, key, self.limits, self.loads)
 
     def _erase(
         self,

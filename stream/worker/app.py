@@ -20,6 +20,7 @@ from stream.kafka import faust_credentials
 from stream.settings import Settings
 from stream.store import RedisSegmentStore
 from stream.topology import topology
+from stream.worker.decoding import FastDecoder
 from stream.worker.effects import Effects
 from stream.worker.faust_adapt import BatchFeed, CustomerTable, SegmenterApp, SegmenterConsumer
 from stream.worker.metrics import WorkerMetrics
@@ -70,6 +71,7 @@ def build_step(settings: Settings, catalog: SegmentCatalog | None = None) -> Seg
         settings.limits,
         settings.worker_id,
         orjson.loads,
+        FastDecoder(settings.limits, orjson.loads),
     )
 
 

@@ -89,8 +89,13 @@ def test_three_workers_survive_a_stop_and_a_kill_with_exact_records(stack, tmp_p
             _explain(settings, workers, expected)
             raise
         workers.check_alive()
-        beat = next(b for b in workers.client.workers() if b["worker_id"] == survivor)
-        assert beat["partitions"] == list(range(6)) and beat["trainer"], beat
+
+        def survivor_owns_all_and_trains() -> bool:
+            beat = next(b for b in workers.client.workers() if b["worker_id"] == survivor)
+            return beat["partitions"] == list(range(6)) and beat["trainer"]
+
+        # A heartbeat is written every second: wait for one from after the take-over.
+        wait_until(survivor_owns_all_and_trains, 30, "the survivor's heartbeat as the trainer")
 
         # The same segment IDs: the new trainer's first model matches the last one before the
         # kill centre for centre (a fresh trainer would number its centres anew).
