@@ -16,6 +16,7 @@ Evaluation never raises: a missing fact, or one of the wrong type, makes the com
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,11 @@ class RuleError(ValueError):
 
 
 def _number(value: Any) -> bool:
+    kind = type(value)
+    if kind is int:
+        return True
+    if kind is float:
+        return value - value == 0.0  # finite: inf - inf and nan - nan are nan
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -71,6 +77,14 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "not_in": lambda f, v: f not in v,
     "between": _between,
     "contains": _contains,
+}
+
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
 }
 
 
@@ -161,6 +175,14 @@ def _leaf(name: str, op: str, value: Any) -> Predicate:
         return lambda facts: (facts.get(name, _MISSING) not in (_MISSING, None)) == value
     test = OPERATORS[op]
     frozen = frozenset(value) if op in ("in", "not_in") else value
+    compare = _COMPARE.get(op)
+    if compare is not None and _number(value):
+        # A number to compare with, known now: only the fact's side is checked per event.
+        def numeric(facts: Facts) -> bool:
+            fact = facts.get(name)
+            return fact is not None and _number(fact) and compare(fact, value)
+
+        return numeric
 
     def predicate(facts: Facts) -> bool:
         fact = facts.get(name, _MISSING)
@@ -175,11 +197,27 @@ def _leaf(name: str, op: str, value: Any) -> Predicate:
 
 
 def _all(children: Sequence[Predicate]) -> Predicate:
-    return lambda facts: all(child(facts) for child in children)
+    parts = tuple(children)
+
+    def every(facts: Facts) -> bool:
+        for child in parts:  # noqa: SIM110 - a loop, not a generator per call: per event
+            if not child(facts):
+                return False
+        return True
+
+    return every
 
 
 def _any(children: Sequence[Predicate]) -> Predicate:
-    return lambda facts: any(child(facts) for child in children)
+    parts = tuple(children)
+
+    def some(facts: Facts) -> bool:
+        for child in parts:  # noqa: SIM110 - a loop, not a generator per call: per event
+            if child(facts):
+                return True
+        return False
+
+    return some
 
 
 def _not(child: Predicate) -> Predicate:
