@@ -42,7 +42,7 @@ def _number(value: Any) -> bool:
     if kind is int:
         return True
     if kind is float:
-        return value - value == 0.0  # finite: inf - inf and nan - nan are nan
+        return bool(value - value == 0.0)  # finite: inf - inf and nan - nan are nan
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -478,12 +478,28 @@ def bench(
     quick: Annotated[
         bool, typer.Option(help="small volumes: checks every phase runs, numbers not meaningful")
     ] = False,
+    core: Annotated[
+        bool,
+        typer.Option(
+            help="only the pure step alone, in-process (no broker, no Redis; seconds): "
+            "print it, write no report"
+        ),
+    ] = False,
 ) -> None:
-    """Measure throughput, freshness, read latency, memory, recovery and scale-out, each beside
-    its baseline in the same run, on a broker and Redis of its own; write the report."""
+    """Measure the step alone in-process, throughput, freshness, read latency, memory, recovery
+    and scale-out, each beside its baseline or target in the same run, on a broker and Redis of
+    its own; write the report. Exit 0 whatever the numbers."""
     from stream.tools.bench import BenchConfig, run_bench
 
     config = BenchConfig.quick() if quick else BenchConfig()
+    if core:
+        from stream.tools.bench_core import print_core, run_core
+
+        result = run_core(
+            config.core, _settings(), say=lambda text: console.print(f"[dim]{text}[/dim]")
+        )
+        print_core(result, console)
+        return
     command = "segmenter bench" + (" --quick" if quick else "") + f" --out {out}"
     run_bench(config, out, console, command=command)
 

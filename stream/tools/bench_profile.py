@@ -41,6 +41,7 @@ import models.features
 import models.segments
 import stream.store
 import stream.worker
+import stream.worker.decoding
 
 __all__ = [
     "LIBRARIES",
@@ -123,7 +124,7 @@ def _marks(*objects: Any) -> tuple[Mark, ...]:
 #: without moving samples: its own code is "our batching and the rest of the agent", what it
 #: calls is in the stage of the callee.
 STAGES: tuple[tuple[str, tuple[Mark, ...]], ...] = (
-    ("decoding events", _marks(models.events.decode_message)),
+    ("decoding events", _marks(models.events.decode_message, stream.worker.decoding)),
     ("feature updates", _marks(models.features.CustomerProfile.apply)),
     (
         "scoring: clusters, personas, rules, facts",

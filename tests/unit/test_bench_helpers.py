@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
+import io
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
+from rich.console import Console
 
 import models.features
 import models.segments
-from stream.tools.bench import _percentile, as_arrays, as_singles, click_streams
+import stream.tools
+from stream.tools.bench import BenchConfig, phases
+from stream.tools.bench_context import BenchContext
 from stream.tools.bench_profile import (
     LIBRARIES,
     STAGES,
@@ -21,6 +28,8 @@ from stream.tools.bench_profile import (
     summarize_stages,
 )
 from stream.tools.bench_report import Figure, Report, write_report
+from stream.tools.bench_traffic import as_arrays, as_singles, click_streams, percentile
+from stream.tools.embedded import EmbeddedStack
 
 
 def test_arrays_hold_exactly_ten_events_of_one_customer_in_order():
@@ -36,8 +45,8 @@ def test_arrays_hold_exactly_ten_events_of_one_customer_in_order():
 
 
 def test_percentile_and_profile_summary():
-    assert _percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
-    assert _percentile(list(range(1, 101)), 0.99) == 100
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
+    assert percentile(list(range(1, 101)), 0.99) == 100
     raw = "main;loop;decode (a.py:1) 30\nmain;loop;score (b.py:2) 60\nmain;idle (c.py:3) 10\n"
     summary = summarize_profile(raw)
     assert summary[0] == ("score (b.py:2)", 0.6) and len(summary) == 3
@@ -133,3 +142,31 @@ def test_report_marks_targets_and_writes_a_chart(tmp_path: Path):
     )
     assert "| 25.0% | decoding events |" in text and "| 10.0% | `f (a.py:1)` |" in text
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_bench_runs_the_step_alone_first_then_every_phase_with_a_quick_config(tmp_path):
+    stack = SimpleNamespace(
+        workdir=tmp_path, kafka_url="kafka://127.0.0.1:1", redis_url="redis://127.0.0.1:1"
+    )
+    config = BenchConfig.quick()
+    ctx = BenchContext(cast(EmbeddedStack, stack), Console(file=io.StringIO()), Report(), config)
+    try:
+        names = [name for name, _ in phases(ctx)]
+    finally:
+        ctx.close()
+    assert names[0] == "the step alone, in-process"
+    assert names[1:3] == ["throughput, one event per message", "throughput, arrays of 10"]
+    assert names[-2:] == ["memory and recovery", "two workers against one"]
+    assert len(names) == 8
+    assert config.core.single_events < BenchConfig().core.single_events
+
+
+def test_no_class_of_the_bench_is_longer_than_about_two_hundred_lines():
+    tools = Path(stream.tools.__file__).parent
+    files = sorted(tools.glob("bench*.py"))
+    assert len(files) >= 8
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                assert length <= 210, f"{path.name}: {node.name} has {length} lines"
