@@ -52,7 +52,7 @@ from stream.store.codec import record_value
 from stream.tools.bench_report import STEP_ALONE, Figure, Report
 from stream.tools.bench_traffic import as_arrays, as_singles, click_streams
 from stream.tools.generator import Message, TrafficGenerator
-from stream.worker.app import build_step
+from stream.worker.app import build_step, tune_gc
 from stream.worker.effects import encode_profile
 from stream.worker.faust_adapt import CustomerTable
 from stream.worker.segmenting import TableProfiles
@@ -468,6 +468,18 @@ def run_core(
     """Both runs (one event per message, arrays of 10) of the step alone."""
     started = time.monotonic()
     settings = settings if settings is not None else Settings()
+    thresholds = gc.get_threshold()
+    tune_gc()  # as the worker runs
+    try:
+        return _run_core(config, settings, say, started)
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def _run_core(
+    config: CoreConfig, settings: Settings, say: Callable[[str], None], started: float
+) -> CoreResult:
     say(f"core: training a model on at least {config.train_events:,} events (Replay)")
     model = train_model(settings, config.train_events, config.customers)
     runs = []

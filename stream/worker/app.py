@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import tempfile
 from collections.abc import Awaitable
@@ -30,7 +31,7 @@ from stream.worker.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Worker", "build_app", "build_catalog", "build_step"]
+__all__ = ["GC_THRESHOLDS", "Worker", "build_app", "build_catalog", "build_step", "tune_gc"]
 
 
 @dataclass
@@ -45,6 +46,20 @@ class Worker:
     trainer: Trainer
     status: Status
     metrics: WorkerMetrics
+
+
+#: The collector's thresholds in a worker: a young-generation pass every 50,000 allocations
+#: instead of 700. A batch allocates many short-lived containers (events, facts, records) and
+#: each pass walked them; `segmenter bench --core` measured about 10% more events a second
+#: with one event per message and 25% more in arrays.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """What the worker runs with: start-up objects frozen out of collections, and
+    ``GC_THRESHOLDS``."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def build_catalog(settings: Settings) -> SegmentCatalog:
@@ -72,6 +87,7 @@ def build_step(settings: Settings, catalog: SegmentCatalog | None = None) -> Seg
         settings.worker_id,
         orjson.loads,
         FastDecoder(settings.limits, orjson.loads),
+        max_future_ms=int(settings.max_future_skew_seconds * 1000),
     )
 
 
@@ -157,6 +173,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         # message released during a rebalance does not; see faust_adapt.SegmenterConsumer).
         consumer = cast(SegmenterConsumer, app.consumer)
         consumer.on_reread = metrics.offset_gaps.inc
+        tune_gc()
         idle = settings.batch_idle or None
         try:
             while True:
