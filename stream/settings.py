@@ -211,11 +211,22 @@ class Settings(BaseSettings):
 
     # Redis layout
     redis_prefix: str = Field("seg:", description="prefix of every Redis key")
-    record_ttl_seconds: Annotated[int, Field(ge=0)] = Field(
-        0, description="expire idle customer records; 0 keeps them"
+    record_ttl_seconds: int = Field(
+        0,
+        description=(
+            "removed: must stay 0. Records expiring in Redis left the size counters counting "
+            "them and published no exit; idle customers leave segments in event time "
+            "(lifecycle) instead"
+        ),
     )
 
     # Input limits
+    max_future_skew_seconds: Annotated[float, Field(ge=0)] = Field(
+        300.0,
+        description="a message with an event dated later than the worker's clock plus this is "
+        "a dead letter (one event from a device with a wrong clock would move event time on "
+        "and expire every customer); 0: no check",
+    )
     max_message_bytes: Annotated[int, Field(ge=64)] = 1_000_000
     max_events_per_message: Annotated[int, Field(ge=1)] = 1_000
     max_id_length: Annotated[int, Field(ge=8)] = 256
@@ -237,6 +248,16 @@ class Settings(BaseSettings):
     def _lifecycle_in_order(self) -> Settings:
         if not self.lifecycle_at_risk_days < self.lifecycle_lapsed_days:
             raise ValueError("lifecycle_at_risk_days must be less than lifecycle_lapsed_days")
+        return self
+
+    @model_validator(mode="after")
+    def _no_record_ttl(self) -> Settings:
+        if self.record_ttl_seconds:
+            raise ValueError(
+                "SEGMENTER_RECORD_TTL_SECONDS is no longer supported (records that expired in "
+                "Redis stayed in the size counters and left no exit): unset it; customers "
+                "leave segments as they go idle through the lifecycle stages, in event time"
+            )
         return self
 
     def topic(self, name: str) -> str:

@@ -31,10 +31,9 @@ class RedisSegmentStore:
     or the worker's periodic jobs to handle.
     """
 
-    def __init__(self, url: str, prefix: str = "seg:", ttl_seconds: int = 0) -> None:
+    def __init__(self, url: str, prefix: str = "seg:") -> None:
         self.url = url
         self.keys = Keys(prefix)
-        self.ttl_seconds = ttl_seconds
         self.client: aioredis.Redis = aioredis.Redis.from_url(url)
         self._write = self.client.register_script(scripts.WRITE)
         self._forget = self.client.register_script(scripts.FORGET)
@@ -52,13 +51,12 @@ class RedisSegmentStore:
         if not writes and not counters:
             return 0
         k = self.keys
-        ttl = str(self.ttl_seconds)
         async with self.client.pipeline(transaction=False) as pipe:
             for w in writes:
                 value, segments = record_value(w)
                 await self._write(
                     keys=[k.record(w.customer_id), k.sizes, k.members],
-                    args=[w.event_ts, w.applied, segment_text(w.segment), value, ttl, segments],
+                    args=[w.event_ts, w.applied, segment_text(w.segment), value, segments],
                     client=pipe,
                 )
             for name, by in counters.items():

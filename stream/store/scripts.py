@@ -9,7 +9,8 @@ counters move only when a write is accepted, so they always match the records.
 Keys and arguments (``stream.store.keys`` for the key layout):
 
 - ``WRITE``: KEYS record, sizes, members; ARGV event_ts, applied, cluster id or ``-``, value
-  (``record_value``), TTL in seconds (0: none), segments JSON. Returns 1 if written, else 0.
+  (``record_value``), segments JSON. Returns 1 if written, else 0. Records never expire: the
+  counters must always match them.
 - ``FORGET``: KEYS record, sizes, members. Returns 1 if there was a record, else 0.
 - ``WATERMARK``: KEYS watermark; ARGV an event time. Returns the newest event time seen.
 """
@@ -33,19 +34,15 @@ WRITE = (
     + """
 local ts, n = tonumber(ARGV[1]), tonumber(ARGV[2])
 if cts and (ts < cts or (ts == cts and n < cn)) then return 0 end
-if tonumber(ARGV[5]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5])
-else
-  redis.call('SET', KEYS[1], ARGV[4])
-end
+redis.call('SET', KEYS[1], ARGV[4])
 if cseg ~= ARGV[3] then
   if cseg then redis.call('HINCRBY', KEYS[2], cseg, -1) end
   redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 end
-if cm ~= ARGV[6] then
+if cm ~= ARGV[5] then
   local old, new = {}, {}
   if cm then for _, m in ipairs(cjson.decode(cm)) do old[m] = true end end
-  for _, m in ipairs(cjson.decode(ARGV[6])) do new[m] = true end
+  for _, m in ipairs(cjson.decode(ARGV[5])) do new[m] = true end
   for m in pairs(old) do if not new[m] then redis.call('HINCRBY', KEYS[3], m, -1) end end
   for m in pairs(new) do if not old[m] then redis.call('HINCRBY', KEYS[3], m, 1) end end
 end

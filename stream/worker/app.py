@@ -146,7 +146,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
 
     metrics = WorkerMetrics()
     store = RedisSegmentStore(
-        settings.redis_url.get_secret_value(), settings.redis_prefix, settings.record_ttl_seconds
+        settings.redis_url.get_secret_value(), settings.redis_prefix
     )
     effects = Effects(store, table, send, names, settings.worker_id, metrics)
     segmenting = Segmenting(

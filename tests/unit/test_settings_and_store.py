@@ -129,3 +129,11 @@ def test_kafka_client_options_carry_sasl_and_tls_and_hide_the_password():
     assert credentials is not None and credentials.protocol.value == "SASL_SSL"
     assert "hunter2" not in repr(credentials) and "hunter2" not in repr(s)
     assert s.env()["SEGMENTER_KAFKA_SASL_PASSWORD"] == "hunter2"  # a worker process gets it
+
+
+def test_record_expiry_is_refused_because_it_left_the_counters_wrong():
+    # Records used to expire in Redis (SET ... EX) while `sizes` and `members` kept counting
+    # them, and no exit was published; the setting is gone and a value other than 0 says so.
+    with pytest.raises(ValidationError, match="RECORD_TTL_SECONDS is no longer supported"):
+        Settings(record_ttl_seconds=3600)
+    assert Settings(record_ttl_seconds=0).record_ttl_seconds == 0
