@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,7 +16,8 @@ STEP_ALONE = "our step alone, in-process (no Kafka, no Redis, no Faust)"
 
 @dataclass
 class Figure:
-    """One measured figure beside its baseline (both from this run)."""
+    """One measured figure beside its baseline (both from this run); NaN where one was not
+    measured (the reason in ``note``)."""
 
     section: str
     what: str
@@ -30,6 +32,8 @@ class Figure:
     @property
     def ratio(self) -> float | None:
         if self.baseline is None or not self.baseline:
+            return None
+        if math.isnan(self.ours) or math.isnan(self.baseline):
             return None
         return self.ours / self.baseline
 
@@ -56,11 +60,15 @@ class Report:
 
 
 def fmt(value: float, unit: str) -> str:
-    """A figure in its unit, to a sensible precision.
+    """A figure in its unit, to a sensible precision; NaN is a figure not measured.
 
     >>> fmt(0.4321, "ms"), fmt(12.34, "ms"), fmt(2048, "bytes"), fmt(51234.5, "events/s")
     ('0.432 ms', '12.3 ms', '2,048 B', '51,234 events/s')
+    >>> fmt(float("nan"), "events/s")
+    'not measured'
     """
+    if math.isnan(value):
+        return "not measured"
     if unit == "ms":
         return (
             f"{value:.3f} ms"

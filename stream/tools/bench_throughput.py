@@ -1,6 +1,6 @@
-"""The bench's throughput phase: our worker against a plain aiokafka consumer and a bare Faust
-agent (message by message, and taking batches) on the same topic, with a py-spy profile of the
-worker by stage."""
+"""The bench's throughput phase: our worker against a plain aiokafka consumer, a bare Faust
+agent (message by message, and taking batches) and a Quix Streams peer doing the minimal job
+(``bench_peer``) on the same topic, with a py-spy profile of the worker by stage."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import orjson
 from stream.kafka import ssl_context
 from stream.settings import Settings
 from stream.tools.bench_context import BenchContext
+from stream.tools.bench_peer import PeerRun, measure_peer
 from stream.tools.bench_profile import (
     finish_profile,
     start_profile,
@@ -24,6 +25,7 @@ from stream.tools.bench_profile import (
 from stream.tools.bench_report import Figure
 from stream.tools.bench_traffic import as_arrays, as_singles, click_streams
 from stream.tools.process import spawn
+from stream.topology import topology
 
 __all__ = ["Throughput", "bare_faust", "raw_consumer"]
 
@@ -31,6 +33,7 @@ __all__ = ["Throughput", "bare_faust", "raw_consumer"]
 RAW = "plain aiokafka consumer (read + parse)"
 BARE = "bare Faust agent, per message"
 BARE_TAKE = "bare Faust agent, batches"
+PEER = "Quix Streams peer (the minimal job: state + RedisSink)"
 OURS = "our worker"
 
 
@@ -127,14 +130,23 @@ class Throughput:
         bare = bare_faust(ctx, settings, len(messages), "each") * size
         ctx.say(f"  bare Faust {bare:,.0f} events/s; bare Faust agent taking batches...")
         bare_take = bare_faust(ctx, settings, len(messages), "take") * size
-        ctx.say(f"  bare Faust (batches) {bare_take:,.0f} events/s; our worker...")
+        ctx.say(f"  bare Faust (batches) {bare_take:,.0f} events/s; Quix Streams peer...")
+        topics = sorted({topology(settings).topic_of_source[m.source] for m in messages})
+        peer = measure_peer(ctx, settings, topics, events, f"tp{size}")
+        ctx.say(
+            f"  Quix peer {peer.rate:,.0f} events/s"
+            if peer.measured
+            else f"  Quix peer not measured: {peer.reason}"
+        )
+        ctx.say("  our worker...")
         ours = self._ours(settings, events)
         ctx.say(f"  our worker {ours:,.0f} events/s")
         # update, not replace: the core phase adds the step alone to the same runs
         ctx.report.rates.setdefault(self.label, {}).update(
-            {RAW: raw, BARE: bare, BARE_TAKE: bare_take, OURS: ours}
+            {RAW: raw, BARE: bare, BARE_TAKE: bare_take, PEER: peer.rate, OURS: ours}
         )
         self._figures(ours, raw, bare, bare_take)
+        self._peer_figures(ours, raw, peer)
 
     def _ours(self, settings: Settings, events: int) -> float:
         """Our worker on the loaded topic, profiled by py-spy when asked and installed."""
@@ -219,3 +231,46 @@ class Throughput:
                 "bare Faust agent (noack_take batches)",
             )
         )
+
+    def _peer_figures(self, ours: float, raw: float, peer: PeerRun) -> None:
+        report, section = self.ctx.report, f"Throughput, {self.label}"
+        measured = peer.measured
+        report.add(
+            Figure(
+                section,
+                "Quix Streams peer",
+                peer.rate,
+                "events/s",
+                raw,
+                "aiokafka consumer (read + parse)",
+                note="the minimal job: per-customer count, sum and last time in its RocksDB "
+                "state, results to Redis by its RedisSink"
+                if measured
+                else f"not measured: {peer.reason}",
+            )
+        )
+        report.add(
+            Figure(
+                section,
+                "our worker vs Quix Streams peer",
+                ours,
+                "events/s",
+                peer.rate,
+                "Quix Streams peer",
+                ">= 1.0",
+                ours / peer.rate >= 1.0 if measured else None,
+            )
+        )
+        if measured:
+            self.ctx.note(
+                f"Quix Streams peer: quixstreams {peer.version} in a virtualenv of its own "
+                "(.venv-peer/quix3), one process on the same topic, read from the beginning: per "
+                "customer (the message key) the count of events, the sum of their amounts and the "
+                "last event time in its state (RocksDB, with its changelog topic), each message's "
+                "result written to Redis by its RedisSink at the checkpoints (Quix's default "
+                "commit interval, 5 s; the last one when it reaches its target); timed from its "
+                "first message to the end of the Redis flush holding the last event's result, as "
+                "our worker is timed by its event count in Redis. On Tansu, with Kafka's default "
+                "retention.ms and retention.bytes filled in (Tansu reports no topic configs) and "
+                "a 6 s session timeout (Tansu holds a group join for half of it)."
+            )

@@ -29,6 +29,7 @@ def test_quick_bench_runs_every_phase_and_writes_the_report(tmp_path):
         "Where the step's time goes (in-process)",
         "Throughput, one event per message",
         "Throughput, arrays of 10",
+        "our worker vs Quix Streams peer",  # measured, or "not measured" with the reason
         "Freshness",
         "Read latency",
         "Memory per customer",

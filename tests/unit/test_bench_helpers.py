@@ -8,7 +8,7 @@ import io
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from rich.console import Console
@@ -170,3 +170,68 @@ def test_no_class_of_the_bench_is_longer_than_about_two_hundred_lines():
             if isinstance(node, ast.ClassDef):
                 length = (node.end_lineno or node.lineno) - node.lineno + 1
                 assert length <= 210, f"{path.name}: {node.name} has {length} lines"
+
+
+def test_a_figure_not_measured_reads_as_such_and_has_no_ratio(tmp_path: Path):
+    report = Report()
+    nan = float("nan")
+    report.add(
+        Figure("T", "Quix Streams peer", nan, "events/s", 1000.0, "raw", note="not measured: x")
+    )
+    report.add(Figure("T", "ours vs peer", 500.0, "events/s", nan, "Quix Streams peer", ">= 1.0"))
+    report.rates["arrays of 10"] = {"Quix Streams peer": nan, "our worker": 5_000}
+    assert all(f.ratio is None for f in report.figures)
+    out = tmp_path / "bench.md"
+    write_report(report, out, "segmenter bench", 60.0)
+    text = out.read_text()
+    assert (
+        "| T | Quix Streams peer (not measured: x) | not measured | 1,000 events/s (raw) |" in text
+    )
+    assert "| 500 events/s | not measured (Quix Streams peer) |  | >= 1.0 |  |" in text
+    assert "Quix Streams peer |" not in text.split("## Floors")[1]  # no NaN in the floors
+
+
+def test_the_quix_peer_script_needs_nothing_of_ours_and_imports_quix_only_when_run():
+    """It runs in a virtualenv of its own (no stream, models, orjson...), and pytest imports it
+    for its doctests in ours, where quixstreams is not installed."""
+    path = Path(stream.tools.__file__).parent / "bench_peer_quix.py"
+    top = {"__future__", "argparse", "json", "tempfile", "time", "typing", "urllib"}
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = (
+                [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            )
+            assert {str(n).split(".")[0] for n in names} <= top, names
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = (
+                [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+            )
+            assert {str(n).split(".")[0] for n in names} <= top | {"quixstreams"}, names
+    importlib.import_module("stream.tools.bench_peer_quix")
+
+
+def test_a_peer_virtualenv_that_cannot_be_made_is_a_reason_once(tmp_path, monkeypatch):
+    import subprocess
+
+    from stream.tools import bench_peer
+
+    calls: list[list[str]] = []
+
+    def run(args, **_kw):
+        calls.append(list(args))
+        return subprocess.CompletedProcess(args, 1 if "pip" in args else 0)
+
+    monkeypatch.setattr(bench_peer.subprocess, "run", run)
+    said: list[str] = []
+    venv = tmp_path / "cache" / "quix3"
+    peer = bench_peer.peer_python(said.append, venv)
+    assert peer.python is None
+    assert "could not be made" in peer.reason and "exited with 1" in peer.reason
+    assert "failed" not in peer.reason  # the slow bench test reads "failed" as a phase failing
+    assert not venv.exists() and said
+    assert bench_peer.peer_python(said.append, venv) is peer  # not tried again in this run
+    assert len([c for c in calls if "pip" in c]) == 1
+    run_ = bench_peer.run_peer(cast(BenchContext, None), peer, cast(Any, None), ["t"], 10, "tp1")
+    assert not run_.measured and run_.reason == peer.reason
