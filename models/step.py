@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
 from models.clustering import ModelSnapshot
@@ -173,6 +174,7 @@ class SegmentStep:
         worker_id: str = "",
         loads: Callable[[bytes], Any] = json.loads,
         decode: Callable[[str, bytes, bytes | None], list[Event]] | None = None,
+        max_future_ms: int = 0,
     ) -> None:
         self.catalog = catalog
         self.sampling = sampling
@@ -182,6 +184,10 @@ class SegmentStep:
         #: ``decode(source, value, key)``: the core's ``decode_message`` unless the shell gives
         #: a faster one with the same contract (the worker does: stream/worker/decoding.py).
         self.decode = decode or self._decode_message
+        #: A message with an event dated later than ``now_ms`` plus this is a dead letter
+        #: (0: no check): one event from a device with a wrong clock would otherwise move the
+        #: watermark ahead and expire every customer's lifecycle stage.
+        self.max_future_ms = max_future_ms
         self._budget = SampleBudget(sampling.max_per_second)
         self._rfm_of: tuple[int, SegmentCatalog] | None = None
 
@@ -207,14 +213,17 @@ class SegmentStep:
         clock: float,
     ) -> StepOutcome:
         """Apply one batch; ``watermark`` is the newest event time applied before it,
-        ``now_ms`` the wall clock for ``updated_at``, ``clock`` seconds for the sampling cap.
+        ``now_ms`` the wall clock for ``updated_at`` and the future check (0: no wall clock, as
+        in a replay: no check), ``clock`` seconds for the sampling cap.
 
         Messages are applied in the order given. An erasure drops the customer's profile at its
         place in that order: their events before it are erased with them, events after it start
-        a new profile.
+        a new profile. A message with an event dated more than ``max_future_ms`` after
+        ``now_ms`` is a dead letter, whole.
         """
         out = StepOutcome(watermark=watermark)
         touched: dict[str, tuple[CustomerProfile, int]] = {}  # profile, events applied before
+        latest = now_ms + self.max_future_ms if self.max_future_ms > 0 and now_ms > 0 else 0
         for message in messages:
             if message.source == FORGET:
                 if message.key:
@@ -222,6 +231,8 @@ class SegmentStep:
                 continue
             events = self._decode(message, out)
             if events is None:
+                continue
+            if latest and self._from_the_future(message, events, latest, now_ms, out):
                 continue
             customer_id = events[0].customer_id
             out.events[message.source] = out.events.get(message.source, 0) + len(events)
@@ -296,6 +307,28 @@ class SegmentStep:
                 DeadLetter(message, f"could not decode ({type(exc).__name__}: {str(exc)[:120]})")
             )
         return None
+
+    def _from_the_future(
+        self,
+        message: SourceMessage,
+        events: list[Event],
+        latest: int,
+        now_ms: int,
+        out: StepOutcome,
+    ) -> bool:
+        """True (and a dead letter) if an event is dated after ``latest``, the wall clock plus
+        the allowed skew."""
+        for event in events:
+            if event.ts > latest:
+                dated = datetime.fromtimestamp(event.ts / 1000, UTC)
+                reason = (
+                    f"event {event.event_id!r} is dated {dated.isoformat(timespec='seconds')}, "
+                    f"{(event.ts - now_ms) / 1000:,.0f} s ahead of the worker's clock (allowed "
+                    f"skew {self.max_future_ms / 1000:,.0f} s)"
+                )
+                out.dead.append(DeadLetter(message, reason))
+                return True
+        return False
 
     def _decode_message(self, source: str, value: bytes, key: bytes | None) -> list[Event]:
         return decode_message(source, value, key, self.limits, self.loads)

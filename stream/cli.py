@@ -115,16 +115,20 @@ def demo(
 @app.command()
 def forget(
     customer_id: Annotated[str, typer.Argument(help="the customer to erase")],
-    wait: Annotated[float, typer.Option(help="seconds to wait for a worker to confirm")] = 30.0,
+    wait: Annotated[
+        float, typer.Option(min=0.1, help="seconds to wait for a worker to confirm")
+    ] = 30.0,
 ) -> None:
     """Erase a customer everywhere the project keeps data, and tell downstream systems.
 
     Sends an erasure request to the forget-requests topic; the worker that owns the customer
     deletes their Redis record (and their share of the segment sizes), deletes their profile
     from its table (a changelog tombstone), and publishes a tombstone (key = customer, no
-    value) on segment-changes. Exit 0 once the record is gone, 1 if no worker confirmed it.
+    value) on segment-changes. Exit 0 once a worker confirmed it (its tombstone, whether the
+    customer was known or not), 1 if none did within --wait seconds: the request stays queued
+    and the worker that owns the customer applies it when it runs.
     """
-    from stream.kafka import ensure_topics, make_producer, wait_for_broker
+    from stream.kafka import TombstoneWatch, ensure_topics, make_producer, wait_for_broker
     from stream.store import SegmentClient
 
     settings = _settings()
@@ -132,26 +136,31 @@ def forget(
         console.print(f"[red]customer id must be 1 to {settings.max_id_length} characters[/red]")
         raise typer.Exit(2)
     client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
-    client.ping()
+    try:
+        client.ping()  # the worker erases there first: fail fast, with the address
+    finally:
+        client.close()
     wait_for_broker(settings)
     ensure_topics(settings)
-    producer = make_producer(settings, acks="all")
-    request = {"customer_id": customer_id, "requested_at": int(time.time() * 1000)}
-    producer.send(
-        settings.topic(settings.forget_topic), key=customer_id, value=orjson.dumps(request)
-    )
-    producer.flush()
-    producer.close()
-    deadline = time.monotonic() + wait
-    while client.get(customer_id) is not None:
-        if time.monotonic() > deadline:
-            console.print(
-                f"[yellow]request sent, but the record is still there after {wait:.0f}s; "
-                "is a worker running?[/yellow]"
-            )
-            raise typer.Exit(1)
-        time.sleep(0.2)
-    console.print(f"forgotten: {customer_id}")
+    changes = settings.topic(settings.changes_topic)
+    # Watch for the worker's tombstone from before the request, so it cannot be missed.
+    with TombstoneWatch(settings, changes, customer_id.encode()) as watch:
+        producer = make_producer(settings, acks="all")
+        request = {"customer_id": customer_id, "requested_at": int(time.time() * 1000)}
+        producer.send(
+            settings.topic(settings.forget_topic), key=customer_id, value=orjson.dumps(request)
+        )
+        producer.flush()
+        producer.close()
+        confirmed = watch.wait(wait)
+    if not confirmed:
+        console.print(
+            f"[yellow]request sent, but no worker confirmed it within {wait:g}s (no tombstone "
+            f"for {customer_id!r} on {changes}); is a worker running? The request stays "
+            "queued: a worker applies it when it runs[/yellow]"
+        )
+        raise typer.Exit(1)
+    console.print(f"forgotten: {customer_id} (confirmed by a worker)")
 
 
 @app.command()
@@ -263,8 +272,14 @@ def produce(
 
     if events is None and seconds is None and out is not None:
         raise typer.BadParameter("writing to --out needs --events or --seconds")
+    # Event time starts a day back and runs faster than the wall clock until it catches up,
+    # never past it: workers dead-letter events dated ahead of their clock.
     generator = TrafficGenerator(
-        customers=customers, seed=seed, arrays=arrays, start_ms=int(time.time() * 1000) - 86_400_000
+        customers=customers,
+        seed=seed,
+        arrays=arrays,
+        start_ms=int(time.time() * 1000) - 86_400_000,
+        not_after=lambda: int(time.time() * 1000),
     )
     seen: set[str] = set()
 
@@ -274,10 +289,14 @@ def produce(
             yield message
 
     if out is not None:
+        # As fast as it can (--rate paces only sending), until --events or --seconds.
         n = 0
+        started = time.monotonic()
         with open(out, "wb") as fh:
             for message in tracked():
-                if n >= (events or 0) and events is not None:
+                if events is not None and n >= events:
+                    break
+                if seconds is not None and time.monotonic() - started >= seconds:
                     break
                 fh.write(orjson.dumps(message.value) + b"\n")
                 n += message.events

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -23,18 +23,29 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BrokerUnavailable",
+    "PartitionMismatch",
+    "TombstoneWatch",
     "client_options",
+    "co_partitioned_count",
     "ensure_topics",
     "faust_credentials",
     "make_producer",
     "read_topic",
+    "resolve_partitions",
     "ssl_context",
+    "table_changelog",
+    "topic_partitions",
     "wait_for_broker",
 ]
 
 
 class BrokerUnavailable(SegmenterError):
     """Kafka could not be reached; the message says where and why."""
+
+
+class PartitionMismatch(SegmenterError):
+    """The topics co-partitioned with the feature table exist with different partition counts;
+    the message names each topic and its count."""
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -107,16 +118,91 @@ def wait_for_broker(settings: Settings, timeout: float | None = None) -> None:
             time.sleep(0.2)
 
 
+def topic_partitions(settings: Settings, names: Iterable[str]) -> dict[str, int | None]:
+    """Each topic's partition count on the broker (None: the topic does not exist).
+
+    Asking creates nothing (a metadata request without auto-creation).
+    """
+    wanted = list(dict.fromkeys(names))
+    if not wanted:  # an empty list would describe every topic
+        return {}
+    admin = KafkaAdminClient(**client_options(settings))
+    try:
+        described = admin.describe_topics(wanted)
+    finally:
+        admin.close()
+    counts: dict[str, int | None] = dict.fromkeys(wanted)
+    for topic in described:
+        if topic.get("error_code", 0) == 0 and topic.get("partitions"):
+            counts[topic["name"]] = len(topic["partitions"])
+    return counts
+
+
+def table_changelog(settings: Settings) -> str:
+    """The feature table's changelog topic, which Faust names and creates itself (the table is
+    ``profiles``: stream/worker/app.py)."""
+    return f"{settings.app_id}-profiles-changelog"
+
+
+def resolve_partitions(configured: int, counts: Mapping[str, int | None]) -> int:
+    """The one partition count of the topics co-partitioned with the feature table.
+
+    ``counts`` holds each such topic's count on the broker (None: not created yet). Topics that
+    exist decide, as co-partitioning requires: when they agree on a count, that is the count
+    (the missing ones are created with it); when none exists, ``configured``
+    (``SEGMENTER_PARTITIONS``). Raises ``PartitionMismatch`` naming every count when the
+    existing ones disagree.
+
+    >>> resolve_partitions(2, {"clickstream": 4, "purchases": 4, "identify": None})
+    4
+    >>> resolve_partitions(2, {"clickstream": None})
+    2
+    >>> try:
+    ...     resolve_partitions(2, {"clickstream": 2, "purchases": 3, "identify": None})
+    ... except PartitionMismatch as exc:
+    ...     print(str(exc).split("they have: ")[1].split("; ")[0])
+    clickstream 2, purchases 3 (not created yet: identify)
+    """
+    found = {name: n for name, n in counts.items() if n is not None}
+    if len(set(found.values())) > 1:
+        listed = ", ".join(f"{name} {n}" for name, n in found.items())
+        absent = [name for name, n in counts.items() if n is None]
+        if absent:
+            listed += f" (not created yet: {', '.join(absent)})"
+        raise PartitionMismatch(
+            "the input topics and the feature table's changelog must have one partition count "
+            f"(they are co-partitioned), but they have: {listed}; give them one count "
+            f"(SEGMENTER_PARTITIONS is {configured})"
+        )
+    return next(iter(found.values()), configured)
+
+
+def co_partitioned_count(settings: Settings) -> int:
+    """``resolve_partitions`` over the broker's counts of the topics the worker consumes (input
+    topics, forget requests) and the feature table's changelog."""
+    names = [*topology(settings).consumed, table_changelog(settings)]
+    return resolve_partitions(settings.partitions, topic_partitions(settings, names))
+
+
 def ensure_topics(settings: Settings) -> None:
     """Create the project's topics (every one of ``stream.topology``) if they are missing.
 
-    Input topics and the feature table share one partition count (Faust's co-partitioning);
-    the sample and snapshot topics have one partition, read by the single model trainer.
+    Input topics and the feature table share one partition count (Faust's co-partitioning):
+    a missing one is created with the count the existing ones agree on (``co_partitioned_count``;
+    ``SEGMENTER_PARTITIONS`` when none exists, or when they disagree: the worker then stops
+    with the counts). The sample and snapshot topics have one partition, read by the single
+    model trainer.
     """
     wanted = topology(settings).names
     admin = KafkaAdminClient(**client_options(settings))
     try:
         existing = set(admin.list_topics())
+        if any(name not in existing for name in wanted):
+            with contextlib.suppress(PartitionMismatch):
+                count = co_partitioned_count(settings)
+                if count != settings.partitions:
+                    adapted = settings.model_copy(update={"partitions": count})
+                    wanted = topology(adapted).names
         missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
         if missing:
             # Another process (a second worker) may win the race to create them.
@@ -177,6 +263,53 @@ def read_topic(
                 return
     finally:
         consumer.close()
+
+
+class TombstoneWatch:
+    """Watches a topic for a tombstone (no value) of one key written after the watch began.
+
+    ``segmenter forget`` starts one on ``segment-changes`` before it sends its request: the
+    worker that erases the customer publishes the tombstone after the Redis erasure, so seeing
+    it confirms the request. The watch begins at the end offsets the broker reports; a broker
+    that reports short ends (Tansu) makes it read the partition's last records too, so an older
+    tombstone of the same key in that last batch would confirm early (a repeated erasure).
+    """
+
+    def __init__(self, settings: Settings, topic: str, key: bytes) -> None:
+        self.key = key
+        self.consumer = KafkaConsumer(
+            **client_options(settings), enable_auto_commit=False, group_id=None
+        )
+        try:
+            partitions = self.consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            self.consumer.assign(tps)
+            for tp, end in self.consumer.end_offsets(tps).items():
+                self.consumer.seek(tp, end)
+        except BaseException:
+            self.consumer.close()
+            raise
+
+    def wait(self, timeout: float) -> bool:
+        """True once the tombstone is read, False after ``timeout`` seconds without it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            polled = self.consumer.poll(timeout_ms=int(min(left, 0.2) * 1000) + 1)
+            for records in polled.values():
+                if any(m.key == self.key and m.value is None for m in records):
+                    return True
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def __enter__(self) -> TombstoneWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def send_json(producer: KafkaProducer, topic: str, items: Iterable[tuple[str, object]]) -> int:

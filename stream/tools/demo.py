@@ -173,8 +173,14 @@ def run_demo(
             # Each worker serves its own /metrics: worker 0 on the port printed above.
             own = settings if i == 0 else settings.model_copy(update={"metrics_port": free_port()})
             procs.append(start_worker(own, stack.workdir / f"worker-{i}.log", f"demo-worker-{i}"))
+        # Sessions come faster than real time: event time starts a day back and runs faster
+        # than the wall clock until it catches up, never past it (workers dead-letter events
+        # dated ahead of their clock).
         generator = TrafficGenerator(
-            customers=customers, seed=seed, start_ms=int(time.time() * 1000) - 86_400_000
+            customers=customers,
+            seed=seed,
+            start_ms=int(time.time() * 1000) - 86_400_000,
+            not_after=lambda: int(time.time() * 1000),
         )
 
         def produce() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,19 @@ class TrafficGenerator:
     ``start_ms`` is the event time of the first session; each session moves the event clock
     on by ``session_gap_ms``. Deterministic for a given seed. ``arrays=True`` sends a
     session's clickstream events as one JSON array (one customer per message).
+
+    ``not_after`` (live traffic: the wall clock in epoch ms) caps the event clock: a session
+    starts no later than an hour before it, so no event is dated after the wall clock (a
+    session spans well under an hour), however fast sessions are generated; workers dead-letter
+    events dated ahead of their clock (``SEGMENTER_MAX_FUTURE_SKEW_SECONDS``).
+
+    >>> wall = 1_795_000_000_000
+    >>> g = TrafficGenerator(customers=5, start_ms=wall, session_gap_ms=HOUR_MS,
+    ...                      not_after=lambda: wall)  # 50 sessions: 50 h on, but capped
+    >>> ts = [e["ts"] for _ in range(50) for m in g.session(g.pick())
+    ...       for e in (m.value if isinstance(m.value, list) else [m.value])]
+    >>> max(ts) <= wall
+    True
     """
 
     def __init__(
@@ -161,6 +174,7 @@ class TrafficGenerator:
         arrays: bool = True,
         personas: tuple[PersonaBehavior, ...] = GENERATOR_PERSONAS,
         prefix: str = "cust",
+        not_after: Callable[[], int] | None = None,
     ) -> None:
         if customers < 1:
             raise ValueError("customers must be at least 1")
@@ -169,6 +183,7 @@ class TrafficGenerator:
         self.personas = personas
         self.clock = start_ms
         self.session_gap_ms = session_gap_ms
+        self.not_after = not_after
         run = uuid.UUID(int=self.rng.getrandbits(128)).hex[:6]
         weights = [p.weight for p in personas]
         self.truth: dict[str, PersonaBehavior] = {
@@ -222,6 +237,8 @@ class TrafficGenerator:
         persona = self.truth[customer_id]
         rng = self.rng
         self.clock += self.session_gap_ms
+        if self.not_after is not None:
+            self.clock = min(self.clock, self.not_after() - HOUR_MS)
         # Place the session at one of the persona's preferred hours within the last day.
         day = (self.clock // (24 * HOUR_MS)) * 24 * HOUR_MS
         ts = day + rng.choice(persona.hours) * HOUR_MS + rng.randrange(HOUR_MS // 2)

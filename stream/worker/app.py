@@ -145,9 +145,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == first}
 
     metrics = WorkerMetrics()
-    store = RedisSegmentStore(
-        settings.redis_url.get_secret_value(), settings.redis_prefix
-    )
+    store = RedisSegmentStore(settings.redis_url.get_secret_value(), settings.redis_prefix)
     effects = Effects(store, table, send, names, settings.worker_id, metrics)
     segmenting = Segmenting(
         build_step(settings),

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from stream.errors import SegmenterError
+
 log = logging.getLogger(__name__)
 
-__all__ = ["WorkerMetrics"]
+__all__ = ["MetricsUnavailable", "WorkerMetrics"]
+
+
+class MetricsUnavailable(SegmenterError):
+    """``/metrics`` cannot be served at the configured address (not a taken port: that one is
+    replaced by a free port)."""
 
 
 class WorkerMetrics:
@@ -16,6 +24,8 @@ class WorkerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        #: The port ``/metrics`` is served on (None: not served); in the worker's heartbeat.
+        self.port: int | None = None
         r = self.registry
         self.events = Counter(
             "segmenter_events", "Events decoded and applied, by input topic", ["topic"], registry=r
@@ -69,7 +79,32 @@ class WorkerMetrics:
             "segmenter_model_version", "Version of the model snapshot in use", registry=r
         )
 
-    def serve(self, host: str, port: int) -> None:
-        """Serve ``/metrics`` on ``host:port`` from a background thread."""
-        start_http_server(port, addr=host, registry=self.registry)
-        log.info("metrics on http://%s:%d/metrics", host, port)
+    def serve(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host:port`` from a background thread; return the port.
+
+        Several workers on one host share the default port: when it is taken (another worker
+        has it), this one takes a free port and says which in its log and its heartbeat
+        (``metrics_port``). Any other failure raises ``MetricsUnavailable``, one line naming
+        the settings.
+        """
+        try:
+            try:
+                server, _ = start_http_server(port, addr=host, registry=self.registry)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                server, _ = start_http_server(0, addr=host, registry=self.registry)
+                log.warning(
+                    "port %d (SEGMENTER_METRICS_PORT) is taken, another worker on this host may "
+                    "have it: metrics on a free port, %d",
+                    port,
+                    server.server_port,
+                )
+        except OSError as exc:
+            raise MetricsUnavailable(
+                f"cannot serve /metrics on {host}:{port} (SEGMENTER_METRICS_HOST, "
+                f"SEGMENTER_METRICS_PORT; 0 turns it off): {exc.strerror or exc}"
+            ) from exc
+        self.port = server.server_port
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        return self.port

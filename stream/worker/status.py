@@ -72,6 +72,7 @@ class Status:
             "scheduled": len(self.segmenting.schedule),
             "trainer": self.trainer.active,
             "lag": self.lag(),
+            "metrics_port": self.metrics.port,
             "at": int(time.time() * 1000),
             **self.effects.counters,
         }
