@@ -290,79 +290,87 @@ class CustomerProfile:
 
     def to_state(self) -> dict[str, Any]:
         """A plain, JSON-ready, versioned dict (never a pickle of River objects)."""
-        return {
-            "v": STATE_VERSION,
-            "id": self.customer_id,
-            "o": self.orders_total,
-            "r": self.revenue_total,
-            "fs": self.first_seen_ts,
-            "ls": self.last_seen_ts,
-            "lp": self.last_purchase_ts,
-            "n": self.applied,
-            "c": self.counts,
-            "s": [self.sessions, self.cart_sessions, self.last_session_id, self.session_has_cart],
-            "cat": self.categories,
-            "cs": self.category_spend,
-            "dev": self.devices,
-            "dp": self.dayparts,
-            "geo": [self.country, self.country_ts, self.channel],
-            "t": self.traits,
-            "tt": self.traits_ts,
-            "aov": _mean_state(self.order_value),
-            "vp": _mean_state(self.viewed_price),
-            "fd": [self.frequency_decayed.value, self.frequency_decayed.ref_ts],
-            "md": [self.monetary_decayed.value, self.monetary_decayed.ref_ts],
-            "ids": self.recent_ids,
-            "pos": self.positions,
-            "seg": self.segment,
-            "rs": self.rule_segments,
-            "pe": self.persona,
-            "lc": self.lifecycle,
-            "since": [self.segment_since, self.persona_since],
-        }
+        return _state_of(self)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> CustomerProfile:
-        version = state.get("v")
-        if version != STATE_VERSION:
-            raise ValueError(f"unsupported profile state version {version!r}")
-        sessions, cart_sessions, last_session, has_cart = state["s"]
-        country, country_ts, channel = state["geo"]
-        return cls(
-            customer_id=state["id"],
-            orders_total=state["o"],
-            revenue_total=state["r"],
-            first_seen_ts=state["fs"],
-            last_seen_ts=state["ls"],
-            last_purchase_ts=state["lp"],
-            applied=state["n"],
-            counts=dict(state["c"]),
-            sessions=sessions,
-            cart_sessions=cart_sessions,
-            last_session_id=last_session,
-            session_has_cart=has_cart,
-            categories=dict(state["cat"]),
-            category_spend=dict(state["cs"]),
-            devices=dict(state["dev"]),
-            dayparts=dict(state["dp"]),
-            country=country,
-            country_ts=country_ts,
-            channel=channel,
-            traits=dict(state["t"]),
-            traits_ts=dict(state["tt"]),
-            order_value=_mean_from(state["aov"]),
-            viewed_price=_mean_from(state["vp"]),
-            frequency_decayed=DecayedSum(*state["fd"]),
-            monetary_decayed=DecayedSum(*state["md"]),
-            recent_ids={k: list(v) for k, v in state["ids"].items()},
-            positions=dict(state["pos"]),
-            segment=state["seg"],
-            rule_segments=list(state["rs"]),
-            persona=state["pe"],
-            lifecycle=state["lc"],
-            segment_since=state["since"][0],
-            persona_since=state["since"][1],
-        )
+        return _profile_of(state)
+
+
+def _state_of(p: CustomerProfile) -> dict[str, Any]:
+    return {
+        "v": STATE_VERSION,
+        "id": p.customer_id,
+        "o": p.orders_total,
+        "r": p.revenue_total,
+        "fs": p.first_seen_ts,
+        "ls": p.last_seen_ts,
+        "lp": p.last_purchase_ts,
+        "n": p.applied,
+        "c": p.counts,
+        "s": [p.sessions, p.cart_sessions, p.last_session_id, p.session_has_cart],
+        "cat": p.categories,
+        "cs": p.category_spend,
+        "dev": p.devices,
+        "dp": p.dayparts,
+        "geo": [p.country, p.country_ts, p.channel],
+        "t": p.traits,
+        "tt": p.traits_ts,
+        "aov": _mean_state(p.order_value),
+        "vp": _mean_state(p.viewed_price),
+        "fd": [p.frequency_decayed.value, p.frequency_decayed.ref_ts],
+        "md": [p.monetary_decayed.value, p.monetary_decayed.ref_ts],
+        "ids": p.recent_ids,
+        "pos": p.positions,
+        "seg": p.segment,
+        "rs": p.rule_segments,
+        "pe": p.persona,
+        "lc": p.lifecycle,
+        "since": [p.segment_since, p.persona_since],
+    }
+
+
+def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
+    version = state.get("v")
+    if version != STATE_VERSION:
+        raise ValueError(f"unsupported profile state version {version!r}")
+    sessions, cart_sessions, last_session, has_cart = state["s"]
+    country, country_ts, channel = state["geo"]
+    return CustomerProfile(
+        customer_id=state["id"],
+        orders_total=state["o"],
+        revenue_total=state["r"],
+        first_seen_ts=state["fs"],
+        last_seen_ts=state["ls"],
+        last_purchase_ts=state["lp"],
+        applied=state["n"],
+        counts=dict(state["c"]),
+        sessions=sessions,
+        cart_sessions=cart_sessions,
+        last_session_id=last_session,
+        session_has_cart=has_cart,
+        categories=dict(state["cat"]),
+        category_spend=dict(state["cs"]),
+        devices=dict(state["dev"]),
+        dayparts=dict(state["dp"]),
+        country=country,
+        country_ts=country_ts,
+        channel=channel,
+        traits=dict(state["t"]),
+        traits_ts=dict(state["tt"]),
+        order_value=_mean_from(state["aov"]),
+        viewed_price=_mean_from(state["vp"]),
+        frequency_decayed=DecayedSum(*state["fd"]),
+        monetary_decayed=DecayedSum(*state["md"]),
+        recent_ids={k: list(v) for k, v in state["ids"].items()},
+        positions=dict(state["pos"]),
+        segment=state["seg"],
+        rule_segments=list(state["rs"]),
+        persona=state["pe"],
+        lifecycle=state["lc"],
+        segment_since=state["since"][0],
+        persona_since=state["since"][1],
+    )
 
 
 def _top(counter: Mapping[str, float], n: int) -> list[str]:
