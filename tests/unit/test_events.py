@@ -135,3 +135,48 @@ def test_limits_bound_message_size_array_length_and_id_length():
 def test_unknown_source_is_a_programming_error_not_a_dead_letter():
     with pytest.raises(ValueError, match="unknown source"):
         decode_message("orders", b"{}")
+
+
+def test_our_contract_is_read_as_before_beside_the_segment_spec():
+    # An object with event_id is ours, whatever else it carries (a "type" of a Segment call,
+    # a messageId): unknown fields are ignored, as always.
+    value = {
+        "event_id": "i",
+        "customer_id": "c1",
+        "ts": TS,
+        "type": "identify",
+        "messageId": "m",
+        "traits": {"plan": "pro"},
+    }
+    [event] = decode_message("identify", enc(value), b"c1")
+    assert (event.event_id, event.kind, event.traits) == ("i", "identify", {"plan": "pro"})
+    assert (event.anonymous_id, event.previous_id) == (None, None)  # no identity signals
+    purchase = {"event_id": "p", "customer_id": "c1", "ts": TS, "amount": 5, "type": "track"}
+    assert decode_message("purchases", enc(purchase), b"c1")[0].amount == 5.0
+    # Without event_id, a Segment call's type makes it a Segment message, with its reasons.
+    with pytest.raises(DecodeError, match="^track message has no messageId$"):
+        decode_message(
+            "purchases",
+            enc({"type": "track", "event": "Order Completed", "customer_id": "c1"}),
+            b"c1",
+        )
+
+
+def test_a_segment_message_on_any_topic():
+    value = {
+        "type": "track",
+        "event": "Order Completed",
+        "messageId": "m1",
+        "userId": "c1",
+        "timestamp": "2026-11-23T10:00:00Z",
+        "properties": {"revenue": 12.5},
+    }
+    for source in ("clickstream", "purchases", "identify"):
+        [event] = decode_message(source, enc(value), b"c1")
+        assert (event.event_id, event.customer_id, event.kind, event.ts, event.amount) == (
+            "m1",
+            "c1",
+            "purchase",
+            TS,
+            12.5,
+        )
