@@ -28,8 +28,10 @@ class Settings(BaseSettings):
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"),
         description=(
-            "Redis URL: redis://[:password@]host:port/db, or rediss:// for TLS; TLS options as "
-            "query parameters, e.g. ?ssl_ca_certs=/path/ca.pem (redis-py's names)"
+            "Redis URL: redis://[:password@]host:port/db, or rediss:// for TLS; a Redis "
+            "Cluster: redis+cluster://[:password@]host:port[,host:port...] (seed nodes; "
+            "rediss+cluster:// for TLS; database 0 only); TLS options as query parameters, "
+            "e.g. ?ssl_ca_certs=/path/ca.pem (redis-py's names)"
         ),
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

@@ -1,18 +1,25 @@
 """Readers of the serving store: ``SegmentClient`` (sync: CLI, read API, tools) and
-``AsyncSegmentClient`` (one customer's record from asyncio code). Every Redis error becomes
-``StoreUnavailable``."""
+``AsyncSegmentClient`` (one customer's record from asyncio code), on a single Redis or a Redis
+Cluster alike (``stream.store.connect``). Every Redis error becomes ``StoreUnavailable``."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import orjson
-import redis
-import redis.asyncio as aioredis
+from redis.cluster import RedisCluster
 
-from stream.store.codec import counts, decode_record
-from stream.store.errors import StoreUnavailable, unavailable_on_error
+from stream.store.codec import counts, decode_record, sum_counts
+from stream.store.connect import (
+    AsyncClient,
+    SyncClient,
+    async_client,
+    parse_redis_url,
+    sync_client,
+)
+from stream.store.errors import REDIS_ERRORS, StoreUnavailable, unavailable_on_error
 from stream.store.keys import Keys
 
 __all__ = ["AsyncSegmentClient", "SegmentClient"]
@@ -29,14 +36,32 @@ class SegmentClient:
     def __init__(self, url: str, prefix: str = "seg:", timeout: float = 1.0) -> None:
         self.url = url
         self.keys = Keys(prefix)
-        self.client = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self.cluster = parse_redis_url(url).cluster  # a URL it cannot use: RedisConfigError
+        self._timeout = timeout
+        self._client: SyncClient | None = None
+        self._making = threading.Lock()
+
+    @property
+    def client(self) -> SyncClient:
+        """The redis-py client, made on first use: a cluster client connects when it is made
+        (a failure is ``StoreUnavailable``, and the next use tries again)."""
+        if self._client is None:
+            with self._making:  # the read API calls from several threads
+                if self._client is None:
+                    try:
+                        self._client = sync_client(
+                            self.url,
+                            socket_timeout=self._timeout,
+                            socket_connect_timeout=self._timeout,
+                        )
+                    except REDIS_ERRORS as exc:
+                        raise StoreUnavailable.at(self.url, exc, "is not reachable") from exc
+        return self._client
 
     def ping(self) -> None:
         try:
             self.client.ping()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable.at(self.url, exc, "is not reachable") from exc
 
     @unavailable_on_error
@@ -46,7 +71,9 @@ class SegmentClient:
 
     @unavailable_on_error
     def iter_records(self, batch: int = 1000) -> Iterator[dict[str, Any]]:
-        """Every customer record (SCAN, then one MGET per batch of keys)."""
+        """Every customer record (SCAN of every master of a cluster, then one MGET per batch
+        of keys, per hash slot on a cluster). A customer written during the scan may be missed
+        or (on a cluster whose slots move meanwhile) seen twice."""
         keys: list[bytes] = []
         for key in self.client.scan_iter(match=self.keys.records_pattern, count=batch):
             keys.append(key)
@@ -57,20 +84,33 @@ class SegmentClient:
             yield from self._fetch(keys)
 
     def _fetch(self, keys: Sequence[bytes]) -> Iterator[dict[str, Any]]:
-        values = cast(list[bytes | None], self.client.mget(keys))
-        for raw in values:
+        for raw in self._mget(keys):
             if raw is not None:  # forgotten since the SCAN
                 yield decode_record(raw)
+
+    def _mget(self, keys: Sequence[bytes | str]) -> list[bytes | None]:
+        """Values of keys in any slots: MGET, or one MGET per slot on a cluster."""
+        client = self.client
+        if isinstance(client, RedisCluster):
+            return cast(list[bytes | None], client.mget_nonatomic(list(keys)))
+        return cast(list[bytes | None], client.mget(keys))
+
+    def _sum(self, hashes: Sequence[str], positive: bool = True) -> dict[str, int]:
+        """Every shard's counter hash, summed: one pipeline (one round trip per node)."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in hashes:
+            pipe.hgetall(name)
+        return sum_counts(cast(list[dict[bytes, bytes]], pipe.execute()), positive)
 
     @unavailable_on_error
     def sizes(self) -> dict[str, int]:
         """Customers in each cluster."""
-        return counts(cast(dict[bytes, bytes], self.client.hgetall(self.keys.sizes)))
+        return self._sum(self.keys.all_sizes)
 
     @unavailable_on_error
     def members(self) -> dict[str, int]:
         """Customers in each segment of any kind (``cluster:3``, ``rule:vip``, ``persona:...``)."""
-        return counts(cast(dict[bytes, bytes], self.client.hgetall(self.keys.members)))
+        return self._sum(self.keys.all_members)
 
     @unavailable_on_error
     def history(self, limit: int = 500) -> list[dict[str, Any]]:
@@ -90,7 +130,7 @@ class SegmentClient:
     @unavailable_on_error
     def customers(self) -> int:
         """Customers with a record (the sum of the segment-size counters, kept atomically)."""
-        return sum(int(v) for v in cast(list[bytes], self.client.hvals(self.keys.sizes)))
+        return sum(self._sum(self.keys.all_sizes, positive=False).values())
 
     @unavailable_on_error
     def stats(self) -> dict[str, int]:
@@ -106,11 +146,12 @@ class SegmentClient:
     def workers(self) -> list[dict[str, Any]]:
         """Live workers' heartbeats, by worker id."""
         found = sorted(set(self.client.scan_iter(match=self.keys.workers_pattern)))
-        values = cast(list[bytes | None], self.client.mget(found)) if found else []
+        values = self._mget(found) if found else []
         return [orjson.loads(v) for v in values if v]
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 class AsyncSegmentClient:
@@ -119,7 +160,7 @@ class AsyncSegmentClient:
     def __init__(self, url: str, prefix: str = "seg:", timeout: float = 1.0) -> None:
         self.url = url
         self.keys = Keys(prefix)
-        self.client = aioredis.Redis.from_url(
+        self.client: AsyncClient = async_client(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
 

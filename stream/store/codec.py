@@ -9,7 +9,7 @@ record). ``stream.store.keys`` documents where each value lives.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import orjson
@@ -18,6 +18,7 @@ from models.step import RecordWrite
 
 __all__ = [
     "counts",
+    "sum_counts",
     "decode_record",
     "encode_record",
     "record_value",
@@ -180,3 +181,18 @@ def counts(raw: Mapping[Any, Any], positive: bool = True) -> dict[str, int]:
     """
     found = {_text(k): int(v) for k, v in raw.items()}
     return {k: v for k, v in found.items() if v > 0} if positive else found
+
+
+def sum_counts(hashes: Iterable[Mapping[Any, Any]], positive: bool = True) -> dict[str, int]:
+    """Counter hashes (the shards of ``sizes`` or ``members``) summed field by field; with
+    ``positive``, only sums above 0.
+
+    >>> sum_counts([{b"2": b"1", b"3": b"1"}, {b"2": b"2", b"3": b"-1"}, {}])
+    {'2': 3}
+    """
+    total: dict[str, int] = {}
+    for raw in hashes:
+        for k, v in raw.items():
+            field = _text(k)
+            total[field] = total.get(field, 0) + int(v)
+    return {k: v for k, v in total.items() if v > 0} if positive else total

@@ -1,5 +1,5 @@
 """The store's errors: Redis away is ``StoreUnavailable``, naming the server without its
-password."""
+password; a Redis URL or key prefix the store cannot use is ``RedisConfigError``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,49 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import redis
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
 
 from stream.errors import SegmenterError
 
-__all__ = ["REDIS_OUTAGE", "StoreUnavailable", "safe_url", "unavailable_on_error"]
+__all__ = [
+    "REDIS_ERRORS",
+    "REDIS_OUTAGE",
+    "RedisConfigError",
+    "StoreUnavailable",
+    "safe_url",
+    "unavailable_on_error",
+]
 
 #: What Redis being away looks like to a client: retried or skipped, never fatal to a worker.
-REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, OSError)
+#: Besides connections and timeouts, what a Redis Cluster answers while a master fails over or
+#: slots move: CLUSTERDOWN and MASTERDOWN (``ClusterError``), TRYAGAIN, MOVED and ASK that the
+#: client's own redirections did not settle (``AskError`` covers ``MovedError``), READONLY
+#: (a node that was a master is now a replica), and redis-py's cluster exceptions (a slot not
+#: covered, no startup node reachable: ``RedisClusterException``, not a ``RedisError``).
+REDIS_OUTAGE: tuple[type[BaseException], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    ClusterError,
+    TryAgainError,
+    AskError,
+    ReadOnlyError,
+    RedisClusterException,
+)
+
+#: Every error a Redis client raises: redis-py's cluster client raises some that are not a
+#: ``RedisError``.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException)
+
+
+class RedisConfigError(SegmenterError, ValueError):
+    """A Redis URL or key prefix the store cannot use; the message says why."""
 
 
 class StoreUnavailable(SegmenterError):
@@ -56,7 +92,7 @@ def unavailable_on_error(method: _Method) -> _Method:
         def generator(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:
                 yield from method(self, *args, **kwargs)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise StoreUnavailable.at(self.url, exc) from exc
 
         return cast(_Method, generator)
@@ -67,7 +103,7 @@ def unavailable_on_error(method: _Method) -> _Method:
         async def coroutine(self: Any, *args: Any, **kwargs: Any) -> Any:
             try:
                 return await method(self, *args, **kwargs)
-            except redis.RedisError as exc:
+            except REDIS_ERRORS as exc:
                 raise StoreUnavailable.at(self.url, exc) from exc
 
         return cast(_Method, coroutine)
@@ -76,7 +112,7 @@ def unavailable_on_error(method: _Method) -> _Method:
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable.at(self.url, exc) from exc
 
     return cast(_Method, call)

@@ -1,14 +1,18 @@
 """Every Redis key the segmenter uses, built in one place.
 
-Key layout (``P`` is ``SEGMENTER_REDIS_PREFIX``, default ``seg:``):
+Key layout (``P`` is ``SEGMENTER_REDIS_PREFIX``, default ``seg:``; ``S`` is the customer's
+counter shard, ``shard_of(customer_id)``: the CRC-32 of the UTF-8 customer id, zlib's, modulo
+``COUNTER_SHARDS`` (64), in decimal):
 
-- ``P c:{customer_id}``: a header line ``<ts> <n> <seg> <segments>`` (event time of the newest
-  applied event in epoch ms, events applied, cluster id or ``-``, every segment the customer is
-  in as a JSON list such as ``["cluster:3","rule:vip"]``), a newline, then the record deflated
-  with a preset dictionary (``record_value``, ``encode_record`` in ``stream.store.codec``).
-- ``P sizes``: hash, cluster id to number of customers in it (kept by the same script).
-- ``P members``: hash, segment of any kind (``cluster:3``, ``rule:vip``, ``persona:...``) to
-  number of customers in it (kept by the same script).
+- ``P c:{S}<customer_id>``: a header line ``<ts> <n> <seg> <segments>`` (event time of the
+  newest applied event in epoch ms, events applied, cluster id or ``-``, every segment the
+  customer is in as a JSON list such as ``["cluster:3","rule:vip"]``), a newline, then the
+  record deflated with a preset dictionary (``record_value``, ``encode_record`` in
+  ``stream.store.codec``).
+- ``P sizes:{S}``: hash, cluster id to number of customers of shard ``S`` in it (kept by the
+  same script as the records); a cluster's size is the sum over the 64 shards.
+- ``P members:{S}``: hash, segment of any kind (``cluster:3``, ``rule:vip``, ``persona:...``)
+  to number of customers of shard ``S`` in it (same script); summed over the shards likewise.
 - ``P history``: hash, event-time bucket (epoch ms) to a size snapshot (JSON);
   ``P history:index``: sorted set of those buckets, trimmed to ``SEGMENTER_STATS_HISTORY``;
   ``P history:lock``: held for most of a snapshot period by the worker that takes the snapshot.
@@ -16,7 +20,12 @@ Key layout (``P`` is ``SEGMENTER_REDIS_PREFIX``, default ``seg:``):
 - ``P drift``: list of the newest drift alerts (JSON, newest first), bounded.
 - ``P model``: the newest model snapshot as JSON; ``P model:version`` its version.
 - ``P stats``: hash of counters (``events``, ``messages``, ``dead_letters``, ``records``).
-- ``P worker:{worker_id}``: a worker's heartbeat (JSON, expires after 10 s).
+- ``P worker:<worker_id>``: a worker's heartbeat (JSON, expires after 10 s).
+
+Why ``{S}``: braces mark a Redis Cluster hash tag, so a customer's record and the two counter
+hashes the write script moves with it are in one hash slot, as a script's keys must be on a
+cluster; the same layout serves a single Redis. Every other key is read and written alone. The
+prefix may not contain braces (it would become the hash tag).
 
 ``tests/unit/test_store_keys.py`` pins every name byte for byte: a reader in another language
 depends on them.
@@ -25,11 +34,27 @@ depends on them.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
-__all__ = ["Keys", "record_key"]
+from stream.store.errors import RedisConfigError
+
+__all__ = ["COUNTER_SHARDS", "Keys", "record_key", "shard_of"]
+
+#: How many ``sizes`` and ``members`` hashes the counters are split into (fixed: it is part of
+#: every record key).
+COUNTER_SHARDS = 64
 
 _GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def shard_of(customer_id: str) -> int:
+    """A customer's counter shard: zlib's CRC-32 of the UTF-8 id, modulo ``COUNTER_SHARDS``.
+
+    >>> shard_of("c-42"), shard_of("cust-5bc8fb-000823")
+    (53, 8)
+    """
+    return zlib.crc32(customer_id.encode()) % COUNTER_SHARDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,27 +62,54 @@ class Keys:
     """The Redis keys of one deployment (one prefix).
 
     >>> keys = Keys("seg:")
-    >>> keys.record("c-42"), keys.model_version, keys.worker("w1")
-    ('seg:c:c-42', 'seg:model:version', 'seg:worker:w1')
+    >>> keys.record("c-42"), keys.sizes(53), keys.model_version, keys.worker("w1")
+    ('seg:c:{53}c-42', 'seg:sizes:{53}', 'seg:model:version', 'seg:worker:w1')
     """
 
     prefix: str = "seg:"
 
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise RedisConfigError(
+                f"Redis key prefix {self.prefix!r}: braces are not allowed (they would make "
+                "the prefix a Redis Cluster hash tag, and put every key in one slot)"
+            )
+
     def record(self, customer_id: str) -> str:
         """One customer's record."""
-        return f"{self.prefix}c:{customer_id}"
+        return f"{self.prefix}c:{{{shard_of(customer_id)}}}{customer_id}"
+
+    def sizes(self, shard: int) -> str:
+        """One shard's cluster-size counters."""
+        return f"{self.prefix}sizes:{{{shard}}}"
+
+    def members(self, shard: int) -> str:
+        """One shard's segment-membership counters."""
+        return f"{self.prefix}members:{{{shard}}}"
+
+    def script_keys(self, customer_id: str) -> tuple[str, str, str]:
+        """The keys the write and forget scripts take for a customer: record, sizes, members
+        (one hash slot).
+
+        >>> Keys("p:").script_keys("c-42")
+        ('p:c:{53}c-42', 'p:sizes:{53}', 'p:members:{53}')
+        """
+        shard = shard_of(customer_id)
+        return self.record(customer_id), self.sizes(shard), self.members(shard)
+
+    @property
+    def all_sizes(self) -> tuple[str, ...]:
+        """Every shard's ``sizes`` hash, shard 0 first (a reader sums them)."""
+        return tuple(self.sizes(s) for s in range(COUNTER_SHARDS))
+
+    @property
+    def all_members(self) -> tuple[str, ...]:
+        """Every shard's ``members`` hash, shard 0 first (a reader sums them)."""
+        return tuple(self.members(s) for s in range(COUNTER_SHARDS))
 
     def worker(self, worker_id: str) -> str:
         """One worker's heartbeat."""
         return f"{self.prefix}worker:{worker_id}"
-
-    @property
-    def sizes(self) -> str:
-        return f"{self.prefix}sizes"
-
-    @property
-    def members(self) -> str:
-        return f"{self.prefix}members"
 
     @property
     def history(self) -> str:
@@ -110,7 +162,7 @@ def record_key(prefix: str, customer_id: str) -> str:
     """The Redis key of one customer's record: ``Keys(prefix).record(customer_id)``.
 
     >>> record_key("seg:", "c-42")
-    'seg:c:c-42'
+    'seg:c:{53}c-42'
     """
     return Keys(prefix).record(customer_id)
 

@@ -1,5 +1,6 @@
-"""The worker's serving store in Redis: one string per customer, written in pipelined batches
-by atomic scripts (``stream.store.scripts``), under the keys of ``stream.store.keys``."""
+"""The worker's serving store in Redis or a Redis Cluster: one string per customer, written in
+pipelined batches by atomic scripts (``stream.store.scripts``), under the keys of
+``stream.store.keys``."""
 
 from __future__ import annotations
 
@@ -10,31 +11,42 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
-import redis
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
 
 from models.step import RecordWrite
 from stream.store import scripts
-from stream.store.codec import counts, decode_record, record_value, segment_text
-from stream.store.errors import REDIS_OUTAGE, StoreUnavailable
+from stream.store.codec import counts, decode_record, record_value, segment_text, sum_counts
+from stream.store.connect import AsyncClient, async_client
+from stream.store.errors import REDIS_ERRORS, REDIS_OUTAGE, StoreUnavailable
 from stream.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
 __all__ = ["REDIS_OUTAGE", "RedisSegmentStore", "retry_forever"]
 
+_NOSCRIPT_ROUNDS = 5
+
+
+def _noscript(result: object) -> bool:
+    return isinstance(result, NoScriptError)
+
 
 class RedisSegmentStore:
     """The ``SegmentStore`` in Redis, used by the worker: one pipeline per batch.
 
-    Redis errors other than ``ping``'s pass through (``REDIS_OUTAGE``), for ``retry_forever``
-    or the worker's periodic jobs to handle.
+    ``url`` is a single Redis or a Redis Cluster (``stream.store.connect``); the same keys and
+    scripts serve both. Redis errors other than ``ping``'s pass through (``REDIS_OUTAGE``), for
+    ``retry_forever`` or the worker's periodic jobs to handle.
     """
 
     def __init__(self, url: str, prefix: str = "seg:") -> None:
         self.url = url
         self.keys = Keys(prefix)
-        self.client: aioredis.Redis = aioredis.Redis.from_url(url)
+        self.client: AsyncClient = async_client(url)
+        self.cluster = isinstance(self.client, AsyncRedisCluster)
         self._write = self.client.register_script(scripts.WRITE)
         self._forget = self.client.register_script(scripts.FORGET)
         self._watermark = self.client.register_script(scripts.WATERMARK)
@@ -42,7 +54,7 @@ class RedisSegmentStore:
     async def ping(self) -> None:
         try:
             await self.client.ping()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable.at(self.url, exc, "is not reachable") from exc
 
     async def write_many(
@@ -50,31 +62,59 @@ class RedisSegmentStore:
     ) -> int:
         if not writes and not counters:
             return 0
-        k = self.keys
-        async with self.client.pipeline(transaction=False) as pipe:
-            for w in writes:
-                value, segments = record_value(w)
-                await self._write(
-                    keys=[k.record(w.customer_id), k.sizes, k.members],
-                    args=[w.event_ts, w.applied, segment_text(w.segment), value, segments],
-                    client=pipe,
-                )
-            for name, by in counters.items():
-                pipe.hincrby(k.stats, name, by)
-            results = await pipe.execute()
-        return sum(1 for r in results[: len(writes)] if r == 1)
+        calls = []
+        for w in writes:
+            value, segments = record_value(w)
+            args = (w.event_ts, w.applied, segment_text(w.segment), value, segments)
+            calls.append((self.keys.script_keys(w.customer_id), args))
+        results = await self._run_script(self._write, calls, counters)
+        return sum(1 for r in results if r == 1)
 
     async def forget_many(self, customer_ids: Sequence[str]) -> int:
         if not customer_ids:
             return 0
-        k = self.keys
-        async with self.client.pipeline(transaction=False) as pipe:
-            for customer_id in customer_ids:
-                await self._forget(
-                    keys=[k.record(customer_id), k.sizes, k.members], args=[], client=pipe
-                )
-            results = await pipe.execute()
+        calls = [(self.keys.script_keys(c), ()) for c in customer_ids]
+        results = await self._run_script(self._forget, calls, {})
         return sum(1 for r in results if r == 1)
+
+    async def _run_script(
+        self,
+        script: AsyncScript,
+        calls: Sequence[tuple[Sequence[str], Sequence[EncodableT]]],
+        counters: Mapping[str, int],
+    ) -> list[Any]:
+        """Run ``script`` once per call (keys, args) in one pipeline, in order, and add
+        ``counters`` to the status counters; the scripts' results.
+
+        By EVALSHA: a server that does not know the script (a fresh one, or a replica just
+        promoted: script caches are not replicated) answers NOSCRIPT; the script is then
+        loaded (on every master of a cluster) and exactly the calls refused run again, in
+        their order, so nothing is applied twice. Any other error is raised.
+        """
+        # EVALSHA by execute_command: redis-py's cluster pipeline blocks its ``evalsha`` method
+        # (for the NOSCRIPT answers handled here), not the command, which it routes by its keys.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            for name, by in counters.items():
+                pipe.hincrby(self.keys.stats, name, by)
+            results = list(await pipe.execute(raise_on_error=False))
+        for _ in range(_NOSCRIPT_ROUNDS):  # another failover may come between load and run
+            refused = [i for i, r in enumerate(results[: len(calls)]) if _noscript(r)]
+            if not refused:
+                break
+            await self.client.script_load(script.script)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for i in refused:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                again = await pipe.execute(raise_on_error=False)
+            for i, result in zip(refused, again, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results[: len(calls)]
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         raw = cast(bytes | None, await self.client.get(self.keys.record(customer_id)))
@@ -89,10 +129,10 @@ class RedisSegmentStore:
         return int(raw) if raw else 0
 
     async def publish_model(self, snapshot: Mapping[str, Any]) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.model, orjson.dumps(snapshot))
-            pipe.set(self.keys.model_version, snapshot["version"])
-            await pipe.execute()
+        # The snapshot first, then its version (the two keys may be on different cluster
+        # nodes): a reader that sees a version finds that snapshot or a newer one.
+        await self.client.set(self.keys.model, orjson.dumps(snapshot))
+        await self.client.set(self.keys.model_version, snapshot["version"])
 
     async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl: int) -> None:
         await self.client.set(self.keys.worker(worker_id), orjson.dumps(info), ex=ttl)
@@ -113,32 +153,30 @@ class RedisSegmentStore:
         newest = int(await self._watermark(keys=[k.watermark], args=[watermark]))
         if newest <= 0:
             return None
-        members = counts(await self.client.hgetall(k.members))
-        clusters = await self.client.hvals(k.sizes)
+        members = await self.members()
+        clusters = await self._sum(k.all_sizes, positive=False)
         bucket = newest - newest % bucket_ms
         snapshot = {
             "bucket": bucket,
             "watermark": newest,
             "at": int(time.time() * 1000),
-            "customers": sum(int(v) for v in clusters),
+            "customers": sum(clusters.values()),
             "sizes": dict(sorted(members.items())),
         }
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(k.history, str(bucket), orjson.dumps(snapshot))
-            pipe.zadd(k.history_index, {str(bucket): bucket})
-            pipe.zrange(k.history_index, 0, -keep - 1)
-            _, _, old = await pipe.execute()
+        # One key at a time, in an order that leaves readers (index first, then the hash) a
+        # consistent view: the snapshot before its index entry, the index entry before it goes.
+        await self.client.hset(k.history, str(bucket), orjson.dumps(snapshot))
+        await self.client.zadd(k.history_index, {str(bucket): bucket})
+        old = cast(list[bytes], await self.client.zrange(k.history_index, 0, -keep - 1))
         if old:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.hdel(k.history, *old)
-                pipe.zrem(k.history_index, *old)
-                await pipe.execute()
+            await self.client.zrem(k.history_index, *old)
+            await self.client.hdel(k.history, *old)
         return snapshot
 
     async def push_drift(self, alerts: Sequence[Mapping[str, Any]], keep: int) -> None:
         if not alerts:
             return
-        async with self.client.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=True) as pipe:  # one key: one slot
             pipe.lpush(self.keys.drift, *(orjson.dumps(a) for a in alerts))
             pipe.ltrim(self.keys.drift, 0, keep - 1)
             await pipe.execute()
@@ -146,18 +184,31 @@ class RedisSegmentStore:
     # Reads (the contract test's, and any async reader's)
 
     async def sizes(self) -> dict[str, int]:
-        return counts(await self.client.hgetall(self.keys.sizes))
+        return await self._sum(self.keys.all_sizes)
 
     async def members(self) -> dict[str, int]:
-        return counts(await self.client.hgetall(self.keys.members))
+        return await self._sum(self.keys.all_members)
+
+    async def _sum(self, hashes: Sequence[str], positive: bool = True) -> dict[str, int]:
+        """The counter hashes of every shard, summed (one pipeline)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name in hashes:
+                pipe.hgetall(name)
+            found = await pipe.execute()
+        return sum_counts(found, positive)
 
     async def stats(self) -> dict[str, int]:
         return counts(await self.client.hgetall(self.keys.stats), positive=False)
 
     async def workers(self) -> list[dict[str, Any]]:
-        """Live workers' heartbeats, by worker id."""
+        """Live workers' heartbeats, by worker id (every master of a cluster scanned)."""
         found = sorted({k async for k in self.client.scan_iter(match=self.keys.workers_pattern)})
-        values = await self.client.mget(found) if found else []
+        if not found:
+            return []
+        if isinstance(self.client, AsyncRedisCluster):
+            values = await self.client.mget_nonatomic(found)
+        else:
+            values = await self.client.mget(found)
         return [cast(dict[str, Any], orjson.loads(v)) for v in values if v]
 
     async def drift(self, limit: int = 200) -> list[dict[str, Any]]:
@@ -182,7 +233,11 @@ async def retry_forever(
     first_delay: float = 0.1,
     max_delay: float = 5.0,
 ) -> Any:
-    """Await ``func(*args)`` until it succeeds, backing off: an outage stalls, never drops."""
+    """Await ``func(*args)`` until it succeeds, backing off: an outage stalls, never drops.
+
+    An outage is any of ``REDIS_OUTAGE``: Redis away, and what a Redis Cluster answers while a
+    master fails over (CLUSTERDOWN, TRYAGAIN, MOVED, READONLY, a slot not covered).
+    """
     delay = first_delay
     started = time.monotonic()
     while True:

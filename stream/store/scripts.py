@@ -8,10 +8,11 @@ counters move only when a write is accepted, so they always match the records.
 
 Keys and arguments (``stream.store.keys`` for the key layout):
 
-- ``WRITE``: KEYS record, sizes, members; ARGV event_ts, applied, cluster id or ``-``, value
-  (``record_value``), segments JSON. Returns 1 if written, else 0. Records never expire: the
-  counters must always match them.
-- ``FORGET``: KEYS record, sizes, members. Returns 1 if there was a record, else 0.
+- ``WRITE``: KEYS record, the customer's shard of sizes, of members (``Keys.script_keys``: one
+  hash slot, as a script's keys must be on a Redis Cluster); ARGV event_ts, applied, cluster
+  id or ``-``, value (``record_value``), segments JSON. Returns 1 if written, else 0. Records
+  never expire: the counters must always match them.
+- ``FORGET``: KEYS record, sizes shard, members shard. Returns 1 if there was a record, else 0.
 - ``WATERMARK``: KEYS watermark; ARGV an event time. Returns the newest event time seen.
 """
 

@@ -12,11 +12,10 @@ import uuid
 from typing import Any
 
 import orjson
-import redis
 from kafka import KafkaProducer
 
 from stream.kafka import make_producer
-from stream.store import Keys, SegmentClient
+from stream.store import Keys, SegmentClient, sync_client
 from stream.tools.bench_context import BenchContext
 from stream.tools.bench_report import Figure
 from stream.tools.bench_traffic import as_arrays, as_singles, click_streams, percentile
@@ -127,7 +126,7 @@ class Freshness:
 
     def _watch(self) -> None:
         """When each probe's record appears in Redis (polled every half millisecond)."""
-        client = redis.Redis.from_url(self.settings.redis_url.get_secret_value())
+        client = sync_client(self.settings.redis_url.get_secret_value())
         keys = Keys(self.settings.redis_prefix)
         while not self.stop.is_set() or len(self.seen) < len(self.sent):
             with self.lock:
@@ -192,7 +191,7 @@ def read_probe(url: str, prefix: str, ids: list[str], seconds: float, results: A
     order, for ``seconds``; puts both lists of latencies (seconds) on ``results``. Runs in a
     process of its own, so the bench's producer threads do not hold the GIL over a read."""
     ours = SegmentClient(url, prefix)
-    bare = redis.Redis.from_url(url)
+    bare = sync_client(url)
     rng = random.Random(3)
     timings: tuple[list[float], list[float]] = ([], [])
     end = time.perf_counter() + seconds

@@ -1,6 +1,7 @@
-"""One contract over every ``SegmentStore``: the Redis store on a real redis-server and the
+"""One contract over every ``SegmentStore``: the Redis store on a real redis-server, the same
+store on a real Redis Cluster (three masters, three replicas: ``redis_cluster.py``) and the
 in-memory store run the same tests, so a unit test or tool on the in-memory one sees what the
-worker sees in production."""
+worker sees in production, on one Redis or a cluster."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from models.step import RecordWrite
-from stream.store import InMemorySegmentStore, RedisSegmentStore, SegmentStore
+from stream.store import InMemorySegmentStore, RedisSegmentStore, SegmentStore, sync_client
+
+from .redis_cluster import redis_cluster  # noqa: F401 - the session's cluster fixture
 
 
 class Sync:
@@ -34,21 +36,30 @@ class Sync:
         self.loop.close()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("cluster", marks=pytest.mark.integration),
+    ]
+)
 def store(request: pytest.FixtureRequest) -> Iterator[Sync]:
     if request.param == "memory":
         s = Sync(InMemorySegmentStore())
         yield s
         s.close()
         return
-    url = request.getfixturevalue("stack").redis_url
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+    else:
+        url = request.getfixturevalue("stack").redis_url
     prefix = f"contract-{uuid.uuid4().hex[:8]}:"
     s = Sync(RedisSegmentStore(url, prefix))
     try:
         yield s
     finally:
         s.close()
-        raw = redis.Redis.from_url(url)
+        raw = sync_client(url)  # a cluster client scans every master
         keys = list(raw.scan_iter(match=f"{prefix}*"))
         if keys:
             raw.delete(*keys)

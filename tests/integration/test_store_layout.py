@@ -1,18 +1,21 @@
-"""The Redis record layout on a real redis-server: what a reader in another language sees, the
-write script's ordering and counters, and the size of a typical record. The behaviour every
-store shares is in ``test_store_contract.py``."""
+"""The Redis record layout on a real redis-server and a real Redis Cluster: what a reader in
+another language sees, the write script's ordering and counters, and the size of a typical
+record. The behaviour every store shares is in ``test_store_contract.py``."""
 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Iterator
 
 import orjson
 import pytest
-import redis
+from redis.crc import key_slot
 
 from models.step import RecordWrite
-from stream.store import Keys, RedisSegmentStore, SegmentClient
+from stream.store import Keys, RedisSegmentStore, SegmentClient, sync_client
+
+from .redis_cluster import redis_cluster  # noqa: F401 - the session's cluster fixture
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +74,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.loop = asyncio.new_event_loop()
         self.store = RedisSegmentStore(url, PREFIX)
-        self.raw = redis.Redis.from_url(url)
+        self.raw = sync_client(url)  # redis-py's own client, of a cluster where it is one
         self.client = SegmentClient(url, PREFIX)
 
     def write(self, *writes: RecordWrite) -> int:
@@ -90,9 +93,13 @@ class Store:
         self.raw.close()
 
 
-@pytest.fixture
-def store(stack) -> Iterator[Store]:  # type: ignore[no-untyped-def]
-    s = Store(stack.redis_url)
+@pytest.fixture(params=["redis", "cluster"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+    else:
+        url = request.getfixturevalue("stack").redis_url
+    s = Store(url)
     try:
         yield s
     finally:
@@ -104,6 +111,9 @@ def test_a_record_is_one_string_whose_first_line_any_reader_can_parse(store):
     cid = RECORD["customer_id"]
     write = RecordWrite(cid, RECORD["event_ts"], 16, 2, RECORD, MEMBERS)
     assert _write(write) == 1
+    # The key: the prefix, "c:", the counter shard as a hash tag, the id as it is.
+    shard = zlib.crc32(cid.encode()) % 64
+    assert KEYS.record(cid) == f"layout:c:{{{shard}}}{cid}" == "layout:c:{8}cust-5bc8fb-000823"
     value = raw.get(KEYS.record(cid))
     head, _, body = value.partition(b"\n")
     ts, n, seg, members = head.decode().split(" ", 3)
@@ -119,9 +129,54 @@ def test_a_record_is_one_string_whose_first_line_any_reader_can_parse(store):
     assert client.get(cid) == RECORD
     assert client.sizes() == {"2": 1}
     assert client.members() == dict.fromkeys(MEMBERS, 1)
+    # The counters are in the customer's shard, in the record's hash slot.
+    assert raw.hgetall(KEYS.sizes(shard)) == {b"2": b"1"}
+    assert raw.hgetall(KEYS.members(shard)) == {m.encode(): b"1" for m in MEMBERS}
+    assert len({key_slot(k.encode()) for k in KEYS.script_keys(cid)}) == 1
     assert list(client.iter_records()) == [RECORD]
     # Forgetting deletes the key and takes the customer out of every counter.
     assert store.forget(cid) == 1
     assert raw.exists(KEYS.record(cid)) == 0
     assert client.sizes() == {} and client.members() == {}
-    assert raw.hgetall(KEYS.sizes) == {b"2": b"0"}  # a field at 0, not read as a segment
+    assert raw.hgetall(KEYS.sizes(shard)) == {b"2": b"0"}  # a field at 0, not a segment
+
+
+def test_customers_over_every_shard_are_counted_found_and_forgotten(store):
+    # 600 customers fill all 64 counter shards (on a cluster: every master); the readers sum
+    # the shards, and SCAN finds every record.
+    ids = [f"cust-{i:04d}" for i in range(600)]
+    writes = [
+        RecordWrite(
+            c, 1_000 + i, 1, i % 3, {"customer_id": c, "segment": i % 3}, (f"rule:r{i % 2}",)
+        )
+        for i, c in enumerate(ids)
+    ]
+    assert store.write(*writes) == 600
+    assert len({Keys(PREFIX).script_keys(c)[1] for c in ids}) == 64
+    client = store.client
+    assert client.sizes() == {"0": 200, "1": 200, "2": 200}
+    assert client.members() == {"rule:r0": 300, "rule:r1": 300}
+    assert client.customers() == 600
+    assert sorted(r["customer_id"] for r in client.iter_records(batch=50)) == ids
+    assert store.forget(*ids[:100]) == 100
+    assert client.customers() == 500 and sum(client.members().values()) == 500
+
+
+def test_a_server_that_lost_the_scripts_gets_them_again_and_applies_each_write_once(store):
+    # A replica promoted to master has an empty script cache (scripts are not replicated):
+    # EVALSHA answers NOSCRIPT, the store loads the script and runs exactly the refused calls.
+    ids = [f"cust-{i:03d}" for i in range(40)]
+
+    def batch(ts: int) -> list[RecordWrite]:
+        return [RecordWrite(c, ts, ts, 1, {"customer_id": c, "ts": ts}, ("rule:x",)) for c in ids]
+
+    assert store.write(*batch(1)) == 40
+    store.raw.script_flush()  # every master of a cluster
+    done = store.loop.run_until_complete(store.store.write_many(batch(2), {"events": 40}))
+    assert done == 40
+    assert store.loop.run_until_complete(store.store.stats()) == {"events": 40}  # added once
+    assert store.client.members() == {"rule:x": 40}
+    assert {r["ts"] for r in store.client.iter_records()} == {2}
+    store.raw.script_flush()
+    assert store.forget(*ids[:10]) == 10
+    assert store.client.customers() == 30

@@ -137,3 +137,121 @@ def test_record_expiry_is_refused_because_it_left_the_counters_wrong():
     with pytest.raises(ValidationError, match="RECORD_TTL_SECONDS is no longer supported"):
         Settings(record_ttl_seconds=3600)
     assert Settings(record_ttl_seconds=0).record_ttl_seconds == 0
+
+
+def test_one_redis_url_setting_names_a_single_redis_or_a_cluster():
+    from stream.store import RedisConfigError, is_cluster, parse_redis_url
+
+    single = parse_redis_url("rediss://:pw@h:6380/2?ssl_ca_certs=/ca.pem")
+    assert not single.cluster and single.url == "rediss://:pw@h:6380/2?ssl_ca_certs=/ca.pem"
+    cluster = parse_redis_url("redis+cluster://:pw@10.0.0.1:7000, 10.0.0.2:7001,node-3")
+    assert cluster.cluster and cluster.url == "redis://:pw@10.0.0.1:7000"
+    assert cluster.seeds == (("10.0.0.1", 7000), ("10.0.0.2", 7001), ("node-3", 6379))
+    tls = parse_redis_url("rediss+cluster://u:pw@[::1]:7000/0?ssl_ca_certs=/ca.pem")
+    assert tls.url == "rediss://u:pw@[::1]:7000/0?ssl_ca_certs=/ca.pem"
+    assert tls.seeds == (("::1", 7000),)
+    assert is_cluster("REDIS+CLUSTER://h:1") and not is_cluster("unix:///tmp/r.sock")
+    for bad, why in [
+        ("http://h:1", "the scheme must be"),
+        ("h:6379", "the scheme must be"),
+        ("redis+cluster://:hunter2@h:1/1", "only database 0"),
+        ("redis+cluster://:hunter2@h:1,:2", "bad node"),
+        ("redis+cluster://:hunter2@h:port", "bad node"),
+        ("redis://:hunter2@h:1/0?socket_timeout=soon", "socket_timeout"),
+    ]:
+        with pytest.raises(RedisConfigError, match=why) as caught:
+            parse_redis_url(bad)
+        assert "hunter2" not in str(caught.value)
+        assert isinstance(caught.value, SegmenterError) and isinstance(caught.value, ValueError)
+
+
+def test_the_factory_builds_redis_py_clients_and_every_reader_and_writer_uses_it():
+    import redis.asyncio
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    from stream.store import (
+        AsyncSegmentClient,
+        RedisConfigError,
+        RedisSegmentStore,
+        SegmentClient,
+        async_client,
+        sync_client,
+    )
+
+    single = sync_client("redis://127.0.0.1:1/3", socket_timeout=0.5)
+    assert type(single).__name__ == "Redis"
+    assert single.connection_pool.connection_kwargs["db"] == 3
+    single.close()
+
+    async def build() -> None:
+        one = async_client("redis://127.0.0.1:1/0")
+        assert isinstance(one, redis.asyncio.Redis)
+        await one.aclose()
+        # The asyncio cluster client connects on its first command, not when it is made.
+        many = async_client("redis+cluster://:pw@127.0.0.1:1,127.0.0.1:2", socket_timeout=0.5)
+        assert isinstance(many, AsyncRedisCluster)
+        assert sorted(many.nodes_manager.startup_nodes) == ["127.0.0.1:1", "127.0.0.1:2"]
+        await many.aclose()
+        store = RedisSegmentStore("redis+cluster://127.0.0.1:1")
+        assert store.cluster and isinstance(store.client, AsyncRedisCluster)
+        await store.close()
+        reader = AsyncSegmentClient("redis+cluster://127.0.0.1:1")
+        assert isinstance(reader.client, AsyncRedisCluster)
+        await reader.close()
+
+    asyncio.run(build())
+    assert SegmentClient("redis+cluster://127.0.0.1:1").cluster
+    with pytest.raises(RedisConfigError, match="only database 0"):
+        SegmentClient("redis+cluster://127.0.0.1:1/5")
+
+
+def test_an_unreachable_cluster_is_store_unavailable_without_the_password():
+    from stream.store import SegmentClient
+
+    client = SegmentClient("redis+cluster://:hunter2@127.0.0.1:1", timeout=0.2)
+    with pytest.raises(StoreUnavailable, match="not reachable") as caught:
+        client.ping()
+    assert "hunter2" not in str(caught.value) and "***@127.0.0.1:1" in str(caught.value)
+    with pytest.raises(StoreUnavailable):
+        client.sizes()
+    client.close()
+
+
+def test_cluster_errors_during_a_failover_are_retried_not_fatal():
+    from redis.exceptions import (
+        AskError,
+        ClusterDownError,
+        MasterDownError,
+        MovedError,
+        ReadOnlyError,
+        RedisClusterException,
+        ResponseError,
+        SlotNotCoveredError,
+        TryAgainError,
+    )
+
+    from stream.store import REDIS_OUTAGE, retry_forever
+
+    failures = [
+        MovedError("3999 127.0.0.1:6381"),
+        AskError("3999 127.0.0.1:6381"),
+        ClusterDownError("CLUSTERDOWN The cluster is down"),
+        MasterDownError("MASTERDOWN Link with MASTER is down"),
+        TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+        ReadOnlyError("READONLY You can't write against a read only replica."),
+        SlotNotCoveredError('Slot "3999" is not covered by the cluster.'),
+        RedisClusterException("Redis Cluster cannot be connected."),
+        ConnectionError("Connection refused"),
+    ]
+    assert all(isinstance(f, REDIS_OUTAGE) for f in failures)
+    assert not isinstance(ResponseError("WRONGTYPE"), REDIS_OUTAGE)  # a bug stays fatal
+    calls = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
+        return "written"
+
+    result = asyncio.run(retry_forever("Redis write", flaky, first_delay=0.001, max_delay=0.001))
+    assert result == "written" and len(calls) == len(failures) + 1
