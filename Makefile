@@ -42,7 +42,7 @@ check: $(STAMP)
 
 ## System packages some tests need (root and apt; nothing is installed if already present):
 ## Debian's Chromium for the dashboard's browser test, and Debian's Redis 7 with TLS
-## (package redis-tools: the server binary without a system service) for the TLS test.
+## (package redis-tools: the server binary without a system service) for the TLS and Redis Cluster tests.
 system-deps:
 	@{ command -v chromium >/dev/null 2>&1 && test -x /usr/bin/redis-check-rdb; } || { \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \

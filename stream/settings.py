@@ -19,7 +19,10 @@ __all__ = ["Settings"]
 class Settings(BaseSettings):
     """Segmenter settings. Each field reads ``SEGMENTER_<FIELD NAME IN CAPITALS>``."""
 
-    model_config = SettingsConfigDict(env_prefix="SEGMENTER_", frozen=True, extra="ignore")
+    # hide_input_in_errors: a refused value is never echoed (it may be a password).
+    model_config = SettingsConfigDict(
+        env_prefix="SEGMENTER_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     # Connections
     kafka_url: str = Field(

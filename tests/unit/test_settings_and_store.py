@@ -255,3 +255,12 @@ def test_cluster_errors_during_a_failover_are_retried_not_fatal():
 
     result = asyncio.run(retry_forever("Redis write", flaky, first_delay=0.001, max_delay=0.001))
     assert result == "written" and len(calls) == len(failures) + 1
+
+
+def test_an_invalid_setting_never_echoes_its_value():
+    # pydantic prints the refused input by default; a password must not reach a log or terminal.
+    with pytest.raises(ValidationError) as refused:
+        Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_password="pw-secret-1")
+    with pytest.raises(ValidationError) as wrong_type:
+        Settings(partitions="pw-secret-2")
+    assert "pw-secret" not in str(refused.value) + str(wrong_type.value)
