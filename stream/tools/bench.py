@@ -48,8 +48,8 @@ def phases(ctx: BenchContext) -> list[tuple[str, Callable[[], None]]]:
         ("the step alone, in-process", core),
         ("throughput, one event per message", lambda: Throughput(ctx, False).run()),
         ("throughput, arrays of 10", lambda: Throughput(ctx, True).run()),
-        ("freshness at 5k events/s, arrays", lambda: Freshness(ctx, 5000, True).run()),
-        ("freshness at 1k events/s, singles", lambda: Freshness(ctx, 1000, False).run()),
+        ("freshness at 10k events/s, arrays", lambda: Freshness(ctx, 10_000, True).run()),
+        ("freshness at 2k events/s, singles", lambda: Freshness(ctx, 2_000, False).run()),
         (
             "freshness at 200 events/s, singles (the floor)",
             lambda: Freshness(ctx, 200, False, floor=True).run(),

@@ -173,32 +173,29 @@ class Throughput:
     def _figures(self, ours: float, raw: float, bare: float, bare_take: float) -> None:
         report = self.ctx.report
         section = f"Throughput, {self.label}"
-        if self.arrays:
-            report.add(
-                Figure(
-                    section,
-                    "our worker",
-                    ours,
-                    "events/s",
-                    target=">= 50,000 events/s",
-                    met=ours >= 50_000,
-                )
+        # The speed issue's targets: one worker >= 8,000 events/s one event per message and
+        # >= 50,000 in arrays of 10, and >= 0.1 / 0.2 of a plain aiokafka consumer in this run.
+        floor, ratio = (50_000, 0.2) if self.arrays else (8_000, 0.1)
+        report.add(
+            Figure(
+                section,
+                "our worker",
+                ours,
+                "events/s",
+                target=f">= {floor:,} events/s",
+                met=ours >= floor,
             )
-        else:
-            report.add(
-                Figure(
-                    section,
-                    "our worker vs bare Faust agent",
-                    ours,
-                    "events/s",
-                    bare,
-                    "bare Faust agent (per message)",
-                    ">= 0.7",
-                    ours / bare >= 0.7,
-                )
+        )
+        report.add(
+            Figure(
+                section,
+                "our worker vs bare Faust agent",
+                ours,
+                "events/s",
+                bare,
+                "bare Faust agent (per message)",
             )
-        # The plain-consumer ratio has a target with arrays only.
-        raw_target = (">= 0.25", ours / raw >= 0.25) if self.arrays else ("", None)
+        )
         report.add(
             Figure(
                 section,
@@ -207,7 +204,8 @@ class Throughput:
                 "events/s",
                 raw,
                 "aiokafka consumer (read + parse)",
-                *raw_target,
+                f">= {ratio}",
+                ours / raw >= ratio,
             )
         )
         report.add(
