@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from river import stats
 
@@ -14,9 +15,11 @@ from models.features import DAY_MS, CustomerProfile
 __all__ = [
     "LIFECYCLE_STAGES",
     "STATIC_FACTS",
+    "TIME_FACTS",
     "LifecyclePolicy",
     "PopulationQuantiles",
     "RfmCuts",
+    "TimeWatch",
     "customer_facts",
     "is_known_fact",
     "region_of",
@@ -193,6 +196,16 @@ def rfm_values(p: CustomerProfile, now: int) -> tuple[float, float, float]:
     return recency, p.frequency_decayed.value_at(now), p.monetary_decayed.value_at(now)
 
 
+def _days_since(now: int, ts: int) -> float:
+    """A ``days_since_*`` fact: days from ``ts`` to ``now``, to three decimals (86.4 s)."""
+    return round((now - ts) / DAY_MS, 3)
+
+
+def _value_estimate(monetary: float) -> float:
+    """``customer_value_estimate``: decayed spend scaled to a year."""
+    return round(monetary * 365 / _DECAY_WINDOW_DAYS, 2)
+
+
 def customer_facts(
     p: CustomerProfile,
     now: int,
@@ -209,9 +222,11 @@ def customer_facts(
     views = sum(p.categories.values())
     facts.update(
         {
-            "days_since_last_purchase": None if p.last_purchase_ts is None else round(recency, 3),
-            "days_since_first_seen": round((now - (p.first_seen_ts or now)) / DAY_MS, 3),
-            "days_since_last_seen": round((now - (p.last_seen_ts or now)) / DAY_MS, 3),
+            "days_since_last_purchase": (
+                None if p.last_purchase_ts is None else _days_since(now, p.last_purchase_ts)
+            ),
+            "days_since_first_seen": _days_since(now, p.first_seen_ts or now),
+            "days_since_last_seen": _days_since(now, p.last_seen_ts or now),
             "frequency_decayed": round(frequency, 4),
             "monetary_decayed": round(monetary, 2),
             "rfm_recency": r if p.orders_total else None,
@@ -219,7 +234,7 @@ def customer_facts(
             "rfm_monetary": m if p.orders_total else None,
             "rfm_score": f"{r}{f}{m}" if p.orders_total else None,
             "value_tier": (_TIERS.get(m, "bronze") if p.orders_total else None),
-            "customer_value_estimate": round(monetary * 365 / _DECAY_WINDOW_DAYS, 2),
+            "customer_value_estimate": _value_estimate(monetary),
             "lifecycle": policy.stage(p, now),
             "search_share": round(p.counts.get("search", 0) / clicks, 4) if clicks else 0.0,
             "conversion": round(min(1.0, p.orders_total / p.sessions), 4) if p.sessions else 0.0,
@@ -277,3 +292,257 @@ _DYNAMIC_PREFIXES = (
 def is_known_fact(name: str) -> bool:
     """Whether a rule may name this fact (a typo check at start-up)."""
     return name in STATIC_FACTS or name.startswith(_DYNAMIC_PREFIXES)
+
+
+# -- facts that move with event time alone ---------------------------------------------------
+
+#: Facts whose value changes as event time passes, with no event of the customer's own. Rules
+#: on them change on the watermark: ``lifecycle`` by :meth:`LifecyclePolicy.next_change`, the
+#: rest by :class:`TimeWatch` (``days_since_*`` and the decayed values from a rule's own
+#: thresholds; ``rfm_*``, ``rfm_score`` and ``value_tier`` from the RFM cut points in force).
+TIME_FACTS = frozenset(
+    {
+        "days_since_last_purchase",
+        "days_since_first_seen",
+        "days_since_last_seen",
+        "frequency_decayed",
+        "monetary_decayed",
+        "customer_value_estimate",
+        "rfm_recency",
+        "rfm_frequency",
+        "rfm_monetary",
+        "rfm_score",
+        "value_tier",
+        "lifecycle",
+    }
+)
+#: Time facts a rule compares with numbers of its own.
+_THRESHOLD_FACTS = frozenset(
+    {
+        "days_since_last_purchase",
+        "days_since_first_seen",
+        "days_since_last_seen",
+        "frequency_decayed",
+        "monetary_decayed",
+        "customer_value_estimate",
+    }
+)
+#: Time facts scored against the population's RFM cut points: which raw values they read.
+_RFM_INPUTS: Mapping[str, tuple[str, ...]] = {
+    "rfm_recency": ("recency",),
+    "rfm_frequency": ("frequency",),
+    "rfm_monetary": ("monetary",),
+    "rfm_score": ("recency", "frequency", "monetary"),
+    "value_tier": ("monetary",),
+}
+_ANCHORS = {
+    "days_since_last_purchase": "last_purchase_ts",
+    "days_since_first_seen": "first_seen_ts",
+    "days_since_last_seen": "last_seen_ts",
+}
+#: A crossing further ahead than this is taken as never (a century of event time).
+_HORIZON_MS = 100 * 365 * DAY_MS
+
+
+class _Clock(NamedTuple):
+    """One fact as a monotone function of event time ``t`` (epoch ms)."""
+
+    value: Callable[[int], float]  # exactly as customer_facts computes it at t
+    rising: bool
+    half: float  # half a unit of the fact's rounding (0: not rounded)
+    reach: Callable[[float], float | None]  # about when the unrounded value is x; None: never
+
+
+def _clock(name: str, p: CustomerProfile) -> _Clock | None:
+    """The clock of a time fact (or of ``recency`` / ``frequency`` / ``monetary``, the raw
+    RFM values), or None if it does not move for this customer."""
+    anchor_field = _ANCHORS.get(name)
+    if anchor_field is not None or name == "recency":
+        anchor: int | None = getattr(p, anchor_field or "last_purchase_ts")
+        if anchor is None:
+            return None
+
+        def rising_at(x: float) -> float:
+            return anchor + x * DAY_MS
+
+        if name == "recency":
+            return _Clock(lambda t: (t - anchor) / DAY_MS, True, 0.0, rising_at)
+        return _Clock(lambda t: _days_since(t, anchor), True, 0.0005, rising_at)
+    if name in ("frequency_decayed", "frequency"):
+        decayed = p.frequency_decayed
+    elif name in ("monetary_decayed", "customer_value_estimate", "monetary"):
+        decayed = p.monetary_decayed
+    else:
+        return None
+    scale = 365 / _DECAY_WINDOW_DAYS if name == "customer_value_estimate" else 1.0
+
+    def falling_at(x: float) -> float | None:
+        start = decayed.value * scale
+        if x <= 0 or start <= 0:
+            return None
+        return decayed.ref_ts + decayed.halflife * math.log2(start / x)
+
+    if name == "frequency_decayed":
+        return _Clock(lambda t: round(decayed.value_at(t), 4), False, 0.00005, falling_at)
+    if name == "monetary_decayed":
+        return _Clock(lambda t: round(decayed.value_at(t), 2), False, 0.005, falling_at)
+    if name == "customer_value_estimate":
+        return _Clock(lambda t: _value_estimate(decayed.value_at(t)), False, 0.005, falling_at)
+    return _Clock(decayed.value_at, False, 0.0, falling_at)
+
+
+def _first_change(
+    value: Callable[[int], float],
+    now: int,
+    start: bool,
+    c: float,
+    inclusive: bool,
+    guess: float,
+    before: int | None,
+) -> int | None:
+    """The first event time after ``now`` at which ``value(t) >= c`` (``inclusive``) or
+    ``value(t) > c`` turns from ``start`` (its truth at ``now``), for a monotone ``value``;
+    found exactly, starting near ``guess``. None if it does not turn by ``before`` (an earlier
+    due time already found), if given."""
+
+    def holds(t: int) -> bool:
+        v = value(t)
+        return v >= c if inclusive else v > c
+
+    def moved(t: int) -> bool:
+        return holds(t) != start
+
+    if before is not None and not moved(before):
+        return None  # later than a due time already found: the search is not needed
+    if not guess - now < _HORIZON_MS:  # also a nan guess
+        return None
+    hi = max(now + 1, math.ceil(guess))
+    step = 1
+    if moved(hi):  # walk back from the guess to a time that has not moved yet
+        lo = now
+        while hi - step > now:
+            if not moved(hi - step):
+                lo = hi - step
+                break
+            hi -= step
+            step *= 2
+    else:  # walk on from the guess to a time that has moved
+        lo = hi
+        while True:
+            if lo + step - now > _HORIZON_MS:
+                return None
+            if moved(lo + step):
+                hi = lo + step
+                break
+            lo += step
+            step *= 2
+    while hi - lo > 1:  # at lo the comparison is as at now, at hi it has turned
+        mid = (lo + hi) // 2
+        if moved(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _next_crossing(
+    clock: _Clock,
+    inclusive: Sequence[float],
+    exclusive: Sequence[float],
+    now: int,
+    best: int | None,
+) -> int | None:
+    """When ``fact >= c`` (``c`` in ``inclusive``) or ``fact > c`` (in ``exclusive``) next
+    turns for the clock's fact, both sorted, if before ``best`` (else ``best``). Per kind,
+    only the nearest threshold ahead of the fact in its direction can turn first."""
+    v0 = clock.value(now)
+    for numbers, closed in ((inclusive, True), (exclusive, False)):
+        if not numbers:
+            continue
+        if clock.rising:  # the smallest threshold the comparison does not hold for yet
+            i = bisect_right(numbers, v0) if closed else bisect_left(numbers, v0)
+            if i == len(numbers):
+                continue
+        else:  # the largest threshold it still holds for
+            i = (bisect_right(numbers, v0) if closed else bisect_left(numbers, v0)) - 1
+            if i < 0:
+                continue
+        c = numbers[i]
+        # A rounded fact reaches c half a unit early and passes it half a unit late.
+        guess = clock.reach(c - clock.half if closed else c + clock.half)
+        if guess is None:
+            continue
+        start = v0 >= c if closed else v0 > c
+        found = _first_change(clock.value, now, start, c, closed, guess, best)
+        if found is not None and (best is None or found < best):
+            best = found
+    return best
+
+
+@dataclass(frozen=True)
+class TimeWatch:
+    """What the rules compare facts that move with event time alone against, so that a
+    customer's next due time covers every rule's next threshold crossing.
+
+    ``thresholds``: per fact (``days_since_*``, ``frequency_decayed``, ``monetary_decayed``,
+    ``customer_value_estimate``), the sorted numbers ``c`` rules test as ``fact >= c`` and
+    as ``fact > c`` (``models.rules.Threshold``). ``rfm``: the raw RFM values (``recency``,
+    ``frequency``, ``monetary``) whose quintile cut points some rule reads through ``rfm_*``,
+    ``rfm_score`` or ``value_tier``. ``lifecycle`` is the :class:`LifecyclePolicy`'s own.
+
+    Between now and the due time every watched comparison holds as it does now, so every
+    rule's truth is constant; at the due time one of them turns. A fact is rounded as
+    :func:`customer_facts` rounds it, and the due time is the first millisecond at which the
+    rounded fact compares otherwise.
+
+    >>> watch = TimeWatch.of({"days_since_last_purchase"},
+    ...                      [("days_since_last_purchase", 90, False)])   # gt: 90
+    >>> p = CustomerProfile("c", 1, first_seen_ts=0, last_seen_ts=0, last_purchase_ts=0)
+    >>> due = watch.next_change(p, 0)
+    >>> _days_since(due - 1, 0), _days_since(due, 0)
+    (90.0, 90.001)
+    """
+
+    thresholds: tuple[tuple[str, tuple[float, ...], tuple[float, ...]], ...] = ()
+    rfm: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, fields: Iterable[str], thresholds: Iterable[tuple[str, float, bool]]) -> TimeWatch:
+        """The watch for rules naming ``fields`` with ``thresholds``: (fact, number,
+        inclusive) triples, as ``models.rules.Threshold``."""
+        numbers: dict[str, tuple[set[float], set[float]]] = {}
+        for fact, number, inclusive in thresholds:
+            if fact in _THRESHOLD_FACTS:
+                numbers.setdefault(fact, (set(), set()))[0 if inclusive else 1].add(float(number))
+        raw = {name for fact in fields for name in _RFM_INPUTS.get(fact, ())}
+        return cls(
+            tuple(
+                (fact, tuple(sorted(closed)), tuple(sorted(open_)))
+                for fact, (closed, open_) in sorted(numbers.items())
+            ),
+            tuple(sorted(raw)),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.thresholds or self.rfm)
+
+    def next_change(
+        self,
+        p: CustomerProfile,
+        now: int,
+        cuts: RfmCuts = RfmCuts(),  # noqa: B008 - frozen
+        before: int | None = None,
+    ) -> int | None:
+        """The first event time after ``now`` at which a watched comparison turns, or None;
+        ``before`` if none turns earlier than it (a due time the caller has already)."""
+        best = before
+        for fact, closed, open_ in self.thresholds:
+            clock = _clock(fact, p)
+            if clock is not None:
+                best = _next_crossing(clock, closed, open_, now, best)
+        if self.rfm and p.orders_total:
+            for name in self.rfm:  # RfmCuts.scores counts cuts the raw value is above
+                clock = _clock(name, p)
+                if clock is not None:
+                    best = _next_crossing(clock, (), sorted(getattr(cuts, name)), now, best)
+        return best

@@ -11,6 +11,11 @@ Operators: ``eq``, ``ne``, ``lt``, ``lte``, ``gt``, ``gte``, ``in``, ``not_in``,
 (``[low, high]``, inclusive), ``contains`` (a list fact holds the value), ``exists`` (bool).
 Evaluation never raises: a missing fact, or one of the wrong type, makes the comparison false
 (and ``ne`` / ``not_in`` true only when the fact exists).
+
+:meth:`RuleSegment.compile` also keeps, from compile time, every field a rule names and every
+number it compares a field with (``RuleSegment.thresholds``, :class:`Threshold`): for facts
+that move with event time alone, the step turns those into the event times at which the rule
+can next change (``models.facts.TimeWatch``). Evaluation itself is untouched by that.
 """
 
 from __future__ import annotations
@@ -19,9 +24,16 @@ import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["OPERATORS", "RuleError", "RuleSegment", "compile_condition", "evaluate_all"]
+__all__ = [
+    "OPERATORS",
+    "RuleError",
+    "RuleSegment",
+    "Threshold",
+    "compile_condition",
+    "evaluate_all",
+]
 
 Facts = Mapping[str, Any]
 Predicate = Callable[[Facts], bool]
@@ -116,10 +128,13 @@ def compile_condition(
     condition: Any,
     line: int | None = None,
     known: Callable[[str], bool] | None = None,
+    comparisons: list[tuple[str, str, Any]] | None = None,
 ) -> Predicate:
     """Compile a condition tree into a predicate over facts, or raise :class:`RuleError`.
 
     ``known`` tells whether a field name exists; unknown names are errors (typos, mostly).
+    ``comparisons``, if given, receives every ``(field, operator, operand)`` of the tree, in
+    order (inside ``all``, ``any`` and ``not`` alike).
 
     >>> p = compile_condition("big", {"all": [{"orders_total": {"gte": 3}},
     ...                                       {"country": {"in": ["DE", "AT"]}}]})
@@ -164,6 +179,8 @@ def compile_condition(
             problem = _check_value(op, value)
             if problem:
                 raise fail(f"{path}: {problem}")
+            if comparisons is not None:
+                comparisons.append((name, op, value))
             tests.append(_leaf(name, op, value))
         return tests[0] if len(tests) == 1 else _all(tests)
 
@@ -224,14 +241,94 @@ def _not(child: Predicate) -> Predicate:
     return lambda facts: not child(facts)
 
 
+class Threshold(NamedTuple):
+    """A place where a rule's truth can change as one fact moves: where ``fact >= value``
+    (``inclusive``) or ``fact > value`` turns.
+
+    ``gt`` and ``lte`` turn at ``>``, ``gte`` and ``lt`` at ``>=``; ``eq``, ``ne``, ``in`` and
+    ``not_in`` at both; ``between [low, high]`` at ``>= low`` and ``> high``.
+    """
+
+    fact: str
+    value: float
+    inclusive: bool
+
+
+_EDGES: dict[str, tuple[bool, ...]] = {
+    "gt": (False,),
+    "lte": (False,),
+    "gte": (True,),
+    "lt": (True,),
+    "eq": (True, False),
+    "ne": (True, False),
+}
+
+
+def _thresholds(comparisons: Sequence[tuple[str, str, Any]]) -> tuple[Threshold, ...]:
+    """Every numeric threshold of a condition's comparisons, each once, in order."""
+    out: dict[Threshold, None] = {}
+    for name, op, value in comparisons:
+        if op == "between":
+            edges = [(value[0], True), (value[1], False)]
+        elif op in ("in", "not_in"):
+            edges = [(v, inclusive) for v in value for inclusive in (True, False)]
+        else:
+            edges = [(value, inclusive) for inclusive in _EDGES.get(op, ())]
+        for number, inclusive in edges:
+            if _number(number):
+                out[Threshold(name, float(number), inclusive)] = None
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class RuleSegment:
-    """One named rule segment: a kind (value, behavioral, lifecycle, ...) and a predicate."""
+    """One named rule segment: a kind (value, behavioral, lifecycle, ...) and a predicate.
+
+    ``fields`` are the facts the rule names and ``thresholds`` every :class:`Threshold` of
+    its numeric comparisons (``lt lte gt gte eq ne`` operands, ``between`` bounds, numbers of
+    ``in`` / ``not_in``), inside ``all`` / ``any`` / ``not`` alike: the rule's truth can
+    change only where one of them turns. :meth:`compile` fills both; a segment built from a
+    bare predicate has neither, and so no time-driven due times of its own.
+
+    >>> quiet = RuleSegment.compile("quiet", "lifecycle", "",
+    ...     {"any": [{"days_since_last_purchase": {"gt": 90}},
+    ...              {"not": {"days_since_last_seen": {"between": [7, 30]}}}]})
+    >>> [tuple(t) for t in quiet.thresholds]
+    [('days_since_last_purchase', 90.0, False), ('days_since_last_seen', 7.0, True), \
+('days_since_last_seen', 30.0, False)]
+    >>> quiet.matches({"days_since_last_purchase": 91, "days_since_last_seen": 10})
+    True
+    """
 
     name: str
     kind: str
     description: str
     predicate: Predicate
+    thresholds: tuple[Threshold, ...] = ()
+    fields: frozenset[str] = frozenset()
+
+    @classmethod
+    def compile(
+        cls,
+        name: str,
+        kind: str,
+        description: str,
+        condition: Any,
+        line: int | None = None,
+        known: Callable[[str], bool] | None = None,
+    ) -> RuleSegment:
+        """Compile ``condition`` (see :func:`compile_condition`) into a segment that also
+        knows its fields and thresholds; raises :class:`RuleError`."""
+        comparisons: list[tuple[str, str, Any]] = []
+        predicate = compile_condition(name, condition, line, known, comparisons)
+        return cls(
+            name,
+            kind,
+            description,
+            predicate,
+            _thresholds(comparisons),
+            frozenset(field for field, _, _ in comparisons),
+        )
 
     def matches(self, facts: Facts) -> bool:
         try:

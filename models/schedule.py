@@ -1,4 +1,6 @@
-"""When each customer's lifecycle stage is next due to change, in event time."""
+"""When each customer is next due for a time-driven evaluation, in event time: the earliest of
+their lifecycle stage's next change and every rule's next threshold crossing on a fact that
+moves with time (``models.segments.SegmentCatalog.next_change``)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.clustering import ModelSnapshot
-from models.facts import LifecyclePolicy, RfmCuts, customer_facts
+from models.facts import LifecyclePolicy, RfmCuts, TimeWatch, customer_facts
 from models.features import CANONICAL_FEATURES, CustomerProfile, feature_vector
 from models.personas import PersonaCatalog
 from models.rules import RuleSegment, evaluate_all
@@ -60,13 +60,42 @@ class Stability:
 
 @dataclass(frozen=True)
 class SegmentCatalog:
-    """Everything besides the model that decides segments: rules, personas, lifecycle policy."""
+    """Everything besides the model that decides segments: rules, personas, lifecycle policy.
+
+    ``watch`` (derived from the rules) holds what the rules compare facts that move with event
+    time against; :meth:`next_change` is when a customer must next be evaluated with no event
+    of their own.
+    """
 
     rules: Sequence[RuleSegment] = ()
     personas: PersonaCatalog | None = None
     lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
     rfm: RfmCuts = field(default_factory=RfmCuts)
     stability: Stability = field(default_factory=Stability)
+    watch: TimeWatch = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        watch = TimeWatch.of(
+            (name for rule in self.rules for name in rule.fields),
+            (pair for rule in self.rules for pair in rule.thresholds),
+        )
+        object.__setattr__(self, "watch", watch)
+
+    def next_change(self, profile: CustomerProfile, now: int) -> int | None:
+        """The first event time after ``now`` at which the customer's lifecycle stage or any
+        rule on a fact that moves with time can change with no event of theirs (None: never).
+
+        >>> from models.features import DAY_MS
+        >>> from models.rules import RuleSegment
+        >>> quiet = RuleSegment.compile("q", "lifecycle", "", {"days_since_last_seen": {"gt": 7}})
+        >>> p = CustomerProfile("c", 1, first_seen_ts=0, last_seen_ts=0)
+        >>> catalog = SegmentCatalog(rules=(quiet,))
+        >>> due = catalog.next_change(p, 0)
+        >>> catalog.lifecycle.next_change(p, 0) / DAY_MS, round(due / DAY_MS, 4)
+        (30.0, 7.0005)
+        """
+        due = self.lifecycle.next_change(profile, now)
+        return self.watch.next_change(profile, now, self.rfm, due) if self.watch else due
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,9 @@ class StepOutcome:
 
     A crash before 4 redelivers the messages and every effect is redone idempotently; a crash
     after it finds the messages' positions in the profiles, and nothing is applied twice.
-    ``due`` holds the next lifecycle due time of every customer scored (None: none).
+    ``due`` holds the next due time of every customer scored (None: none): the earliest of
+    their lifecycle stage's next change and every rule's next threshold crossing on a fact that
+    moves with time (``SegmentCatalog.next_change``).
     """
 
     watermark: int
@@ -358,21 +360,23 @@ class SegmentStep:
         out: StepOutcome,
         schedule: DueSchedule,
     ) -> bool:
-        """Assign, collect changes and the record write; True if a record was written.
+        """Assign, collect changes and the record write; True if what the profile remembers
+        of its segments (published segments, lifecycle stage) changed.
 
-        A time-driven evaluation (``trigger`` watermark) that changed no segment and no
-        lifecycle stage writes nothing.
+        Every evaluation writes the record, a time-driven one (``trigger`` watermark) too: it
+        is due because something the record shows changes then (a rule or the lifecycle stage,
+        and with them ``evaluated_at``, ``days_since_*`` and the decayed values), and due
+        times come only at threshold crossings (``SegmentCatalog.next_change``), a finite
+        number between two events of the customer, never every batch.
         """
         assignment = assign(profile, model, catalog, at)
         found = changes_between(profile, assignment, trigger)
         out.changes.extend(found)
-        stage_moved = assignment.lifecycle != profile.lifecycle
+        moved = bool(found) or assignment.lifecycle != profile.lifecycle
         remember(profile, assignment)
-        due = catalog.lifecycle.next_change(profile, assignment.now)
+        due = catalog.next_change(profile, assignment.now)
         out.due[profile.customer_id] = due
         schedule.set(profile.customer_id, due)
-        if trigger != "event" and not found and not stage_moved:
-            return False
         record = assignment.record(profile, now_ms)
         record["worker_id"] = self.worker_id
         out.writes.append(
@@ -385,7 +389,7 @@ class SegmentStep:
                 assignment.members(),
             )
         )
-        return True
+        return moved
 
     def _expire(
         self,
@@ -396,7 +400,10 @@ class SegmentStep:
         out: StepOutcome,
         schedule: DueSchedule,
     ) -> None:
-        """Re-evaluate customers whose lifecycle stage came due as the watermark moved.
+        """Re-evaluate, at the watermark, customers that came due as it moved: their
+        lifecycle stage or a rule on a fact that moves with time (``days_since_*``, decayed
+        values, RFM) can have changed. Each gets its record written and its next due time; its
+        state is saved only if its segments or stage changed.
 
         Event time only: with no new events the watermark stands still and nothing expires, so
         a replay of a log ends in the same segments as the live stream did.

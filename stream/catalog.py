@@ -11,7 +11,7 @@ import yaml
 
 from models.facts import is_known_fact
 from models.personas import PROTOTYPE_FIELDS, Persona, PersonaCatalog
-from models.rules import RuleError, RuleSegment, compile_condition
+from models.rules import RuleError, RuleSegment
 from stream.errors import SegmenterError
 
 __all__ = ["CatalogError", "load_personas", "load_segments"]
@@ -81,10 +81,17 @@ def load_segments(path: Path | None = None) -> list[RuleSegment]:
             extra = set(e.body) - {"when", "kind", "description"}
             if extra:
                 raise RuleError(e.name, f"unknown keys {sorted(extra)}", e.line)
-            predicate = compile_condition(e.name, e.body["when"], e.line, is_known_fact)
+            segment = RuleSegment.compile(
+                e.name,
+                kind,
+                str(e.body.get("description", "")),
+                e.body["when"],
+                e.line,
+                is_known_fact,
+            )
         except RuleError as exc:
             raise CatalogError(f"{source}: {exc}") from None
-        out.append(RuleSegment(e.name, kind, str(e.body.get("description", "")), predicate))
+        out.append(segment)
     return out
 
 
