@@ -224,7 +224,7 @@ STEP_PARTS: tuple[tuple[str, Any, str], ...] = (
     ("scoring: the rest of assign", models.step, "assign"),
     ("segment changes (changes_between, remember)", models.step, "changes_between"),
     ("segment changes (changes_between, remember)", models.step, "remember"),
-    ("lifecycle due time (next_change)", models.facts.LifecyclePolicy, "next_change"),
+    ("due time (SegmentCatalog.next_change)", models.segments.SegmentCatalog, "next_change"),
     (
         "record build (SegmentAssignment.record, members)",
         models.segments.SegmentAssignment,
