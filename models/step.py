@@ -25,6 +25,7 @@ from models.segments import SegmentCatalog, SegmentChange, assign, changes_betwe
 __all__ = [
     "FORGET",
     "DeadLetter",
+    "Intake",
     "ProfileSource",
     "RecordWrite",
     "SampleBudget",
@@ -148,6 +149,63 @@ class StepOutcome:
     counters: dict[str, int] = field(default_factory=dict)
 
 
+class Intake:
+    """A message's events, or its dead letter: decoding, then the check on event times ahead
+    of the wall clock.
+
+    ``decode(source, value, key)`` is the core's ``decode_message`` unless the shell gives a
+    faster one with the same contract (the worker does: stream/worker/decoding.py). A message
+    with an event dated later than ``now_ms`` plus ``max_future_ms`` is a dead letter (0: no
+    check): one event from a device with a wrong clock would otherwise move the watermark ahead
+    and expire every customer's lifecycle stage.
+    """
+
+    def __init__(
+        self,
+        limits: DecodeLimits = DecodeLimits(),  # noqa: B008 - frozen
+        loads: Callable[[bytes], Any] = json.loads,
+        decode: Callable[[str, bytes, bytes | None], list[Event]] | None = None,
+        max_future_ms: int = 0,
+    ) -> None:
+        self.limits = limits
+        self.loads = loads
+        self.decode = decode or self._decode_message
+        self.max_future_ms = max_future_ms
+
+    def events(self, message: SourceMessage, now_ms: int, out: StepOutcome) -> list[Event] | None:
+        """The message's events, or None with a dead letter in ``out``."""
+        try:
+            if not message.key:
+                raise DecodeError("message has no key; the key must be the customer_id")
+            events = self.decode(message.source, message.value or b"", message.key)
+        except DecodeError as exc:
+            out.dead.append(DeadLetter(message, exc.reason))
+            return None
+        except Exception as exc:  # a decoder bug must not make a poison message
+            out.dead.append(
+                DeadLetter(message, f"could not decode ({type(exc).__name__}: {str(exc)[:120]})")
+            )
+            return None
+        if self.max_future_ms > 0 and now_ms > 0:
+            latest = now_ms + self.max_future_ms
+            for event in events:
+                if event.ts > latest:
+                    out.dead.append(DeadLetter(message, self._ahead(event, now_ms)))
+                    return None
+        return events
+
+    def _ahead(self, event: Event, now_ms: int) -> str:
+        dated = datetime.fromtimestamp(event.ts / 1000, UTC)
+        return (
+            f"event {event.event_id!r} is dated {dated.isoformat(timespec='seconds')}, "
+            f"{(event.ts - now_ms) / 1000:,.0f} s ahead of the worker's clock (allowed "
+            f"skew {self.max_future_ms / 1000:,.0f} s)"
+        )
+
+    def _decode_message(self, source: str, value: bytes, key: bytes | None) -> list[Event]:
+        return decode_message(source, value, key, self.limits, self.loads)
+
+
 class SegmentStep:
     """The segmenter's per-batch logic.
 
@@ -180,16 +238,8 @@ class SegmentStep:
     ) -> None:
         self.catalog = catalog
         self.sampling = sampling
-        self.limits = limits
         self.worker_id = worker_id
-        self.loads = loads
-        #: ``decode(source, value, key)``: the core's ``decode_message`` unless the shell gives
-        #: a faster one with the same contract (the worker does: stream/worker/decoding.py).
-        self.decode = decode or self._decode_message
-        #: A message with an event dated later than ``now_ms`` plus this is a dead letter
-        #: (0: no check): one event from a device with a wrong clock would otherwise move the
-        #: watermark ahead and expire every customer's lifecycle stage.
-        self.max_future_ms = max_future_ms
+        self.intake = Intake(limits, loads, decode, max_future_ms)
         self._budget = SampleBudget(sampling.max_per_second)
         self._rfm_of: tuple[int, SegmentCatalog] | None = None
 
@@ -220,21 +270,18 @@ class SegmentStep:
 
         Messages are applied in the order given. An erasure drops the customer's profile at its
         place in that order: their events before it are erased with them, events after it start
-        a new profile. A message with an event dated more than ``max_future_ms`` after
-        ``now_ms`` is a dead letter, whole.
+        a new profile. A message with an event dated too far after ``now_ms`` is a dead
+        letter, whole (``Intake``).
         """
         out = StepOutcome(watermark=watermark)
         touched: dict[str, tuple[CustomerProfile, int]] = {}  # profile, events applied before
-        latest = now_ms + self.max_future_ms if self.max_future_ms > 0 and now_ms > 0 else 0
         for message in messages:
             if message.source == FORGET:
                 if message.key:
                     self._erase(message.key.decode("utf-8", "replace"), touched, out, schedule)
                 continue
-            events = self._decode(message, out)
+            events = self.intake.events(message, now_ms, out)
             if events is None:
-                continue
-            if latest and self._from_the_future(message, events, latest, now_ms, out):
                 continue
             customer_id = events[0].customer_id
             out.events[message.source] = out.events.get(message.source, 0) + len(events)
@@ -281,59 +328,47 @@ class SegmentStep:
         schedule: DueSchedule,
         now_ms: int,
         only: Callable[[CustomerProfile], bool] | None = None,
+        rewrite: bool = False,
     ) -> StepOutcome:
         """Score stored customers at the watermark outside their events, as if on an event
-        (a first model assigns everyone seen before it); ``only`` picks which."""
+        (a first model assigns everyone seen before it); ``only`` picks which.
+
+        ``rewrite``: the serving store lost the records (``stream.worker.rebuild``). Every
+        customer's record is written again, evaluated at the watermark as at a due time; a
+        customer's state is saved (and their changes published) only if that evaluation moved
+        a segment or their lifecycle stage, which a newer model than the one that last scored
+        them can do. Anyone else is only rewritten: no change, no state, so the outcome's
+        effects are the store writes alone.
+
+        >>> import orjson
+        >>> step = SegmentStep(SegmentCatalog())
+        >>> msg = SourceMessage("purchases", "purchases/0", 0, b"c-1", orjson.dumps(
+        ...     {"event_id": "e1", "customer_id": "c-1", "ts": 1795000000000, "amount": 20.0}))
+        >>> out = step.run([msg], {}, None, 0, DueSchedule(), now_ms=0, clock=0.0)
+        >>> again = step.rescore(["c-1", "c-2"], out.states, None, out.watermark, DueSchedule(),
+        ...                      0, rewrite=True)
+        >>> [w.customer_id for w in again.writes], again.states, again.changes, again.counters
+        (['c-1'], {}, [], {'rebuilt': 1})
+        """
         out = StepOutcome(watermark=watermark)
         catalog = self.catalog_for(model)
         for customer_id in customer_ids:
             profile = profiles.get(customer_id)
             if profile is None or (only is not None and not only(profile)):
                 continue
-            self._score(profile, model, catalog, now_ms, watermark, "event", out, schedule)
-            out.states[customer_id] = profile
-        out.counters = {"records": len(out.writes)} if out.writes else {}
+            if not rewrite:
+                self._score(profile, model, catalog, now_ms, watermark, "event", out, schedule)
+                out.states[customer_id] = profile
+                continue
+            changes, stage = len(out.changes), profile.lifecycle
+            self._score(profile, model, catalog, now_ms, watermark, "watermark", out, schedule)
+            if len(out.changes) > changes or profile.lifecycle != stage:
+                out.states[customer_id] = profile
+        if out.writes:
+            out.counters = {"rebuilt" if rewrite else "records": len(out.writes)}
         return out
 
     # -- the parts ----------------------------------------------------------------------------
-
-    def _decode(self, message: SourceMessage, out: StepOutcome) -> list[Event] | None:
-        try:
-            if not message.key:
-                raise DecodeError("message has no key; the key must be the customer_id")
-            return self.decode(message.source, message.value or b"", message.key)
-        except DecodeError as exc:
-            out.dead.append(DeadLetter(message, exc.reason))
-        except Exception as exc:  # a decoder bug must not make a poison message
-            out.dead.append(
-                DeadLetter(message, f"could not decode ({type(exc).__name__}: {str(exc)[:120]})")
-            )
-        return None
-
-    def _from_the_future(
-        self,
-        message: SourceMessage,
-        events: list[Event],
-        latest: int,
-        now_ms: int,
-        out: StepOutcome,
-    ) -> bool:
-        """True (and a dead letter) if an event is dated after ``latest``, the wall clock plus
-        the allowed skew."""
-        for event in events:
-            if event.ts > latest:
-                dated = datetime.fromtimestamp(event.ts / 1000, UTC)
-                reason = (
-                    f"event {event.event_id!r} is dated {dated.isoformat(timespec='seconds')}, "
-                    f"{(event.ts - now_ms) / 1000:,.0f} s ahead of the worker's clock (allowed "
-                    f"skew {self.max_future_ms / 1000:,.0f} s)"
-                )
-                out.dead.append(DeadLetter(message, reason))
-                return True
-        return False
-
-    def _decode_message(self, source: str, value: bytes, key: bytes | None) -> list[Event]:
-        return decode_message(source, value, key, self.limits, self.loads)
 
     def _erase(
         self,

@@ -163,6 +163,66 @@ def forget(
     console.print(f"forgotten: {customer_id} (confirmed by a worker)")
 
 
+@app.command(name="rebuild-store")
+def rebuild_store(
+    wait: Annotated[
+        float, typer.Option(min=1, help="seconds to wait for the workers to finish")
+    ] = 600.0,
+) -> None:
+    """Rewrite every record, size counter and membership counter in Redis from the workers'
+    state (after Redis lost data, or to check that it holds what they hold).
+
+    Raises the app's rebuild request in Redis; each worker of SEGMENTER_APP_ID sees it on its
+    next store check and rewrites its partitions' records from its table, in chunks between
+    live batches (events keep flowing). Prints progress from the workers' heartbeats. Exit 0
+    once every partition's marker says it was rebuilt for this request, 1 if not within --wait
+    seconds: the request stays, and the workers (or one that starts later) finish it.
+    """
+    from stream.store import SegmentClient
+
+    settings = _settings()
+    client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    try:
+        client.ping()  # StoreUnavailable: main() prints it, exits 2
+        request = client.request_rebuild(settings.app_id)
+        console.print(f"rebuild request {request} sent to the workers of {settings.app_id!r}")
+        started = time.monotonic()
+        said = ""
+        while True:
+            beats = [b for b in client.workers() if isinstance(b.get("rebuild"), dict)]
+            count = max((int(b["rebuild"].get("table_partitions") or 0) for b in beats), default=0)
+            count = count or settings.partitions
+            _, marks = client.partition_marks(settings.app_id, range(count))
+            rebuilt = [p for p, m in marks.items() if m and int(m.get("request", 0)) >= request]
+            if len(rebuilt) == count:
+                console.print(
+                    f"rebuilt: all {count} partitions, by {len(beats)} worker(s), in "
+                    f"{time.monotonic() - started:.1f}s"
+                )
+                return
+            running = [b["rebuild"] for b in beats if b["rebuild"].get("running")]
+            line = (
+                f"{len(rebuilt)} of {count} partitions rebuilt; "
+                f"{sum(r['done'] for r in running):,} of {sum(r['total'] for r in running):,} "
+                f"customers in the rebuilds under way; {len(beats)} worker(s) live"
+            )
+            if line != said:
+                console.print(line)
+                said = line
+            if time.monotonic() - started > wait:
+                missing = sorted(set(range(count)) - set(rebuilt))
+                console.print(
+                    f"[yellow]not done within {wait:g}s: partitions {missing} not rebuilt yet"
+                    + ("" if beats else " (no live worker)")
+                    + "; the request stays, and the workers finish it (one that starts later "
+                    "too)[/yellow]"
+                )
+                raise typer.Exit(1)
+            time.sleep(0.5)
+    finally:
+        client.close()
+
+
 @app.command()
 def triggers(
     webhook: Annotated[str, typer.Option(help="URL that receives each change as a JSON POST")],

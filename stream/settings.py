@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     model_refresh_interval: Annotated[float, Field(gt=0)] = Field(
         0.5, description="seconds between workers' model checks"
     )
+    store_check_interval: Annotated[float, Field(gt=0)] = Field(
+        2.0,
+        description="seconds between a worker's checks that Redis still holds what it wrote "
+        "(a marker per partition); a missing or older marker, or a rebuild request, starts a "
+        "rebuild of those partitions' records and counters from the worker's state",
+    )
     seed: int = 42
     min_segment_share: Annotated[float, Field(ge=0, lt=0.5)] = Field(
         0.02, description="re-fit when a cluster holds less than this share of recent samples"

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from models.step import RecordWrite
 
-__all__ = ["SegmentStore"]
+__all__ = ["PartitionMark", "SegmentStore"]
+
+
+class PartitionMark(NamedTuple):
+    """Move one partition marker (``Keys.partition_mark``) from ``expected`` to ``value``; a
+    marker that holds anything else, or is missing, is left as it is."""
+
+    app_id: str
+    partition: int
+    expected: bytes
+    value: bytes
 
 
 class SegmentStore(Protocol):
@@ -18,11 +28,15 @@ class SegmentStore(Protocol):
         """Raise ``StoreUnavailable`` if the store cannot be reached."""
 
     async def write_many(
-        self, writes: Sequence[RecordWrite], counters: Mapping[str, int] = {}
+        self,
+        writes: Sequence[RecordWrite],
+        counters: Mapping[str, int] = {},
+        marks: Sequence[PartitionMark] = (),
     ) -> int:
         """Apply record writes (a write older than the stored record, by (event_ts, applied),
         is ignored), moving size and membership counters with them; add ``counters`` to the
-        status counters. Returns the writes accepted."""
+        status counters; then move the partition ``marks`` (each only from its expected
+        value). Returns the writes accepted."""
 
     async def forget_many(self, customer_ids: Sequence[str]) -> int:
         """Erase these customers' records and their share of the counters; returns how many
@@ -30,6 +44,21 @@ class SegmentStore(Protocol):
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         """One customer's record, or None."""
+
+    async def partition_marks(
+        self, app_id: str, partitions: Sequence[int]
+    ) -> tuple[int, dict[int, bytes | None]]:
+        """The app's newest rebuild request (0: none) and the marker of each partition
+        (None: missing), read together."""
+
+    async def put_partition_mark(
+        self, app_id: str, partition: int, value: bytes, expected: bytes | None = None
+    ) -> bool:
+        """Set a partition marker: unconditionally (``expected`` None), else only if it holds
+        ``expected``. True if set."""
+
+    async def request_rebuild(self, app_id: str) -> int:
+        """Ask every worker of the app to rebuild its partitions; the new request number."""
 
     async def model(self) -> dict[str, Any] | None:
         """The newest model snapshot, or None."""

@@ -149,6 +149,28 @@ class SegmentClient:
         values = self._mget(found) if found else []
         return [orjson.loads(v) for v in values if v]
 
+    @unavailable_on_error
+    def request_rebuild(self, app_id: str) -> int:
+        """Ask every worker of the app to rewrite its partitions' records and counters from its
+        state (``segmenter rebuild-store``); the new request number."""
+        return int(self.client.incr(self.keys.rebuild_request(app_id)))
+
+    @unavailable_on_error
+    def partition_marks(
+        self, app_id: str, partitions: Sequence[int]
+    ) -> tuple[int, dict[int, dict[str, Any] | None]]:
+        """The app's newest rebuild request (0: none) and each partition's marker (None:
+        missing): ``request`` is the newest request its records were rebuilt for."""
+        keys = [self.keys.rebuild_request(app_id)]
+        keys += [self.keys.partition_mark(app_id, p) for p in partitions]
+        values = self._mget(keys)
+        request = int(values[0]) if values[0] else 0
+        marks = {
+            p: None if v is None else orjson.loads(v)
+            for p, v in zip(partitions, values[1:], strict=True)
+        }
+        return request, marks
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -21,6 +21,15 @@ counter shard, ``shard_of(customer_id)``: the CRC-32 of the UTF-8 customer id, z
 - ``P model``: the newest model snapshot as JSON; ``P model:version`` its version.
 - ``P stats``: hash of counters (``events``, ``messages``, ``dead_letters``, ``records``).
 - ``P worker:<worker_id>``: a worker's heartbeat (JSON, expires after 10 s).
+- ``P partition:<app_id>:<p>``: the marker of partition ``p`` of the app's feature table
+  (JSON: ``request``, ``worker_id``, ``epoch``, ``seq``, ``at``), written by the worker that
+  owns the partition when it takes it over, after it rebuilt the partition's records, and
+  advanced with each of its writes (only from the value it last wrote, so a marker Redis lost
+  or rolled back stays lost). Missing, older than the worker's own, or with ``request`` below
+  ``P rebuild:<app_id>``: the worker rewrites the partition's records and counters from its
+  state (``stream.worker.rebuild``).
+- ``P rebuild:<app_id>``: the newest rebuild request (a counter ``segmenter rebuild-store``
+  increments).
 
 Why ``{S}``: braces mark a Redis Cluster hash tag, so a customer's record and the two counter
 hashes the write script moves with it are in one hash slot, as a script's keys must be on a
@@ -142,6 +151,18 @@ class Keys:
     @property
     def stats(self) -> str:
         return f"{self.prefix}stats"
+
+    def partition_mark(self, app_id: str, partition: int) -> str:
+        """The marker of one partition of an app's feature table.
+
+        >>> Keys().partition_mark("segmenter", 3)
+        'seg:partition:segmenter:3'
+        """
+        return f"{self.prefix}partition:{app_id}:{partition}"
+
+    def rebuild_request(self, app_id: str) -> str:
+        """The app's newest rebuild request (a counter)."""
+        return f"{self.prefix}rebuild:{app_id}"
 
     @property
     def records_pattern(self) -> str:

@@ -11,6 +11,7 @@ from typing import Any, cast
 import orjson
 
 from models.step import RecordWrite
+from stream.store.base import PartitionMark
 from stream.store.codec import segment_text
 
 __all__ = ["InMemorySegmentStore"]
@@ -58,12 +59,17 @@ class InMemorySegmentStore:
         self._history: dict[int, bytes] = {}
         self._history_lock_until = float("-inf")
         self._drift: list[bytes] = []  # newest first
+        self._marks: dict[tuple[str, int], bytes] = {}  # (app id, partition): marker
+        self._requests: dict[str, int] = {}  # app id: newest rebuild request
 
     async def ping(self) -> None:
         return None
 
     async def write_many(
-        self, writes: Sequence[RecordWrite], counters: Mapping[str, int] = {}
+        self,
+        writes: Sequence[RecordWrite],
+        counters: Mapping[str, int] = {},
+        marks: Sequence[PartitionMark] = (),
     ) -> int:
         accepted = 0
         for w in writes:
@@ -82,6 +88,8 @@ class InMemorySegmentStore:
             accepted += 1
         for name, by in counters.items():
             self._stats[name] = self._stats.get(name, 0) + by
+        for m in marks:
+            await self.put_partition_mark(m.app_id, m.partition, m.value, m.expected)
         return accepted
 
     async def forget_many(self, customer_ids: Sequence[str]) -> int:
@@ -112,6 +120,24 @@ class InMemorySegmentStore:
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         found = self._records.get(customer_id)
         return None if found is None else _loads(found.record)
+
+    async def partition_marks(
+        self, app_id: str, partitions: Sequence[int]
+    ) -> tuple[int, dict[int, bytes | None]]:
+        found = {p: self._marks.get((app_id, p)) for p in partitions}
+        return self._requests.get(app_id, 0), found
+
+    async def put_partition_mark(
+        self, app_id: str, partition: int, value: bytes, expected: bytes | None = None
+    ) -> bool:
+        if expected is not None and self._marks.get((app_id, partition)) != expected:
+            return False
+        self._marks[(app_id, partition)] = bytes(value)
+        return True
+
+    async def request_rebuild(self, app_id: str) -> int:
+        self._requests[app_id] = self._requests.get(app_id, 0) + 1
+        return self._requests[app_id]
 
     async def model(self) -> dict[str, Any] | None:
         return None if self._model is None else _loads(self._model)

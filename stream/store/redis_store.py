@@ -18,6 +18,7 @@ from redis.typing import EncodableT
 
 from models.step import RecordWrite
 from stream.store import scripts
+from stream.store.base import PartitionMark
 from stream.store.codec import counts, decode_record, record_value, segment_text, sum_counts
 from stream.store.connect import AsyncClient, async_client
 from stream.store.errors import REDIS_ERRORS, REDIS_OUTAGE, StoreUnavailable
@@ -28,6 +29,18 @@ log = logging.getLogger(__name__)
 __all__ = ["REDIS_OUTAGE", "RedisSegmentStore", "retry_forever"]
 
 _NOSCRIPT_ROUNDS = 5
+
+#: Moves a partition marker (``PartitionMark``): KEYS marker; ARGV expected, new value. Sets
+#: it only if it holds the expected value (never creates a missing one). Returns 1 if set.
+_MARK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_Call = tuple[AsyncScript, Sequence[str], Sequence[EncodableT]]
 
 
 def _noscript(result: object) -> bool:
@@ -50,6 +63,7 @@ class RedisSegmentStore:
         self._write = self.client.register_script(scripts.WRITE)
         self._forget = self.client.register_script(scripts.FORGET)
         self._watermark = self.client.register_script(scripts.WATERMARK)
+        self._mark = self.client.register_script(_MARK)
 
     async def ping(self) -> None:
         try:
@@ -58,43 +72,44 @@ class RedisSegmentStore:
             raise StoreUnavailable.at(self.url, exc, "is not reachable") from exc
 
     async def write_many(
-        self, writes: Sequence[RecordWrite], counters: Mapping[str, int] = {}
+        self,
+        writes: Sequence[RecordWrite],
+        counters: Mapping[str, int] = {},
+        marks: Sequence[PartitionMark] = (),
     ) -> int:
-        if not writes and not counters:
+        if not writes and not counters and not marks:
             return 0
-        calls = []
+        calls: list[_Call] = []
         for w in writes:
             value, segments = record_value(w)
             args = (w.event_ts, w.applied, segment_text(w.segment), value, segments)
-            calls.append((self.keys.script_keys(w.customer_id), args))
-        results = await self._run_script(self._write, calls, counters)
-        return sum(1 for r in results if r == 1)
+            calls.append((self._write, self.keys.script_keys(w.customer_id), args))
+        for m in marks:
+            key = self.keys.partition_mark(m.app_id, m.partition)
+            calls.append((self._mark, (key,), (m.expected, m.value)))
+        results = await self._run_script(calls, counters)
+        return sum(1 for r in results[: len(writes)] if r == 1)
 
     async def forget_many(self, customer_ids: Sequence[str]) -> int:
         if not customer_ids:
             return 0
-        calls = [(self.keys.script_keys(c), ()) for c in customer_ids]
-        results = await self._run_script(self._forget, calls, {})
+        calls: list[_Call] = [(self._forget, self.keys.script_keys(c), ()) for c in customer_ids]
+        results = await self._run_script(calls, {})
         return sum(1 for r in results if r == 1)
 
-    async def _run_script(
-        self,
-        script: AsyncScript,
-        calls: Sequence[tuple[Sequence[str], Sequence[EncodableT]]],
-        counters: Mapping[str, int],
-    ) -> list[Any]:
-        """Run ``script`` once per call (keys, args) in one pipeline, in order, and add
+    async def _run_script(self, calls: Sequence[_Call], counters: Mapping[str, int]) -> list[Any]:
+        """Run each call's script (script, keys, args) in one pipeline, in order, and add
         ``counters`` to the status counters; the scripts' results.
 
-        By EVALSHA: a server that does not know the script (a fresh one, or a replica just
-        promoted: script caches are not replicated) answers NOSCRIPT; the script is then
+        By EVALSHA: a server that does not know a script (a fresh one, or a replica just
+        promoted: script caches are not replicated) answers NOSCRIPT; the scripts are then
         loaded (on every master of a cluster) and exactly the calls refused run again, in
         their order, so nothing is applied twice. Any other error is raised.
         """
         # EVALSHA by execute_command: redis-py's cluster pipeline blocks its ``evalsha`` method
         # (for the NOSCRIPT answers handled here), not the command, which it routes by its keys.
         async with self.client.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
+            for script, keys, args in calls:
                 pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             for name, by in counters.items():
                 pipe.hincrby(self.keys.stats, name, by)
@@ -103,10 +118,11 @@ class RedisSegmentStore:
             refused = [i for i, r in enumerate(results[: len(calls)]) if _noscript(r)]
             if not refused:
                 break
-            await self.client.script_load(script.script)
+            for source in {calls[i][0].script for i in refused}:
+                await self.client.script_load(source)
             async with self.client.pipeline(transaction=False) as pipe:
                 for i in refused:
-                    keys, args = calls[i]
+                    script, keys, args = calls[i]
                     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 again = await pipe.execute(raise_on_error=False)
             for i, result in zip(refused, again, strict=True):
@@ -119,6 +135,30 @@ class RedisSegmentStore:
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         raw = cast(bytes | None, await self.client.get(self.keys.record(customer_id)))
         return None if raw is None else decode_record(raw)
+
+    async def partition_marks(
+        self, app_id: str, partitions: Sequence[int]
+    ) -> tuple[int, dict[int, bytes | None]]:
+        keys = [self.keys.rebuild_request(app_id)]
+        keys += [self.keys.partition_mark(app_id, p) for p in partitions]
+        if isinstance(self.client, AsyncRedisCluster):
+            values = await self.client.mget_nonatomic(keys)
+        else:
+            values = await self.client.mget(keys)
+        request = int(values[0]) if values[0] else 0
+        return request, dict(zip(partitions, values[1:], strict=True))
+
+    async def put_partition_mark(
+        self, app_id: str, partition: int, value: bytes, expected: bytes | None = None
+    ) -> bool:
+        key = self.keys.partition_mark(app_id, partition)
+        if expected is None:
+            return bool(await self.client.set(key, value))
+        calls: list[_Call] = [(self._mark, (key,), (expected, value))]
+        return bool((await self._run_script(calls, {}))[0] == 1)
+
+    async def request_rebuild(self, app_id: str) -> int:
+        return int(await self.client.incr(self.keys.rebuild_request(app_id)))
 
     async def model(self) -> dict[str, Any] | None:
         raw = await self.client.get(self.keys.model)

@@ -254,11 +254,9 @@ SHELL_PARTS: tuple[tuple[str, str], ...] = (
 def time_decoder(step: SegmentStep, clock: StageClock) -> tuple[tuple[str, Any, str], ...]:
     """Time the decoder ``step`` runs: its own ``decode`` if it has one (wrapped here, on this
     instance); else the part to wrap for the duration, the core's ``decode_message``."""
-    attributes = vars(step)
-    if "decode" in attributes:
-        attributes["decode"] = clock.wrap(DECODE, attributes["decode"])
-        return ()
-    return ((DECODE, models.step, "decode_message"),)
+    intake = step.intake
+    intake.decode = clock.wrap(DECODE, intake.decode)
+    return ()
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from stream.worker.decoding import FastDecoder
 from stream.worker.effects import Effects
 from stream.worker.faust_adapt import BatchFeed, CustomerTable, SegmenterApp, SegmenterConsumer
 from stream.worker.metrics import WorkerMetrics
+from stream.worker.rebuild import PartitionMarks, StoreRebuild
 from stream.worker.segmenting import Segmenting
 from stream.worker.status import Status, unless_redis_is_down
 from stream.worker.trainer import Trainer
@@ -146,7 +147,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
 
     metrics = WorkerMetrics()
     store = RedisSegmentStore(settings.redis_url.get_secret_value(), settings.redis_prefix)
-    effects = Effects(store, table, send, names, settings.worker_id, metrics)
+    marks = PartitionMarks(settings.app_id, settings.worker_id)
+    effects = Effects(store, table, send, names, settings.worker_id, metrics, marks)
     segmenting = Segmenting(
         build_step(settings),
         table,
@@ -158,8 +160,17 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         settings.profile_cache,
     )
     trainer = Trainer(settings, store, send, names, metrics, lambda: segmenting.model)
+    rebuild = StoreRebuild(
+        segmenting,
+        store,
+        marks,
+        ready=lambda: not app.rebalancing,  # true again once the table is recovered
+        table_partitions=settings.partitions,
+        spawn=app.add_future,
+        crash=app.crash,
+    )
     status = Status(
-        settings, app, store, segmenting, effects, trainer, send, names["stats"], metrics
+        settings, app, store, segmenting, effects, trainer, send, names["stats"], metrics, rebuild
     )
     worker = Worker(settings, app, table, segmenting, effects, trainer, status, metrics)
 
@@ -198,6 +209,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     @app.timer(settings.model_refresh_interval)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:
         await unless_redis_is_down("model refresh", segmenting.refresh_model)
+
+    @app.timer(settings.store_check_interval)  # type: ignore[untyped-decorator]
+    async def check_store() -> None:
+        await unless_redis_is_down("store check", rebuild.check)
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:

@@ -14,8 +14,10 @@ import orjson
 from models.features import CustomerProfile
 from models.step import DeadLetter, StepOutcome
 from stream.store import SegmentStore, retry_forever
+from stream.store.base import PartitionMark
 from stream.worker.faust_adapt import CustomerTable
 from stream.worker.metrics import WorkerMetrics
+from stream.worker.rebuild import PartitionMarks
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,11 @@ def encode_profile(profile: CustomerProfile | None) -> bytes | None:
 
 
 class Effects:
-    """Applies a step's outcome: store, then topics, then the table (see ``StepOutcome``)."""
+    """Applies a step's outcome: store, then topics, then the table (see ``StepOutcome``).
+
+    With ``marks``, the store writes also advance the markers of the partitions written
+    (``stream.worker.rebuild``), in the same pipeline, after the records.
+    """
 
     def __init__(
         self,
@@ -41,6 +47,7 @@ class Effects:
         topics: Mapping[str, str],
         worker_id: str,
         metrics: WorkerMetrics,
+        marks: PartitionMarks | None = None,
     ) -> None:
         self.store = store
         self.table = table
@@ -48,18 +55,35 @@ class Effects:
         self.topics = topics  # topology key (changes, samples, dead_letter) -> topic name
         self.worker_id = worker_id
         self.metrics = metrics
+        self.marks = marks
         self.counters: dict[str, int] = {}
 
     async def apply(self, outcome: StepOutcome) -> None:
         if outcome.erased:
             await retry_forever("Redis forget", self.store.forget_many, outcome.erased)
-        await retry_forever("Redis write", self.store.write_many, outcome.writes, outcome.counters)
+        await retry_forever(
+            "Redis write",
+            self.store.write_many,
+            outcome.writes,
+            outcome.counters,
+            self._marks(outcome),
+        )
         await self._publish(outcome)
         await self.table.write({c: encode_profile(p) for c, p in outcome.states.items()})
         for name, by in outcome.counters.items():
             self.counters[name] = self.counters.get(name, 0) + by
         if outcome.erased:
             log.info("forgot %d customers", len(outcome.erased))
+
+    def _marks(self, outcome: StepOutcome) -> list[PartitionMark]:
+        """The markers to advance with this outcome's store writes: those this worker holds of
+        the partitions it writes or erases customers of."""
+        if self.marks is None or not self.marks.held:
+            return []
+        partition_of = self.table.partition_of
+        written = {partition_of.get(w.customer_id) for w in outcome.writes}
+        written.update(partition_of.get(c) for c in outcome.erased)
+        return self.marks.advance(p for p in written if p is not None)
 
     async def _publish(self, outcome: StepOutcome) -> None:
         """Tombstones, changes, the batch's samples (one JSON array) and dead letters, all

@@ -155,6 +155,22 @@ class Segmenting:
             if source in outcome.events:
                 self.metrics.events.labels(topic).inc(outcome.events[source])
 
+    def owned(self) -> set[int]:
+        """The partitions owned now (call under ``self.lock``): after a rebalance, their
+        customers are scheduled anew and the live profiles dropped first."""
+        return self._owned()
+
+    async def apply(self, outcome: StepOutcome) -> None:
+        """Apply an outcome of the step outside a batch (under ``self.lock``), keeping its
+        states live; after a failure the live profiles are dropped (they may be ahead of the
+        table), as after a failed batch."""
+        try:
+            await self.effects.apply(outcome)
+        except BaseException:
+            self.profiles.drop_live()
+            raise
+        self.profiles.saved(outcome.states)
+
     def _owned(self) -> set[int]:
         """The partitions owned now; after a rebalance, their customers are scheduled anew."""
         owned = self.owned_partitions()
@@ -162,12 +178,13 @@ class Segmenting:
             self.profiles.owned = owned
             self.profiles.drop_live()
             self.schedule.clear()
-            lifecycle = self.step.catalog.lifecycle
+            # Lifecycle and every time-relative rule's threshold (SegmentCatalog.next_change).
+            catalog = self.step.catalog_for(self.model)
             for customer_id, raw in self.table.stored():
                 if self.table.partition_of.get(customer_id) in owned:
                     profile = CustomerProfile.from_state(orjson.loads(raw))
                     at = max(self.watermark, profile.last_seen_ts or 0)
-                    self.schedule.set(customer_id, lifecycle.next_change(profile, at))
+                    self.schedule.set(customer_id, catalog.next_change(profile, at))
             self._scheduled_for = set(owned)
             log.info(
                 "lifecycle schedule: %d customers on partitions %s",
@@ -203,12 +220,7 @@ class Segmenting:
                     only=lambda profile: profile.segment is None,
                 )
                 if outcome.writes:
-                    try:
-                        await self.effects.apply(outcome)
-                    except BaseException:
-                        self.profiles.drop_live()
-                        raise
-                    self.profiles.saved(outcome.states)
+                    await self.apply(outcome)
                     log.info(
                         "first model: assigned %d customers seen before it", len(outcome.writes)
                     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import faust
 import orjson
@@ -13,6 +14,7 @@ from stream.settings import Settings
 from stream.store import REDIS_OUTAGE, SegmentStore
 from stream.worker.effects import Effects, Send
 from stream.worker.metrics import WorkerMetrics
+from stream.worker.rebuild import StoreRebuild
 from stream.worker.segmenting import Segmenting
 from stream.worker.trainer import Trainer
 
@@ -33,6 +35,7 @@ class Status:
         send: Send,
         stats_topic: str,
         metrics: WorkerMetrics,
+        rebuild: StoreRebuild | None = None,
     ) -> None:
         self.settings = settings
         self.app = app
@@ -43,6 +46,7 @@ class Status:
         self.send = send
         self.stats_topic = stats_topic
         self.metrics = metrics
+        self.rebuild = rebuild
 
     def lag(self) -> int:
         """Messages behind the end of the assigned input partitions; updates the gauges."""
@@ -64,7 +68,7 @@ class Status:
 
     async def heartbeat(self) -> None:
         model = self.segmenting.model
-        info = {
+        info: dict[str, Any] = {
             "worker_id": self.settings.worker_id,
             "partitions": sorted(self.segmenting.owned_partitions()),
             "model_version": model.version if model else None,
@@ -76,6 +80,8 @@ class Status:
             "at": int(time.time() * 1000),
             **self.effects.counters,
         }
+        if self.rebuild is not None:
+            info["rebuild"] = self.rebuild.status()
         await self.store.heartbeat(self.settings.worker_id, info, 10)
 
     async def publish_stats(self) -> None:

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from models.step import RecordWrite
-from stream.store import InMemorySegmentStore, RedisSegmentStore, SegmentStore, sync_client
+from stream.store import (
+    InMemorySegmentStore,
+    RedisSegmentStore,
+    SegmentClient,
+    SegmentStore,
+    sync_client,
+)
+from stream.store.base import PartitionMark
 
 from .redis_cluster import redis_cluster  # noqa: F401 - the session's cluster fixture
 
@@ -209,3 +216,62 @@ def test_a_size_snapshot_goes_to_the_first_caller_of_a_period(store):
 def test_no_size_snapshot_before_any_event_time(store):
     assert store.size_snapshot("w1", 0, 1_000, 5, 0.3) is None
     assert store.history() == []
+
+
+def test_partition_markers_move_only_from_the_value_expected(store):
+    assert store.partition_marks("app", [0, 1, 2]) == (0, {0: None, 1: None, 2: None})
+    # A write never creates a missing marker (Redis lost it: it stays lost).
+    assert store.write_many([w("a", 1, 1, 1)], {}, [PartitionMark("app", 0, b"m0", b"m1")]) == 1
+    assert store.partition_marks("app", [0]) == (0, {0: None})
+    assert store.put_partition_mark("app", 0, b"m1") is True  # unconditional
+    assert store.put_partition_mark("app", 1, b"x1", b"expected") is False  # missing
+    assert store.put_partition_mark("app", 0, b"m2", b"m0") is False  # holds something else
+    assert store.put_partition_mark("app", 0, b"m2", b"m1") is True
+    # With the records, in order: each mark moves from its expected value only.
+    marks = [PartitionMark("app", 0, b"m2", b"m3"), PartitionMark("app", 0, b"m3", b"m4")]
+    marks.append(PartitionMark("app", 1, b"m0", b"m1"))
+    assert store.write_many([w("b", 1, 1, 2)], {"events": 1}, marks) == 1
+    assert store.partition_marks("app", [0, 1]) == (0, {0: b"m4", 1: None})
+    assert store.write_many([], {}, [PartitionMark("app", 0, b"m4", b"m5")]) == 0
+    assert store.partition_marks("app", [0]) == (0, {0: b"m5"})
+    # Another app's markers are its own.
+    assert store.partition_marks("other", [0]) == (0, {0: None})
+    assert store.sizes() == {"1": 1, "2": 1} and store.stats() == {"events": 1}
+
+
+def test_rebuild_requests_count_up_per_app(store):
+    assert store.request_rebuild("app") == 1
+    assert store.request_rebuild("app") == 2
+    assert store.request_rebuild("other") == 1
+    assert store.put_partition_mark("app", 3, b'{"request": 2}')
+    assert store.partition_marks("app", [3, 4]) == (2, {3: b'{"request": 2}', 4: None})
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
+def test_the_sync_client_reads_and_raises_what_the_worker_store_keeps(kind, request):
+    url = (
+        request.getfixturevalue("redis_cluster").url
+        if kind == "cluster"
+        else request.getfixturevalue("stack").redis_url
+    )
+    prefix = f"contract-{uuid.uuid4().hex[:8]}:"
+    s = Sync(RedisSegmentStore(url, prefix))
+    client = SegmentClient(url, prefix)
+    try:
+        assert client.partition_marks("app", [0, 1]) == (0, {0: None, 1: None})
+        assert client.request_rebuild("app") == 1
+        assert s.partition_marks("app", [0]) == (1, {0: None})
+        s.put_partition_mark("app", 1, b'{"request": 1, "worker_id": "w1"}')
+        assert client.partition_marks("app", [0, 1]) == (
+            1,
+            {0: None, 1: {"request": 1, "worker_id": "w1"}},
+        )
+    finally:
+        client.close()
+        s.close()
+        raw = sync_client(url)
+        keys = list(raw.scan_iter(match=f"{prefix}*"))
+        if keys:
+            raw.delete(*keys)
+        raw.close()

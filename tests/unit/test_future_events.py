@@ -76,6 +76,6 @@ def test_no_check_with_a_skew_of_zero_or_without_a_wall_clock() -> None:
 
 
 def test_the_worker_step_takes_the_skew_from_the_settings() -> None:
-    assert build_step(Settings()).max_future_ms == 300_000
-    assert build_step(Settings(max_future_skew_seconds=0)).max_future_ms == 0
-    assert build_step(Settings(max_future_skew_seconds=1.5)).max_future_ms == 1500
+    assert build_step(Settings()).intake.max_future_ms == 300_000
+    assert build_step(Settings(max_future_skew_seconds=0)).intake.max_future_ms == 0
+    assert build_step(Settings(max_future_skew_seconds=1.5)).intake.max_future_ms == 1500

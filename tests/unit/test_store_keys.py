@@ -34,6 +34,8 @@ def test_every_key_of_the_default_prefix():
     assert k.model_version == "seg:model:version"
     assert k.stats == "seg:stats"
     assert k.worker("w-1") == "seg:worker:w-1"
+    assert k.partition_mark("segmenter", 3) == "seg:partition:segmenter:3"
+    assert k.rebuild_request("segmenter") == "seg:rebuild:segmenter"
     assert k.records_pattern == "seg:c:*"
     assert k.workers_pattern == "seg:worker:*"
 
@@ -99,7 +101,7 @@ def test_keys_are_a_frozen_value():
 
 KEY_FSTRING = re.compile(
     r"\{[^{}]*prefix[^{}]*\}"
-    r"(c:|sizes|members|history|watermark|drift|model|stats|worker:)",
+    r"(c:|sizes|members|history|watermark|drift|model|stats|worker:|partition:|rebuild:)",
     re.IGNORECASE,
 )
 
