@@ -138,6 +138,22 @@ class BenchContext:
             client.close()
         raise RuntimeError(f"{n} workers did not share the partitions within 180 s")
 
+    def wait_model(self, settings: Settings, procs: Procs, timeout: float = 120.0) -> bool:
+        """Until every worker scores with a model (its heartbeat's model version); False if
+        none came within ``timeout`` seconds."""
+        client = self.client(settings)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                _check_alive(procs)
+                beats = client.workers()
+                if beats and all(b.get("model_version") for b in beats):
+                    return True
+                time.sleep(0.2)
+        finally:
+            client.close()
+        return False
+
     def load(self, settings: Settings, messages: list[Message]) -> float:
         """Send messages as fast as the producer goes; events per second sent."""
         return send_messages(settings, iter(messages)).rate

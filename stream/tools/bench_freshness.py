@@ -52,13 +52,24 @@ class Freshness:
         procs = ctx.start_workers(settings, 1, f"fresh{self.size}")
         ctx.wait_joined(settings, 1, procs)
         # Warm up: the first messages create the customers and the model's first records.
-        warm = load[: len(load) // 10]
-        send_messages(settings, iter(warm))
-        ctx.worker_span(settings, sum(m.events for m in warm), procs)
+        # A worker in steady state: its first model is out (the trainer's seeding, then every
+        # worker's one-off scoring of the customers it saw before it, are start-up, not the
+        # latency a shop sees). Warm-up traffic goes in tenths of the load until the model is
+        # there (the trainer learns from a capped number of samples a second), three at most.
+        step, start = len(load) // 10, 0
+        while start < 3 * step:
+            warm = load[start : start + step]
+            start += step
+            send_messages(settings, iter(warm))
+            ctx.worker_span(settings, sum(m.events for m in warm), procs)
+            if ctx.wait_model(settings, procs, timeout=5.0):
+                break
+        if not ctx.wait_model(settings, procs, timeout=60.0):
+            ctx.note(f"freshness at {self.label}: no model after the warm-up")
         ctx.say(f"freshness at {self.label}: {seconds:.0f} s of traffic with probes")
         producer = make_producer(settings)
         threads = [
-            threading.Thread(target=self._traffic, args=(load[len(load) // 10 :], producer)),
+            threading.Thread(target=self._traffic, args=(load[start:], producer)),
             threading.Thread(target=self._probes, args=(template, producer)),
             threading.Thread(target=self._watch),
         ]
