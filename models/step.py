@@ -5,6 +5,17 @@ one step. It knows no Faust, Kafka or Redis, and no partitions: a message's posi
 opaque log name and an offset, a profile comes from whatever ``ProfileSource`` the caller
 gives, and the outcome lists what the caller must do, in the order that makes a crash safe
 (see ``StepOutcome``).
+
+>>> import orjson
+>>> step = SegmentStep(SegmentCatalog())
+>>> msg = SourceMessage("purchases", "purchases/0", 0, b"c-1", orjson.dumps(
+...     {"event_id": "e1", "customer_id": "c-1", "ts": 1795000000000, "amount": 20.0}))
+>>> out = step.run([msg], {}, None, 0, DueSchedule(), now_ms=0, clock=0.0)
+>>> out.watermark, out.states["c-1"].orders_total, out.writes[0].record["lifecycle"]
+(1795000000000, 1, 'new')
+>>> again = step.run([msg], out.states, None, out.watermark, DueSchedule(), 0, 0.0)
+>>> again.writes, again.states   # a redelivered message changes nothing
+([], {})
 """
 
 from __future__ import annotations
@@ -213,17 +224,6 @@ class SegmentStep:
     erasures, features, one scoring per touched customer, changes, records, samples, then
     lifecycle expiry of every customer the moved watermark made due. ``rescore`` scores stored
     customers outside their events (a first model).
-
-    >>> import orjson
-    >>> step = SegmentStep(SegmentCatalog())
-    >>> msg = SourceMessage("purchases", "purchases/0", 0, b"c-1", orjson.dumps(
-    ...     {"event_id": "e1", "customer_id": "c-1", "ts": 1795000000000, "amount": 20.0}))
-    >>> out = step.run([msg], {}, None, 0, DueSchedule(), now_ms=0, clock=0.0)
-    >>> out.watermark, out.states["c-1"].orders_total, out.writes[0].record["lifecycle"]
-    (1795000000000, 1, 'new')
-    >>> again = step.run([msg], out.states, None, out.watermark, DueSchedule(), 0, 0.0)
-    >>> again.writes, again.states   # a redelivered message changes nothing
-    ([], {})
     """
 
     def __init__(
@@ -278,7 +278,7 @@ class SegmentStep:
         for message in messages:
             if message.source == FORGET:
                 if message.key:
-                    self._erase(message.key.decode("utf-8", "replace"), touched, out, schedule)
+                    _erase(message.key.decode("utf-8", "replace"), touched, out, schedule)
                 continue
             events = self.intake.events(message, now_ms, out)
             if events is None:
@@ -300,7 +300,7 @@ class SegmentStep:
             if profile.applied == before:
                 continue  # every message was a redelivery or every event a duplicate
             out.watermark = max(out.watermark, profile.last_seen_ts or 0)
-            self._score(profile, model, catalog, now_ms, None, "event", out, schedule)
+            _score(profile, model, catalog, now_ms, None, "event", out, schedule, self.worker_id)
             if self._wants_sample(before, profile.applied, clock):
                 out.samples.append(_sample(profile))
             out.states[customer_id] = profile
@@ -357,11 +357,31 @@ class SegmentStep:
             if profile is None or (only is not None and not only(profile)):
                 continue
             if not rewrite:
-                self._score(profile, model, catalog, now_ms, watermark, "event", out, schedule)
+                _score(
+                    profile,
+                    model,
+                    catalog,
+                    now_ms,
+                    watermark,
+                    "event",
+                    out,
+                    schedule,
+                    self.worker_id,
+                )
                 out.states[customer_id] = profile
                 continue
             changes, stage = len(out.changes), profile.lifecycle
-            self._score(profile, model, catalog, now_ms, watermark, "watermark", out, schedule)
+            _score(
+                profile,
+                model,
+                catalog,
+                now_ms,
+                watermark,
+                "watermark",
+                out,
+                schedule,
+                self.worker_id,
+            )
             if len(out.changes) > changes or profile.lifecycle != stage:
                 out.states[customer_id] = profile
         if out.writes:
@@ -369,62 +389,6 @@ class SegmentStep:
         return out
 
     # -- the parts ----------------------------------------------------------------------------
-
-    def _erase(
-        self,
-        customer_id: str,
-        touched: dict[str, tuple[CustomerProfile, int]],
-        out: StepOutcome,
-        schedule: DueSchedule,
-    ) -> None:
-        touched.pop(customer_id, None)
-        out.states[customer_id] = None
-        out.due[customer_id] = None
-        schedule.set(customer_id, None)
-        if customer_id not in out.erased:
-            out.erased.append(customer_id)
-
-    def _score(
-        self,
-        profile: CustomerProfile,
-        model: ModelSnapshot | None,
-        catalog: SegmentCatalog,
-        now_ms: int,
-        at: int | None,
-        trigger: str,
-        out: StepOutcome,
-        schedule: DueSchedule,
-    ) -> bool:
-        """Assign, collect changes and the record write; True if what the profile remembers
-        of its segments (published segments, lifecycle stage) changed.
-
-        Every evaluation writes the record, a time-driven one (``trigger`` watermark) too: it
-        is due because something the record shows changes then (a rule or the lifecycle stage,
-        and with them ``evaluated_at``, ``days_since_*`` and the decayed values), and due
-        times come only at threshold crossings (``SegmentCatalog.next_change``), a finite
-        number between two events of the customer, never every batch.
-        """
-        assignment = assign(profile, model, catalog, at)
-        found = changes_between(profile, assignment, trigger)
-        out.changes.extend(found)
-        moved = bool(found) or assignment.lifecycle != profile.lifecycle
-        remember(profile, assignment)
-        due = catalog.next_change(profile, assignment.now)
-        out.due[profile.customer_id] = due
-        schedule.set(profile.customer_id, due)
-        record = assignment.record(profile, now_ms)
-        record["worker_id"] = self.worker_id
-        out.writes.append(
-            RecordWrite(
-                profile.customer_id,
-                assignment.event_ts,
-                assignment.applied,
-                assignment.segment,
-                record,
-                assignment.members(),
-            )
-        )
-        return moved
 
     def _expire(
         self,
@@ -447,8 +411,16 @@ class SegmentStep:
             profile = out.states.get(customer_id) or profiles.get(customer_id)
             if profile is None:
                 continue
-            if self._score(
-                profile, model, catalog, now_ms, out.watermark, "watermark", out, schedule
+            if _score(
+                profile,
+                model,
+                catalog,
+                now_ms,
+                out.watermark,
+                "watermark",
+                out,
+                schedule,
+                self.worker_id,
             ):
                 out.states[customer_id] = profile
 
@@ -456,6 +428,63 @@ class SegmentStep:
         every = self.sampling.every
         due = after >= self.sampling.min_events and after // every > before // every
         return due and self._budget.take(clock)
+
+
+def _erase(
+    customer_id: str,
+    touched: dict[str, tuple[CustomerProfile, int]],
+    out: StepOutcome,
+    schedule: DueSchedule,
+) -> None:
+    touched.pop(customer_id, None)
+    out.states[customer_id] = None
+    out.due[customer_id] = None
+    schedule.set(customer_id, None)
+    if customer_id not in out.erased:
+        out.erased.append(customer_id)
+
+
+def _score(
+    profile: CustomerProfile,
+    model: ModelSnapshot | None,
+    catalog: SegmentCatalog,
+    now_ms: int,
+    at: int | None,
+    trigger: str,
+    out: StepOutcome,
+    schedule: DueSchedule,
+    worker_id: str,
+) -> bool:
+    """Assign, collect changes and the record write; True if what the profile remembers
+    of its segments (published segments, lifecycle stage) changed.
+
+    Every evaluation writes the record, a time-driven one (``trigger`` watermark) too: it
+    is due because something the record shows changes then (a rule or the lifecycle stage,
+    and with them ``evaluated_at``, ``days_since_*`` and the decayed values), and due
+    times come only at threshold crossings (``SegmentCatalog.next_change``), a finite
+    number between two events of the customer, never every batch.
+    """
+    assignment = assign(profile, model, catalog, at)
+    found = changes_between(profile, assignment, trigger)
+    out.changes.extend(found)
+    moved = bool(found) or assignment.lifecycle != profile.lifecycle
+    remember(profile, assignment)
+    due = catalog.next_change(profile, assignment.now)
+    out.due[profile.customer_id] = due
+    schedule.set(profile.customer_id, due)
+    record = assignment.record(profile, now_ms)
+    record["worker_id"] = worker_id
+    out.writes.append(
+        RecordWrite(
+            profile.customer_id,
+            assignment.event_ts,
+            assignment.applied,
+            assignment.segment,
+            record,
+            assignment.members(),
+        )
+    )
+    return moved
 
 
 def _sample(profile: CustomerProfile) -> dict[str, Any]:
