@@ -220,6 +220,14 @@ class StoreRebuild:
                 raw = found.get(p)
                 mark = Mark.decode(raw)
                 held = self.marks.held.get(p)
+                if raw is None and held is None and p in seg.fresh_partitions:
+                    # Taken over empty (a new deployment, a new partition): nothing was lost,
+                    # whatever traffic came since; the marker starts here.
+                    new = self.marks.new(request)
+                    if await self.store.put_partition_mark(self.app_id, p, new.encode(), None):
+                        self.marks.held[p] = new
+                        seg.fresh_partitions.discard(p)
+                    continue
                 if mark is None:
                     stale[p] = "no marker" if raw is None else "an unreadable marker"
                 elif held is not None and mark != held:

@@ -101,6 +101,9 @@ class Segmenting:
         self.watermark = 0  # the newest event time this worker has applied
         self.schedule = DueSchedule()
         self._scheduled_for: set[int] = set()
+        #: Owned partitions that were empty in the table when taken over and whose store marker
+        #: has not been written yet (see stream/worker/rebuild.py).
+        self.fresh_partitions: set[int] = set()
         self.offsets: dict[tuple[str, int], int] = {}  # newest offset handled per partition
         self.lock = asyncio.Lock()
 
@@ -180,11 +183,19 @@ class Segmenting:
             self.schedule.clear()
             # Lifecycle and every time-relative rule's threshold (SegmentCatalog.next_change).
             catalog = self.step.catalog_for(self.model)
+            populated: set[int] = set()
             for customer_id, raw in self.table.stored():
-                if self.table.partition_of.get(customer_id) in owned:
+                partition = self.table.partition_of.get(customer_id)
+                if partition in owned:
+                    populated.add(partition)
                     profile = CustomerProfile.from_state(orjson.loads(raw))
                     at = max(self.watermark, profile.last_seen_ts or 0)
                     self.schedule.set(customer_id, catalog.next_change(profile, at))
+            # Partitions taken over with nothing in the table: Redis holds nothing of them
+            # that could be lost, so a missing store marker there is new, not a loss.
+            self.fresh_partitions = (self.fresh_partitions & owned) | (
+                owned - self._scheduled_for - populated
+            )
             self._scheduled_for = set(owned)
             log.info(
                 "lifecycle schedule: %d customers on partitions %s",
