@@ -226,6 +226,9 @@ def test_cdnow_replayed_through_the_step_ends_exact_for_every_customer(
         )
 
 
+# About 70 s (69,659 purchases through one worker): `make test-slow`. The same log through the
+# worker's step (the test above) stays in `make test`.
+@pytest.mark.slow
 def test_cdnow_through_a_worker_on_the_broker_ends_exact_for_every_customer(
     cdnow: list[Purchase], stack: Any, tmp_path: Path
 ) -> None:
