@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from models.clustering import ClusterTrainer, ModelSnapshot
+from models.clustering import ModelSnapshot
 from models.facts import PopulationQuantiles
 from models.features import DAY_MS, CustomerProfile
 from models.metrics import adjusted_rand_index
@@ -31,6 +31,7 @@ from models.step import RecordWrite, SegmentStep, SourceMessage
 from stream.settings import Settings
 from stream.tools.generator import Message, TrafficGenerator
 from stream.worker.app import build_step
+from stream.worker.trainer import cluster_trainer
 
 __all__ = ["EvalResult", "Replay", "evaluate"]
 
@@ -61,13 +62,7 @@ class Replay:
         self.watermark = 0
         self.model = model
         self.fixed_model = model is not None
-        self.trainer = ClusterTrainer(
-            n_clusters=settings.n_clusters,
-            halflife=settings.learning_rate,
-            warmup=settings.warmup_samples,
-            seed=settings.seed,
-            min_share=settings.min_segment_share,
-        )
+        self.trainer = cluster_trainer(settings)
         self.population = PopulationQuantiles()
         self.records: dict[str, RecordWrite] = {}
         self.sent = 0  # events handed to the topics: the simulated clock

@@ -20,7 +20,18 @@ from stream.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "cluster_trainer"]
+
+
+def cluster_trainer(settings: Settings) -> ClusterTrainer:
+    """The model trainer as the settings configure it (the worker's and `segmenter eval`'s)."""
+    return ClusterTrainer(
+        n_clusters=settings.n_clusters,
+        halflife=settings.learning_rate,
+        warmup=settings.warmup_samples,
+        seed=settings.seed,
+        min_share=settings.min_segment_share,
+    )
 
 
 class Trainer:
@@ -62,14 +73,7 @@ class Trainer:
     async def train(self, batch: Sequence[bytes]) -> None:
         """Learn from a batch of sample messages (each a JSON array of samples)."""
         if self.trainer is None:
-            s = self.settings
-            self.trainer = ClusterTrainer(
-                n_clusters=s.n_clusters,
-                halflife=s.learning_rate,
-                warmup=s.warmup_samples,
-                seed=s.seed,
-                min_share=s.min_segment_share,
-            )
+            self.trainer = cluster_trainer(self.settings)
             data = await retry_forever("Redis model read", self.store.model)
             if data:
                 self.trainer.restore(ModelSnapshot.from_dict(data))

@@ -24,6 +24,7 @@ from stream.store import (
 )
 from stream.store.base import PartitionMark
 
+from .conftest import wait_until
 from .redis_cluster import redis_cluster  # noqa: F401 - the session's cluster fixture
 
 
@@ -170,7 +171,12 @@ def test_heartbeats_are_kept_for_their_ttl(store):
         {"worker_id": "w1", "partitions": [0, 2]},
         {"worker_id": "w2", "partitions": [1]},
     ]
-    time.sleep(1.2)
+    wait_until(
+        lambda: [b["worker_id"] for b in store.workers()] == ["w1"],
+        10,
+        "w2's heartbeat to expire after its 1 s",
+        every=0.05,
+    )
     assert [b["worker_id"] for b in store.workers()] == ["w1"]
 
 
@@ -182,6 +188,12 @@ def test_drift_alerts_are_kept_newest_first_and_bounded(store):
     store.push_drift([], 3)
     assert store.drift() == [{"n": 4}, {"n": 3}, {"n": 2}]
     assert store.drift(limit=1) == [{"n": 4}]
+
+
+def next_period(take: Any) -> Any:
+    """The snapshot of the next period: ``take`` returns None while this period's lock holds
+    (a call then writes nothing), so it is called until it gets one, within a deadline."""
+    return wait_until(take, 10, "the next snapshot period", every=0.02)
 
 
 def test_a_size_snapshot_goes_to_the_first_caller_of_a_period(store):
@@ -197,17 +209,14 @@ def test_a_size_snapshot_goes_to_the_first_caller_of_a_period(store):
     assert abs(first["at"] - time.time() * 1000) < 60_000
     assert store.size_snapshot("w2", 13_000, 1_000, 2, 0.3) is None  # same period
     assert store.history() == [first]
-    time.sleep(0.35)
-    second = store.size_snapshot("w2", 13_500, 1_000, 2, 0.3)  # the next period
+    second = next_period(lambda: store.size_snapshot("w2", 13_500, 1_000, 2, 0.3))
     assert second["watermark"] == 13_500 and second["bucket"] == 13_000
-    time.sleep(0.35)
     # The watermark is the newest any snapshot taker gave, never an older one; a later
     # snapshot in the same bucket replaces the earlier.
-    third = store.size_snapshot("w1", 11_000, 1_000, 2, 0.3)
+    third = next_period(lambda: store.size_snapshot("w1", 11_000, 1_000, 2, 0.3))
     assert third["watermark"] == 13_500 and third["bucket"] == 13_000
     assert store.history() == [first, third]
-    time.sleep(0.35)
-    fourth = store.size_snapshot("w1", 14_100, 1_000, 2, 0.3)
+    fourth = next_period(lambda: store.size_snapshot("w1", 14_100, 1_000, 2, 0.3))
     assert fourth["bucket"] == 14_000
     assert store.history() == [third, fourth]  # ``keep`` buckets, oldest first
     assert store.history(limit=1) == [fourth]
