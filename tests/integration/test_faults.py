@@ -9,18 +9,17 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import IO
 
 import pytest
 
 from stream.store import SegmentClient, StoreUnavailable
-from stream.tools.embedded import free_port, redis_server_binary, tansu_binary
+from stream.tools.embedded import free_port, tansu_binary
 from stream.tools.generator import TrafficGenerator
 from stream.tools.producer import send_messages
 
-from .conftest import Workers, make_settings, wait_until
+from .conftest import OwnRedis, Workers, make_settings, wait_until
 from .oracle import expected_value_features, feature_mismatches
 
 pytestmark = pytest.mark.integration
@@ -62,34 +61,10 @@ def test_a_worker_killed_mid_replay_loses_and_double_counts_nothing(stack, tmp_p
         workers.stop()
 
 
-class OwnRedis:
-    """A redis-server of this test's own, with an append-only file so a restart keeps data."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--dir", str(self.workdir), "--appendonly", "yes", "--save", ""]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: _listening(self.port), 20, "redis-server to listen")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # a clean shutdown: the append-only file is complete
-            self.proc.wait(timeout=20)
-
-
 def test_redis_down_for_30_seconds_under_load_stalls_the_worker_and_loses_nothing(stack, tmp_path):
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
-    own = OwnRedis(redis_dir)
+    own = OwnRedis(redis_dir, appendonly=True)
     own.start()
     settings = make_settings(stack, redis_url=own.url, partitions=2)
     generator = TrafficGenerator(customers=200, seed=9, session_gap_ms=60_000)
@@ -229,7 +204,7 @@ def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_p
         redis_dir = tmp_path / "redis"
         redis_dir.mkdir()
         stack = SimpleNamespace(kafka_url=f"kafka://127.0.0.1:{proxy.port}", redis_url=None)
-        own_redis = OwnRedis(redis_dir)
+        own_redis = OwnRedis(redis_dir, appendonly=True)
         own_redis.start()
         stack.redis_url = own_redis.url
         wait_until(lambda: _listening(broker_port), 20, "the broker")
@@ -293,7 +268,7 @@ def test_a_worker_whose_broker_vanished_stops_within_its_shutdown_timeout(tmp_pa
     broker = own_broker(broker_port, broker_port, log)
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
-    own_redis = OwnRedis(redis_dir)
+    own_redis = OwnRedis(redis_dir, appendonly=True)
     workers = None
     try:
         own_redis.start()

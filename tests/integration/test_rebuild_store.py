@@ -6,65 +6,25 @@ computation, counters equal to a recount of the records."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from stream.settings import Settings
 from stream.store import RedisSegmentStore, SegmentClient
-from stream.tools.embedded import free_port, redis_server_binary
 from stream.tools.generator import Message, TrafficGenerator
 from stream.tools.producer import ProduceStats, send_messages
 
-from .conftest import Workers, make_settings, run_cli, wait_until
+from .conftest import OwnRedis, Workers, make_settings, run_cli, wait_until
 from .oracle import expected_value_features, feature_mismatches
 
 pytestmark = pytest.mark.integration
 
 CUSTOMERS = 1000
-
-
-class OwnRedis:
-    """A redis-server of this test's own, without persistence: a FLUSHALL here touches no other
-    test's keys."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--dir", str(self.workdir), "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._answers, 20, "redis-server to answer")
-
-    def _answers(self) -> bool:
-        try:
-            with redis.Redis.from_url(self.url, socket_timeout=1) as r:
-                return bool(r.ping())
-        except redis.RedisError:
-            return False
-
-    def flushall(self) -> None:
-        with redis.Redis.from_url(self.url) as r:
-            r.flushall()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
 
 
 @dataclass
