@@ -468,8 +468,12 @@ def _next_crossing(
             if i < 0:
                 continue
         c = numbers[i]
-        # A rounded fact reaches c half a unit early and passes it half a unit late.
-        guess = clock.reach(c - clock.half if closed else c + clock.half)
+        # A rounded fact reaches c half a unit early and passes it half a unit late; falling
+        # to a threshold under half a unit, it turns when it rounds to zero.
+        target = c - clock.half if closed else c + clock.half
+        if not clock.rising and clock.half and target <= 0:
+            target = clock.half
+        guess = clock.reach(target)
         if guess is None:
             continue
         start = v0 >= c if closed else v0 > c
