@@ -92,10 +92,11 @@ class Event(NamedTuple):
     frozen dataclass: one is made per event, and a frozen dataclass took 1.3 µs to build
     against 0.3 µs.
 
-    Identity signals (Segment spec messages; nothing here merges profiles): ``anonymous_id``
-    is the ``anonymousId`` of a message that also carries a different ``userId`` (the event's
-    ``customer_id``); ``previous_id`` is the ``previousId`` of an ``alias`` (decoded as an
-    ``identify`` without traits).
+    Identity signals (``models.identity`` merges the named id into ``customer_id``):
+    ``anonymous_id`` is an identify event's ``anonymous_id`` or the ``anonymousId`` of a spec
+    message that also carries a different ``userId`` (the event's ``customer_id``);
+    ``previous_id`` is an identify event's ``previous_id`` or the ``previousId`` of an
+    ``alias`` (decoded as an ``identify`` without traits).
     """
 
     event_id: str
@@ -252,6 +253,9 @@ def _decode_event(source: str, raw: object, limits: DecodeLimits) -> Event:
         traits = get("traits", {})
         if not isinstance(traits, dict):
             raise DecodeError(f"traits must be an object, got {_kind(traits)}")
+        # A second id of this customer's (``models.identity``): its profile merges into this.
+        anonymous_id = _opt_str(raw, "anonymous_id", limits) or None
+        previous_id = _opt_str(raw, "previous_id", limits) or None
         return Event(
             event_id,
             customer_id,
@@ -259,6 +263,8 @@ def _decode_event(source: str, raw: object, limits: DecodeLimits) -> Event:
             ts,
             country=country,
             traits=_clean_traits(traits, limits),
+            anonymous_id=None if anonymous_id == customer_id else anonymous_id,
+            previous_id=None if previous_id == customer_id else previous_id,
         )
     session_id, device, channel = get("session_id"), get("device"), get("channel")
     for name, value in (("session_id", session_id), ("device", device), ("channel", channel)):

@@ -14,13 +14,18 @@ from models.events import Event
 __all__ = [
     "CANONICAL_FEATURES",
     "FEATURE_VECTOR",
+    "MAX_MERGED_IDS",
     "STATE_VERSION",
     "CustomerProfile",
+    "bump",
     "feature_vector",
     "squash",
 ]
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+#: Anonymous ids merged into one customer that are remembered (``CustomerProfile.merged_ids``);
+#: past this the oldest are dropped, and a late request for one of them is merged again.
+MAX_MERGED_IDS = 100
 #: The value features whose meaning is fixed by the design (DESIGN.md, "Canonical value features").
 CANONICAL_FEATURES = (
     "orders_total",
@@ -73,7 +78,7 @@ def _mean_from(state: list[float] | None) -> stats.Mean:
     return mean
 
 
-def _bump(counter: dict[str, float], key: str, by: float = 1.0) -> None:
+def bump(counter: dict[str, float], key: str, by: float = 1.0) -> None:
     counter[key] = counter.get(key, 0.0) + by
     if len(counter) > _MAX_CATEGORIES:
         del counter[min(counter, key=lambda k: (counter[k], k))]
@@ -160,6 +165,14 @@ class CustomerProfile:
     # Event time at which the published cluster and persona were entered (for minimum dwell).
     segment_since: int = 0
     persona_since: int = 0
+    # Identity (models.identity): the amounts of the recent purchases, aligned with
+    # recent_ids["purchase"] (a purchase sent under two ids is counted once when they merge);
+    # the ids merged into this customer; ids asked to merge, not merged yet; and, for an id
+    # merged into another customer, that customer (its events go there from then on).
+    purchase_amounts: list[float] = field(default_factory=list)
+    merged_ids: list[str] = field(default_factory=list)
+    merge_asked: list[str] = field(default_factory=list)
+    merged_into: str | None = None
 
     def seen_position(self, log: str, position: int) -> bool:
         """Mark the message at ``position`` of source ``log`` applied; True if it already was.
@@ -201,7 +214,7 @@ class CustomerProfile:
         if event.channel:
             self.channel = event.channel
         if event.device:
-            _bump(self.devices, event.device)
+            bump(self.devices, event.device)
         session_id = event.session_id
         if session_id and session_id != self.last_session_id:
             self.sessions += 1
@@ -212,11 +225,13 @@ class CustomerProfile:
             self._merge_traits(event.traits, ts)
             return True
         hour = (ts // 3_600_000) % 24
-        _bump(
-            self.dayparts, _DAYPARTS[0 if hour < 6 else 1 if hour < 12 else 2 if hour < 18 else 3]
-        )
+        bump(self.dayparts, _DAYPARTS[0 if hour < 6 else 1 if hour < 12 else 2 if hour < 18 else 3])
         if kind == "purchase":
             amount = event.amount or 0.0
+            amounts = self.purchase_amounts  # aligned with the window's newest ids
+            amounts.append(amount)
+            if len(amounts) > len(recent):
+                del amounts[0]
             self.orders_total += 1
             self.revenue_total += amount
             self.last_purchase_ts = (
@@ -226,12 +241,12 @@ class CustomerProfile:
             self.frequency_decayed.add(1.0, ts)
             self.monetary_decayed.add(amount, ts)
             for category, spend in event.items:
-                _bump(self.category_spend, category, spend)
+                bump(self.category_spend, category, spend)
             return True
         counts = self.counts
         counts[kind] = counts.get(kind, 0) + 1
         if event.category:
-            _bump(self.categories, event.category)
+            bump(self.categories, event.category)
         if kind == "product_view" and event.price is not None:
             self.viewed_price.update(event.price)
         if kind == "add_to_cart" and not self.session_has_cart:
@@ -327,12 +342,18 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "pe": p.persona,
         "lc": p.lifecycle,
         "since": [p.segment_since, p.persona_since],
+        "pa": p.purchase_amounts,
+        "mid": p.merged_ids,
+        "ask": p.merge_asked,
+        "into": p.merged_into,
     }
 
 
 def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
     version = state.get("v")
-    if version != STATE_VERSION:
+    if version == 2:
+        state = _from_v2(state)
+    elif version != STATE_VERSION:
         raise ValueError(f"unsupported profile state version {version!r}")
     sessions, cart_sessions, last_session, has_cart = state["s"]
     country, country_ts, channel = state["geo"]
@@ -370,7 +391,18 @@ def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
         lifecycle=state["lc"],
         segment_since=state["since"][0],
         persona_since=state["since"][1],
+        purchase_amounts=list(state["pa"]),
+        merged_ids=list(state["mid"]),
+        merge_asked=list(state["ask"]),
+        merged_into=state["into"],
     )
+
+
+def _from_v2(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A version 2 state (before identity stitching) as version 3: no merges; the amounts of
+    its recent purchases unknown, so none are kept (a purchase sent under two ids before the
+    upgrade is counted twice if they merge)."""
+    return {**state, "v": STATE_VERSION, "pa": [], "mid": [], "ask": [], "into": None}
 
 
 def _top(counter: Mapping[str, float], n: int) -> list[str]:

@@ -20,6 +20,7 @@ __all__ = [
     "Stability",
     "assign",
     "changes_between",
+    "exits_on_merge",
 ]
 
 _RECORD_FACTS = (
@@ -332,6 +333,57 @@ def changes_between(
     if before.persona != now.persona and now.persona is not None:
         reason = "first persona" if before.persona is None else "nearest persona changed"
         emit(f"persona:{now.persona}", "entered", before.persona, now.persona, reason)
+    return out
+
+
+def exits_on_merge(profile: CustomerProfile, target_id: str, at: int) -> list[SegmentChange]:
+    """Every segment a customer merged into ``target_id`` leaves (``models.identity``), in
+    the order ``changes_between`` gives exits; ``at`` is the merge's event time.
+
+    >>> p = CustomerProfile("anon", segment=2, rule_segments=["browsers"], persona="p")
+    >>> [(c.segment, c.change, c.reason) for c in exits_on_merge(p, "c-1", 5)][:2]
+    [('cluster:2', 'exited', 'merged into c-1'), ('rule:browsers', 'exited', 'merged into c-1')]
+    """
+    reason = f"merged into {target_id}"
+    ts, n = profile.last_seen_ts or at, profile.applied
+    out = []
+    if profile.segment is not None:
+        segment = f"cluster:{profile.segment}"
+        out.append(
+            SegmentChange(
+                profile.customer_id,
+                segment,
+                "exited",
+                profile.segment,
+                None,
+                ts,
+                reason,
+                None,
+                n,
+                at,
+            )
+        )
+    for name in sorted(profile.rule_segments):
+        out.append(
+            SegmentChange(
+                profile.customer_id, f"rule:{name}", "exited", True, False, ts, reason, None, n, at
+            )
+        )
+    if profile.persona is not None:
+        out.append(
+            SegmentChange(
+                profile.customer_id,
+                f"persona:{profile.persona}",
+                "exited",
+                profile.persona,
+                None,
+                ts,
+                reason,
+                None,
+                n,
+                at,
+            )
+        )
     return out
 
 

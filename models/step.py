@@ -30,8 +30,26 @@ from models.clustering import ModelSnapshot
 from models.events import DecodeError, DecodeLimits, Event, decode_message
 from models.facts import RfmCuts, rfm_values
 from models.features import CustomerProfile, feature_vector
+from models.identity import (
+    IDENTITY,
+    IdentityMessage,
+    absorb,
+    decode_identity,
+    events_message,
+    merge_message,
+    redirect_of,
+    state_message,
+    stitch_targets,
+)
 from models.schedule import DueSchedule
-from models.segments import SegmentCatalog, SegmentChange, assign, changes_between, remember
+from models.segments import (
+    SegmentCatalog,
+    SegmentChange,
+    assign,
+    changes_between,
+    exits_on_merge,
+    remember,
+)
 
 __all__ = [
     "FORGET",
@@ -64,7 +82,8 @@ class RecordWrite(NamedTuple):
 class SourceMessage(NamedTuple):
     """One input message as read: its source kind, the log it came from and its offset there.
 
-    ``source`` is ``clickstream``, ``purchases``, ``identify`` or ``forget``. ``log`` names
+    ``source`` is ``clickstream``, ``purchases``, ``identify``, ``forget`` or ``identity``
+    (``models.identity``). ``log`` names
     the ordered log the message sits in (the shell uses ``topic/partition``); a customer's
     messages stay in one log, which is what makes the redelivery guard exact.
     """
@@ -135,10 +154,11 @@ class SampleBudget:
 class StepOutcome:
     """Everything one step causes. The shell applies it in this order, which is crash-safe:
 
-    1. ``erased`` from the store (an erasure is older than any write of the same step);
+    1. ``erased`` from the store (an erasure is older than any write of the same step), then
+       ``aliases``: each merged id's record removed and its alias set (``models.identity``);
     2. ``writes`` to the store, with ``counters``;
-    3. a tombstone per ``erased`` customer, then ``changes``, ``samples`` and ``dead`` to
-       their topics;
+    3. a tombstone per ``erased`` customer, then ``changes``, ``samples``, ``dead`` and
+       ``forwards`` to their topics;
     4. ``states`` to the changelog (None: delete), and only then acknowledge the messages.
 
     A crash before 4 redelivers the messages and every effect is redone idempotently; a crash
@@ -156,6 +176,12 @@ class StepOutcome:
     due: dict[str, int | None] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     erased: list[str] = field(default_factory=list)
+    #: Identity messages (key, value) for the identity topic: merge requests, states, events
+    #: forwarded to the customer an id was merged into.
+    forwards: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: Merged id to the customer it now belongs to: the store drops the merged id's record and
+    #: answers a read of it with that customer's.
+    aliases: dict[str, str] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)  # events decoded, per source
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -275,29 +301,42 @@ class SegmentStep:
         """
         out = StepOutcome(watermark=watermark)
         touched: dict[str, tuple[CustomerProfile, int]] = {}  # profile, events applied before
+        dirty: set[str] = set()  # to save though no event was applied (identity, forwarding)
         for message in messages:
             if message.source == FORGET:
                 if message.key:
                     _erase(message.key.decode("utf-8", "replace"), touched, out, schedule)
+                continue
+            if message.source == IDENTITY:
+                self._identity(message, touched, dirty, profiles, out, schedule, now_ms)
                 continue
             events = self.intake.events(message, now_ms, out)
             if events is None:
                 continue
             customer_id = events[0].customer_id
             out.events[message.source] = out.events.get(message.source, 0) + len(events)
-            found = touched.get(customer_id)
-            if found is None:
-                stored = None if customer_id in out.states else profiles.get(customer_id)
-                profile = stored if stored is not None else CustomerProfile(customer_id)
-                found = touched[customer_id] = (profile, profile.applied)
-            profile = found[0]
-            if not profile.seen_position(message.log, message.offset):
-                for event in events:
-                    profile.apply(event)
+            profile = _touch(customer_id, touched, profiles, out)
+            if profile.seen_position(message.log, message.offset):
+                continue
+            if profile.merged_into is not None:  # merged: the events belong to another
+                out.forwards.append(
+                    events_message(
+                        customer_id,
+                        profile.merged_into,
+                        message.source,
+                        message.key,
+                        message.value,
+                    )
+                )
+                dirty.add(customer_id)
+                continue
+            self._apply(profile, events, dirty, out)
 
         catalog = self.catalog_for(model)
         for customer_id, (profile, before) in touched.items():
-            if profile.applied == before:
+            if profile.applied == before or profile.merged_into is not None:
+                if customer_id in dirty:
+                    out.states[customer_id] = profile
                 continue  # every message was a redelivery or every event a duplicate
             out.watermark = max(out.watermark, profile.last_seen_ts or 0)
             _score(profile, model, catalog, now_ms, None, "event", out, schedule, self.worker_id)
@@ -315,6 +354,8 @@ class SegmentStep:
             "records": len(out.writes),
             "expired": len(out.writes) - n_records,
             "forgotten": len(out.erased),
+            "merged": len(out.aliases),
+            "forwarded": out.counters.get("forwarded", 0),
         }
         out.counters = {name: n for name, n in counters.items() if n}
         return out
@@ -354,9 +395,14 @@ class SegmentStep:
         catalog = self.catalog_for(model)
         for customer_id in customer_ids:
             profile = profiles.get(customer_id)
-            if profile is None or (only is not None and not only(profile)):
+            if profile is None or profile.merged_into is not None:
+                continue  # a merged id has no record: its alias is its customer's to write
+            if only is not None and not only(profile):
                 continue
-            if not rewrite:
+            if rewrite:
+                for merged_id in profile.merged_ids:
+                    out.aliases[merged_id] = customer_id
+            else:
                 _score(
                     profile,
                     model,
@@ -409,7 +455,7 @@ class SegmentStep:
         """
         for customer_id in schedule.pop_due(out.watermark):
             profile = out.states.get(customer_id) or profiles.get(customer_id)
-            if profile is None:
+            if profile is None or profile.merged_into is not None:
                 continue
             if _score(
                 profile,
@@ -424,10 +470,140 @@ class SegmentStep:
             ):
                 out.states[customer_id] = profile
 
+    def _apply(
+        self, profile: CustomerProfile, events: Sequence[Event], dirty: set[str], out: StepOutcome
+    ) -> None:
+        """Fold events into a profile; an event naming a second id (``anonymous_id``,
+        ``previous_id``) asks for that id to be merged into this customer."""
+        for event in events:
+            profile.apply(event)
+            if event.anonymous_id is not None or event.previous_id is not None:
+                others = (event.anonymous_id, event.previous_id)
+                for other in stitch_targets(profile, others):
+                    out.forwards.append(merge_message(other, profile.customer_id, event.ts))
+                    dirty.add(profile.customer_id)
+
+    def _identity(
+        self,
+        message: SourceMessage,
+        touched: dict[str, tuple[CustomerProfile, int]],
+        dirty: set[str],
+        profiles: ProfileSource | Mapping[str, CustomerProfile | None],
+        out: StepOutcome,
+        schedule: DueSchedule,
+        now_ms: int,
+    ) -> None:
+        """One identity-topic message (``models.identity``), applied to the id it is
+        addressed to: a merge request to the merged id, a state or events to the customer."""
+        try:
+            msg = decode_identity(message.value, message.key, self.intake.loads)
+            other = _state_profile(msg)
+        except DecodeError as exc:
+            out.dead.append(DeadLetter(message, exc.reason))
+            return
+        addressed = msg.source_id if msg.op == "merge" else msg.target_id
+        profile = _touch(addressed, touched, profiles, out)
+        if profile.seen_position(message.log, message.offset):
+            return
+        dirty.add(addressed)
+        if msg.op == "merge":
+            self._merge_away(profile, msg, message, touched, out, schedule)
+        elif profile.merged_into is not None:  # merged on since: pass it along
+            forward = (
+                state_message(msg.source_id, profile.merged_into, msg.ts, msg.state)
+                if msg.op == "state"
+                else events_message(
+                    msg.source_id, profile.merged_into, msg.source or "", msg.key, msg.value
+                )
+            )
+            out.forwards.append(forward)
+        elif msg.op == "state":
+            if msg.source_id not in profile.merged_ids:
+                absorb(profile, other or CustomerProfile(msg.source_id))
+            merged = [msg.source_id, *(other.merged_ids if other else ())]
+            for merged_id in merged:  # again on a repeat: the newest alias is the end of a chain
+                out.aliases[merged_id] = addressed
+        else:
+            inner = SourceMessage(msg.source or "", message.log, message.offset, msg.key, msg.value)
+            events = self.intake.events(inner, now_ms, out)
+            if events:
+                moved = [e._replace(customer_id=addressed) for e in events]
+                self._apply(profile, moved, dirty, out)
+                out.counters["forwarded"] = out.counters.get("forwarded", 0) + len(moved)
+
+    def _merge_away(
+        self,
+        profile: CustomerProfile,
+        msg: IdentityMessage,
+        message: SourceMessage,
+        touched: dict[str, tuple[CustomerProfile, int]],
+        out: StepOutcome,
+        schedule: DueSchedule,
+    ) -> None:
+        """Merge this id into ``msg.target_id``: its exits, its state sent on, a redirect left."""
+        target = msg.target_id
+        if profile.merged_into is not None:
+            if profile.merged_into != target:
+                out.dead.append(
+                    DeadLetter(
+                        message,
+                        f"{profile.customer_id!r} is already merged into "
+                        f"{profile.merged_into!r}; an id joins the first customer that claims it",
+                    )
+                )
+            return  # merged into this target already: a repeated request
+        if target in profile.merged_ids:
+            out.dead.append(
+                DeadLetter(
+                    message,
+                    f"merging {profile.customer_id!r} into {target!r} would make a cycle "
+                    f"({target!r} was merged into {profile.customer_id!r})",
+                )
+            )
+            return
+        seen = profile.applied > 0 or bool(profile.merged_ids)
+        out.changes.extend(exits_on_merge(profile, target, msg.ts))
+        out.forwards.append(
+            state_message(profile.customer_id, target, msg.ts, profile.to_state() if seen else None)
+        )
+        redirect = redirect_of(profile, target)
+        touched[profile.customer_id] = (redirect, redirect.applied)
+        out.due[profile.customer_id] = None
+        schedule.set(profile.customer_id, None)
+
     def _wants_sample(self, before: int, after: int, clock: float) -> bool:
         every = self.sampling.every
         due = after >= self.sampling.min_events and after // every > before // every
         return due and self._budget.take(clock)
+
+
+def _touch(
+    customer_id: str,
+    touched: dict[str, tuple[CustomerProfile, int]],
+    profiles: ProfileSource | Mapping[str, CustomerProfile | None],
+    out: StepOutcome,
+) -> CustomerProfile:
+    """The customer's profile for this batch: the one already touched, the stored one (unless
+    erased earlier in the batch), or a new one."""
+    found = touched.get(customer_id)
+    if found is None:
+        stored = None if customer_id in out.states else profiles.get(customer_id)
+        profile = stored if stored is not None else CustomerProfile(customer_id)
+        found = touched[customer_id] = (profile, profile.applied)
+    return found[0]
+
+
+def _state_profile(msg: IdentityMessage) -> CustomerProfile | None:
+    """The profile a state message carries (None: none, or not a state message)."""
+    if msg.state is None:
+        return None
+    try:
+        profile = CustomerProfile.from_state(msg.state)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DecodeError(f"identity state is not a profile state ({str(exc)[:80]})") from None
+    if profile.customer_id != msg.source_id:
+        raise DecodeError(f"identity state is {profile.customer_id[:64]!r}'s, not the 'from' id")
+    return profile
 
 
 def _erase(

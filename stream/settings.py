@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     forget_topic: str = Field(
         "forget-requests", description="erasure requests (segmenter forget), keyed by customer"
     )
+    identity_topic: str = Field(
+        "identity-merges",
+        description="identity merges between workers (models.identity), keyed by customer",
+    )
     stats_topic: str = "segment-stats"
     drift_topic: str = "segment-drift"
     trigger_dead_letter_topic: str = Field(

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["INPUT_SOURCES", "TOPICS", "Role", "Topic", "TopicSpec", "Topology", "topology"]
 
 #: ``input``: customer events the worker consumes (clickstream, purchases, identify);
-#: ``request``: commands to the worker, co-partitioned with the events (forget);
+#: ``request``: commands to the worker, co-partitioned with the events (forget, and the
+#: identity merges the workers send each other: ``models.identity``);
 #: ``output``: what the segmenter writes for others to read;
 #: ``internal``: between the segmenter's own parts (worker to trainer, trainer's models).
 Role = Literal["input", "request", "output", "internal"]
@@ -62,6 +63,13 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("identify", "input", INPUT, "customer traits", "identify"),
     TopicSpec(
         "forget", "request", INPUT, "erasure requests (segmenter forget), by customer", "forget"
+    ),
+    TopicSpec(
+        "identity",
+        "request",
+        INPUT,
+        "identity merges, and messages of merged ids, keyed by the customer they go to",
+        "identity",
     ),
     TopicSpec("dead_letter", "output", 1, "input messages that could not be applied, and why"),
     TopicSpec("changes", "output", INPUT, "segment entries and exits, keyed by customer"),

@@ -24,6 +24,7 @@ import orjson
 from models.clustering import ModelSnapshot
 from models.facts import PopulationQuantiles
 from models.features import DAY_MS, CustomerProfile
+from models.identity import IDENTITY
 from models.metrics import adjusted_rand_index
 from models.schedule import DueSchedule
 from models.segments import SegmentCatalog, assign
@@ -79,14 +80,15 @@ class Replay:
 
     def send(self, message: Message) -> None:
         """Put one message on its topic's partition, chosen by key as a producer would."""
-        partition = zlib.crc32(message.key.encode()) % self.partitions
-        log = f"{message.source}/{partition}"
+        self._put(message.source, message.key.encode(), orjson.dumps(message.value))
+        self.sent += message.events
+
+    def _put(self, source: str, key: bytes, value: bytes) -> None:
+        partition = zlib.crc32(key) % self.partitions
+        log = f"{source}/{partition}"
         offset = self._offsets.get(log, 0)
         self._offsets[log] = offset + 1
-        value = orjson.dumps(message.value)
-        source_message = SourceMessage(message.source, log, offset, message.key.encode(), value)
-        self.queues.setdefault(log, deque()).append(source_message)
-        self.sent += message.events
+        self.queues.setdefault(log, deque()).append(SourceMessage(source, log, offset, key, value))
 
     def drain(self, per_fetch: int = 50) -> None:
         """Consume everything sent so far, in batches of ``SEGMENTER_BATCH_SIZE`` made of
@@ -114,8 +116,12 @@ class Replay:
                 self.profiles.pop(customer_id, None)
             else:
                 self.profiles[customer_id] = profile
+        for merged_id in outcome.aliases:  # identity stitching: the merged id's record goes
+            self.records.pop(merged_id, None)
         for write in outcome.writes:
             self.records[write.customer_id] = write
+        for key, value in outcome.forwards:  # to the identity topic, consumed like the others
+            self._put(IDENTITY, key, value)
         self.applied_events += sum(outcome.events.values())
         if not self.fixed_model:
             self._train(outcome.samples)

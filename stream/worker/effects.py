@@ -61,6 +61,8 @@ class Effects:
     async def apply(self, outcome: StepOutcome) -> None:
         if outcome.erased:
             await retry_forever("Redis forget", self.store.forget_many, outcome.erased)
+        if outcome.aliases:
+            await retry_forever("Redis merge", self.store.merge_many, outcome.aliases)
         await retry_forever(
             "Redis write",
             self.store.write_many,
@@ -86,8 +88,8 @@ class Effects:
         return self.marks.advance(p for p in written if p is not None)
 
     async def _publish(self, outcome: StepOutcome) -> None:
-        """Tombstones, changes, the batch's samples (one JSON array) and dead letters, all
-        delivered before the table write and the acknowledgement."""
+        """Tombstones, changes, the batch's samples (one JSON array), dead letters and identity
+        messages, all delivered before the table write and the acknowledgement."""
         changes_topic = self.topics["changes"]
         futures = [await self.send(changes_topic, c.encode(), None) for c in outcome.erased]
         for change in outcome.changes:
@@ -103,6 +105,8 @@ class Effects:
                     self.topics["dead_letter"], letter.message.key, self._letter(letter)
                 )
             )
+        for key, value in outcome.forwards:
+            futures.append(await self.send(self.topics["identity"], key, value))
         if futures:
             await asyncio.gather(*futures)
         self.counters["changes"] = self.counters.get("changes", 0) + len(outcome.changes)

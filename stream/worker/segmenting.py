@@ -189,6 +189,8 @@ class Segmenting:
                 if partition in owned:
                     populated.add(partition)
                     profile = CustomerProfile.from_state(orjson.loads(raw))
+                    if profile.merged_into is not None:
+                        continue  # merged into another customer: nothing of its own comes due
                     at = max(self.watermark, profile.last_seen_ts or 0)
                     self.schedule.set(customer_id, catalog.next_change(profile, at))
             # Partitions taken over with nothing in the table: Redis holds nothing of them

@@ -45,6 +45,7 @@ def test_the_counts_are_those_ensure_topics_always_created():
         "purchases": 4,
         "identify": 4,
         "forget-requests": 4,
+        "identity-merges": 4,
         "dead-letters": 1,
         "segment-changes": 4,
         "segment-samples": 1,
@@ -67,7 +68,11 @@ def test_what_the_worker_and_the_producers_read():
             "x.identify": "identify",
         }
     )
-    assert topics.consumed == {**topics.input_topics, "x.forget-requests": "forget"}
+    assert topics.consumed == {
+        **topics.input_topics,
+        "x.forget-requests": "forget",
+        "x.identity-merges": "identity",
+    }
     assert topics.topic_of_source["clickstream"] == "x.clicks"
     assert topics["changes"].topic == "x.segment-changes" and topics["changes"].role == "output"
     assert topics.by_key["dead_letter"] == "x.dead-letters" and len(topics.by_key) == len(topics)

@@ -1,0 +1,296 @@
+"""Identity stitching: an anonymous visitor's profile merged into the known customer's.
+
+A message that names a second id for its customer (an ``identify`` with ``anonymous_id``, an
+``alias`` with ``previous_id``, a Segment-spec event with both ``userId`` and ``anonymousId``)
+asks for that id's profile to be merged into the customer's. The two ids live on different
+partitions, possibly on different workers, so the merge travels through the ``identity`` topic
+(co-partitioned with the input topics, keyed by the customer it is addressed to) in three kinds
+of message, each a JSON object:
+
+- ``{"op": "merge", "from": A, "into": B, "ts": T}``, keyed by A: written by B's worker when
+  it first sees the signal. A's worker turns A's profile into a redirect to B (A exits every
+  segment) and answers with
+- ``{"op": "state", "from": A, "into": B, "ts": T, "state": {...}}``, keyed by B: A's profile
+  state as it was at the merge (null if A was never seen). B's worker folds it into B's
+  profile (``absorb``) once: B remembers the ids merged into it (``merged_ids``), so a
+  redelivered or repeated state changes nothing.
+- ``{"op": "events", "from": A, "into": B, "source": S, "key": K, "value": V}``, keyed by B:
+  a message that reached A's worker after the merge (V its value in base64, K its key, S its
+  source kind), applied to B as B's own.
+
+A redirect forwards whatever reaches it to where it points, so chains (A into B, then B into C)
+arrive at the end; the customer at the end writes the aliases of every id merged into it
+(``StepOutcome.aliases``), so a read of any of them is one hop from the record. An id joins the
+first customer that claims it: a second claim, or one that would make a cycle, is a dead letter
+with its reason.
+
+Exactness: the canonical value features of the merged profile are those of the union of both
+event logs (an event applied under both ids, found by the recent event-id windows, counts
+once). Every step is idempotent under redelivery, and each side's effects are published before
+its state is saved, so a crash of either worker mid-merge redoes, never loses, the merge.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from models.events import DecodeError
+from models.features import MAX_MERGED_IDS, CustomerProfile, bump
+
+__all__ = [
+    "IDENTITY",
+    "IdentityMessage",
+    "MAX_ASKED",
+    "absorb",
+    "decode_identity",
+    "events_message",
+    "merge_message",
+    "redirect_of",
+    "state_message",
+    "stitch_targets",
+]
+
+#: The source kind of the identity topic's messages.
+IDENTITY = "identity"
+#: Merges asked and not answered that a profile remembers (the oldest are dropped past this).
+MAX_ASKED = 20
+# Recent event ids kept per kind after a merge: both windows, up to twice the usual length, so
+# an event of the merged id redelivered or forwarded soon after still counts once.
+_UNITED_WINDOW = 128
+
+
+class IdentityMessage(NamedTuple):
+    """One decoded message of the identity topic (see the module's docstring)."""
+
+    op: str
+    source_id: str
+    target_id: str
+    ts: int
+    state: dict[str, Any] | None = None
+    source: str | None = None
+    key: bytes | None = None
+    value: bytes | None = None
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def merge_message(source_id: str, target_id: str, ts: int) -> tuple[bytes, bytes]:
+    """The request that ``source_id`` be merged into ``target_id``: (key, value)."""
+    body = {"op": "merge", "from": source_id, "into": target_id, "ts": ts}
+    return source_id.encode(), _dumps(body)
+
+
+def state_message(
+    source_id: str, target_id: str, ts: int, state: dict[str, Any] | None
+) -> tuple[bytes, bytes]:
+    """``source_id``'s state, sent to ``target_id`` to be absorbed: (key, value)."""
+    body = {"op": "state", "from": source_id, "into": target_id, "ts": ts, "state": state}
+    return target_id.encode(), _dumps(body)
+
+
+def events_message(
+    source_id: str, target_id: str, source: str, key: bytes | None, value: bytes | None
+) -> tuple[bytes, bytes]:
+    """A message of ``source_id`` that arrived after its merge, sent on to ``target_id``."""
+    body = {
+        "op": "events",
+        "from": source_id,
+        "into": target_id,
+        "ts": 0,
+        "source": source,
+        "key": None if key is None else key.decode("utf-8", "replace"),
+        "value": base64.b64encode(value or b"").decode(),
+    }
+    return target_id.encode(), _dumps(body)
+
+
+def decode_identity(
+    value: bytes | None, key: bytes | None, loads: Callable[[bytes], Any] = json.loads
+) -> IdentityMessage:
+    """An identity-topic message, checked; ``DecodeError`` with the reason if it is not one."""
+    try:
+        raw = loads(value or b"")
+    except ValueError as exc:
+        raise DecodeError(f"identity message is not JSON ({str(exc)[:80]})") from None
+    if not isinstance(raw, dict):
+        raise DecodeError("identity message must be a JSON object")
+    op = raw.get("op")
+    source_id, target_id, ts = raw.get("from"), raw.get("into"), raw.get("ts", 0)
+    if op not in ("merge", "state", "events"):
+        raise DecodeError(f"identity message has an unknown op {str(op)[:32]!r}")
+    if not isinstance(source_id, str) or not isinstance(target_id, str):
+        raise DecodeError("identity message needs string 'from' and 'into' ids")
+    if source_id == target_id:
+        raise DecodeError(f"identity message merges {source_id[:64]!r} into itself")
+    if type(ts) is not int:
+        raise DecodeError("identity message 'ts' must be an integer (epoch ms)")
+    addressed = source_id if op == "merge" else target_id
+    if key is None or key.decode("utf-8", "replace") != addressed:
+        raise DecodeError(f"identity {op} message must be keyed by {addressed[:64]!r}")
+    if op == "merge":
+        return IdentityMessage(op, source_id, target_id, ts)
+    if op == "state":
+        state = raw.get("state")
+        if state is not None and not isinstance(state, dict):
+            raise DecodeError("identity state message 'state' must be an object or null")
+        return IdentityMessage(op, source_id, target_id, ts, state)
+    source, inner_key, inner = raw.get("source"), raw.get("key"), raw.get("value")
+    if not isinstance(source, str) or not isinstance(inner, str):
+        raise DecodeError("identity events message needs string 'source' and 'value'")
+    try:
+        decoded = base64.b64decode(inner, validate=True)
+    except ValueError:
+        raise DecodeError("identity events message 'value' is not base64") from None
+    inner_key_bytes = inner_key.encode() if isinstance(inner_key, str) else None
+    return IdentityMessage(op, source_id, target_id, ts, None, source, inner_key_bytes, decoded)
+
+
+def stitch_targets(profile: CustomerProfile, others: Iterable[str | None]) -> list[str]:
+    """The ids named by a customer's events that should be merged into them and were not
+    asked yet; they are remembered as asked."""
+    out = []
+    for other in others:
+        if (
+            other
+            and other != profile.customer_id
+            and other not in profile.merged_ids
+            and other not in profile.merge_asked
+        ):
+            profile.merge_asked.append(other)
+            out.append(other)
+    if len(profile.merge_asked) > MAX_ASKED:
+        del profile.merge_asked[: len(profile.merge_asked) - MAX_ASKED]
+    return out
+
+
+def redirect_of(profile: CustomerProfile, target_id: str) -> CustomerProfile:
+    """What remains of a merged id: where it points, and its message positions (so a message
+    it applied before the merge and redelivered after is not forwarded)."""
+    return CustomerProfile(
+        profile.customer_id,
+        positions=dict(profile.positions),
+        merged_into=target_id,
+    )
+
+
+def absorb(into: CustomerProfile, other: CustomerProfile) -> None:
+    """Fold ``other``'s profile into ``into``'s.
+
+    Exact for the canonical value features: orders and revenue add up, less any purchase in
+    both recent windows (sent under both ids: counted once); first and last seen and last
+    purchase are the earliest and latest. The rest: counts added, decayed sums combined in
+    event time, means weighted, traits and country newest-wins, the event-id windows united.
+    What ``into`` last published (segments, persona, lifecycle) and its message positions are
+    its own and stay.
+
+    >>> from models.events import Event
+    >>> a, b = CustomerProfile("anon"), CustomerProfile("c-1")
+    >>> _ = a.apply(Event("p1", "anon", "purchase", 1_000, amount=10.0))
+    >>> _ = b.apply(Event("p1", "c-1", "purchase", 1_000, amount=10.0))   # sent under both
+    >>> _ = b.apply(Event("p2", "c-1", "purchase", 5_000, amount=5.0))
+    >>> absorb(b, a)
+    >>> b.orders_total, b.revenue_total, b.first_seen_ts, b.merged_ids
+    (2, 15.0, 1000, ['anon'])
+    """
+    mine = into.recent_ids.get("purchase", [])
+    theirs = other.recent_ids.get("purchase", [])
+    my_amounts = _amounts_by_id(mine, into.purchase_amounts)
+    their_amounts = _amounts_by_id(theirs, other.purchase_amounts)
+    duplicate_orders, duplicate_revenue = 0, 0.0
+    mine_set = set(mine)
+    for event_id in theirs:
+        if event_id in mine_set:
+            duplicate_orders += 1
+            duplicate_revenue += their_amounts.get(event_id, my_amounts.get(event_id, 0.0))
+    duplicates = duplicate_orders + sum(
+        len(set(ids) & set(into.recent_ids.get(group, ())))
+        for group, ids in other.recent_ids.items()
+        if group != "purchase"
+    )
+
+    into.orders_total += other.orders_total - duplicate_orders
+    into.revenue_total += other.revenue_total - duplicate_revenue
+    into.first_seen_ts = _earliest(into.first_seen_ts, other.first_seen_ts)
+    into.last_seen_ts = _latest(into.last_seen_ts, other.last_seen_ts)
+    into.last_purchase_ts = _latest(into.last_purchase_ts, other.last_purchase_ts)
+    into.applied += max(0, other.applied - duplicates)
+
+    for kind, n in other.counts.items():
+        into.counts[kind] = into.counts.get(kind, 0) + n
+    into.sessions += other.sessions
+    into.cart_sessions += other.cart_sessions
+    if into.last_session_id is None:
+        into.last_session_id, into.session_has_cart = other.last_session_id, other.session_has_cart
+    for mine_counter, their_counter in (
+        (into.categories, other.categories),
+        (into.category_spend, other.category_spend),
+        (into.devices, other.devices),
+        (into.dayparts, other.dayparts),
+    ):
+        _add_counts(mine_counter, their_counter)
+    if other.country and other.country_ts >= into.country_ts:
+        into.country, into.country_ts = other.country, other.country_ts
+    into.channel = into.channel or other.channel
+    for name, value in other.traits.items():
+        ts = other.traits_ts.get(name, 0)
+        if name not in into.traits or ts > into.traits_ts.get(name, 0):
+            into.traits[name] = value
+            into.traits_ts[name] = ts
+    if other.order_value.n:  # River's Mean divides by the combined count
+        into.order_value = into.order_value + other.order_value
+    if other.viewed_price.n:
+        into.viewed_price = into.viewed_price + other.viewed_price
+    into.frequency_decayed.add(other.frequency_decayed.value, other.frequency_decayed.ref_ts)
+    into.monetary_decayed.add(other.monetary_decayed.value, other.monetary_decayed.ref_ts)
+    _unite_windows(into, other, mine, theirs)
+
+    merged = [other.customer_id, *other.merged_ids]
+    into.merged_ids = [i for i in into.merged_ids if i not in merged] + merged
+    if len(into.merged_ids) > MAX_MERGED_IDS:
+        del into.merged_ids[: len(into.merged_ids) - MAX_MERGED_IDS]
+    into.merge_asked = [i for i in into.merge_asked if i not in merged]
+
+
+def _amounts_by_id(ids: list[str], amounts: list[float]) -> dict[str, float]:
+    """The known amounts of a purchase window (aligned with its newest ids)."""
+    return dict(zip(ids[len(ids) - len(amounts) :], amounts, strict=True))
+
+
+def _unite_windows(
+    into: CustomerProfile, other: CustomerProfile, mine: list[str], theirs: list[str]
+) -> None:
+    amounts_known = len(into.purchase_amounts) == len(mine) and len(other.purchase_amounts) == len(
+        theirs
+    )
+    if amounts_known:
+        their_amounts = _amounts_by_id(theirs, other.purchase_amounts)
+    for group, ids in other.recent_ids.items():
+        current = into.recent_ids.get(group, [])
+        known = set(current)
+        added = [i for i in ids if i not in known]
+        united = (added + current)[-_UNITED_WINDOW:]
+        into.recent_ids[group] = united
+        if group == "purchase":
+            if amounts_known:
+                amounts = [their_amounts[i] for i in added] + into.purchase_amounts
+                into.purchase_amounts = amounts[-len(united) :]
+            else:  # only this customer's own newest amounts stay aligned
+                into.purchase_amounts = into.purchase_amounts[-len(united) :]
+
+
+def _add_counts(mine: dict[str, float], theirs: dict[str, float]) -> None:
+    for key, n in theirs.items():
+        bump(mine, key, n)
+
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
