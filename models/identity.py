@@ -17,6 +17,8 @@ of message, each a JSON object:
 - ``{"op": "events", "from": A, "into": B, "source": S, "key": K, "value": V}``, keyed by B:
   a message that reached A's worker after the merge (V its value in base64, K its key, S its
   source kind), applied to B as B's own.
+- ``{"op": "forget", "from": A, "into": B}``, keyed by A: B was erased (``segmenter forget``),
+  and A, merged into B, is erased with it (its redirect, its alias, a tombstone for it).
 
 A redirect forwards whatever reaches it to where it points, so chains (A into B, then B into C)
 arrive at the end; the customer at the end writes the aliases of every id merged into it
@@ -47,6 +49,7 @@ __all__ = [
     "absorb",
     "decode_identity",
     "events_message",
+    "forget_message",
     "merge_message",
     "redirect_of",
     "state_message",
@@ -85,6 +88,13 @@ def merge_message(source_id: str, target_id: str, ts: int) -> tuple[bytes, bytes
     return source_id.encode(), _dumps(body)
 
 
+def forget_message(source_id: str, target_id: str) -> tuple[bytes, bytes]:
+    """The erasure of ``source_id``, merged into ``target_id``, which was erased."""
+    return source_id.encode(), _dumps(
+        {"op": "forget", "from": source_id, "into": target_id, "ts": 0}
+    )
+
+
 def state_message(
     source_id: str, target_id: str, ts: int, state: dict[str, Any] | None
 ) -> tuple[bytes, bytes]:
@@ -121,7 +131,7 @@ def decode_identity(
         raise DecodeError("identity message must be a JSON object")
     op = raw.get("op")
     source_id, target_id, ts = raw.get("from"), raw.get("into"), raw.get("ts", 0)
-    if op not in ("merge", "state", "events"):
+    if op not in ("merge", "state", "events", "forget"):
         raise DecodeError(f"identity message has an unknown op {str(op)[:32]!r}")
     if not isinstance(source_id, str) or not isinstance(target_id, str):
         raise DecodeError("identity message needs string 'from' and 'into' ids")
@@ -129,10 +139,10 @@ def decode_identity(
         raise DecodeError(f"identity message merges {source_id[:64]!r} into itself")
     if type(ts) is not int:
         raise DecodeError("identity message 'ts' must be an integer (epoch ms)")
-    addressed = source_id if op == "merge" else target_id
+    addressed = target_id if op in ("state", "events") else source_id
     if key is None or key.decode("utf-8", "replace") != addressed:
         raise DecodeError(f"identity {op} message must be keyed by {addressed[:64]!r}")
-    if op == "merge":
+    if op == "merge" or op == "forget":
         return IdentityMessage(op, source_id, target_id, ts)
     if op == "state":
         state = raw.get("state")

@@ -36,6 +36,7 @@ from models.identity import (
     absorb,
     decode_identity,
     events_message,
+    forget_message,
     merge_message,
     redirect_of,
     state_message,
@@ -305,7 +306,8 @@ class SegmentStep:
         for message in messages:
             if message.source == FORGET:
                 if message.key:
-                    _erase(message.key.decode("utf-8", "replace"), touched, out, schedule)
+                    customer_id = message.key.decode("utf-8", "replace")
+                    _erase(customer_id, touched, profiles, out, schedule)
                 continue
             if message.source == IDENTITY:
                 self._identity(message, touched, dirty, profiles, out, schedule, now_ms)
@@ -501,12 +503,14 @@ class SegmentStep:
         except DecodeError as exc:
             out.dead.append(DeadLetter(message, exc.reason))
             return
-        addressed = msg.source_id if msg.op == "merge" else msg.target_id
+        addressed = msg.target_id if msg.op in ("state", "events") else msg.source_id
         profile = _touch(addressed, touched, profiles, out)
         if profile.seen_position(message.log, message.offset):
             return
         dirty.add(addressed)
-        if msg.op == "merge":
+        if msg.op == "forget":  # erased with the customer it was merged into
+            _erase(addressed, touched, profiles, out, schedule)
+        elif msg.op == "merge":
             self._merge_away(profile, msg, message, touched, out, schedule)
         elif profile.merged_into is not None:  # merged on since: pass it along
             forward = (
@@ -609,10 +613,18 @@ def _state_profile(msg: IdentityMessage) -> CustomerProfile | None:
 def _erase(
     customer_id: str,
     touched: dict[str, tuple[CustomerProfile, int]],
+    profiles: ProfileSource | Mapping[str, CustomerProfile | None],
     out: StepOutcome,
     schedule: DueSchedule,
 ) -> None:
-    touched.pop(customer_id, None)
+    """Erase a customer at this point of the batch; the ids merged into them are erased too
+    (an erasure request to each through the identity topic: they may be on other workers)."""
+    found = touched.pop(customer_id, None)
+    profile = (
+        found[0] if found else None if customer_id in out.states else profiles.get(customer_id)
+    )
+    for merged_id in profile.merged_ids if profile is not None else ():
+        out.forwards.append(forget_message(merged_id, customer_id))
     out.states[customer_id] = None
     out.due[customer_id] = None
     schedule.set(customer_id, None)

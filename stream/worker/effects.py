@@ -61,6 +61,7 @@ class Effects:
     async def apply(self, outcome: StepOutcome) -> None:
         if outcome.erased:
             await retry_forever("Redis forget", self.store.forget_many, outcome.erased)
+            await retry_forever("Redis forget", self.store.unalias_many, outcome.erased)
         if outcome.aliases:
             await retry_forever("Redis merge", self.store.merge_many, outcome.aliases)
         await retry_forever(

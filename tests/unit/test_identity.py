@@ -304,3 +304,17 @@ def test_a_state_of_the_previous_version_still_loads() -> None:
     state["v"] = 2
     profile = CustomerProfile.from_state(state)
     assert profile.orders_total == 2 and profile.merged_ids == [] and profile.merged_into is None
+
+
+def test_erasing_a_customer_erases_the_ids_merged_into_them() -> None:
+    mesh = Mesh()
+    browse_then_login(mesh)
+    mesh.settle()
+    mesh.send("forget", "u-1", b"")
+    mesh.settle()
+    erased = [c for out in mesh.outcomes for c in out.erased]
+    assert erased == ["u-1", "anon-1"]
+    assert mesh.profiles["u-1"] is None and mesh.profiles["anon-1"] is None
+    mesh.click("anon-1", "after", T0 + 99 * MIN)  # a new visitor under that id: a new profile
+    mesh.settle()
+    assert mesh.profile("anon-1").merged_into is None and mesh.profile("anon-1").applied == 1
