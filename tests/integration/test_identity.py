@@ -97,6 +97,10 @@ def before_login() -> list[Message]:
         out.append(buy(f"anon-{i}", f"ap{i}", at + 5000, 10.0 + i))
         out.append(buy(f"u-{i}", f"up{i}", at - 86_400_000, 100.0))
         out.append(click(f"u-{i}", f"uc{i}", at - 86_400_000 + 1000, 300.0))
+    # A customer with a long history (more events than the event-id windows hold).
+    old = T0 - 400 * 86_400_000
+    out += [click("u-1", f"long-c{k}", old + k * 3_600_000, 50.0) for k in range(200)]
+    out += [buy("u-1", f"long-p{k}", old + k * 86_400_000, 3.0) for k in range(80)]
     return out
 
 

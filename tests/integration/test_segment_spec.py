@@ -174,17 +174,11 @@ EXPECTED = {
         "last_seen_ts": ms("2026-10-01T08:05:00Z"),
         "last_purchase_ts": ms("2026-10-01T08:04:00Z"),
     },
-    "anon-r": {
-        "orders_total": 0,
-        "revenue_total": 0.0,
-        "first_seen_ts": ms("2026-10-02T09:00:00Z"),
-        "last_seen_ts": ms("2026-10-02T09:00:00Z"),
-        "last_purchase_ts": None,
-    },
+    # anon-r's page view is merged into u-routed when the identify names both (stitching)
     "u-routed": {
         "orders_total": 2,
         "revenue_total": 40.0 + 32.5,
-        "first_seen_ts": ms("2026-10-02T09:30:00Z"),
+        "first_seen_ts": ms("2026-10-02T09:00:00Z"),
         "last_seen_ts": ms("2026-10-02T11:00:00Z"),
         "last_purchase_ts": ms("2026-10-02T11:00:00Z"),
     },
@@ -275,7 +269,11 @@ def run(stack, tmp_path_factory):  # type: ignore[no-untyped-def]
     def done() -> bool:
         workers.check_alive()
         s = workers.client.stats()
-        return s.get("events", 0) >= EVENTS and s.get("dead_letters", 0) >= len(BAD)
+        routed = workers.client.get("u-routed")
+        merged = routed is not None and routed["features"]["first_seen_ts"] == ms(
+            "2026-10-02T09:00:00Z"
+        )
+        return s.get("events", 0) >= EVENTS and s.get("dead_letters", 0) >= len(BAD) and merged
 
     try:
         wait_until(done, 120, f"{EVENTS} events and {len(BAD)} dead letters to be processed")
@@ -302,6 +300,9 @@ def test_records_have_exactly_the_canonical_value_features(run):
         assert got == {**expected, "revenue_total": pytest.approx(expected["revenue_total"])}
         assert record["event_ts"] == expected["last_seen_ts"]
     assert {r["customer_id"] for r in workers.client.iter_records()} == set(EXPECTED)
+    # The anonymous ids read as the customers they were merged into.
+    assert workers.client.get("anon-r")["customer_id"] == "u-routed"  # type: ignore[index]
+    assert workers.client.get("anon-one")["customer_id"] == "u-one"  # type: ignore[index]
 
 
 def test_context_and_properties_reach_the_features(run):

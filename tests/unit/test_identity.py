@@ -318,3 +318,26 @@ def test_erasing_a_customer_erases_the_ids_merged_into_them() -> None:
     mesh.click("anon-1", "after", T0 + 99 * MIN)  # a new visitor under that id: a new profile
     mesh.settle()
     assert mesh.profile("anon-1").merged_into is None and mesh.profile("anon-1").applied == 1
+
+
+def test_a_merge_into_a_customer_with_a_long_history_is_exact() -> None:
+    mesh = Mesh()
+    for k in range(300):  # far more than the event-id windows hold
+        mesh.buy("u-1", f"old-{k}", T0 - 300 * 86_400_000 + k * 86_400_000, 2.0)
+        mesh.click("u-1", f"oldc-{k}", T0 - 300 * 86_400_000 + k * 86_400_000 + 1)
+    for k in range(100):
+        mesh.buy("anon-1", f"an-{k}", T0 + k * MIN, 1.0)
+    mesh.batch()
+    mesh.identify("u-1", "login", T0 + 200 * MIN, anonymous_id="anon-1")
+    mesh.settle()
+    assert mesh.canonical("u-1") == {
+        "orders_total": 400,
+        "revenue_total": pytest.approx(700.0),
+        "first_seen_ts": T0 - 300 * 86_400_000,
+        "last_seen_ts": T0 + 200 * MIN,
+        "last_purchase_ts": T0 + 99 * MIN,
+    }
+    for k in range(90, 100):  # the anonymous id's newest events, sent again: counted once
+        mesh.buy("anon-1", f"an-{k}", T0 + k * MIN, 1.0)
+    mesh.settle()
+    assert mesh.canonical("u-1")["orders_total"] == 400
