@@ -6,6 +6,10 @@
 - ``GET /customers/{customer_id}``: one customer's segment record, as ``segmenter get``;
 - ``GET /segments``: every segment with size, share and description, as ``segmenter segments``;
 - ``GET /api/overview``: sizes over time, drift alerts, workers, throughput counters;
+- ``GET /api/customers/{customer_id}``: the customer view: every segment with why (the
+  persona's reasons, the facts a rule reads), recent changes, merged ids;
+- ``GET /api/segments/{segment}``: the segment view: size, entries and exits per event-time
+  bucket, definition and version, a few example members;
 - ``GET /healthz``; ``GET /openapi.json`` and ``GET /docs`` describe all of them.
 
 With ``SEGMENTER_API_TOKEN`` set, every data endpoint wants ``Authorization: Bearer <token>``
@@ -25,9 +29,18 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from stream.serving.definitions import Definitions
+from stream.serving.lookup import (
+    CustomerView,
+    SegmentView,
+    customer_view,
+    resolve_segment,
+    segment_view,
+)
 from stream.serving.report import segment_report
 from stream.settings import Settings
 from stream.store import SegmentClient, StoreUnavailable
+from stream.store.views import customer_with_changes, segment_examples
 
 __all__ = ["DashboardServer", "build_web_app"]
 
@@ -63,6 +76,7 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
         settings.redis_url.get_secret_value(), settings.redis_prefix, timeout=2.0
     )
     token = settings.api_token.get_secret_value() if settings.api_token else None
+    definitions = Definitions(settings)
 
     def authorized(request: Request) -> None:
         if token is None:
@@ -102,12 +116,61 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
         responses={404: {"description": "no record for this customer"}},
     )
     def customer(customer_id: str) -> dict[str, Any]:
-        if len(customer_id) > settings.max_id_length:
-            raise HTTPException(422, f"customer_id longer than {settings.max_id_length}")
+        checked(customer_id)
         record = reader.get(customer_id)
         if record is None:
             raise HTTPException(404, f"no record for customer {customer_id!r}")
         return record
+
+    def checked(customer_id: str) -> None:
+        if len(customer_id) > settings.max_id_length:
+            raise HTTPException(422, f"customer_id longer than {settings.max_id_length}")
+
+    @app.get(
+        "/api/customers/{customer_id}",
+        dependencies=guarded,
+        summary="Why a customer is in each of their segments",
+        description="The record, every segment with the persona's reasons and the facts a "
+        "rule reads (the record's value, or `stored: false`), the rule or persona as written "
+        "with its version, the customer's recent segment changes (newest first) and the ids "
+        "merged into them.",
+        responses={404: {"description": "no record for this customer"}},
+    )
+    def customer_lookup(customer_id: str) -> CustomerView:
+        checked(customer_id)
+        record, changes = customer_with_changes(reader, customer_id)
+        if record is None:
+            raise HTTPException(404, f"no record for customer {customer_id!r}")
+        return customer_view(customer_id, record, changes, definitions)
+
+    @app.get(
+        "/api/segments/{segment:path}",
+        dependencies=guarded,
+        summary="What a segment is doing",
+        description="`cluster:<id>`, `rule:<name>` or `persona:<name>` (a bare name: a rule, "
+        "else a persona). Its size, share, size with entries and exits per event-time bucket "
+        "(from the size snapshots), its definition as written and version, and a few example "
+        "members.",
+        responses={404: {"description": "no such segment"}},
+    )
+    def segment_lookup(
+        segment: str, history: Annotated[int, "event-time buckets"] = 200
+    ) -> SegmentView:
+        members = reader.members()
+        resolved = resolve_segment(segment, definitions, reader.model(), members)
+        if resolved is None:
+            raise HTTPException(
+                404,
+                f"no segment {segment!r} (use cluster:<id>, rule:<name> or persona:<name>; "
+                "GET /segments lists them)",
+            )
+        return segment_view(
+            resolved,
+            members,
+            reader.customers(),
+            reader.history(max(1, min(history, settings.stats_history))),
+            segment_examples(reader, resolved.segment),
+        )
 
     @app.get("/segments", dependencies=guarded, summary="Every segment with size and share")
     def segments() -> SegmentReport:
@@ -120,7 +183,10 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
         workers = reader.workers()
         return Overview(
             report=SegmentReport.model_validate(segment_report(reader, settings)),
-            history=reader.history(max(1, min(history, settings.stats_history))),
+            history=[
+                {k: v for k, v in snap.items() if k not in ("entered_total", "exited_total")}
+                for snap in reader.history(max(1, min(history, settings.stats_history)))
+            ],
             drift=reader.drift(max(1, min(drift, settings.drift_history))),
             workers=workers,
             stats=reader.stats(),

@@ -8,6 +8,7 @@
 - ``redis_store``: ``RedisSegmentStore``, the worker's store in Redis; ``retry_forever``.
 - ``memory``: ``InMemorySegmentStore``, the same contract over dicts.
 - ``client``: the readers, ``SegmentClient`` and ``AsyncSegmentClient``.
+- ``views``: the customer and segment views' reads (a record with its changes, examples).
 - ``errors``: ``StoreUnavailable``, ``RedisConfigError``, ``REDIS_OUTAGE``.
 """
 

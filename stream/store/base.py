@@ -34,16 +34,26 @@ class SegmentStore(Protocol):
         marks: Sequence[PartitionMark] = (),
     ) -> int:
         """Apply record writes (a write older than the stored record, by (event_ts, applied),
-        is ignored), moving size and membership counters with them; add ``counters`` to the
-        status counters; then move the partition ``marks`` (each only from its expected
-        value). Returns the writes accepted."""
+        is ignored), moving size and membership counters with them, and, where the customer's
+        segments changed, the flow totals, the examples and the customer's changes list; add
+        ``counters`` to the status counters; then move the partition ``marks`` (each only from
+        its expected value). Returns the writes accepted."""
 
     async def forget_many(self, customer_ids: Sequence[str]) -> int:
-        """Erase these customers' records and their share of the counters; returns how many
-        had a record."""
+        """Erase these customers' records, their changes lists and their share of the counters
+        and examples (each segment they were in counts an exit); returns how many had a
+        record."""
+
+    async def merge_many(self, aliases: Mapping[str, str]) -> int:
+        """Merged ids (``models.identity``) to the customers they were merged into: each
+        merged id's record erased as ``forget_many`` does, and a read of it answered with
+        that customer's record from then on. Returns the records erased."""
+
+    async def unalias_many(self, customer_ids: Sequence[str]) -> None:
+        """Drop the aliases of these ids (erased ids that had been merged)."""
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
-        """One customer's record, or None."""
+        """One customer's record (a merged id's: its customer's), or None."""
 
     async def partition_marks(
         self, app_id: str, partitions: Sequence[int]
@@ -75,8 +85,9 @@ class SegmentStore(Protocol):
     async def size_snapshot(
         self, worker_id: str, watermark: int, bucket_ms: int, keep: int, period_s: float
     ) -> dict[str, Any] | None:
-        """Snapshot every segment's size into its event-time bucket; one worker per period
-        gets the snapshot back to publish, the others None."""
+        """Snapshot every segment's size and its entry and exit totals (``entered_total``,
+        ``exited_total``) into its event-time bucket; one worker per period gets the snapshot
+        back to publish, the others None."""
 
     async def push_drift(self, alerts: Sequence[Mapping[str, Any]], keep: int) -> None:
         """Keep the newest drift alerts, at most ``keep``."""
@@ -91,6 +102,13 @@ class SegmentStore(Protocol):
 
     async def stats(self) -> dict[str, int]:
         """The status counters ``write_many`` added up."""
+
+    async def changes(self, customer_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The customer's recent segment changes (``codec.decode_changes``), newest first,
+        from their newest ``limit`` changing writes."""
+
+    async def examples(self, segment: str, limit: int = 10) -> list[str]:
+        """Up to ``limit`` customers in the segment (a few kept per shard), shard 0 first."""
 
     async def workers(self) -> list[dict[str, Any]]:
         """The heartbeats not yet expired, by worker id."""

@@ -11,6 +11,7 @@ from typing import Any, cast
 import orjson
 from redis.cluster import RedisCluster
 
+from stream.store.aliases import read_record, read_record_sync
 from stream.store.codec import counts, decode_record, sum_counts
 from stream.store.connect import (
     AsyncClient,
@@ -26,7 +27,8 @@ __all__ = ["AsyncSegmentClient", "SegmentClient"]
 
 
 class SegmentClient:
-    """Read one customer's segment record: one round trip (GET).
+    """Read one customer's segment record: one round trip (an MGET of the record and the id's
+    alias; a second for an id merged into another customer).
 
     >>> client = SegmentClient("redis://127.0.0.1:6379/0")  # doctest: +SKIP
     >>> client.get("c-42")["segment"]                       # doctest: +SKIP
@@ -66,7 +68,9 @@ class SegmentClient:
 
     @unavailable_on_error
     def get(self, customer_id: str) -> dict[str, Any] | None:
-        raw = cast(bytes | None, self.client.get(self.keys.record(customer_id)))
+        """The customer's record; for an id merged into another customer, that customer's
+        (``stream.store.aliases``)."""
+        raw = read_record_sync(self.client, self.keys, customer_id)
         return None if raw is None else decode_record(raw)
 
     @unavailable_on_error
@@ -188,7 +192,7 @@ class AsyncSegmentClient:
 
     @unavailable_on_error
     async def get(self, customer_id: str) -> dict[str, Any] | None:
-        raw = cast(bytes | None, await self.client.get(self.keys.record(customer_id)))
+        raw = await read_record(self.client, self.keys, customer_id)
         return None if raw is None else decode_record(raw)
 
     async def close(self) -> None:

@@ -14,12 +14,17 @@ from typing import Any, cast
 
 import orjson
 
+from models.segments import SegmentChange
 from models.step import RecordWrite
 
 __all__ = [
     "counts",
     "sum_counts",
+    "decode_changes",
     "decode_record",
+    "flow_totals",
+    "pick_examples",
+    "write_args",
     "encode_record",
     "record_value",
     "segment_text",
@@ -140,6 +145,87 @@ def record_value(write: RecordWrite) -> tuple[bytes, bytes]:
     members = orjson.dumps(sorted(write.members))
     head = f"{write.event_ts} {write.applied} {segment_text(write.segment)} ".encode()
     return head + members + b"\n" + encode_record(write.record), members
+
+
+def write_args(write: RecordWrite, changes_kept: int, examples_kept: int) -> tuple[Any, ...]:
+    """The write script's ARGV for one write (``stream.store.scripts.WRITE``).
+
+    >>> write_args(RecordWrite("c-1", 5, 2, None, {"evaluated_at": 9}, ("rule:a",)), 20, 3)[5:]
+    (9, 'c-1', 20, 3)
+    """
+    value, segments = record_value(write)
+    evaluated_at = int(write.record.get("evaluated_at") or write.event_ts)
+    return (
+        write.event_ts,
+        write.applied,
+        segment_text(write.segment),
+        value,
+        segments,
+        evaluated_at,
+        write.customer_id,
+        changes_kept,
+        examples_kept,
+    )
+
+
+def decode_changes(
+    customer_id: str, lines: bytes | str | None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """A customer's recent segment changes (their field of ``Keys.changes``: one line per
+    changing write, newest first) as dicts, newest first, each with the ``change_id``
+    ``segment-changes`` gives the same change; ``limit`` lines at most.
+
+    >>> decode_changes("c", b'9 5 ["-rule:a","+rule:b"]')  # doctest: +NORMALIZE_WHITESPACE
+    [{'at': 9, 'events_applied': 5, 'segment': 'rule:a', 'change': 'exited',
+      'change_id': '7d2e4952ac70b58fe0d037a8'},
+     {'at': 9, 'events_applied': 5, 'segment': 'rule:b', 'change': 'entered',
+      'change_id': 'eb8a8d6d6c46f2f81f2e7e6b'}]
+    """
+    out: list[dict[str, Any]] = []
+    for entry in _text(lines).split("\n")[:limit] if lines else ():
+        at, applied, moves = entry.split(" ", 2)
+        for move in orjson.loads(moves):
+            change = "entered" if move[0] == "+" else "exited"
+            key = SegmentChange(
+                customer_id, move[1:], change, None, None, 0, "", None, int(applied), int(at)
+            )
+            out.append(
+                {
+                    "at": int(at),
+                    "events_applied": int(applied),
+                    "segment": move[1:],
+                    "change": change,
+                    "change_id": key.change_id,
+                }
+            )
+    return out
+
+
+def flow_totals(flows: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """The summed ``flows`` hashes as (entered, exited) totals per segment.
+
+    >>> flow_totals({"in:rule:a": 3, "out:rule:a": 1, "in:cluster:2": 1})
+    ({'cluster:2': 1, 'rule:a': 3}, {'rule:a': 1})
+    """
+    entered = {k[3:]: v for k, v in sorted(flows.items()) if k.startswith("in:")}
+    exited = {k[4:]: v for k, v in sorted(flows.items()) if k.startswith("out:")}
+    return dict(sorted(entered.items())), dict(sorted(exited.items()))
+
+
+def pick_examples(found: Iterable[bytes | str | None], limit: int) -> list[str]:
+    """Up to ``limit`` example members from the shards' ``examples`` fields of one segment
+    (shard 0 first; None where a shard has none).
+
+    >>> pick_examples([b'["c-1","c-9"]', None, b'["c-4"]'], 2)
+    ['c-1', 'c-9']
+    """
+    out: list[str] = []
+    for raw in found:
+        if raw:
+            out.extend(orjson.loads(raw)[: limit - len(out)])
+        if len(out) >= limit:
+            break
+    return out
 
 
 def decode_record(raw: bytes) -> dict[str, Any]:

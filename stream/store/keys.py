@@ -9,10 +9,26 @@ counter shard, ``shard_of(customer_id)``: the CRC-32 of the UTF-8 customer id, z
   customer is in as a JSON list such as ``["cluster:3","rule:vip"]``), a newline, then the
   record deflated with a preset dictionary (``record_value``, ``encode_record`` in
   ``stream.store.codec``).
+- ``P m:{S}<merged_id>``: the id of the customer an id was merged into (identity stitching,
+  ``models.identity``; plain UTF-8). A merged id has no record of its own: a read of it
+  answers that customer's record.
 - ``P sizes:{S}``: hash, cluster id to number of customers of shard ``S`` in it (kept by the
   same script as the records); a cluster's size is the sum over the 64 shards.
 - ``P members:{S}``: hash, segment of any kind (``cluster:3``, ``rule:vip``, ``persona:...``)
   to number of customers of shard ``S`` in it (same script); summed over the shards likewise.
+- ``P changes:{S}``: hash, customer id of shard ``S`` to their recent segment changes: one line
+  per accepted write that changed the customer's segments, newest first, at most
+  ``CHANGES_KEPT`` (10) lines, each ``<evaluated_at> <events applied> <JSON list of "-segment"
+  exits then "+segment" entries>`` (same script, same hash slot as the record; deleted with it
+  by ``segmenter forget``). A field of a shared hash, not a key per customer: about 110 B less
+  per customer.
+- ``P flows:{S}``: hash, ``in:<segment>`` and ``out:<segment>`` to the customers of shard ``S``
+  who ever entered and left the segment (same script; an erasure counts as an exit). Summed
+  over the shards into every size snapshot (``entered_total``, ``exited_total``): entries and
+  exits per event-time bucket are the differences between two buckets' snapshots.
+- ``P examples:{S}``: hash, segment to a JSON list of at most ``EXAMPLES_KEPT`` (3) customers
+  of shard ``S`` in it (same script: a customer who leaves the segment or is forgotten leaves
+  the list); a segment's examples are read from the 64 shards.
 - ``P history``: hash, event-time bucket (epoch ms) to a size snapshot (JSON);
   ``P history:index``: sorted set of those buckets, trimmed to ``SEGMENTER_STATS_HISTORY``;
   ``P history:lock``: held for most of a snapshot period by the worker that takes the snapshot.
@@ -31,8 +47,8 @@ counter shard, ``shard_of(customer_id)``: the CRC-32 of the UTF-8 customer id, z
 - ``P rebuild:<app_id>``: the newest rebuild request (a counter ``segmenter rebuild-store``
   increments).
 
-Why ``{S}``: braces mark a Redis Cluster hash tag, so a customer's record and the two counter
-hashes the write script moves with it are in one hash slot, as a script's keys must be on a
+Why ``{S}``: braces mark a Redis Cluster hash tag, so a customer's record, changes and the
+counter hashes the write script moves with it are in one hash slot, as a script's keys must be on a
 cluster; the same layout serves a single Redis. Every other key is read and written alone. The
 prefix may not contain braces (it would become the hash tag).
 
@@ -48,11 +64,15 @@ from dataclasses import dataclass
 
 from stream.store.errors import RedisConfigError
 
-__all__ = ["COUNTER_SHARDS", "Keys", "record_key", "shard_of"]
+__all__ = ["CHANGES_KEPT", "COUNTER_SHARDS", "EXAMPLES_KEPT", "Keys", "record_key", "shard_of"]
 
 #: How many ``sizes`` and ``members`` hashes the counters are split into (fixed: it is part of
 #: every record key).
 COUNTER_SHARDS = 64
+#: Lines of a customer's recent changes (``Keys.changes``) kept, newest first.
+CHANGES_KEPT = 10
+#: Example members kept per segment per shard (``Keys.examples``).
+EXAMPLES_KEPT = 3
 
 _GLOB = re.compile(r"([*?\[\]\\])")
 
@@ -88,6 +108,10 @@ class Keys:
         """One customer's record."""
         return f"{self.prefix}c:{{{shard_of(customer_id)}}}{customer_id}"
 
+    def alias(self, customer_id: str) -> str:
+        """A merged id's alias: the customer it was merged into (same slot as its record)."""
+        return f"{self.prefix}m:{{{shard_of(customer_id)}}}{customer_id}"
+
     def sizes(self, shard: int) -> str:
         """One shard's cluster-size counters."""
         return f"{self.prefix}sizes:{{{shard}}}"
@@ -96,15 +120,35 @@ class Keys:
         """One shard's segment-membership counters."""
         return f"{self.prefix}members:{{{shard}}}"
 
-    def script_keys(self, customer_id: str) -> tuple[str, str, str]:
-        """The keys the write and forget scripts take for a customer: record, sizes, members
-        (one hash slot).
+    def changes(self, shard: int) -> str:
+        """One shard's customers' recent segment changes (a hash: customer id to lines)."""
+        return f"{self.prefix}changes:{{{shard}}}"
 
-        >>> Keys("p:").script_keys("c-42")
-        ('p:c:{53}c-42', 'p:sizes:{53}', 'p:members:{53}')
+    def flows(self, shard: int) -> str:
+        """One shard's entry and exit totals per segment."""
+        return f"{self.prefix}flows:{{{shard}}}"
+
+    def examples(self, shard: int) -> str:
+        """One shard's example members per segment."""
+        return f"{self.prefix}examples:{{{shard}}}"
+
+    def script_keys(self, customer_id: str) -> tuple[str, str, str, str, str, str]:
+        """The keys the write and forget scripts take for a customer: record, sizes, members,
+        changes, flows, examples (one hash slot).
+
+        >>> Keys("p:").script_keys("c-42")  # doctest: +NORMALIZE_WHITESPACE
+        ('p:c:{53}c-42', 'p:sizes:{53}', 'p:members:{53}', 'p:changes:{53}', 'p:flows:{53}',
+         'p:examples:{53}')
         """
         shard = shard_of(customer_id)
-        return self.record(customer_id), self.sizes(shard), self.members(shard)
+        return (
+            self.record(customer_id),
+            self.sizes(shard),
+            self.members(shard),
+            self.changes(shard),
+            self.flows(shard),
+            self.examples(shard),
+        )
 
     @property
     def all_sizes(self) -> tuple[str, ...]:
@@ -115,6 +159,16 @@ class Keys:
     def all_members(self) -> tuple[str, ...]:
         """Every shard's ``members`` hash, shard 0 first (a reader sums them)."""
         return tuple(self.members(s) for s in range(COUNTER_SHARDS))
+
+    @property
+    def all_flows(self) -> tuple[str, ...]:
+        """Every shard's ``flows`` hash, shard 0 first (a reader sums them)."""
+        return tuple(self.flows(s) for s in range(COUNTER_SHARDS))
+
+    @property
+    def all_examples(self) -> tuple[str, ...]:
+        """Every shard's ``examples`` hash, shard 0 first."""
+        return tuple(self.examples(s) for s in range(COUNTER_SHARDS))
 
     def worker(self, worker_id: str) -> str:
         """One worker's heartbeat."""

@@ -12,7 +12,8 @@ import orjson
 
 from models.step import RecordWrite
 from stream.store.base import PartitionMark
-from stream.store.codec import segment_text
+from stream.store.codec import decode_changes, flow_totals, pick_examples, segment_text
+from stream.store.keys import CHANGES_KEPT, COUNTER_SHARDS, EXAMPLES_KEPT, shard_of
 
 __all__ = ["InMemorySegmentStore"]
 
@@ -28,10 +29,56 @@ class _Stored:
     record: bytes
 
 
+class _Counts:
+    """What the write script keeps beside the records: size and membership counters, flow
+    totals, examples per (shard, segment), each customer's changes (lines, newest first)."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int] = {}
+        self.members: dict[str, int] = {}
+        self.flows: dict[str, int] = {}  # in:<segment> / out:<segment>: totals
+        self.examples: dict[tuple[int, str], list[str]] = {}  # (shard, segment): ids
+        self.changes: dict[str, bytes] = {}  # customer: lines, newest first
+
+    def move(
+        self, customer_id: str, old: _Stored | None, new: _Stored | None, head: str = ""
+    ) -> None:
+        """Move the counters from ``old`` (None: no record) to ``new`` (None: forgotten), and
+        with them the flows, the examples and (with ``head``) the customer's changes list."""
+        old_seg = None if old is None else old.segment
+        new_seg = None if new is None else new.segment
+        if old_seg != new_seg:
+            if old_seg is not None:
+                self.sizes[old_seg] = self.sizes.get(old_seg, 0) - 1
+            if new_seg is not None:
+                self.sizes[new_seg] = self.sizes.get(new_seg, 0) + 1
+        before = frozenset[str]() if old is None else old.members
+        after = frozenset[str]() if new is None else new.members
+        gone, came = sorted(before - after), sorted(after - before)
+        shard = shard_of(customer_id)
+        for m in gone:
+            self.members[m] = self.members.get(m, 0) - 1
+            self.flows[f"out:{m}"] = self.flows.get(f"out:{m}", 0) + 1
+            kept = [c for c in self.examples.get((shard, m), []) if c != customer_id]
+            self.examples[(shard, m)] = kept
+        for m in came:
+            self.members[m] = self.members.get(m, 0) + 1
+            self.flows[f"in:{m}"] = self.flows.get(f"in:{m}", 0) + 1
+            kept = self.examples.setdefault((shard, m), [])
+            if len(kept) < EXAMPLES_KEPT:
+                kept.append(customer_id)
+        if head and (gone or came):
+            moves = [f"-{m}" for m in gone] + [f"+{m}" for m in came]
+            lines = [f"{head} ".encode() + orjson.dumps(moves)]
+            lines += self.changes.get(customer_id, b"").split(b"\n")[: CHANGES_KEPT - 1]
+            self.changes[customer_id] = b"\n".join(line for line in lines if line)
+
+
 class InMemorySegmentStore:
     """``SegmentStore`` over dicts, with the Redis store's rules: a write older than the stored
     record by (event_ts, applied) is ignored, an equal one rewrites it; the size and membership
-    counters move only with accepted writes and forgets; one caller per period gets a size
+    counters, flow totals, examples and changes lists move only with accepted writes and
+    forgets; one caller per period gets a size
     snapshot; heartbeats expire. Values go through JSON as they do in Redis, so a caller gets
     fresh copies.
 
@@ -49,8 +96,8 @@ class InMemorySegmentStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._records: dict[str, _Stored] = {}
-        self._sizes: dict[str, int] = {}
-        self._members: dict[str, int] = {}
+        self._aliases: dict[str, str] = {}  # merged id: the customer it was merged into
+        self._counts = _Counts()
         self._stats: dict[str, int] = {}
         self._model: bytes | None = None
         self._model_version = 0
@@ -83,7 +130,8 @@ class InMemorySegmentStore:
                 frozenset(w.members),
                 orjson.dumps(w.record),
             )
-            self._move(old, new)
+            at = int(w.record.get("evaluated_at") or w.event_ts)
+            self._counts.move(w.customer_id, old, new, f"{at} {w.applied}")
             self._records[w.customer_id] = new
             accepted += 1
         for name, by in counters.items():
@@ -97,29 +145,25 @@ class InMemorySegmentStore:
         for customer_id in customer_ids:
             old = self._records.pop(customer_id, None)
             if old is not None:
-                self._move(old, None)
+                self._counts.move(customer_id, old, None)
+                self._counts.changes.pop(customer_id, None)
                 forgotten += 1
         return forgotten
 
-    def _move(self, old: _Stored | None, new: _Stored | None) -> None:
-        """Move the counters from ``old`` (None: no record) to ``new`` (None: forgotten)."""
-        old_seg = None if old is None else old.segment
-        new_seg = None if new is None else new.segment
-        if old_seg != new_seg:
-            if old_seg is not None:
-                self._sizes[old_seg] = self._sizes.get(old_seg, 0) - 1
-            if new_seg is not None:
-                self._sizes[new_seg] = self._sizes.get(new_seg, 0) + 1
-        before = frozenset[str]() if old is None else old.members
-        after = frozenset[str]() if new is None else new.members
-        for m in before - after:
-            self._members[m] = self._members.get(m, 0) - 1
-        for m in after - before:
-            self._members[m] = self._members.get(m, 0) + 1
-
     async def get(self, customer_id: str) -> dict[str, Any] | None:
         found = self._records.get(customer_id)
+        if found is None and customer_id in self._aliases:
+            found = self._records.get(self._aliases[customer_id])
         return None if found is None else _loads(found.record)
+
+    async def merge_many(self, aliases: Mapping[str, str]) -> int:
+        erased = await self.forget_many(list(aliases))
+        self._aliases.update(aliases)
+        return erased
+
+    async def unalias_many(self, customer_ids: Sequence[str]) -> None:
+        for customer_id in customer_ids:
+            self._aliases.pop(customer_id, None)
 
     async def partition_marks(
         self, app_id: str, partitions: Sequence[int]
@@ -169,9 +213,10 @@ class InMemorySegmentStore:
             "bucket": bucket,
             "watermark": newest,
             "at": int(time.time() * 1000),
-            "customers": sum(self._sizes.values()),
-            "sizes": dict(sorted(_positive(self._members).items())),
+            "customers": sum(self._counts.sizes.values()),
+            "sizes": dict(sorted(_positive(self._counts.members).items())),
         }
+        snapshot["entered_total"], snapshot["exited_total"] = flow_totals(self._counts.flows)
         self._history[bucket] = orjson.dumps(snapshot)
         for old in sorted(self._history)[: max(0, len(self._history) - keep)]:
             del self._history[old]
@@ -186,13 +231,20 @@ class InMemorySegmentStore:
     # Reads
 
     async def sizes(self) -> dict[str, int]:
-        return _positive(self._sizes)
+        return _positive(self._counts.sizes)
 
     async def members(self) -> dict[str, int]:
-        return _positive(self._members)
+        return _positive(self._counts.members)
 
     async def stats(self) -> dict[str, int]:
         return dict(self._stats)
+
+    async def changes(self, customer_id: str, limit: int = CHANGES_KEPT) -> list[dict[str, Any]]:
+        return decode_changes(customer_id, self._counts.changes.get(customer_id), limit)
+
+    async def examples(self, segment: str, limit: int = 10) -> list[str]:
+        found = [self._counts.examples.get((s, segment)) for s in range(COUNTER_SHARDS)]
+        return pick_examples((orjson.dumps(ids) if ids else None for ids in found), limit)
 
     async def workers(self) -> list[dict[str, Any]]:
         now = self._clock()

@@ -18,11 +18,20 @@ from redis.typing import EncodableT
 
 from models.step import RecordWrite
 from stream.store import scripts
+from stream.store.aliases import read_record
 from stream.store.base import PartitionMark
-from stream.store.codec import counts, decode_record, record_value, segment_text, sum_counts
+from stream.store.codec import (
+    counts,
+    decode_changes,
+    decode_record,
+    flow_totals,
+    pick_examples,
+    sum_counts,
+    write_args,
+)
 from stream.store.connect import AsyncClient, async_client
 from stream.store.errors import REDIS_ERRORS, REDIS_OUTAGE, StoreUnavailable
-from stream.store.keys import Keys
+from stream.store.keys import CHANGES_KEPT, EXAMPLES_KEPT, Keys, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,12 @@ end
 return 0
 """
 
+#: One shard's members and flows hashes, read together (KEYS members, flows): a write moves
+#: both in one script, so read together they agree (a size is its entries minus its exits).
+_SHARD_COUNTS = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
+
 _Call = tuple[AsyncScript, Sequence[str], Sequence[EncodableT]]
 
 
@@ -47,7 +62,70 @@ def _noscript(result: object) -> bool:
     return isinstance(result, NoScriptError)
 
 
-class RedisSegmentStore:
+def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+    """A hash as a script returns it (a flat field, value list) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class _Reads:
+    """The store's reads (the contract test's, and any async reader's)."""
+
+    client: AsyncClient
+    keys: Keys
+
+    async def sizes(self) -> dict[str, int]:
+        return await self._sum(self.keys.all_sizes)
+
+    async def members(self) -> dict[str, int]:
+        return await self._sum(self.keys.all_members)
+
+    async def _sum(self, hashes: Sequence[str], positive: bool = True) -> dict[str, int]:
+        """The counter hashes of every shard, summed (one pipeline)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name in hashes:
+                pipe.hgetall(name)
+            found = await pipe.execute()
+        return sum_counts(found, positive)
+
+    async def stats(self) -> dict[str, int]:
+        return counts(await self.client.hgetall(self.keys.stats), positive=False)
+
+    async def changes(self, customer_id: str, limit: int = CHANGES_KEPT) -> list[dict[str, Any]]:
+        key = self.keys.changes(shard_of(customer_id))
+        raw = cast(bytes | None, await self.client.hget(key, customer_id))
+        return decode_changes(customer_id, raw, limit)
+
+    async def examples(self, segment: str, limit: int = 10) -> list[str]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for name in self.keys.all_examples:
+                pipe.hget(name, segment)
+            found = await pipe.execute()
+        return pick_examples(found, limit)
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Live workers' heartbeats, by worker id (every master of a cluster scanned)."""
+        found = sorted({k async for k in self.client.scan_iter(match=self.keys.workers_pattern)})
+        if not found:
+            return []
+        if isinstance(self.client, AsyncRedisCluster):
+            values = await self.client.mget_nonatomic(found)
+        else:
+            values = await self.client.mget(found)
+        return [cast(dict[str, Any], orjson.loads(v)) for v in values if v]
+
+    async def drift(self, limit: int = 200) -> list[dict[str, Any]]:
+        raw = await self.client.lrange(self.keys.drift, 0, limit - 1)
+        return [cast(dict[str, Any], orjson.loads(v)) for v in raw]
+
+    async def history(self, limit: int = 500) -> list[dict[str, Any]]:
+        buckets = cast(list[bytes], await self.client.zrange(self.keys.history_index, -limit, -1))
+        if not buckets:
+            return []
+        values = await self.client.hmget(self.keys.history, buckets)
+        return [cast(dict[str, Any], orjson.loads(v)) for v in values if v]
+
+
+class RedisSegmentStore(_Reads):
     """The ``SegmentStore`` in Redis, used by the worker: one pipeline per batch.
 
     ``url`` is a single Redis or a Redis Cluster (``stream.store.connect``); the same keys and
@@ -64,6 +142,7 @@ class RedisSegmentStore:
         self._forget = self.client.register_script(scripts.FORGET)
         self._watermark = self.client.register_script(scripts.WATERMARK)
         self._mark = self.client.register_script(_MARK)
+        self._shard_counts = self.client.register_script(_SHARD_COUNTS)
 
     async def ping(self) -> None:
         try:
@@ -81,8 +160,7 @@ class RedisSegmentStore:
             return 0
         calls: list[_Call] = []
         for w in writes:
-            value, segments = record_value(w)
-            args = (w.event_ts, w.applied, segment_text(w.segment), value, segments)
+            args = write_args(w, CHANGES_KEPT, EXAMPLES_KEPT)
             calls.append((self._write, self.keys.script_keys(w.customer_id), args))
         for m in marks:
             key = self.keys.partition_mark(m.app_id, m.partition)
@@ -93,7 +171,7 @@ class RedisSegmentStore:
     async def forget_many(self, customer_ids: Sequence[str]) -> int:
         if not customer_ids:
             return 0
-        calls: list[_Call] = [(self._forget, self.keys.script_keys(c), ()) for c in customer_ids]
+        calls: list[_Call] = [(self._forget, self.keys.script_keys(c), (c,)) for c in customer_ids]
         results = await self._run_script(calls, {})
         return sum(1 for r in results if r == 1)
 
@@ -133,8 +211,29 @@ class RedisSegmentStore:
         return results[: len(calls)]
 
     async def get(self, customer_id: str) -> dict[str, Any] | None:
-        raw = cast(bytes | None, await self.client.get(self.keys.record(customer_id)))
+        raw = await read_record(self.client, self.keys, customer_id)
         return None if raw is None else decode_record(raw)
+
+    async def merge_many(self, aliases: Mapping[str, str]) -> int:
+        """Merged ids (``models.identity``): each one's record erased as ``forget_many``
+        does, then its alias set to the customer it was merged into. Returns the records
+        erased."""
+        if not aliases:
+            return 0
+        erased = await self.forget_many(list(aliases))
+        pipe = self.client.pipeline(transaction=False)
+        for merged_id, into in aliases.items():
+            pipe.set(self.keys.alias(merged_id), into)
+        await pipe.execute()
+        return erased
+
+    async def unalias_many(self, customer_ids: Sequence[str]) -> None:
+        """Drop the aliases of these ids (erased: ``segmenter forget``)."""
+        if customer_ids:
+            pipe = self.client.pipeline(transaction=False)
+            for customer_id in customer_ids:
+                pipe.delete(self.keys.alias(customer_id))
+            await pipe.execute()
 
     async def partition_marks(
         self, app_id: str, partitions: Sequence[int]
@@ -193,7 +292,12 @@ class RedisSegmentStore:
         newest = int(await self._watermark(keys=[k.watermark], args=[watermark]))
         if newest <= 0:
             return None
-        members = await self.members()
+        calls: list[_Call] = [
+            (self._shard_counts, pair, ()) for pair in zip(k.all_members, k.all_flows, strict=True)
+        ]
+        shards = await self._run_script(calls, {})
+        members = sum_counts(_pairs(shard[0]) for shard in shards)
+        entered, exited = flow_totals(sum_counts(_pairs(shard[1]) for shard in shards))
         clusters = await self._sum(k.all_sizes, positive=False)
         bucket = newest - newest % bucket_ms
         snapshot = {
@@ -202,6 +306,8 @@ class RedisSegmentStore:
             "at": int(time.time() * 1000),
             "customers": sum(clusters.values()),
             "sizes": dict(sorted(members.items())),
+            "entered_total": entered,
+            "exited_total": exited,
         }
         # One key at a time, in an order that leaves readers (index first, then the hash) a
         # consistent view: the snapshot before its index entry, the index entry before it goes.
@@ -220,47 +326,6 @@ class RedisSegmentStore:
             pipe.lpush(self.keys.drift, *(orjson.dumps(a) for a in alerts))
             pipe.ltrim(self.keys.drift, 0, keep - 1)
             await pipe.execute()
-
-    # Reads (the contract test's, and any async reader's)
-
-    async def sizes(self) -> dict[str, int]:
-        return await self._sum(self.keys.all_sizes)
-
-    async def members(self) -> dict[str, int]:
-        return await self._sum(self.keys.all_members)
-
-    async def _sum(self, hashes: Sequence[str], positive: bool = True) -> dict[str, int]:
-        """The counter hashes of every shard, summed (one pipeline)."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for name in hashes:
-                pipe.hgetall(name)
-            found = await pipe.execute()
-        return sum_counts(found, positive)
-
-    async def stats(self) -> dict[str, int]:
-        return counts(await self.client.hgetall(self.keys.stats), positive=False)
-
-    async def workers(self) -> list[dict[str, Any]]:
-        """Live workers' heartbeats, by worker id (every master of a cluster scanned)."""
-        found = sorted({k async for k in self.client.scan_iter(match=self.keys.workers_pattern)})
-        if not found:
-            return []
-        if isinstance(self.client, AsyncRedisCluster):
-            values = await self.client.mget_nonatomic(found)
-        else:
-            values = await self.client.mget(found)
-        return [cast(dict[str, Any], orjson.loads(v)) for v in values if v]
-
-    async def drift(self, limit: int = 200) -> list[dict[str, Any]]:
-        raw = await self.client.lrange(self.keys.drift, 0, limit - 1)
-        return [cast(dict[str, Any], orjson.loads(v)) for v in raw]
-
-    async def history(self, limit: int = 500) -> list[dict[str, Any]]:
-        buckets = cast(list[bytes], await self.client.zrange(self.keys.history_index, -limit, -1))
-        if not buckets:
-            return []
-        values = await self.client.hmget(self.keys.history, buckets)
-        return [cast(dict[str, Any], orjson.loads(v)) for v in values if v]
 
     async def close(self) -> None:
         await self.client.aclose()

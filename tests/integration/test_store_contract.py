@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from models.segments import SegmentChange
 from models.step import RecordWrite
 from stream.store import (
     InMemorySegmentStore,
@@ -23,6 +24,8 @@ from stream.store import (
     sync_client,
 )
 from stream.store.base import PartitionMark
+from stream.store.keys import CHANGES_KEPT, EXAMPLES_KEPT, shard_of
+from stream.store.views import customer_with_changes, segment_examples
 
 from .conftest import wait_until
 from .redis_cluster import redis_cluster  # noqa: F401 - the session's cluster fixture
@@ -146,6 +149,92 @@ def test_forget_removes_the_record_and_its_counts(store):
     assert store.sizes() == {"1": 2} and store.members() == {"cluster:1": 2}
 
 
+def moves(changes: list[dict[str, Any]]) -> list[tuple[int, int, str, str]]:
+    return [(c["at"], c["events_applied"], c["change"], c["segment"]) for c in changes]
+
+
+def balanced(snapshot: dict[str, Any]) -> bool:
+    """Every size in a snapshot is its segment's entries minus its exits (read together)."""
+    exited = snapshot["exited_total"]
+    net = {m: n - exited.get(m, 0) for m, n in snapshot["entered_total"].items()}
+    return {m: n for m, n in net.items() if n > 0} == snapshot["sizes"]
+
+
+def test_changes_flows_and_examples_move_with_accepted_writes_only(store):
+    first = w("a", 100, 1, 1, "cluster:1", "rule:vip", evaluated_at=100)
+    assert store.write_many([first]) == 1
+    assert moves(store.changes("a")) == [
+        (100, 1, "entered", "cluster:1"),
+        (100, 1, "entered", "rule:vip"),
+    ]
+    # A replayed write (at-least-once) and a refused older one change and count nothing.
+    assert store.write_many([first]) == 1
+    assert store.write_many([w("a", 90, 5, 2, "cluster:2", evaluated_at=90)]) == 0
+    assert len(store.changes("a")) == 2
+    # A later write that moves the customer: exits before entries, at its evaluation time
+    # (a time-driven re-evaluation is later than the newest event), newest first.
+    assert store.write_many([w("a", 200, 2, 2, "cluster:2", "rule:vip", evaluated_at=250)]) == 1
+    assert store.write_many([w("a", 300, 3, 2, "cluster:2", "rule:vip")]) == 1  # no change
+    got = store.changes("a")
+    assert moves(got) == [
+        (250, 2, "exited", "cluster:1"),
+        (250, 2, "entered", "cluster:2"),
+        (100, 1, "entered", "cluster:1"),
+        (100, 1, "entered", "rule:vip"),
+    ]
+    # Each carries the id segment-changes gives the same change.
+    assert (
+        got[1]["change_id"]
+        == SegmentChange("a", "cluster:2", "entered", 1, 2, 200, "", 1, 2, 250).change_id
+    )
+    assert store.changes("a", limit=1) == got[:2]  # the newest write's entry
+    assert store.changes("nobody") == []
+    assert store.examples("rule:vip") == ["a"] and store.examples("cluster:1") == []
+    store.write_many([w("b", 1, 1, 1, "cluster:1")])
+    snapshot = store.size_snapshot("w1", 1_000, 1_000, 5, 0.3)
+    assert snapshot["entered_total"] == {"cluster:1": 2, "cluster:2": 1, "rule:vip": 1}
+    assert snapshot["exited_total"] == {"cluster:1": 1}
+    assert balanced(snapshot)
+    # An erasure takes the customer out of everything, and counts as their exits.
+    assert store.forget_many(["a"]) == 1
+    assert store.changes("a") == [] and store.examples("rule:vip") == []
+    snapshot = next_period(lambda: store.size_snapshot("w1", 1_000, 1_000, 5, 0.3))
+    assert snapshot["exited_total"] == {"cluster:1": 1, "cluster:2": 1, "rule:vip": 1}
+    assert snapshot["sizes"] == {"cluster:1": 1} and balanced(snapshot)
+    # Back after an erasure: a history of its own, from scratch.
+    store.write_many([w("a", 1, 1, 1, "cluster:1")])
+    assert moves(store.changes("a")) == [(1, 1, "entered", "cluster:1")]
+
+
+def test_changes_lists_and_examples_are_bounded(store):
+    for n in range(1, CHANGES_KEPT + 6):
+        members = ("rule:x",) if n % 2 else ()
+        assert store.write_many([w("a", n, n, None, *members)]) == 1
+    got = moves(store.changes("a"))
+    assert len(got) == CHANGES_KEPT and got[0] == (
+        CHANGES_KEPT + 5,
+        CHANGES_KEPT + 5,
+        "entered",
+        "rule:x",
+    )
+    ids = [f"c-{i}" for i in range(300)]
+    store.write_many([w(c, 1, 1, None, "rule:r") for c in ids])
+    by_shard: dict[int, list[str]] = {}
+    for c in ids:
+        by_shard.setdefault(shard_of(c), []).append(c)
+    # The first few of each shard to enter, shard 0 first.
+    wanted = [c for s in sorted(by_shard) for c in by_shard[s][:EXAMPLES_KEPT]]
+    assert store.examples("rule:r", limit=1_000) == wanted
+    assert store.examples("rule:r", limit=4) == wanted[:4]
+    # Those who leave the segment leave the examples; a newcomer takes a free place.
+    shard = shard_of(wanted[0])
+    store.write_many([w(c, 2, 2, None) for c in by_shard[shard]])
+    assert not set(by_shard[shard]) & set(store.examples("rule:r", limit=1_000))
+    newcomer = next(c for c in (f"n-{i}" for i in range(10_000)) if shard_of(c) == shard)
+    store.write_many([w(newcomer, 1, 1, None, "rule:r")])
+    assert store.examples("rule:r", limit=1) == [newcomer]
+
+
 def test_status_counters_add_up(store):
     assert store.stats() == {}
     assert store.write_many([], {"events": 3, "messages": 1}) == 0
@@ -205,6 +294,8 @@ def test_a_size_snapshot_goes_to_the_first_caller_of_a_period(store):
         "watermark": 12_345,
         "customers": 2,
         "sizes": {"cluster:1": 1, "rule:vip": 1},
+        "entered_total": {"cluster:1": 1, "rule:vip": 1},
+        "exited_total": {},
     }
     assert abs(first["at"] - time.time() * 1000) < 60_000
     assert store.size_snapshot("w2", 13_000, 1_000, 2, 0.3) is None  # same period
@@ -276,6 +367,18 @@ def test_the_sync_client_reads_and_raises_what_the_worker_store_keeps(kind, requ
             1,
             {0: None, 1: {"request": 1, "worker_id": "w1"}},
         )
+        # The views' reads: a record with its changes in one round trip, a segment's examples.
+        assert customer_with_changes(client, "a") == (None, [])
+        s.write_many([w("a", 5, 1, 1, "cluster:1", "rule:vip"), w("b", 5, 1, 2, "rule:vip")])
+        record, changes = customer_with_changes(client, "a")
+        assert record == s.get("a") and changes == s.changes("a") and len(changes) == 2
+        assert segment_examples(client, "rule:vip") == s.examples("rule:vip")
+        assert sorted(segment_examples(client, "rule:vip")) == ["a", "b"]
+        assert segment_examples(client, "rule:none") == []
+        # An id merged into a customer reads that customer's record and changes.
+        s.write_many([w("anon", 4, 1, 1, "cluster:1")])
+        s.merge_many({"anon": "a"})
+        assert customer_with_changes(client, "anon") == (record, changes)
     finally:
         client.close()
         s.close()

@@ -21,7 +21,18 @@ def test_every_key_of_the_default_prefix():
     assert k.record("c-42") == "seg:c:{53}c-42"
     assert k.sizes(53) == "seg:sizes:{53}"
     assert k.members(53) == "seg:members:{53}"
-    assert k.script_keys("c-42") == ("seg:c:{53}c-42", "seg:sizes:{53}", "seg:members:{53}")
+    assert k.changes(53) == "seg:changes:{53}"
+    assert k.flows(53) == "seg:flows:{53}" and k.examples(53) == "seg:examples:{53}"
+    assert k.script_keys("c-42") == (
+        "seg:c:{53}c-42",
+        "seg:sizes:{53}",
+        "seg:members:{53}",
+        "seg:changes:{53}",
+        "seg:flows:{53}",
+        "seg:examples:{53}",
+    )
+    assert k.all_flows == tuple(f"seg:flows:{{{s}}}" for s in range(64))
+    assert k.all_examples == tuple(f"seg:examples:{{{s}}}" for s in range(64))
     assert k.sizes(0) == "seg:sizes:{0}" and k.members(63) == "seg:members:{63}"
     assert k.all_sizes == tuple(f"seg:sizes:{{{s}}}" for s in range(64))
     assert k.all_members == tuple(f"seg:members:{{{s}}}" for s in range(64))
