@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         "trigger-dead-letters", description="changes a webhook did not accept, with the reason"
     )
 
+    customer_changes_kept: Annotated[int, Field(ge=0, le=50)] = Field(
+        5,
+        description="recent segment changes kept per customer in Redis for the customer view "
+        "(each line about 45 B a customer); 0 keeps none",
+    )
+
     # Worker
     app_id: str = Field("segmenter", description="Faust app id: the consumer group and table names")
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")

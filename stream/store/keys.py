@@ -69,8 +69,9 @@ __all__ = ["CHANGES_KEPT", "COUNTER_SHARDS", "EXAMPLES_KEPT", "Keys", "record_ke
 #: How many ``sizes`` and ``members`` hashes the counters are split into (fixed: it is part of
 #: every record key).
 COUNTER_SHARDS = 64
-#: Lines of a customer's recent changes (``Keys.changes``) kept, newest first.
-CHANGES_KEPT = 10
+#: Lines of a customer's recent changes (``Keys.changes``) kept, newest first, by default
+#: (``SEGMENTER_CUSTOMER_CHANGES_KEPT``): each costs Redis about 45 B per customer.
+CHANGES_KEPT = 5
 #: Example members kept per segment per shard (``Keys.examples``).
 EXAMPLES_KEPT = 3
 

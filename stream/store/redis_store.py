@@ -133,9 +133,10 @@ class RedisSegmentStore(_Reads):
     ``retry_forever`` or the worker's periodic jobs to handle.
     """
 
-    def __init__(self, url: str, prefix: str = "seg:") -> None:
+    def __init__(self, url: str, prefix: str = "seg:", changes_kept: int = CHANGES_KEPT) -> None:
         self.url = url
         self.keys = Keys(prefix)
+        self.changes_kept = changes_kept  # lines of each customer's recent changes; 0: none
         self.client: AsyncClient = async_client(url)
         self.cluster = isinstance(self.client, AsyncRedisCluster)
         self._write = self.client.register_script(scripts.WRITE)
@@ -160,7 +161,7 @@ class RedisSegmentStore(_Reads):
             return 0
         calls: list[_Call] = []
         for w in writes:
-            args = write_args(w, CHANGES_KEPT, EXAMPLES_KEPT)
+            args = write_args(w, self.changes_kept, EXAMPLES_KEPT)
             calls.append((self._write, self.keys.script_keys(w.customer_id), args))
         for m in marks:
             key = self.keys.partition_mark(m.app_id, m.partition)

@@ -100,7 +100,7 @@ if cm ~= ARGV[5] then
     add_example(m, ARGV[7], tonumber(ARGV[9]))
     moves[#moves + 1] = '+' .. m
   end
-  if #moves > 0 then
+  if #moves > 0 and tonumber(ARGV[8]) > 0 then
     push_change(ARGV[7], ARGV[6] .. ' ' .. ARGV[2] .. ' ' .. cjson.encode(moves), tonumber(ARGV[8]))
   end
 end

@@ -146,7 +146,11 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == first}
 
     metrics = WorkerMetrics()
-    store = RedisSegmentStore(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    store = RedisSegmentStore(
+        settings.redis_url.get_secret_value(),
+        settings.redis_prefix,
+        changes_kept=settings.customer_changes_kept,
+    )
     marks = PartitionMarks(settings.app_id, settings.worker_id)
     effects = Effects(store, table, send, names, settings.worker_id, metrics, marks)
     segmenting = Segmenting(
