@@ -149,7 +149,16 @@ def test_anonymous_histories_merge_into_known_customers_across_workers_and_a_sig
         wait_until(lambda: applied(sent.events), 90, "the anonymous histories")
         assert workers.client.get("anon-3")["customer_id"] == "anon-3"
 
-        send_messages(settings, iter(then))
+        # Half the logins; once the first merges are through, the other half and the late
+        # events, and w0 killed while those are in flight.
+        half = len(then) // 2
+        send_messages(settings, iter(then[:half]))
+        wait_until(
+            lambda: any(raw.get(keys.alias(f"anon-{i}")) for i in range(PAIRS)),
+            60,
+            "a first merge",
+        )
+        send_messages(settings, iter(then[half:]))
         victim = workers.procs["w0"]
         victim.send_signal(signal.SIGKILL)  # type: ignore[attr-defined]
         victim.wait()  # type: ignore[attr-defined]
