@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from river import stats
 
 from models.features import DAY_MS, CustomerProfile
+from models.session import SESSION_FACTS, SessionPolicy, session_facts
 
 __all__ = [
     "LIFECYCLE_STAGES",
@@ -211,8 +212,15 @@ def customer_facts(
     now: int,
     policy: LifecyclePolicy = LifecyclePolicy(),  # noqa: B008 - frozen
     cuts: RfmCuts = RfmCuts(),  # noqa: B008 - frozen
+    sessions: SessionPolicy = SessionPolicy(),  # noqa: B008 - frozen
+    watermark: int = 0,
 ) -> dict[str, Any]:
-    """Every fact a rule can name, at event time ``now`` (epoch ms)."""
+    """Every fact a rule can name, at event time ``now`` (epoch ms).
+
+    The ``session.*`` facts are as of ``watermark`` when it is later than ``now``: a visit
+    whose events arrive after it ended in event time (late, or behind other traffic) is not
+    the visitor's current one.
+    """
     facts: dict[str, Any] = {**p.value_features(), **p.behavior()}
     recency, frequency, monetary = rfm_values(p, now)
     r, f, m = cuts.scores(recency, frequency, monetary)
@@ -243,6 +251,7 @@ def customer_facts(
             "top_category": facts["top_categories"][0] if facts["top_categories"] else None,
         }
     )
+    facts.update(session_facts(p.session, now if now >= watermark else watermark, sessions))
     for device, n in p.devices.items():
         facts[f"device_share.{device}"] = round(n / devices, 4)
     for category, n in p.categories.items():
@@ -278,6 +287,7 @@ STATIC_FACTS = frozenset(
         "top_category",
         "cluster",
         "persona",
+        *SESSION_FACTS,
     }
 )
 _DYNAMIC_PREFIXES = (
@@ -299,9 +309,11 @@ def is_known_fact(name: str) -> bool:
 #: Facts whose value changes as event time passes, with no event of the customer's own. Rules
 #: on them change on the watermark: ``lifecycle`` by :meth:`LifecyclePolicy.next_change`, the
 #: rest by :class:`TimeWatch` (``days_since_*`` and the decayed values from a rule's own
-#: thresholds; ``rfm_*``, ``rfm_score`` and ``value_tier`` from the RFM cut points in force).
+#: thresholds; ``rfm_*``, ``rfm_score`` and ``value_tier`` from the RFM cut points in force),
+#: ``session.*`` at the session's end (``models.session.SessionPolicy.ends_at``).
 TIME_FACTS = frozenset(
     {
+        *SESSION_FACTS,
         "days_since_last_purchase",
         "days_since_first_seen",
         "days_since_last_seen",

@@ -10,11 +10,13 @@ from typing import Any
 from river import stats
 
 from models.events import Event
+from models.session import Session, follow
 
 __all__ = [
     "CANONICAL_FEATURES",
     "FEATURE_VECTOR",
     "MAX_MERGED_IDS",
+    "SESSION_TIMEOUT_MS",
     "STATE_VERSION",
     "CustomerProfile",
     "bump",
@@ -53,6 +55,8 @@ FEATURE_VECTOR = (
 )
 
 DAY_MS = 86_400_000
+#: Event time without events after which a session is over (``models.session``), by default.
+SESSION_TIMEOUT_MS = 30 * 60_000
 _HALFLIFE_MS = 30 * DAY_MS  # decayed frequency and monetary value forget half in 30 days
 # Recent event ids kept per customer and per kind of event, to drop events sent twice. One
 # window per kind, because topics are consumed independently: a purchase may be applied long
@@ -173,6 +177,8 @@ class CustomerProfile:
     merged_ids: list[str] = field(default_factory=list)
     merge_asked: list[str] = field(default_factory=list)
     merged_into: str | None = None
+    # The current (or last) visit, in event time (models.session): the ``session.*`` facts.
+    session: Session | None = None
 
     def seen_position(self, log: str, position: int) -> bool:
         """Mark the message at ``position`` of source ``log`` applied; True if it already was.
@@ -190,8 +196,11 @@ class CustomerProfile:
         self.positions[log] = position
         return False
 
-    def apply(self, event: Event) -> bool:
-        """Fold one event into the profile; return False if it was a recent duplicate."""
+    def apply(self, event: Event, session_timeout_ms: int = SESSION_TIMEOUT_MS) -> bool:
+        """Fold one event into the profile; return False if it was a recent duplicate.
+
+        ``session_timeout_ms``: event time without events that ends a session.
+        """
         kind = event.kind
         group = kind if kind == "purchase" or kind == "identify" else "click"
         recent = self.recent_ids.get(group)
@@ -221,9 +230,10 @@ class CustomerProfile:
             self.last_session_id = session_id
             self.session_has_cart = False
 
-        if kind == "identify":
+        if kind == "identify":  # not a visit: a login, or a back office's update
             self._merge_traits(event.traits, ts)
             return True
+        self.session = follow(self.session, event, session_timeout_ms)
         hour = (ts // 3_600_000) % 24
         bump(self.dayparts, _DAYPARTS[0 if hour < 6 else 1 if hour < 12 else 2 if hour < 18 else 3])
         if kind == "purchase":
@@ -346,6 +356,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "mid": p.merged_ids,
         "ask": p.merge_asked,
         "into": p.merged_into,
+        "ss": None if p.session is None else p.session.to_state(),
     }
 
 
@@ -395,14 +406,15 @@ def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
         merged_ids=list(state["mid"]),
         merge_asked=list(state["ask"]),
         merged_into=state["into"],
+        session=None if state.get("ss") is None else Session.from_state(state["ss"]),
     )
 
 
 def _from_v2(state: Mapping[str, Any]) -> dict[str, Any]:
     """A version 2 state (before identity stitching) as version 3: no merges; the amounts of
     its recent purchases unknown, so none are kept (a purchase sent under two ids before the
-    upgrade is counted twice if they merge)."""
-    return {**state, "v": STATE_VERSION, "pa": [], "mid": [], "ask": [], "into": None}
+    upgrade is counted twice if they merge); no current session."""
+    return {**state, "v": STATE_VERSION, "pa": [], "mid": [], "ask": [], "into": None, "ss": None}
 
 
 def _top(counter: Mapping[str, float], n: int) -> list[str]:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from models.events import DecodeError
-from models.features import MAX_MERGED_IDS, CustomerProfile, bump
+from models.features import MAX_MERGED_IDS, SESSION_TIMEOUT_MS, CustomerProfile, bump
 
 __all__ = [
     "IDENTITY",
@@ -188,13 +188,17 @@ def redirect_of(profile: CustomerProfile, target_id: str) -> CustomerProfile:
     )
 
 
-def absorb(into: CustomerProfile, other: CustomerProfile) -> None:
+def absorb(
+    into: CustomerProfile, other: CustomerProfile, session_timeout_ms: int = SESSION_TIMEOUT_MS
+) -> None:
     """Fold ``other``'s profile into ``into``'s.
 
     Exact for the canonical value features: orders and revenue add up, less any purchase in
     both recent windows (sent under both ids: counted once); first and last seen and last
     purchase are the earliest and latest. The rest: counts added, decayed sums combined in
     event time, means weighted, traits and country newest-wins, the event-id windows united.
+    The current session: one visit if both ids' sessions are the same one (``Session.merged``:
+    a visitor who logs in mid-visit keeps their cart), else the one with the newer event.
     What ``into`` last published (segments, persona, lifecycle) and its message positions are
     its own and stay.
 
@@ -255,6 +259,13 @@ def absorb(into: CustomerProfile, other: CustomerProfile) -> None:
         into.order_value = into.order_value + other.order_value
     if other.viewed_price.n:
         into.viewed_price = into.viewed_price + other.viewed_price
+    if other.session is not None:  # one visit under both ids (a login mid-visit): one session
+        mine_session = into.session
+        into.session = (
+            other.session
+            if mine_session is None
+            else mine_session.merged(other.session, session_timeout_ms)
+        )
     into.frequency_decayed.add(other.frequency_decayed.value, other.frequency_decayed.ref_ts)
     into.monetary_decayed.add(other.monetary_decayed.value, other.monetary_decayed.ref_ts)
     _unite_windows(into, other, mine, theirs)

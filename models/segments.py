@@ -12,6 +12,7 @@ from models.facts import LifecyclePolicy, RfmCuts, TimeWatch, customer_facts
 from models.features import CANONICAL_FEATURES, CustomerProfile, feature_vector
 from models.personas import PersonaCatalog
 from models.rules import RuleSegment, evaluate_all
+from models.session import SessionPolicy, session_record
 
 __all__ = [
     "SegmentAssignment",
@@ -73,6 +74,10 @@ class SegmentCatalog:
     lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
     rfm: RfmCuts = field(default_factory=RfmCuts)
     stability: Stability = field(default_factory=Stability)
+    sessions: SessionPolicy = field(default_factory=SessionPolicy)
+    #: The published definitions' version these rules and personas came from (0: the files of
+    #: the settings; ``segmenter segments apply`` publishes numbered sets).
+    version: int = 0
     watch: TimeWatch = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,9 +87,12 @@ class SegmentCatalog:
         )
         object.__setattr__(self, "watch", watch)
 
-    def next_change(self, profile: CustomerProfile, now: int) -> int | None:
+    def next_change(self, profile: CustomerProfile, now: int, watermark: int = 0) -> int | None:
         """The first event time after ``now`` at which the customer's lifecycle stage or any
         rule on a fact that moves with time can change with no event of theirs (None: never).
+
+        The end of a session still open at ``now`` and ``watermark`` is one: the ``session.*``
+        facts reset then, and the record shows them.
 
         >>> from models.features import DAY_MS
         >>> from models.rules import RuleSegment
@@ -96,6 +104,9 @@ class SegmentCatalog:
         (30.0, 7.0005)
         """
         due = self.lifecycle.next_change(profile, now)
+        end = self.sessions.ends_at(profile.session)
+        if end is not None and end > now and end > watermark and (due is None or end < due):
+            due = end
         return self.watch.next_change(profile, now, self.rfm, due) if self.watch else due
 
 
@@ -117,6 +128,7 @@ class SegmentAssignment:
     persona_reasons: tuple[str, ...] = ()
     lifecycle: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    definitions_version: int = 0
 
     def members(self) -> tuple[str, ...]:
         """Every segment this customer is in, named as in ``segment-changes``.
@@ -143,6 +155,7 @@ class SegmentAssignment:
             "rule_segments": list(self.rule_segments),
             "lifecycle": self.lifecycle,
             "model_version": self.model_version,
+            "definitions_version": self.definitions_version,
             "event_ts": self.event_ts,
             "evaluated_at": self.now,
             "updated_at": updated_at_ms,
@@ -150,6 +163,7 @@ class SegmentAssignment:
             "features": {k: self.facts[k] for k in _RECORD_FEATURES},
             "facts": {k: self.facts.get(k) for k in _RECORD_FACTS},
             "traits": profile.traits,
+            "session": session_record(self.facts, profile.session),
         }
 
 
@@ -174,6 +188,7 @@ class SegmentChange:
     model_version: int | None
     applied: int = 0
     evaluated_at: int = 0
+    definitions_version: int = 0
 
     @property
     def change_id(self) -> str:
@@ -182,9 +197,11 @@ class SegmentChange:
         >>> SegmentChange("c", "rule:vip", "entered", False, True, 5, "r", 1, 9, 5).change_id
         '28062bd860d33bcb520b6048'
         """
-        key = "|".join(
-            (self.customer_id, self.segment, self.change, str(self.applied), str(self.evaluated_at))
-        )
+        parts = [self.customer_id, self.segment, self.change, str(self.applied)]
+        parts.append(str(self.evaluated_at))
+        if self.definitions_version:  # a re-entry on later definitions is another change
+            parts.append(f"d{self.definitions_version}")
+        key = "|".join(parts)
         return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
@@ -200,6 +217,7 @@ class SegmentChange:
             "model_version": self.model_version,
             "events_applied": self.applied,
             "evaluated_at": self.evaluated_at,
+            "definitions_version": self.definitions_version,
         }
 
     @classmethod
@@ -215,6 +233,7 @@ class SegmentChange:
             data.get("model_version"),
             int(data.get("events_applied", 0)),
             int(data.get("evaluated_at", 0)),
+            int(data.get("definitions_version", 0)),
         )
 
 
@@ -224,10 +243,12 @@ def assign(
     catalog: SegmentCatalog | None = None,
     now: int | None = None,
     x: Mapping[str, float] | None = None,
+    watermark: int = 0,
 ) -> SegmentAssignment:
     """Score a profile at event time ``now`` (default: the customer's newest event).
 
-    ``x`` is the profile's feature vector when the caller has it already.
+    ``x`` is the profile's feature vector when the caller has it already; ``watermark`` the
+    newest event time the caller has applied (the ``session.*`` facts are as of it).
 
     >>> p = CustomerProfile("c", last_seen_ts=0, first_seen_ts=0)
     >>> a = assign(p, None, SegmentCatalog())
@@ -237,7 +258,7 @@ def assign(
     catalog = catalog or SegmentCatalog()
     event_ts = profile.last_seen_ts or 0
     at = max(event_ts, now or 0)
-    facts = customer_facts(profile, at, catalog.lifecycle, catalog.rfm)
+    facts = customer_facts(profile, at, catalog.lifecycle, catalog.rfm, catalog.sessions, watermark)
     if x is None:
         x = feature_vector(profile)
     segment = label = confidence = version = None
@@ -274,6 +295,7 @@ def assign(
         persona_reasons=persona.reasons if persona else (),
         lifecycle=facts["lifecycle"],
         facts=facts,
+        definitions_version=catalog.version,
     )
 
 
@@ -305,10 +327,11 @@ def changes_between(
                 now.model_version,
                 now.applied,
                 now.now,
+                now.definitions_version,
             )
         )
 
-    when = "as event time passed a threshold" if trigger == "watermark" else "on a new event"
+    when = _WHEN.get(trigger, "on a new event")
     if before.segment != now.segment:
         reason = (
             "first assignment" if before.segment is None else "behavior moved nearer another centre"
@@ -334,6 +357,14 @@ def changes_between(
         reason = "first persona" if before.persona is None else "nearest persona changed"
         emit(f"persona:{now.persona}", "entered", before.persona, now.persona, reason)
     return out
+
+
+#: What caused an evaluation (``changes_between``'s ``trigger``), in a change's reason.
+_WHEN = {
+    "event": "on a new event",
+    "watermark": "as event time passed a threshold",
+    "definitions": "under new segment definitions",
+}
 
 
 def exits_on_merge(profile: CustomerProfile, target_id: str, at: int) -> list[SegmentChange]:

@@ -165,8 +165,8 @@ class StepOutcome:
     A crash before 4 redelivers the messages and every effect is redone idempotently; a crash
     after it finds the messages' positions in the profiles, and nothing is applied twice.
     ``due`` holds the next due time of every customer scored (None: none): the earliest of
-    their lifecycle stage's next change and every rule's next threshold crossing on a fact that
-    moves with time (``SegmentCatalog.next_change``).
+    their lifecycle stage's next change, every rule's next threshold crossing on a fact that
+    moves with time and the end of their session (``SegmentCatalog.next_change``).
     """
 
     watermark: int
@@ -270,6 +270,11 @@ class SegmentStep:
         self._budget = SampleBudget(sampling.max_per_second)
         self._rfm_of: tuple[int, SegmentCatalog] | None = None
 
+    def use_catalog(self, catalog: SegmentCatalog) -> None:
+        """Score with these definitions from now on (new published definitions)."""
+        self.catalog = catalog
+        self._rfm_of = None
+
     def catalog_for(self, model: ModelSnapshot | None) -> SegmentCatalog:
         """The catalog with the population RFM cuts the model carries, if any."""
         if model is None or not model.rfm_cuts:
@@ -372,6 +377,7 @@ class SegmentStep:
         now_ms: int,
         only: Callable[[CustomerProfile], bool] | None = None,
         rewrite: bool = False,
+        trigger: str = "watermark",
     ) -> StepOutcome:
         """Score stored customers at the watermark outside their events, as if on an event
         (a first model assigns everyone seen before it); ``only`` picks which.
@@ -381,7 +387,8 @@ class SegmentStep:
         customer's state is saved (and their changes published) only if that evaluation moved
         a segment or their lifecycle stage, which a newer model than the one that last scored
         them can do. Anyone else is only rewritten: no change, no state, so the outcome's
-        effects are the store writes alone.
+        effects are the store writes alone. ``trigger`` names the cause in the changes'
+        reasons: ``watermark``, or ``definitions`` for a backfill under new definitions.
 
         >>> import orjson
         >>> step = SegmentStep(SegmentCatalog())
@@ -420,15 +427,7 @@ class SegmentStep:
                 continue
             changes, stage = len(out.changes), profile.lifecycle
             _score(
-                profile,
-                model,
-                catalog,
-                now_ms,
-                watermark,
-                "watermark",
-                out,
-                schedule,
-                self.worker_id,
+                profile, model, catalog, now_ms, watermark, trigger, out, schedule, self.worker_id
             )
             if len(out.changes) > changes or profile.lifecycle != stage:
                 out.states[customer_id] = profile
@@ -449,8 +448,9 @@ class SegmentStep:
     ) -> None:
         """Re-evaluate, at the watermark, customers that came due as it moved: their
         lifecycle stage or a rule on a fact that moves with time (``days_since_*``, decayed
-        values, RFM) can have changed. Each gets its record written and its next due time; its
-        state is saved only if its segments or stage changed.
+        values, RFM) can have changed, or their session ended (``session.*``). Each gets its
+        record written and its next due time; its state is saved only if its segments or stage
+        changed.
 
         Event time only: with no new events the watermark stands still and nothing expires, so
         a replay of a log ends in the same segments as the live stream did.
@@ -478,7 +478,7 @@ class SegmentStep:
         """Fold events into a profile; an event naming a second id (``anonymous_id``,
         ``previous_id``) asks for that id to be merged into this customer."""
         for event in events:
-            profile.apply(event)
+            profile.apply(event, self.catalog.sessions.timeout_ms)
             if event.anonymous_id is not None or event.previous_id is not None:
                 others = (event.anonymous_id, event.previous_id)
                 for other in stitch_targets(profile, others):
@@ -523,7 +523,11 @@ class SegmentStep:
             out.forwards.append(forward)
         elif msg.op == "state":
             if msg.source_id not in profile.merged_ids:
-                absorb(profile, other or CustomerProfile(msg.source_id))
+                absorb(
+                    profile,
+                    other or CustomerProfile(msg.source_id),
+                    self.catalog.sessions.timeout_ms,
+                )
             merged = [msg.source_id, *(other.merged_ids if other else ())]
             for merged_id in merged:  # again on a repeat: the newest alias is the end of a chain
                 out.aliases[merged_id] = addressed
@@ -652,12 +656,12 @@ def _score(
     times come only at threshold crossings (``SegmentCatalog.next_change``), a finite
     number between two events of the customer, never every batch.
     """
-    assignment = assign(profile, model, catalog, at)
+    assignment = assign(profile, model, catalog, at, watermark=out.watermark)
     found = changes_between(profile, assignment, trigger)
     out.changes.extend(found)
     moved = bool(found) or assignment.lifecycle != profile.lifecycle
     remember(profile, assignment)
-    due = catalog.next_change(profile, assignment.now)
+    due = catalog.next_change(profile, assignment.now, out.watermark)
     out.due[profile.customer_id] = due
     schedule.set(profile.customer_id, due)
     record = assignment.record(profile, now_ms)

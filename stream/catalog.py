@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -14,7 +15,7 @@ from models.personas import PROTOTYPE_FIELDS, Persona, PersonaCatalog
 from models.rules import RuleError, RuleSegment
 from stream.errors import SegmenterError
 
-__all__ = ["CatalogError", "load_personas", "load_segments"]
+__all__ = ["CatalogError", "file_version", "load_personas", "load_segments"]
 
 SEGMENT_KINDS = (
     "value",
@@ -33,6 +34,15 @@ class CatalogError(SegmenterError):
     """A segment or persona file that cannot be used; the message names file, entry and line."""
 
 
+def file_version(text: str) -> str:
+    """The version of a definitions file: its SHA-256, first 12 hex digits.
+
+    >>> file_version("segments: {}\\n")
+    'sha256:4f4e5ae17ac2'
+    """
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class _Entry:
     name: str
@@ -40,8 +50,12 @@ class _Entry:
     body: Any
 
 
-def _entries(path: Path | None, package_file: str, section: str) -> tuple[str, list[_Entry]]:
-    if path is None:
+def _entries(
+    path: Path | None, package_file: str, section: str, text: str | None, source: str | None
+) -> tuple[str, list[_Entry]]:
+    if text is not None:
+        source = source or f"(published) {package_file}"
+    elif path is None:
         text = resources.files("stream").joinpath(package_file).read_text()
         source = f"(built-in) {package_file}"
     else:
@@ -65,9 +79,12 @@ def _entries(path: Path | None, package_file: str, section: str) -> tuple[str, l
     ]
 
 
-def load_segments(path: Path | None = None) -> list[RuleSegment]:
-    """Compile every rule segment of a file (or the built-in defaults); fail on the first error."""
-    source, entries = _entries(path, "segments.yaml", "segments")
+def load_segments(
+    path: Path | None = None, text: str | None = None, source: str | None = None
+) -> list[RuleSegment]:
+    """Compile every rule segment of a file (or the built-in defaults, or ``text`` read from
+    ``source``: published definitions); fail on the first error."""
+    source, entries = _entries(path, "segments.yaml", "segments", text, source)
     out = []
     for e in entries:
         try:
@@ -95,8 +112,11 @@ def load_segments(path: Path | None = None) -> list[RuleSegment]:
     return out
 
 
-def load_personas(path: Path | None = None) -> PersonaCatalog:
-    source, entries = _entries(path, "personas.yaml", "personas")
+def load_personas(
+    path: Path | None = None, text: str | None = None, source: str | None = None
+) -> PersonaCatalog:
+    """The persona catalog of a file, the built-in one, or ``text`` (as ``load_segments``)."""
+    source, entries = _entries(path, "personas.yaml", "personas", text, source)
     personas = []
     for e in entries:
         where = f"{source}: persona {e.name!r} (line {e.line})"

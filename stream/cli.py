@@ -463,11 +463,91 @@ def export(
     console.print(f"exported {n:,} records" + (f" to {out}" if out else ""))
 
 
-@app.command()
+segments_app = typer.Typer(
+    help="Every segment with its size and description; `segments apply FILE` publishes new "
+    "rule segments to the workers.",
+    add_completion=False,
+)
+personas_app = typer.Typer(
+    help="`personas apply FILE` publishes a new persona catalog to the workers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(segments_app, name="segments")
+app.add_typer(personas_app, name="personas")
+
+_APPLY_WAIT = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="seconds to wait until every live worker has the new version in force and has "
+        "re-evaluated its customers (0: do not wait)",
+    ),
+]
+
+
+@segments_app.command("apply")
+def segments_apply(
+    file: Annotated[Path, typer.Argument(help="a rule segments YAML file")],
+    wait: _APPLY_WAIT = 0.0,
+) -> None:
+    """Validate a rule segments file as a worker's start-up does, then publish it as the next
+    definitions version: every worker switches between two batches and re-evaluates every
+    customer it holds in the background, publishing the entries and exits."""
+    _apply("segments", file, wait)
+
+
+@personas_app.command("apply")
+def personas_apply(
+    file: Annotated[Path, typer.Argument(help="a persona catalog YAML file")],
+    wait: _APPLY_WAIT = 0.0,
+) -> None:
+    """Validate a persona catalog as a worker's start-up does, then publish it (as
+    `segments apply`)."""
+    _apply("personas", file, wait)
+
+
+def _apply(kind: str, file: Path, wait: float) -> None:
+    from stream.definitions import publish_definitions
+    from stream.serving.report import definitions_status
+    from stream.store import SegmentClient
+
+    settings = _settings()
+    # A bad file raises CatalogError: main() prints it (file, entry, line) and exits 2.
+    published, new = publish_definitions(settings, kind, file)
+    if not new:
+        console.print(
+            f"unchanged: {file} is {kind} version {published.version} ({published.sha256}), "
+            "published already"
+        )
+    else:
+        console.print(
+            f"published {kind} from {file} as definitions version {published.version} "
+            f"({published.sha256})"
+        )
+    if wait <= 0:
+        return
+    client = SegmentClient(settings.redis_url.get_secret_value(), settings.redis_prefix)
+    deadline = time.monotonic() + wait
+    while True:
+        status = definitions_status(client.workers())
+        if status["workers"] and status["complete"] >= published.version:
+            console.print(f"in force on every worker, every customer re-evaluated: {status}")
+            return
+        if time.monotonic() > deadline:
+            console.print(f"[yellow]not complete within {wait:g}s[/yellow]: {status}")
+            raise typer.Exit(1)
+        time.sleep(0.2)
+
+
+@segments_app.callback(invoke_without_command=True)
 def segments(
+    ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Every segment with its size and description: clusters, personas and rule segments."""
+    if ctx.invoked_subcommand is not None:
+        return
     from rich.table import Table
 
     from stream.serving.report import segment_report
@@ -480,7 +560,10 @@ def segments(
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     version = report["model_version"] or "-"
-    table = Table(title=f"{report['customers']:,} customers, model v{version}")
+    table = Table(
+        title=f"{report['customers']:,} customers, model v{version}, "
+        + report["definitions"]["line"]
+    )
     for column in ("kind", "segment", "customers", "share", "description", ""):
         table.add_column(column, justify="right" if column in ("customers", "share") else "left")
     for r in report["segments"]:
@@ -581,6 +664,23 @@ def bench(
         return
     command = "segmenter bench" + (" --quick" if quick else "") + f" --out {out}"
     run_bench(config, out, console, command=command)
+
+
+@app.command()
+def soak(
+    minutes: Annotated[float, typer.Option(min=1.0, help="length of the whole run")] = 10.0,
+    seed: Annotated[int, typer.Option(help="seeds the traffic and the fault schedule")] = 1,
+    out: Annotated[
+        Path | None, typer.Option(help="write the run into this file's soak section")
+    ] = None,
+) -> None:
+    """Chaos soak: steady traffic (the CDNOW log, clicks, 5% garbage) while workers are
+    SIGKILLed, Redis restarted and the broker cut off; then check that nothing was lost.
+    Exit 0 only if nothing was."""
+    from stream.tools.soak import SoakConfig, run_soak
+
+    result = run_soak(SoakConfig(minutes=minutes, seed=seed), console.print, out)
+    raise typer.Exit(0 if result.ok else 1)
 
 
 @app.command()

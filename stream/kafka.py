@@ -193,6 +193,7 @@ def ensure_topics(settings: Settings) -> None:
     with the counts). The sample and snapshot topics have one partition, read by the single
     model trainer.
     """
+    compacted = topology(settings).compacted
     wanted = topology(settings).names
     admin = KafkaAdminClient(**client_options(settings))
     try:
@@ -203,7 +204,12 @@ def ensure_topics(settings: Settings) -> None:
                 if count != settings.partitions:
                     adapted = settings.model_copy(update={"partitions": count})
                     wanted = topology(adapted).names
-        missing = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
+        compact = {"cleanup.policy": "compact"}
+        missing = [
+            NewTopic(n, p, 1, topic_configs=compact if n in compacted else {})
+            for n, p in wanted.items()
+            if n not in existing
+        ]
         if missing:
             # Another process (a second worker) may win the race to create them.
             with contextlib.suppress(TopicAlreadyExistsError):

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     trigger_dead_letter_topic: str = Field(
         "trigger-dead-letters", description="changes a webhook did not accept, with the reason"
     )
+    definitions_topic: str = Field(
+        "segment-definitions",
+        description="versioned segment and persona definitions (segmenter segments apply), "
+        "one partition, compacted, read whole by every worker",
+    )
 
     customer_changes_kept: Annotated[int, Field(ge=0, le=50)] = Field(
         5,
@@ -94,6 +99,12 @@ class Settings(BaseSettings):
     app_id: str = Field("segmenter", description="Faust app id: the consumer group and table names")
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     data_dir: str = Field("", description="Faust data directory; empty: a fresh temporary one")
+    state_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb",
+        description="where a worker keeps its profiles: RocksDB in SEGMENTER_DATA_DIR (a "
+        "restart reopens it and reads only the changelog it missed), or memory (a restart "
+        "reads the whole changelog)",
+    )
     batch_size: Annotated[int, Field(ge=1)] = Field(500, description="messages taken per batch")
     batch_within: Annotated[float, Field(gt=0)] = Field(
         0.05, description="seconds to wait to fill a batch"
@@ -174,6 +185,14 @@ class Settings(BaseSettings):
     # Segments
     segments_file: Path | None = Field(None, description="rule segments YAML; empty: built-in")
     personas_file: Path | None = Field(None, description="persona catalog YAML; empty: built-in")
+    definitions_refresh_interval: Annotated[float, Field(gt=0)] = Field(
+        0.5, description="seconds between a worker's checks for newly published definitions"
+    )
+    backfill_rate: Annotated[float, Field(ge=0)] = Field(
+        20_000.0,
+        description="customers a worker re-evaluates per second at most after new definitions "
+        "(in chunks between live batches, so live traffic keeps its freshness); 0: no limit",
+    )
     lifecycle_new_days: Annotated[float, Field(gt=0)] = Field(
         30.0, description="days a customer is new"
     )
@@ -182,6 +201,9 @@ class Settings(BaseSettings):
     )
     lifecycle_lapsed_days: Annotated[float, Field(gt=0)] = Field(
         180.0, description="... before lapsed"
+    )
+    session_timeout_minutes: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="event time without events that ends a session (session.* facts)"
     )
 
     # Segment changes: against flapping

@@ -51,6 +51,8 @@ class TopicSpec:
     description: str
     #: For topics the worker consumes: the source kind its messages are decoded as.
     source: str | None = None
+    #: Kept compacted (the newest message per key is what counts).
+    compacted: bool = False
 
     @property
     def setting(self) -> str:
@@ -78,6 +80,13 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("stats", "output", 1, "segment sizes over event time"),
     TopicSpec("drift", "output", 1, "drift alerts"),
     TopicSpec("trigger_dead_letter", "output", 1, "changes a webhook did not accept, and why"),
+    TopicSpec(
+        "definitions",
+        "internal",
+        1,
+        "versioned segment and persona definitions (segmenter segments apply), keyed by kind",
+        compacted=True,
+    ),
 )
 
 #: The source kinds of the input topics, in table order: what a producer may send.
@@ -134,6 +143,11 @@ class Topology:
     def by_key(self) -> dict[str, str]:
         """Key (``changes``, ``samples``, ``dead_letter``...) to topic name."""
         return {t.key: t.topic for t in self.topics}
+
+    @property
+    def compacted(self) -> set[str]:
+        """The names of the topics kept compacted."""
+        return {t.topic for t in self.topics if t.spec.compacted}
 
     @property
     def names(self) -> dict[str, int]:

@@ -1,26 +1,30 @@
-"""The segment definitions this server loaded, as written, with a version: what the customer and
-segment views show beside a rule segment or a persona.
+"""The segment definitions in force, as written, with a version: what the customer and segment
+views and the segments report show beside a rule segment or a persona.
 
-The version of a definition is the SHA-256 (first 12 hex digits) of the file it came from
-(``SEGMENTER_SEGMENTS_FILE`` / ``SEGMENTER_PERSONAS_FILE``, or the built-in files), so two
-processes that show the same version loaded the same definitions. The files are read once,
-when the web app is built (definitions do not change while a deployment runs).
+The version of a definition is the SHA-256 (first 12 hex digits) of the file it came from, so
+two processes that show the same version use the same definitions. In force are the newest
+definitions published (``segmenter segments apply``) that the live workers report in their
+heartbeats, else the files of the settings (``SEGMENTER_SEGMENTS_FILE`` /
+``SEGMENTER_PERSONAS_FILE``, or the built-in files); ``DefinitionsInForce`` loads them again
+when that changes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import textwrap
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from stream.catalog import load_personas, load_segments
+from stream.catalog import file_version, load_personas, load_segments
+from stream.definitions import KINDS, PublishedDefinitions, newest
 from stream.settings import Settings
 
-__all__ = ["Definition", "Definitions", "file_version"]
+__all__ = ["Definition", "Definitions", "DefinitionsInForce", "file_version", "published_in_force"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,15 +38,6 @@ class Definition:
     facts: tuple[str, ...]  # the facts a rule names, sorted (none for a persona)
     version: str
     source: str
-
-
-def file_version(text: str) -> str:
-    """The version of a definitions file: its SHA-256, first 12 hex digits.
-
-    >>> file_version("segments: {}\\n")
-    'sha256:4f4e5ae17ac2'
-    """
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _read(path: Path | None, builtin: str) -> tuple[str, str]:
@@ -76,14 +71,20 @@ def entries_as_written(text: str, section: str) -> dict[str, str]:
 
 
 class Definitions:
-    """The rule segments and personas of a deployment's settings, by segment name."""
+    """The rule segments and personas in force, by segment name: the published definitions
+    (``segmenter segments apply``) the workers report, else the files of the settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, published: Mapping[str, PublishedDefinitions] | None = None
+    ) -> None:
+        published = published or {}
         self.by_segment: dict[str, Definition] = {}
-        text, source = _read(settings.segments_file, "segments.yaml")
+        self.published_versions = {k: d.version for k, d in published.items()}
+        text, source = self._text(settings.segments_file, "segments", published)
         written = entries_as_written(text, "segments")
         version = self.segments_version = file_version(text)
-        for rule in load_segments(settings.segments_file):
+        self.rules = load_segments(text=text, source=source)
+        for rule in self.rules:
             self.by_segment[f"rule:{rule.name}"] = Definition(
                 f"rule:{rule.name}",
                 rule.kind,
@@ -93,10 +94,11 @@ class Definitions:
                 version,
                 source,
             )
-        text, source = _read(settings.personas_file, "personas.yaml")
+        text, source = self._text(settings.personas_file, "personas", published)
         written = entries_as_written(text, "personas")
         version = self.personas_version = file_version(text)
-        for persona in load_personas(settings.personas_file).personas:
+        self.personas = load_personas(text=text, source=source).personas
+        for persona in self.personas:
             self.by_segment[f"persona:{persona.name}"] = Definition(
                 f"persona:{persona.name}",
                 "persona",
@@ -107,6 +109,15 @@ class Definitions:
                 source,
             )
 
+    @staticmethod
+    def _text(
+        path: Path | None, kind: str, published: Mapping[str, PublishedDefinitions]
+    ) -> tuple[str, str]:
+        found = published.get(kind)
+        if found is not None:
+            return found.text, f"{found.source} (published as version {found.version})"
+        return _read(path, f"{kind}.yaml")
+
     def get(self, segment: str) -> Definition | None:
         """``rule:<name>`` or ``persona:<name>``; a bare name is a rule's, else a persona's."""
         if ":" not in segment:
@@ -114,3 +125,45 @@ class Definitions:
                 f"persona:{segment}"
             )
         return self.by_segment.get(segment)
+
+
+def published_in_force(workers: Iterable[Mapping[str, Any]]) -> dict[str, PublishedDefinitions]:
+    """The newest published definitions the live workers' heartbeats report in force.
+
+    >>> beat = {"definitions": {"segments": {"version": 2, "sha256": "s", "text": "t",
+    ...                                      "source": "f.yaml"}, "personas": None}}
+    >>> published_in_force([beat])["segments"].version
+    2
+    """
+    found = []
+    for worker in workers:
+        reported = worker.get("definitions") or {}
+        for kind in KINDS:
+            d = reported.get(kind)
+            if isinstance(d, dict) and "text" in d:
+                found.append(
+                    PublishedDefinitions(
+                        kind,
+                        int(d["version"]),
+                        str(d["sha256"]),
+                        str(d["text"]),
+                        str(d["source"]),
+                        0,
+                    )
+                )
+    return newest(found)
+
+
+class DefinitionsInForce:
+    """``Definitions`` for the workers' heartbeats, built again only when what they report in
+    force changes (a server shows what the workers score with)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.current = Definitions(settings)
+
+    def get(self, workers: Iterable[Mapping[str, Any]]) -> Definitions:
+        published = published_in_force(workers)
+        if {k: d.version for k, d in published.items()} != self.current.published_versions:
+            self.current = Definitions(self.settings, published)
+        return self.current

@@ -104,6 +104,12 @@ def fact_value(record: Mapping[str, Any], fact: str) -> FactValue:
     if fact.startswith("traits."):
         traits = record.get("traits") or {}
         return FactValue(fact=fact, value=traits.get(fact[7:]), stored=True, where="traits")
+    if fact.startswith("session."):  # the record's session (null: none open, facts at rest)
+        session = record.get("session") or {}
+        value = False if fact == "session.active" else session.get(fact[len("session.") :])
+        if fact == "session.active" and session:
+            value = True
+        return FactValue(fact=fact, value=value, stored=True, where="session")
     for part in ("facts", "features"):
         values = record.get(part) or {}
         if fact in values:

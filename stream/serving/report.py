@@ -5,19 +5,81 @@ from __future__ import annotations
 from typing import Any
 
 from models.clustering import ModelSnapshot
-from stream.catalog import load_personas, load_segments
+from stream.serving.definitions import DefinitionsInForce
 from stream.settings import Settings
 from stream.store import SegmentClient
 
-__all__ = ["segment_report"]
+__all__ = ["definitions_status", "segment_report"]
 
 
-def segment_report(client: SegmentClient, settings: Settings) -> dict[str, Any]:
-    """Every segment of every kind with its size, share and description.
+def definitions_status(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The definitions version in force over the live workers' heartbeats, and the progress
+    of their backfills (``stream.worker.definitions``).
+
+    ``complete`` is the version every worker holds with all its customers re-evaluated under
+    it (0: the settings' files, or some worker still at work).
+
+    >>> beat = {"version": 2, "complete": False, "backfill": {"version": 2, "done": 500,
+    ...         "total": 2000, "running": True, "finished_at": None, "seconds": None}}
+    >>> definitions_status([{"definitions": beat}])["line"]
+    'definitions v2 (re-evaluating: 500 of 2,000 customers)'
+    """
+    beats = [w["definitions"] for w in workers if isinstance(w.get("definitions"), dict)]
+    versions = sorted({int(b.get("version", 0)) for b in beats})
+    backfills = [
+        b["backfill"]
+        for b in beats
+        if b.get("backfill") and b["backfill"].get("version") == b.get("version")
+    ]
+    done = sum(int(f.get("done", 0)) for f in backfills)
+    total = sum(int(f.get("total", 0)) for f in backfills)
+    running = any(f.get("running") for f in backfills)
+    finished = [f.get("finished_at") for f in backfills]
+    complete = 0
+    if beats and all(b.get("complete") for b in beats) and len(versions) == 1:
+        complete = versions[0]
+    if not versions:
+        line = "definitions: no worker"
+    elif versions == [0]:
+        line = "definitions: the settings' files"
+    else:
+        line = "definitions " + ", ".join(f"v{v}" for v in versions)
+        if len(versions) > 1:
+            line += " (workers switching)"
+        elif running or not complete:
+            line += f" (re-evaluating: {done:,} of {total:,} customers)"
+    seconds = [f["seconds"] for f in backfills if f.get("seconds") is not None]
+    return {
+        "versions": versions,
+        "version": versions[-1] if versions else None,
+        "complete": complete,
+        "workers": len(beats),
+        "backfill": {
+            "running": running,
+            "done": done,
+            "total": total,
+            "started_at": min(
+                (f["started_at"] for f in backfills if f.get("started_at")), default=None
+            ),
+            "finished_at": None if running or None in finished else max(finished, default=None),
+            "seconds": max(seconds, default=None),
+        },
+        "in_force": {k: beats[0].get(k) for k in ("segments", "personas")} if beats else {},
+        "line": line,
+    }
+
+
+def segment_report(
+    client: SegmentClient, settings: Settings, definitions: DefinitionsInForce | None = None
+) -> dict[str, Any]:
+    """Every segment of every kind with its size, share and description, under the
+    definitions in force (``stream.serving.definitions``).
 
     Sizes come from the counters the write script keeps (``P sizes`` and ``P members``), so
     the report costs a few Redis round trips whatever the number of customers.
     """
+    workers = client.workers()
+    defs = (definitions or DefinitionsInForce(settings)).get(workers)
     total = client.customers()
     members = client.members()
     model = client.model()
@@ -46,13 +108,14 @@ def segment_report(client: SegmentClient, settings: Settings) -> dict[str, Any]:
         label = snapshot.describe(index) if snapshot is not None and known else "no model yet"
         small = total and n / total < settings.min_segment_share
         row("cluster", f"cluster:{seg}", n, label, "below minimum size" if small else "")
-    for persona in load_personas(settings.personas_file).personas:
+    for persona in defs.personas:
         n = members.get(f"persona:{persona.name}", 0)
         row("persona", persona.name, n, persona.description)
-    for rule in load_segments(settings.segments_file):
+    for rule in defs.rules:
         row(rule.kind, rule.name, members.get(f"rule:{rule.name}", 0), rule.description)
     return {
         "customers": total,
         "model_version": snapshot.version if snapshot else None,
+        "definitions": definitions_status(workers),
         "segments": rows,
     }

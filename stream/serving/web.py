@@ -29,7 +29,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from stream.serving.definitions import Definitions
+from stream.serving.definitions import DefinitionsInForce
 from stream.serving.lookup import (
     CustomerView,
     SegmentView,
@@ -57,6 +57,12 @@ class SegmentRow(BaseModel):
 class SegmentReport(BaseModel):
     customers: int = Field(description="customers with a record")
     model_version: int | None
+    definitions: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the definitions version in force on the live workers and the progress of "
+        "their re-evaluation of every customer after new definitions (`segmenter segments "
+        "apply`)",
+    )
     segments: list[SegmentRow]
 
 
@@ -76,7 +82,7 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
         settings.redis_url.get_secret_value(), settings.redis_prefix, timeout=2.0
     )
     token = settings.api_token.get_secret_value() if settings.api_token else None
-    definitions = Definitions(settings)
+    definitions = DefinitionsInForce(settings)
 
     def authorized(request: Request) -> None:
         if token is None:
@@ -141,7 +147,7 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
         record, changes = customer_with_changes(reader, customer_id)
         if record is None:
             raise HTTPException(404, f"no record for customer {customer_id!r}")
-        return customer_view(customer_id, record, changes, definitions)
+        return customer_view(customer_id, record, changes, definitions.get(reader.workers()))
 
     @app.get(
         "/api/segments/{segment:path}",
@@ -157,7 +163,8 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
         segment: str, history: Annotated[int, "event-time buckets"] = 200
     ) -> SegmentView:
         members = reader.members()
-        resolved = resolve_segment(segment, definitions, reader.model(), members)
+        defs = definitions.get(reader.workers())
+        resolved = resolve_segment(segment, defs, reader.model(), members)
         if resolved is None:
             raise HTTPException(
                 404,
@@ -174,7 +181,7 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
 
     @app.get("/segments", dependencies=guarded, summary="Every segment with size and share")
     def segments() -> SegmentReport:
-        return SegmentReport.model_validate(segment_report(reader, settings))
+        return SegmentReport.model_validate(segment_report(reader, settings, definitions))
 
     @app.get("/api/overview", dependencies=guarded, summary="Everything the dashboard shows")
     def overview(
@@ -182,7 +189,7 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
     ) -> Overview:
         workers = reader.workers()
         return Overview(
-            report=SegmentReport.model_validate(segment_report(reader, settings)),
+            report=SegmentReport.model_validate(segment_report(reader, settings, definitions)),
             history=[
                 {k: v for k, v in snap.items() if k not in ("entered_total", "exited_total")}
                 for snap in reader.history(max(1, min(history, settings.stats_history)))

@@ -6,7 +6,9 @@ This module runs the phases in order, each in a module of its own sharing one
 ``bench_core`` (the pure step alone, in-process: also ``segmenter bench --core``),
 ``bench_throughput`` (against plain aiokafka and bare Faust, ``bench_faust``),
 ``bench_freshness`` (probes, and reads under ingest), ``bench_memory`` (memory per customer,
-recovery after a restart) and ``bench_scale`` (two workers against one). ``bench_traffic``
+recovery after a restart), ``bench_definitions`` (segment definitions applied live: time to
+every customer re-evaluated, freshness meanwhile) and ``bench_scale`` (two workers against
+one). ``bench_traffic``
 shapes their traffic, ``bench_report`` holds the figures and writes the report and its chart,
 ``bench_profile`` turns py-spy's samples of the worker into time by stage.
 
@@ -28,6 +30,7 @@ from stream.kafka import wait_for_broker
 from stream.settings import Settings
 from stream.tools.bench_context import BenchConfig, BenchContext
 from stream.tools.bench_core import add_to_report, run_core
+from stream.tools.bench_definitions import LiveDefinitionsBench
 from stream.tools.bench_freshness import Freshness
 from stream.tools.bench_memory import MemoryAndRecovery
 from stream.tools.bench_report import Figure, Report, fmt, write_report
@@ -55,6 +58,7 @@ def phases(ctx: BenchContext) -> list[tuple[str, Callable[[], None]]]:
             lambda: Freshness(ctx, 200, False, floor=True).run(),
         ),
         ("memory and recovery", lambda: MemoryAndRecovery(ctx).run()),
+        ("live definitions: apply and backfill", lambda: LiveDefinitionsBench(ctx).run()),
         ("two workers against one", lambda: scale_out(ctx)),
     ]
 

@@ -287,6 +287,9 @@ class _Table:
         self.data = data
         self.partition_of = partition_of
 
+    def load(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
 
 class Shell:
     """The worker's per-batch work around the step (``Segmenting.handle`` and ``Effects``),

@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import tempfile
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -15,13 +15,21 @@ import orjson
 
 from models.facts import LifecyclePolicy
 from models.segments import SegmentCatalog, Stability
+from models.session import SessionPolicy
 from models.step import SamplingPolicy, SegmentStep
-from stream.catalog import load_personas, load_segments
+from stream.catalog import CatalogError, load_personas, load_segments
+from stream.definitions import (
+    DefinitionsReader,
+    PublishedDefinitions,
+    definitions_version,
+    newest,
+)
 from stream.kafka import faust_credentials
 from stream.settings import Settings
 from stream.store import RedisSegmentStore
 from stream.topology import topology
 from stream.worker.decoding import FastDecoder
+from stream.worker.definitions import LiveDefinitions
 from stream.worker.effects import Effects
 from stream.worker.faust_adapt import BatchFeed, CustomerTable, SegmenterApp, SegmenterConsumer
 from stream.worker.metrics import WorkerMetrics
@@ -47,6 +55,7 @@ class Worker:
     trainer: Trainer
     status: Status
     metrics: WorkerMetrics
+    definitions: LiveDefinitions
 
 
 #: The collector's thresholds in a worker: a young-generation pass every 50,000 allocations
@@ -56,6 +65,18 @@ class Worker:
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
+#: The RocksDB options of the profile table's databases (one per partition), for Faust's store
+#: through rocksdict. Faust's defaults give each database a 2 GB block cache and three 64 MB
+#: memtables; profiles are small and the worker keeps its hot ones live anyway
+#: (``SEGMENTER_PROFILE_CACHE``), so these are small.
+ROCKSDB_OPTIONS: dict[str, Any] = {
+    "driver": "rocksdict",
+    "block_cache_size": 16 * 2**20,
+    "write_buffer_size": 8 * 2**20,
+    "max_write_buffer_number": 2,
+}
+
+
 def tune_gc() -> None:
     """What the worker runs with: start-up objects frozen out of collections, and
     ``GC_THRESHOLDS``."""
@@ -63,17 +84,32 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def build_catalog(settings: Settings) -> SegmentCatalog:
-    """Rules, personas, lifecycle thresholds and stability, from the settings' files."""
+def build_catalog(
+    settings: Settings, published: Mapping[str, PublishedDefinitions] | None = None
+) -> SegmentCatalog:
+    """Rules, personas, lifecycle thresholds and stability: the published definitions of each
+    kind (``segmenter segments apply``), else the settings' files."""
+    published = published or {}
+    segments, personas = published.get("segments"), published.get("personas")
     return SegmentCatalog(
-        rules=load_segments(settings.segments_file),
-        personas=load_personas(settings.personas_file),
+        rules=(
+            load_segments(text=segments.text, source=segments.source)
+            if segments
+            else load_segments(settings.segments_file)
+        ),
+        personas=(
+            load_personas(text=personas.text, source=personas.source)
+            if personas
+            else load_personas(settings.personas_file)
+        ),
+        version=definitions_version(published),
         lifecycle=LifecyclePolicy(
             settings.lifecycle_new_days,
             settings.lifecycle_at_risk_days,
             settings.lifecycle_lapsed_days,
         ),
         stability=Stability(settings.hysteresis, int(settings.min_dwell_seconds * 1000)),
+        sessions=SessionPolicy(settings.session_timeout_minutes),
     )
 
 
@@ -92,13 +128,30 @@ def build_step(settings: Settings, catalog: SegmentCatalog | None = None) -> Seg
     )
 
 
+def published_in_force(
+    settings: Settings, reader: DefinitionsReader
+) -> dict[str, PublishedDefinitions]:
+    """The newest published definitions this worker can compile (empty: the settings' files).
+
+    ``apply`` validated them; one that does not compile here was published by another
+    version of segmenter: the worker starts on the settings' files and says so.
+    """
+    found = newest(reader.read_new())
+    try:
+        build_catalog(settings, found)
+    except CatalogError as exc:
+        log.error("published definitions do not compile here; using the settings' files: %s", exc)
+        return {}
+    return found
+
+
 def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     """The composition root of a worker process."""
     app = SegmenterApp(
         settings.app_id,
         broker=settings.kafka_url,
         broker_credentials=faust_credentials(settings),
-        store="memory://",
+        store=f"{settings.state_store}://",
         autodiscover=False,
         datadir=settings.data_dir or tempfile.mkdtemp(prefix="segmenter-worker-"),
         topic_partitions=settings.partitions,
@@ -119,6 +172,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         beacon=app.tables.beacon,
         help="Per-customer feature state (models.features.CustomerProfile.to_state)",
         end_markers=settings.changelog_end_markers,
+        options=dict(ROCKSDB_OPTIONS) if settings.state_store == "rocksdb" else None,
     )
     app.tables.add(table)
     topics = topology(settings)
@@ -153,8 +207,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     )
     marks = PartitionMarks(settings.app_id, settings.worker_id)
     effects = Effects(store, table, send, names, settings.worker_id, metrics, marks)
+    reader = DefinitionsReader(settings)
+    in_force = published_in_force(settings, reader)
     segmenting = Segmenting(
-        build_step(settings),
+        build_step(settings, build_catalog(settings, in_force)),
         table,
         effects,
         store,
@@ -173,10 +229,23 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         spawn=app.add_future,
         crash=app.crash,
     )
+    definitions = LiveDefinitions(
+        segmenting,
+        reader,
+        in_force,
+        lambda published: build_catalog(settings, published),
+        settings.backfill_rate,
+        ready=lambda: not app.rebalancing,
+        spawn=app.add_future,
+        crash=app.crash,
+    )
     status = Status(
         settings, app, store, segmenting, effects, trainer, send, names["stats"], metrics, rebuild
     )
-    worker = Worker(settings, app, table, segmenting, effects, trainer, status, metrics)
+    status.definitions = definitions
+    worker = Worker(
+        settings, app, table, segmenting, effects, trainer, status, metrics, definitions
+    )
 
     @app.task  # type: ignore[untyped-decorator]
     async def segment() -> None:
@@ -217,6 +286,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     @app.timer(settings.store_check_interval)  # type: ignore[untyped-decorator]
     async def check_store() -> None:
         await unless_redis_is_down("store check", rebuild.check)
+
+    @app.timer(settings.definitions_refresh_interval)  # type: ignore[untyped-decorator]
+    async def refresh_definitions() -> None:
+        await definitions.refresh()
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:

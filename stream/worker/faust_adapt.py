@@ -64,6 +64,7 @@ from typing import Any
 
 import faust
 from faust.serializers import codecs
+from faust.stores.rocksdb import Store as RocksStore
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT, Message, TransportT
 from faust.types.tuples import ack_lock
@@ -274,6 +275,13 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
       per-message machinery (a FutureMessage, a buffer and a callback), which cost more than all
       our feature and segment work together. ``write`` sends the same records (JSON key, raw
       value) and waits for their delivery; erasures (value None) take the same path.
+    - **RocksDB without a current event.** Faust's RocksDB store writes a key to the database
+      of the *current event's* partition and asserts there is one; the worker writes after a
+      batch, outside any event. ``write`` puts each key straight into the database of its own
+      partition (``partition_of``), reads go there too (``load``), and after the changelog
+      records are delivered it stores their offsets as the partition's persisted offset, as
+      Faust does for its own sends: a restarted worker with the same ``SEGMENTER_DATA_DIR``
+      reopens its databases and reads only the changelog after that offset.
     - **End markers (Tansu).** Tansu answers "end offset" with the last batch's first offset
       + 1, so a recovery that trusts it stops before the rest of a many-record batch and
       restores older states (events lost). After the records, ``write`` sends a lone tombstone
@@ -301,39 +309,85 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
                 self.partition_of[key] = event.message.partition
         super().apply_changelog_batch(events)
 
+    @property
+    def rocks(self) -> RocksStore | None:
+        """The RocksDB store, if the table has one (``SEGMENTER_STATE_STORE=rocksdb``)."""
+        data = self.data
+        return data if isinstance(data, RocksStore) else None
+
+    def load(self, key: str) -> bytes | None:
+        """The stored value of ``key`` (of a known partition, with RocksDB), or None."""
+        rocks = self.rocks
+        if rocks is None:
+            return self.data.get(key)
+        partition = self.partition_of.get(key)
+        if partition is None:
+            return None
+        db = rocks._db_for_partition(partition)
+        return db.get(rocks._encode_key(key))  # type: ignore[no-any-return]
+
     def stored(self) -> Iterable[tuple[str, bytes]]:
-        """Every stored (customer id, value), end markers left out."""
-        for key, value in self.data.items():
-            if key != END_MARKER_KEY and value:
-                yield key, value
+        """Every stored (customer id, value) of the active partitions, end markers left out.
+        With RocksDB, keys reopened from disk learn their partition here."""
+        rocks = self.rocks
+        if rocks is None:
+            for key, value in self.data.items():
+                if key != END_MARKER_KEY and value:
+                    yield key, value
+            return
+        actives = {tp.partition for tp in self.app.assignor.assigned_actives()}
+        for partition, db in list(rocks._dbs.items()):
+            if partition not in actives:
+                continue
+            for raw_key, value in rocks._visible_items(db):
+                key = rocks._decode_key(raw_key)
+                if key != END_MARKER_KEY and value:
+                    self.partition_of[key] = partition
+                    yield key, value
 
     async def write(self, values: Mapping[str, bytes | None]) -> None:
-        """Store (None: delete) these values and deliver their changelog records, then the end
-        markers. Returns once the broker has them all: only then may the input be acknowledged,
-        or a rebalance could recover the table without them while the offsets are committed."""
-        futures = [await self._send(key, value) for key, value in values.items()]
-        if not futures:
+        """Deliver these values' changelog records (None: delete), then the end markers, then
+        keep the values in the local store. Returns once the broker has them all: only then
+        may the input be acknowledged, or a rebalance could recover the table without them
+        while the offsets are committed. Local last: a state in RocksDB is always one the
+        changelog holds (a crash in between re-reads it from the changelog on restart)."""
+        if not values:
             return
-        await asyncio.gather(*futures)
+        futures = [await self._send(key, value) for key, value in values.items()]
+        delivered = list(await asyncio.gather(*futures))
         if self.end_markers:
             partitions = sorted({self.partition_of[key] for key in values})
             markers = [await self._send(END_MARKER_KEY, None, p) for p in partitions]
-            await asyncio.gather(*markers)
+            delivered += await asyncio.gather(*markers)
+        rocks = self.rocks
+        if rocks is None:
+            for key, value in values.items():
+                if value is None:
+                    self.data.pop(key, None)
+                else:
+                    self.data[key] = value
+            return
+        for key, value in values.items():
+            db, raw_key = rocks._db_for_partition(self.partition_of[key]), rocks._encode_key(key)
+            if value is None:
+                db.delete(raw_key)
+            else:
+                db.put(raw_key, value)
+        newest: dict[int, int] = {}  # what a restart with this data directory need not read
+        for meta in delivered:
+            newest[meta.partition] = max(newest.get(meta.partition, -1), meta.offset)
+        topic = self.changelog_topic.get_topic_name()
+        for partition, offset in newest.items():
+            rocks.set_persisted_offset(TP(topic, partition), offset)
 
     async def _send(
         self, key: str, value: bytes | None, partition: int | None = None
     ) -> Awaitable[Any]:
-        if partition is None:
-            partition = self.partition_of[key]
-        if value is None:
-            self.data.pop(key, None)
-        else:
-            self.data[key] = value
         return await self.app.producer.send(
             self.changelog_topic.get_topic_name(),
             codecs.dumps(self.key_serializer, key),
             value,
-            partition,
+            self.partition_of[key] if partition is None else partition,
             None,
             None,
         )

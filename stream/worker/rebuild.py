@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 
 from models.features import CustomerProfile
+from models.step import StepOutcome
 from stream.store import REDIS_OUTAGE, SegmentStore
 from stream.store.base import PartitionMark
 
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REBUILD_CHUNK", "Mark", "PartitionMarks", "StoreRebuild"]
+__all__ = ["REBUILD_CHUNK", "Mark", "PartitionMarks", "StoreRebuild", "rescore_in_chunks"]
 
 #: Customers rewritten per chunk, under the segmenting lock (a live batch waits at most one).
 REBUILD_CHUNK = 500
@@ -142,6 +143,51 @@ class PartitionMarks:
     def keep_only(self, partitions: set[int]) -> None:
         for p in [p for p in self.held if p not in partitions]:
             del self.held[p]
+
+
+async def rescore_in_chunks(
+    seg: Segmenting,
+    ids: list[str],
+    parts: set[int],
+    chunk: int,
+    ready: Callable[[], bool],
+    progress: Callable[[int, StepOutcome], None],
+    trigger: str = "watermark",
+    pace: Callable[[int], Awaitable[bool]] | None = None,
+) -> set[int]:
+    """Every customer of ``ids`` (of partitions ``parts``) through the step again, with their
+    records rewritten (``SegmentStep.rescore(..., rewrite=True)``), ``chunk`` at a time, each
+    under the segmenting lock, so live batches run between the chunks and keep their
+    freshness; each chunk's outcome goes through ``Effects`` like a batch's.
+
+    Waits while ``ready()`` is false (partitions moving); customers of partitions that moved
+    to another worker meanwhile are left out. ``progress(done, outcome)`` follows each chunk;
+    ``pace(done)`` comes before each and may wait (a rate limit) or say stop (False).
+    Returns the partitions still owned at the end.
+    """
+    partition_of = seg.table.partition_of
+    for i in range(0, len(ids), chunk):
+        if pace is not None and not await pace(i):
+            break
+        while not ready():  # partitions moving: wait until they settle
+            await asyncio.sleep(0.2)
+        async with seg.lock:
+            parts &= seg.owned()
+            if not parts:
+                break
+            outcome = seg.step.rescore(
+                [c for c in ids[i : i + chunk] if partition_of.get(c) in parts],
+                seg.profiles,
+                seg.model,
+                seg.watermark,
+                seg.schedule,
+                int(time.time() * 1000),
+                rewrite=True,
+                trigger=trigger,
+            )
+            await seg.apply(outcome)
+        progress(min(len(ids), i + chunk), outcome)
+    return parts
 
 
 class StoreRebuild:
@@ -299,30 +345,17 @@ class StoreRebuild:
                 self.reason,
                 len(ids),
             )
-        for i in range(0, len(ids), self.chunk):
-            while not self.ready():  # partitions moving: wait until they settle
-                await asyncio.sleep(0.2)
-            async with seg.lock:
-                parts &= seg.owned()
-                if not parts:
-                    break
-                chunk = [c for c in ids[i : i + self.chunk] if partition_of.get(c) in parts]
-                outcome = seg.step.rescore(
-                    chunk,
-                    seg.profiles,
-                    seg.model,
-                    seg.watermark,
-                    seg.schedule,
-                    int(time.time() * 1000),
-                    rewrite=True,
-                )
-                await seg.apply(outcome)
-            self.done = min(self.total, i + self.chunk)
+
+        def progress(done: int, outcome: StepOutcome) -> None:
+            nonlocal last_log
+            self.done = done
             self.rebuilt += len(outcome.writes)
             self.live_events = events.get("events", 0) - events_before
             if time.monotonic() - last_log >= _PROGRESS_EVERY:
                 last_log = time.monotonic()
                 log.info("store rebuild: %d of %d customers", self.done, self.total)
+
+        parts = await rescore_in_chunks(seg, ids, parts, self.chunk, self.ready, progress)
         async with seg.lock:
             parts &= seg.owned()
             for p in sorted(parts):

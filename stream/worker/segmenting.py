@@ -48,7 +48,7 @@ class TableProfiles:
         if live is not None:
             self._live.move_to_end(customer_id)
             return live
-        raw = self.table.data.get(customer_id)
+        raw = self.table.load(customer_id)
         if not raw:
             return None
         profile = CustomerProfile.from_state(orjson.loads(raw))

@@ -12,6 +12,7 @@ import orjson
 
 from stream.settings import Settings
 from stream.store import REDIS_OUTAGE, SegmentStore
+from stream.worker.definitions import LiveDefinitions
 from stream.worker.effects import Effects, Send
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.rebuild import StoreRebuild
@@ -47,6 +48,7 @@ class Status:
         self.stats_topic = stats_topic
         self.metrics = metrics
         self.rebuild = rebuild
+        self.definitions: LiveDefinitions | None = None
 
     def lag(self) -> int:
         """Messages behind the end of the assigned input partitions; updates the gauges."""
@@ -82,6 +84,8 @@ class Status:
         }
         if self.rebuild is not None:
             info["rebuild"] = self.rebuild.status()
+        if self.definitions is not None:
+            info["definitions"] = self.definitions.status()
         await self.store.heartbeat(self.settings.worker_id, info, 10)
 
     async def publish_stats(self) -> None:

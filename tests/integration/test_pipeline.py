@@ -149,6 +149,7 @@ def test_segment_changes_announce_entries_in_the_design_shape(run):
         "change_id",
         "events_applied",
         "evaluated_at",
+        "definitions_version",
     }
     assert all(set(c) == keys for c in changes)
     ids = [c["change_id"] for c in changes]

@@ -89,6 +89,7 @@ def test_changes_between_assignments():
         "model_version": 7,
         "events_applied": 5,
         "evaluated_at": 0,
+        "definitions_version": 0,
     }
 
 

@@ -48,7 +48,17 @@ def test_every_setting_named_in_the_manifests_exists():
 def test_workers_run_as_non_root_and_within_the_partition_count():
     docs = _documents()
     worker = next(
-        d for d in docs if d["kind"] == "Deployment" and "worker" in d["metadata"]["name"]
+        d for d in docs if d["kind"] == "StatefulSet" and "worker" in d["metadata"]["name"]
+    )
+    # Its RocksDB state on a volume of each pod's own, where SEGMENTER_DATA_DIR points.
+    claims = {c["metadata"]["name"] for c in worker["spec"]["volumeClaimTemplates"]}
+    mounts = {
+        m["name"]: m["mountPath"]
+        for m in worker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
+    assert (
+        mounts[next(iter(claims))]
+        == next(d for d in docs if d["kind"] == "ConfigMap")["data"]["SEGMENTER_DATA_DIR"]
     )
     pod = worker["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"]

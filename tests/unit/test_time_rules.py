@@ -22,6 +22,7 @@ from stream.catalog import load_segments
 
 T0 = 1_795_000_000_000
 HOUR_MS = 3_600_000
+SESSION_MS = 30 * 60_000  # a visit ends 30 minutes after its last event
 #: A lifecycle that stays out of the way: never "new", active for 1,000 days.
 QUIET_LIFECYCLE = LifecyclePolicy(new_days=0, at_risk_days=1000, lapsed_days=2000)
 
@@ -240,9 +241,9 @@ def test_not_of_a_time_rule_enters_when_the_inner_rule_stops_holding() -> None:
     run = Run([rule("gone_quiet", {"not": {"days_since_last_seen": {"lt": 14}}})], QUIET_LIFECYCLE)
     run.click("v", T0)  # a visitor who never buys
     crossing = first_ms(lambda t: days(t, T0) >= 14, T0 + 14 * DAY_MS - 60_000)
-    assert run.outcomes[-1].due["v"] == crossing
+    assert run.outcomes[-1].due["v"] == T0 + SESSION_MS  # the end of the visit comes first
     run.advance(crossing - 1)
-    assert run.rules_of("v") == []
+    assert run.rules_of("v") == [] and run.outcomes[-1].due["v"] == crossing
     run.advance(crossing)
     assert run.rules_of("v") == ["gone_quiet"]
     assert run.records["v"].record["evaluated_at"] == crossing
@@ -285,7 +286,8 @@ def test_a_customer_with_no_purchase_is_never_quiet_and_gets_no_rule_due_time() 
     run.click("v", T0)
     profile = run.profiles["v"]
     assert run.catalog.watch.next_change(profile, T0) is None
-    assert run.outcomes[-1].due["v"] == run.catalog.lifecycle.next_change(profile, T0)
+    lifecycle_due = run.catalog.lifecycle.next_change(profile, T0)
+    assert lifecycle_due and run.outcomes[-1].due["v"] == min(T0 + SESSION_MS, lifecycle_due)
     run.advance(T0 + 400 * DAY_MS)
     record = run.records["v"].record
     assert record["rule_segments"] == ["not_quiet"] and record["lifecycle"] == "lapsed"

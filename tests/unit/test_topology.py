@@ -35,7 +35,9 @@ def test_co_partitioned_topics_take_the_input_count_and_the_trainers_have_one():
     assert topics["forget"].partitions == topics["changes"].partitions == 6
     # read by the single model trainer
     assert topics["samples"].partitions == topics["snapshots"].partitions == 1
-    assert {t.key for t in topics.with_role("internal")} == {"samples", "snapshots"}
+    assert {t.key for t in topics.with_role("internal")} == {"samples", "snapshots", "definitions"}
+    assert topics["definitions"].partitions == 1  # every worker reads it whole
+    assert topics.compacted == {"segment-definitions"}
 
 
 def test_the_counts_are_those_ensure_topics_always_created():
@@ -53,6 +55,7 @@ def test_the_counts_are_those_ensure_topics_always_created():
         "segment-stats": 1,
         "segment-drift": 1,
         "trigger-dead-letters": 1,
+        "segment-definitions": 1,
     }
 
 

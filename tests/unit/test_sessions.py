@@ -1,0 +1,292 @@
+"""In-session intent (issue 16, part 3): the current visit's facts in event time, reset at the
+session's end on the watermark alone, with the rules that read them."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.events import Event
+from models.facts import customer_facts, is_known_fact
+from models.features import CustomerProfile
+from models.identity import absorb
+from models.rules import RuleSegment
+from models.segments import SegmentCatalog
+from models.session import NO_SESSION, SESSION_FACTS, Session, SessionPolicy, follow
+from models.step import StepOutcome
+from stream.catalog import CatalogError, load_segments
+from stream.settings import Settings
+from tests.unit.test_time_rules import Run
+
+T0 = 1_795_000_000_000
+MIN = 60_000
+TIMEOUT = 30 * MIN
+
+
+_IDS = itertools.count()
+
+
+def ev(kind: str, ts: int, **extra: Any) -> Event:
+    return Event(f"e{next(_IDS)}", "c", kind, ts, **extra)
+
+
+def visit(*events: Event) -> CustomerProfile:
+    p = CustomerProfile("c")
+    for e in events:
+        assert p.apply(e)
+    return p
+
+
+def session_of(p: CustomerProfile, at: int) -> dict[str, Any]:
+    facts = customer_facts(p, at)
+    return {k: v for k, v in facts.items() if k.startswith("session.")}
+
+
+# -- the facts -------------------------------------------------------------------------------
+
+
+def test_a_visit_gives_views_top_category_cart_searches_minutes_and_entry_channel() -> None:
+    p = visit(
+        ev("page_view", T0, session_id="s1", channel="email"),
+        ev("search", T0 + MIN, session_id="s1", channel="direct"),
+        ev("product_view", T0 + 2 * MIN, session_id="s1", category="shoes", price=80.0),
+        ev("product_view", T0 + 3 * MIN, session_id="s1", category="bags", price=40.0),
+        ev("product_view", T0 + 4 * MIN, session_id="s1", category="shoes", price=90.0),
+        ev("add_to_cart", T0 + 5 * MIN, session_id="s1", category="shoes", price=80.0),
+        ev("add_to_cart", T0 + 6 * MIN, session_id="s1", category="bags", price=40.0),
+        ev("remove_from_cart", T0 + 7 * MIN, session_id="s1", category="bags", price=40.0),
+        ev("identify", T0 + 50 * MIN, traits={"plan": "pro"}),  # not a visit: changes nothing
+    )
+    assert session_of(p, T0 + 7 * MIN) == {
+        "session.active": True,
+        "session.page_views": 1,
+        "session.product_views": 3,
+        "session.searches": 1,
+        "session.cart_adds": 2,
+        "session.cart_items": 1,
+        "session.cart_value": 80.0,
+        "session.purchases": 0,
+        "session.top_category": "shoes",
+        "session.top_category_views": 2,
+        "session.minutes": 7.0,
+        "session.entry_channel": "email",
+    }
+    # Over 30 minutes after its last event: every session fact reads "no current session".
+    assert session_of(p, T0 + 7 * MIN + TIMEOUT - 1)["session.active"] is True
+    assert session_of(p, T0 + 7 * MIN + TIMEOUT) == NO_SESSION
+    assert set(SESSION_FACTS) == set(NO_SESSION) and all(map(is_known_fact, SESSION_FACTS))
+
+
+def test_a_session_ends_at_a_new_session_id_or_after_the_timeout() -> None:
+    p = visit(ev("product_view", T0, session_id="s1", category="shoes"))
+    p.apply(ev("page_view", T0 + MIN, session_id="s2"))
+    assert p.session is not None and (p.session.id, p.session.product_views) == ("s2", 0)
+    p.apply(ev("page_view", T0 + MIN + TIMEOUT))  # no id, 30 minutes later: the next visit
+    assert p.session.start == T0 + MIN + TIMEOUT and p.session.page_views == 1
+    assert p.session.id is None
+    p.apply(ev("page_view", T0 + 2 * MIN + TIMEOUT, session_id="s3"))  # an id joins it
+    assert (p.session.id, p.session.page_views) == ("s3", 2)
+    # Late events of earlier visits leave the current one as it is.
+    p.apply(ev("search", T0 + 30 * 1000, session_id="s1"))
+    p.apply(ev("search", T0))  # no id, 31 minutes before the visit's start
+    assert p.session.searches == 0 and p.session.start == T0 + MIN + TIMEOUT
+    p.apply(ev("search", T0 + 2 * MIN))  # no id, within 30 minutes of its start: part of it
+    assert p.session.searches == 1 and p.session.start == T0 + 2 * MIN
+
+
+def test_a_purchase_closes_the_cart_in_either_order_of_arrival() -> None:
+    add = ev("add_to_cart", T0 + MIN, session_id="s1", price=25.0)
+    buy = ev("purchase", T0 + 2 * MIN, session_id="s1", amount=25.0)
+    in_order = visit(ev("page_view", T0, session_id="s1"), add, buy)
+    late_clicks = visit(buy, ev("page_view", T0, session_id="s1"), add)  # purchases came first
+    for p in (in_order, late_clicks):
+        facts = session_of(p, T0 + 3 * MIN)
+        assert (facts["session.cart_adds"], facts["session.cart_items"]) == (1, 0)
+        assert (facts["session.purchases"], facts["session.cart_value"]) == (1, 0.0)
+        assert facts["session.minutes"] == 2.0
+    # An add after the purchase opens the cart again.
+    in_order.apply(ev("add_to_cart", T0 + 4 * MIN, session_id="s1", price=5.0))
+    assert session_of(in_order, T0 + 4 * MIN)["session.cart_items"] == 1
+
+
+def test_a_purchase_without_a_session_id_joins_an_open_visit_and_opens_none() -> None:
+    buyer = visit(ev("purchase", T0, amount=10.0))
+    assert buyer.session is None and session_of(buyer, T0) == NO_SESSION
+    p = visit(ev("add_to_cart", T0, price=10.0), ev("purchase", T0 + MIN, amount=10.0))
+    assert session_of(p, T0 + MIN)["session.purchases"] == 1
+    assert session_of(p, T0 + MIN)["session.cart_items"] == 0
+
+
+def test_session_facts_are_as_of_the_watermark_when_it_is_later() -> None:
+    p = visit(ev("add_to_cart", T0, session_id="s1", price=10.0))
+    assert customer_facts(p, T0, watermark=T0 + TIMEOUT - 1)["session.cart_items"] == 1
+    assert customer_facts(p, T0, watermark=T0 + TIMEOUT)["session.active"] is False
+
+
+def test_the_profile_state_keeps_the_session_and_a_version_2_state_has_none() -> None:
+    p = visit(ev("product_view", T0, session_id="s1", category="shoes", channel="ads"))
+    state = orjson.loads(orjson.dumps(p.to_state()))
+    again = CustomerProfile.from_state(state)
+    assert again.session == p.session and again.to_state() == state
+    v2 = {k: v for k, v in state.items() if k not in ("pa", "mid", "ask", "into", "ss")}
+    assert CustomerProfile.from_state({**v2, "v": 2}).session is None
+
+
+def test_the_timeout_is_a_setting_above_zero() -> None:
+    assert SessionPolicy(45).timeout_ms == 45 * MIN
+    with pytest.raises(ValueError):
+        SessionPolicy(0)
+    assert Settings().session_timeout_minutes == 30.0
+    with pytest.raises(ValueError):
+        Settings(session_timeout_minutes=0)
+    p = CustomerProfile("c")
+    p.apply(ev("page_view", T0), session_timeout_ms=5 * MIN)
+    p.apply(ev("page_view", T0 + 5 * MIN), session_timeout_ms=5 * MIN)
+    assert p.session is not None and p.session.page_views == 1  # a new visit after 5 minutes
+
+
+# -- identity stitching ----------------------------------------------------------------------
+
+
+def test_a_login_mid_visit_keeps_the_anonymous_cart_in_one_session() -> None:
+    anon = CustomerProfile("anon")
+    anon.apply(Event("a1", "anon", "product_view", T0, session_id="s1", category="shoes"))
+    anon.apply(Event("a2", "anon", "add_to_cart", T0 + MIN, session_id="s1", price=30.0))
+    known = CustomerProfile("c-1")
+    known.apply(Event("k1", "c-1", "page_view", T0 + 2 * MIN, session_id="s1", channel="email"))
+    absorb(known, anon)
+    facts = session_of(known, T0 + 2 * MIN)
+    assert (facts["session.cart_items"], facts["session.cart_value"]) == (1, 30.0)
+    assert (facts["session.product_views"], facts["session.page_views"]) == (1, 1)
+    assert facts["session.minutes"] == 2.0 and facts["session.top_category"] == "shoes"
+
+
+def test_two_different_visits_merge_to_the_one_with_the_newer_event() -> None:
+    old = CustomerProfile("anon")
+    old.apply(Event("a1", "anon", "add_to_cart", T0, session_id="s1", price=30.0))
+    new = CustomerProfile("c-1")
+    new.apply(Event("k1", "c-1", "search", T0 + 5 * MIN, session_id="s2"))
+    absorb(new, old)
+    assert new.session is not None and new.session.id == "s2" and new.session.cart_items == 0
+    absorb(old, CustomerProfile("x"))  # a profile with no session keeps its own
+    assert old.session is not None and old.session.id == "s1"
+    newer = CustomerProfile("y")
+    newer.apply(Event("y1", "y", "page_view", T0 + 9 * MIN, session_id="s9"))
+    absorb(old, newer)
+    assert old.session.id == "s9"
+
+
+# -- rules and the due time ------------------------------------------------------------------
+
+
+def test_rules_can_name_session_facts_and_a_typo_names_the_segment(tmp_path: Path) -> None:
+    path = tmp_path / "segments.yaml"
+    path.write_text("segments:\n  carts:\n    when: {session.cart_itemz: {gt: 0}}\n")
+    with pytest.raises(CatalogError, match=r"segment 'carts' \(line 2\).*session.cart_itemz"):
+        load_segments(path)
+    builtin = {s.name: s for s in load_segments()}
+    assert {"browsing_category_now", "cart_open_now", "searching_now"} <= set(builtin)
+    assert len(builtin) == 31
+
+
+def cart_rule() -> RuleSegment:
+    return RuleSegment.compile("cart_open_now", "behavioral", "", {"session.cart_items": {"gt": 0}})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(st.integers(0, 45 * MIN), min_size=1, max_size=6),
+    kinds=st.lists(st.sampled_from(["page_view", "add_to_cart", "purchase"]), min_size=6),
+    ahead=st.integers(0, 60 * MIN),
+    watermark_ahead=st.integers(-10 * MIN, 60 * MIN),
+)
+def test_the_due_time_is_the_session_end_and_nothing_turns_before_it(
+    gaps: list[int], kinds: list[str], ahead: int, watermark_ahead: int
+) -> None:
+    catalog = SegmentCatalog(rules=(cart_rule(),))
+    p = CustomerProfile("c")
+    ts = T0
+    for i, gap in enumerate(gaps):
+        ts += gap
+        p.apply(Event(f"e{i}", "c", kinds[i], ts, session_id="s", price=5.0))
+    now = ts + ahead
+    watermark = now + watermark_ahead
+    clock = max(now, watermark)
+    due = catalog.next_change(p, now, watermark)
+    lifecycle_due = catalog.lifecycle.next_change(p, now)
+    open_ = p.session is not None and clock < p.session.last + TIMEOUT
+    if not open_:
+        assert due == lifecycle_due  # no session, or over as of the watermark: no due of its own
+        return
+    assert p.session is not None and due == p.session.last + TIMEOUT
+    rule = cart_rule()
+    facts = customer_facts(p, now, watermark=watermark)
+    at_clock = {k: v for k, v in facts.items() if k.startswith("session.")}
+    assert at_clock["session.active"] is True
+    for t in (clock, (clock + due) // 2, due - 1):
+        assert session_of(p, t) == at_clock, t
+        assert rule.matches(customer_facts(p, t)) == rule.matches(facts)
+    assert session_of(p, due) == NO_SESSION
+
+
+def click(run: Run, cid: str, ts: int, kind: str = "page_view", **extra: Any) -> StepOutcome:
+    return run.send("clickstream", {"customer_id": cid, "ts": ts, "type": kind, **extra})
+
+
+def test_cart_open_now_exits_on_the_watermark_with_no_event_of_the_customer() -> None:
+    run = Run([cart_rule()])
+    click(run, "shopper", T0, session_id="s1", channel="email")
+    out = click(run, "shopper", T0 + MIN, "add_to_cart", session_id="s1", price=19.5)
+    assert run.records["shopper"].record["rule_segments"] == ["cart_open_now"]
+    assert out.due["shopper"] == T0 + MIN + TIMEOUT
+    session = run.records["shopper"].record["session"]
+    assert session["id"] == "s1" and session["started_at"] == T0
+    assert (session["cart_items"], session["cart_value"], session["entry_channel"]) == (
+        1,
+        19.5,
+        "email",
+    )
+    out = click(run, "other", T0 + MIN + TIMEOUT - 1)  # not yet
+    assert [w.customer_id for w in out.writes] == ["other"]
+    out = click(run, "other", T0 + MIN + TIMEOUT)  # another customer's event moves event time
+    write = next(w for w in out.writes if w.customer_id == "shopper")
+    assert write.record["rule_segments"] == [] and write.record["session"] is None
+    assert (write.event_ts, write.applied) == (T0 + MIN, 2)  # no event of theirs
+    assert write.record["evaluated_at"] == T0 + MIN + TIMEOUT
+    (change,) = [c for c in out.changes if c.customer_id == "shopper"]
+    assert (change.segment, change.change) == ("rule:cart_open_now", "exited")
+    assert change.reason == "rule no longer holds as event time passed a threshold"
+    assert out.due["shopper"] != T0 + MIN + TIMEOUT  # the session is over: no second end
+    assert run.profiles["shopper"].rule_segments == []
+
+
+def test_the_session_end_rewrites_the_record_with_no_session_rule_too() -> None:
+    run = Run([])
+    click(run, "visitor", T0, "search")
+    assert run.records["visitor"].record["session"]["searches"] == 1
+    out = click(run, "other", T0 + TIMEOUT + 5 * MIN)
+    write = next(w for w in out.writes if w.customer_id == "visitor")
+    assert write.record["session"] is None and out.changes == []
+    assert "visitor" not in out.states  # nothing it remembers changed: no state to save
+
+
+def test_a_visit_that_ended_before_the_watermark_is_not_current_when_it_arrives() -> None:
+    run = Run([cart_rule()])
+    click(run, "other", T0 + 2 * TIMEOUT)
+    out = click(run, "late", T0, "add_to_cart", session_id="s1", price=10.0)  # an hour behind
+    assert run.records["late"].record["session"] is None
+    assert run.records["late"].record["rule_segments"] == []
+    assert out.due["late"] == run.catalog.lifecycle.next_change(run.profiles["late"], T0)
+
+
+def test_follow_starts_no_session_for_an_identify() -> None:
+    p = CustomerProfile("c")
+    p.apply(ev("identify", T0, traits={"plan": "pro"}))
+    assert p.session is None
+    assert follow(None, ev("page_view", T0), TIMEOUT) == Session(None, T0, T0, page_views=1)
