@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow check eval bench clean install browser system-deps
+.PHONY: demo test test-slow check eval bench soak clean install browser system-deps
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -m "not slow" $(ARGS)
 
-## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker.
+## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker, a short soak.
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow $(ARGS) || [ $$? -eq 5 ]
 
@@ -34,6 +34,12 @@ eval: $(STAMP)
 ## writes docs/benchmarks.md and docs/benchmarks.png. ARGS="--quick" for a smoke run.
 bench: $(STAMP)
 	$(BIN)/segmenter bench $(ARGS)
+
+## Chaos soak (about 10 minutes; not part of make test): steady traffic (the CDNOW log, clicks,
+## 5% garbage) while workers are SIGKILLed, Redis restarted and the broker cut off; fails if
+## anything was lost. Writes its run into docs/reliability.md. ARGS="--minutes 3 --seed 2".
+soak: $(STAMP)
+	$(BIN)/segmenter soak --out docs/reliability.md $(ARGS)
 
 check: $(STAMP)
 	$(BIN)/ruff check models stream tests

@@ -647,10 +647,17 @@ def bench(
             "print it, write no report"
         ),
     ] = False,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="only the phases whose name holds this text, e.g. 'million' (the report then "
+            "holds only their figures: write it elsewhere than docs/benchmarks.md)"
+        ),
+    ] = None,
 ) -> None:
-    """Measure the step alone in-process, throughput, freshness, read latency, memory, recovery
-    and scale-out, each beside its baseline or target in the same run, on a broker and Redis of
-    its own; write the report. Exit 0 whatever the numbers."""
+    """Measure the step alone in-process, throughput, freshness, read latency, memory, recovery,
+    scale-out and a million customers, each beside its baseline or target in the same run, on a
+    broker and Redis of its own; write the report. Exit 0 whatever the numbers."""
     from stream.tools.bench import BenchConfig, run_bench
 
     config = BenchConfig.quick() if quick else BenchConfig()
@@ -662,8 +669,13 @@ def bench(
         )
         print_core(result, console)
         return
-    command = "segmenter bench" + (" --quick" if quick else "") + f" --out {out}"
-    run_bench(config, out, console, command=command)
+    command = (
+        "segmenter bench"
+        + (" --quick" if quick else "")
+        + (f" --only '{only}'" if only else "")
+        + f" --out {out}"
+    )
+    run_bench(config, out, console, command=command, only=only)
 
 
 @app.command()

@@ -7,8 +7,9 @@ This module runs the phases in order, each in a module of its own sharing one
 ``bench_throughput`` (against plain aiokafka and bare Faust, ``bench_faust``),
 ``bench_freshness`` (probes, and reads under ingest), ``bench_memory`` (memory per customer,
 recovery after a restart), ``bench_definitions`` (segment definitions applied live: time to
-every customer re-evaluated, freshness meanwhile) and ``bench_scale`` (two workers against
-one). ``bench_traffic``
+every customer re-evaluated, freshness meanwhile), ``bench_scale`` (two workers against
+one) and ``bench_million`` (a million customers through one worker with its state in RocksDB:
+throughput, memory and disk per customer, a restart and a full recovery). ``bench_traffic``
 shapes their traffic, ``bench_report`` holds the figures and writes the report and its chart,
 ``bench_profile`` turns py-spy's samples of the worker into time by stage.
 
@@ -33,6 +34,7 @@ from stream.tools.bench_core import add_to_report, run_core
 from stream.tools.bench_definitions import LiveDefinitionsBench
 from stream.tools.bench_freshness import Freshness
 from stream.tools.bench_memory import MemoryAndRecovery
+from stream.tools.bench_million import MillionCustomers
 from stream.tools.bench_report import Figure, Report, fmt, write_report
 from stream.tools.bench_scale import scale_out
 from stream.tools.bench_throughput import Throughput
@@ -60,13 +62,19 @@ def phases(ctx: BenchContext) -> list[tuple[str, Callable[[], None]]]:
         ("memory and recovery", lambda: MemoryAndRecovery(ctx).run()),
         ("live definitions: apply and backfill", lambda: LiveDefinitionsBench(ctx).run()),
         ("two workers against one", lambda: scale_out(ctx)),
+        ("a million customers", lambda: MillionCustomers(ctx).run()),
     ]
 
 
 def run_bench(
-    config: BenchConfig, out: Path, console: Console, command: str = "make bench"
+    config: BenchConfig,
+    out: Path,
+    console: Console,
+    command: str = "make bench",
+    only: str | None = None,
 ) -> Report:
-    """Run every phase, write ``out`` (Markdown) and its chart; return the figures."""
+    """Run every phase (or those whose name holds ``only``), write ``out`` (Markdown) and its
+    chart; return the figures."""
     started = time.monotonic()
     report = Report()
     stack = EmbeddedStack()
@@ -78,7 +86,9 @@ def run_bench(
     )
     try:
         wait_for_broker(Settings(kafka_url=stack.kafka_url))
-        todo = phases(ctx)
+        todo = [(n, p) for n, p in phases(ctx) if only is None or only.lower() in n.lower()]
+        if not todo:
+            raise ValueError(f"no phase of the bench is named like {only!r}")
         for i, (name, phase) in enumerate(todo, 1):
             console.print(f"[b][{i}/{len(todo)}] {name}[/b]")
             try:

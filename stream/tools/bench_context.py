@@ -45,11 +45,24 @@ class BenchConfig:
     scale_events: int = 300_000
     profile: bool = True
     core: CoreConfig = field(default_factory=CoreConfig)  # the step alone, in-process
+    million_customers: int = 1_000_000  # 10 events each, in one array, RocksDB (bench_million)
+    million_baseline: int = 100_000  # the same traffic shape, beside it in the same run
 
     @classmethod
     def quick(cls) -> BenchConfig:
         """A smoke run (about two minutes): small volumes, every phase, numbers not meaningful."""
-        return cls(6_000, 30_000, 500, 3_000, 4.0, 30_000, profile=False, core=CoreConfig.quick())
+        return cls(
+            6_000,
+            30_000,
+            500,
+            3_000,
+            4.0,
+            30_000,
+            profile=False,
+            core=CoreConfig.quick(),
+            million_customers=20_000,
+            million_baseline=2_000,
+        )
 
 
 class BenchContext:
@@ -142,7 +155,7 @@ class BenchContext:
         """Until every worker scores with a model (its heartbeat's model version); False if
         none came within ``timeout`` seconds."""
         client = self.client(settings)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + 900
         try:
             while time.monotonic() < deadline:
                 _check_alive(procs)

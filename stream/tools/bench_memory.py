@@ -80,7 +80,8 @@ class MemoryAndRecovery:
                 "worker process, RSS growth / customers",
                 per_worker,
                 "bytes",
-                note="the Faust table (memory://) holds every profile of its partitions",
+                note=f"the Faust table ({settings.state_store}://) holds every profile of its "
+                f"partitions; up to {settings.profile_cache:,} live profiles besides",
             )
         )
 

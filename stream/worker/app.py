@@ -218,6 +218,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         owned_partitions,
         metrics,
         settings.profile_cache,
+        ready=lambda: not app.rebalancing,
     )
     trainer = Trainer(settings, store, send, names, metrics, lambda: segmenting.model)
     rebuild = StoreRebuild(
@@ -260,10 +261,11 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         try:
             while True:
                 batch = await feed.take(settings.batch_size, settings.batch_within, idle)
-                await segmenting.handle(batch)
+                applied = {id(m) for m in await segmenting.handle(batch)}
                 for message in batch:
-                    consumer.processed(message)
-                    consumer.ack(message)
+                    if id(message) in applied:
+                        consumer.processed(message)
+                    consumer.ack(message)  # a message left out is released, not done
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug, not bad input (that is a dead letter): stop
@@ -282,6 +284,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     @app.timer(settings.model_refresh_interval)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:
         await unless_redis_is_down("model refresh", segmenting.refresh_model)
+        await unless_redis_is_down("first model", segmenting.assign_unassigned)
 
     @app.timer(settings.store_check_interval)  # type: ignore[untyped-decorator]
     async def check_store() -> None:

@@ -88,6 +88,7 @@ class Segmenting:
         owned_partitions: Callable[[], set[int]],
         metrics: WorkerMetrics,
         profile_cache: int = 0,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.step = step
         self.profiles = TableProfiles(table, profile_cache)
@@ -97,6 +98,9 @@ class Segmenting:
         self.sources = sources  # topic -> source kind (clickstream, purchases, identify, forget)
         self.owned_partitions = owned_partitions
         self.metrics = metrics
+        #: False while partitions move (a rebalance, the table's recovery): nothing is applied.
+        self.ready = ready
+        self._unassigned = False  # the first model came: customers seen before it to assign
         self.model: ModelSnapshot | None = None
         self.watermark = 0  # the newest event time this worker has applied
         self.schedule = DueSchedule()
@@ -107,9 +111,29 @@ class Segmenting:
         self.offsets: dict[tuple[str, int], int] = {}  # newest offset handled per partition
         self.lock = asyncio.Lock()
 
-    async def handle(self, batch: Sequence[Message]) -> None:
-        """Apply a batch of input messages; returns once every effect is done."""
+    async def handle(self, batch: Sequence[Message]) -> list[Message]:
+        """Apply a batch of input messages; returns once every effect is done, with the
+        messages applied.
+
+        Only messages of partitions this worker owns, outside a rebalance, are applied: a batch
+        taken before partitions were revoked, or while the table is recovered, would read
+        profiles that are not (or not yet) this worker's, and write states older than the
+        changelog's. The messages left out are read again from the committed offsets by
+        whoever owns their partition next.
+        """
         started = time.perf_counter()
+        async with self.lock:
+            owned = self._owned()
+            if not self.ready():
+                return []
+            batch = [m for m in batch if m.partition in owned]
+            if not batch:
+                return []
+            outcome = await self._apply_batch(batch)
+        self._observe(batch, outcome, time.perf_counter() - started)
+        return list(batch)
+
+    async def _apply_batch(self, batch: Sequence[Message]) -> StepOutcome:
         messages = []
         for m in batch:
             messages.append(
@@ -123,25 +147,23 @@ class Segmenting:
                 # (and so the changelog) keep theirs.
                 if self.sources[m.topic] != FORGET or customer_id not in self.table.partition_of:
                     self.table.partition_of[customer_id] = m.partition
-        async with self.lock:
-            self._owned()
-            try:
-                outcome = self.step.run(
-                    messages,
-                    self.profiles,
-                    self.model,
-                    self.watermark,
-                    self.schedule,
-                    now_ms=int(time.time() * 1000),
-                    clock=time.monotonic(),
-                )
-                await self.effects.apply(outcome)
-            except BaseException:
-                self.profiles.drop_live()
-                raise
-            self.profiles.saved(outcome.states)
-            self.watermark = outcome.watermark
-        self._observe(batch, outcome, time.perf_counter() - started)
+        try:
+            outcome = self.step.run(
+                messages,
+                self.profiles,
+                self.model,
+                self.watermark,
+                self.schedule,
+                now_ms=int(time.time() * 1000),
+                clock=time.monotonic(),
+            )
+            await self.effects.apply(outcome)
+        except BaseException:
+            self.profiles.drop_live()
+            raise
+        self.profiles.saved(outcome.states)
+        self.watermark = outcome.watermark
+        return outcome
 
     def _observe(self, batch: Sequence[Message], outcome: StepOutcome, seconds: float) -> None:
         self.metrics.batch_seconds.observe(seconds)
@@ -220,11 +242,24 @@ class Segmenting:
         log.info(
             "model version %s loaded (%s samples)", self.model.version, self.model.trained_samples
         )
-        if first:
+        self._unassigned = self._unassigned or first
+
+    async def assign_unassigned(self, chunk: int = 500) -> None:
+        """After the first model: score the customers seen before it, ``chunk`` at a time
+        under the lock (live batches run between the chunks), and only while no partition
+        moves (else on a later call)."""
+        if not self._unassigned or self.model is None or not self.ready():
+            return
+        async with self.lock:
+            ids = [c for c, _ in self.table.stored()]
+        assigned = 0
+        for i in range(0, len(ids), chunk):
             async with self.lock:
+                if not self.ready():
+                    return  # partitions move: again on a later call
                 self._owned()
                 outcome = self.step.rescore(
-                    [c for c, _ in self.table.stored()],
+                    ids[i : i + chunk],
                     self.profiles,
                     self.model,
                     self.watermark,
@@ -234,6 +269,6 @@ class Segmenting:
                 )
                 if outcome.writes:
                     await self.apply(outcome)
-                    log.info(
-                        "first model: assigned %d customers seen before it", len(outcome.writes)
-                    )
+                    assigned += len(outcome.writes)
+        self._unassigned = False
+        log.info("first model: assigned %d customers seen before it", assigned)

@@ -7,19 +7,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from stream.kafka import ensure_topics, make_producer
 from stream.settings import Settings
 from stream.store import SegmentClient
-from stream.tools.embedded import EmbeddedStack, free_port, redis_server_binary
+from stream.tools import faults
+from stream.tools.embedded import EmbeddedStack
+from stream.tools.faults import OwnRedis
 from stream.tools.process import start_worker, stop_process
+
+__all__ = ["OwnRedis", "Workers", "make_settings", "run_cli", "wait_until"]
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +44,10 @@ def wait_until(
     predicate: Callable[[], object], timeout: float, what: str, every: float = 0.2
 ) -> object:
     """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+    try:
+        return faults.wait_until(predicate, timeout, what, every)
+    except faults.WaitTimeout as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -149,43 +147,3 @@ def producer(stack: EmbeddedStack):  # type: ignore[no-untyped-def]
     p = make_producer(Settings(kafka_url=stack.kafka_url))
     yield p
     p.close()
-
-
-class OwnRedis:
-    """A redis-server of one test's own on a free port (a restart or a FLUSHALL there touches no
-    other test). ``appendonly``: with an append-only file, so a clean restart keeps the data."""
-
-    def __init__(self, workdir: Path, appendonly: bool = False) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.appendonly = appendonly
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--dir", str(self.workdir), "--save", ""]
-        args += ["--appendonly", "yes" if self.appendonly else "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Answering PING, not just listening: a restart with an append-only file refuses
-        # commands while it loads the dataset.
-        wait_until(self._answers, 20, "redis-server to answer")
-
-    def _answers(self) -> bool:
-        try:
-            with redis.Redis.from_url(self.url, socket_timeout=1) as r:
-                return bool(r.ping())
-        except redis.RedisError:
-            return False
-
-    def flushall(self) -> None:
-        with redis.Redis.from_url(self.url) as r:
-            r.flushall()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # a clean shutdown: the append-only file is complete
-            self.proc.wait(timeout=20)

@@ -4,7 +4,7 @@ stage are exact for every customer at the log's end (issue 16, part 2).
 The log is CDNOW (23,570 customers who first bought from CDNOW in the first quarter of 1997,
 every purchase of theirs until June 1998), as shipped in the ``lifetimes`` wheel on PyPI: the
 wheel is downloaded once (``pip download --no-deps``, never installed) and the file cached
-under the pytest cache (or ``~/.cache/segmenter-tests`` without one). Without a network the
+under the pytest cache (``stream.tools.cdnow``). Without a network the
 tests skip, saying so.
 
 The expected values are computed from the raw log alone, with calendar days: at the final
@@ -15,11 +15,6 @@ days before it; the stage is ``new`` within 30 days of the first purchase, then 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -29,6 +24,7 @@ from typing import Any
 import pytest
 
 from stream.settings import Settings
+from stream.tools.cdnow import CdnowUnavailable, Purchase, cdnow_purchases
 from stream.tools.evaluate import Replay
 from stream.tools.generator import Message
 from stream.tools.producer import send_messages
@@ -37,9 +33,6 @@ from .conftest import Workers, make_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
-WHEEL = "lifetimes==0.11.3"
-MEMBER = "lifetimes/datasets/CDNOW_master.txt"
-HEADER = ["customer_id", "date", "number_of_cds", "dollar_value"]
 SEGMENTS = """\
 segments:
   quiet_90d:
@@ -49,81 +42,15 @@ segments:
 """
 
 
-@dataclass(frozen=True)
-class Purchase:
-    line: int
-    customer_id: str
-    day: date
-    cds: int
-    dollars: float
-
-    @property
-    def ts(self) -> int:
-        return (
-            int(datetime(self.day.year, self.day.month, self.day.day, tzinfo=UTC).timestamp())
-            * 1000
-        )
-
-    def message(self) -> Message:
-        value = {
-            "event_id": f"cdnow-{self.line}",
-            "customer_id": self.customer_id,
-            "ts": self.ts,
-            "amount": self.dollars,
-        }
-        return Message("purchases", self.customer_id, value)
-
-
-def _cache_dir(config: pytest.Config) -> Path:
-    cache = getattr(config, "cache", None)
-    if cache is not None:
-        return Path(cache.mkdir("cdnow"))
-    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segmenter-tests"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def cdnow(request: pytest.FixtureRequest) -> list[Purchase]:
-    """Every purchase of CDNOW_master.txt, in event-time order (the file's order within a
-    day); downloaded once into the cache, skipped with the reason when it cannot be."""
-    target = _cache_dir(request.config) / "CDNOW_master.txt"
-    if not target.exists():
-        with tempfile.TemporaryDirectory() as tmp:
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", tmp]
-            try:
-                subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
-                (wheel,) = Path(tmp).glob("*.whl")
-                with zipfile.ZipFile(wheel) as archive:
-                    data = archive.read(MEMBER)
-            except subprocess.CalledProcessError as exc:
-                pytest.skip(f"CDNOW not available: `pip download {WHEEL}` failed: {exc.stderr}")
-            except (OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
-                pytest.skip(f"CDNOW not available from the {WHEEL} wheel: {exc!r}")
-            partial = target.with_suffix(".part")
-            partial.write_bytes(data)
-            partial.replace(target)
-    return _read(target)
-
-
-def _read(path: Path) -> list[Purchase]:
-    lines = path.read_text().splitlines()
-    assert lines[0].split() == HEADER, lines[0]
-    rows = []
-    for number, text in enumerate(lines[1:], 2):
-        if not text.strip():
-            continue
-        customer, day, cds, dollars = text.split()
-        rows.append(
-            Purchase(
-                number,
-                customer,
-                datetime.strptime(day, "%Y%m%d").date(),
-                int(cds),
-                float(dollars),
-            )
-        )
-    return sorted(rows, key=lambda p: (p.day, p.line))
+    """Every purchase of CDNOW_master.txt, in event-time order; downloaded once into the pytest
+    cache, skipped with the reason when it cannot be."""
+    cache = getattr(request.config, "cache", None)
+    try:
+        return cdnow_purchases(Path(cache.mkdir("cdnow")) if cache is not None else None)
+    except CdnowUnavailable as exc:
+        pytest.skip(f"CDNOW not available: {exc}")
 
 
 @dataclass(frozen=True)

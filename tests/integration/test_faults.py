@@ -5,17 +5,15 @@ from __future__ import annotations
 import contextlib
 import random
 import signal
-import socket
-import subprocess
 import threading
 import time
 from types import SimpleNamespace
-from typing import IO
 
 import pytest
 
 from stream.store import SegmentClient, StoreUnavailable
-from stream.tools.embedded import free_port, tansu_binary
+from stream.tools.embedded import free_port
+from stream.tools.faults import CuttableProxy, listening, own_broker
 from stream.tools.generator import TrafficGenerator
 from stream.tools.producer import send_messages
 
@@ -133,71 +131,12 @@ def test_shuffled_and_duplicated_deliveries_give_the_clean_logs_features(stack, 
         workers.stop()
 
 
-class CuttableProxy:
-    """A TCP proxy in front of a broker, whose connections can be cut and restored."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.port = free_port()
-        self.upstream = upstream_port
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.listener: socket.socket | None = None
-
-    def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self.listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # cut
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream))
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        """Drop every connection and refuse new ones (the network is gone)."""
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-
 def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_path):
     """A broker of this test's own, reached only through a proxy (it advertises the proxy's
     address): the proxy cuts every connection for 15 s under load, then lets them in again."""
     broker_port = free_port()
     proxy = CuttableProxy(broker_port)
-    log = open(tmp_path / "tansu.log", "wb")  # noqa: SIM115 (closed in finally)
-    broker = own_broker(broker_port, proxy.port, log)
+    broker = own_broker(broker_port, proxy.port, tmp_path / "tansu.log")
     workers = None
     try:
         proxy.start()
@@ -207,7 +146,7 @@ def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_p
         own_redis = OwnRedis(redis_dir, appendonly=True)
         own_redis.start()
         stack.redis_url = own_redis.url
-        wait_until(lambda: _listening(broker_port), 20, "the broker")
+        wait_until(lambda: listening(broker_port), 20, "the broker")
         settings = make_settings(stack, partitions=2)  # type: ignore[arg-type]
         generator = TrafficGenerator(customers=150, seed=17, session_gap_ms=60_000)
         messages = [
@@ -234,29 +173,8 @@ def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_p
         proxy.cut()
         broker.terminate()
         broker.wait(timeout=20)
-        log.close()
         with contextlib.suppress(Exception):
             own_redis.stop()
-
-
-def own_broker(port: int, advertised_port: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """A Tansu broker of the test's own on ``port`` that advertises ``advertised_port`` (a
-    proxy's, when the test puts one in front of it)."""
-    return subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", f"tcp://127.0.0.1:{port}"]
-        + ["--advertised-listener-url", f"tcp://127.0.0.1:{advertised_port}"]
-        + ["--storage-engine", "memory://tansu/"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def test_a_worker_whose_broker_vanished_stops_within_its_shutdown_timeout(tmp_path):
@@ -264,15 +182,14 @@ def test_a_worker_whose_broker_vanished_stops_within_its_shutdown_timeout(tmp_pa
     (longer than a supervisor's grace period); the worker now exits after its shutdown
     timeout, leaving the unacknowledged rest to the next owner."""
     broker_port = free_port()
-    log = open(tmp_path / "tansu.log", "wb")  # noqa: SIM115 (closed in finally)
-    broker = own_broker(broker_port, broker_port, log)
+    broker = own_broker(broker_port, broker_port, tmp_path / "tansu.log")
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
     own_redis = OwnRedis(redis_dir, appendonly=True)
     workers = None
     try:
         own_redis.start()
-        wait_until(lambda: _listening(broker_port), 20, "the broker")
+        wait_until(lambda: listening(broker_port), 20, "the broker")
         stack = SimpleNamespace(
             kafka_url=f"kafka://127.0.0.1:{broker_port}", redis_url=own_redis.url
         )
@@ -295,5 +212,4 @@ def test_a_worker_whose_broker_vanished_stops_within_its_shutdown_timeout(tmp_pa
             workers.stop()
         if broker.poll() is None:
             broker.kill()
-        log.close()
         own_redis.stop()

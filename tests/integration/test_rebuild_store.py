@@ -20,7 +20,7 @@ from stream.tools.generator import Message, TrafficGenerator
 from stream.tools.producer import ProduceStats, send_messages
 
 from .conftest import OwnRedis, Workers, make_settings, run_cli, wait_until
-from .oracle import expected_value_features, feature_mismatches
+from .oracle import expected_value_features, feature_mismatches, recount
 
 pytestmark = pytest.mark.integration
 
@@ -76,21 +76,6 @@ def deployment(stack, tmp_path_factory) -> Iterator[Deployment]:  # type: ignore
     finally:
         workers.stop()
         own.stop()
-
-
-def recount(client: SegmentClient) -> tuple[dict[str, int], dict[str, int]]:
-    """Cluster sizes and segment memberships counted from the records themselves."""
-    sizes: dict[str, int] = {}
-    members: dict[str, int] = {}
-    for r in client.iter_records():
-        seg = "-" if r["segment"] is None else str(r["segment"])
-        sizes[seg] = sizes.get(seg, 0) + 1
-        names = [f"rule:{name}" for name in r["rule_segments"]]
-        names += [] if r["segment"] is None else [f"cluster:{r['segment']}"]
-        names += [] if r["persona"] is None else [f"persona:{r['persona']}"]
-        for name in names:
-            members[name] = members.get(name, 0) + 1
-    return sizes, members
 
 
 def assert_exact(d: Deployment) -> None:

@@ -24,13 +24,13 @@ import trustme
 from stream.settings import Settings
 from stream.store import SegmentClient, StoreUnavailable
 from stream.tools.embedded import free_port
+from stream.tools.faults import listening, own_broker
 from stream.tools.generator import TrafficGenerator
 from stream.tools.producer import send_messages
 
 from .conftest import Workers, make_settings, run_cli, wait_until
 from .oracle import expected_value_features, feature_mismatches
 from .secure_proxy import SecureProxy
-from .test_faults import _listening, own_broker
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def tls_redis(pki: SimpleNamespace, tmp_path: Path) -> Iterator[str]:
     log = open(tmp_path / "redis.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(args, executable=executable, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: _listening(port), 20, "the TLS redis-server")
+        wait_until(lambda: listening(port), 20, "the TLS redis-server")
         yield f"rediss://:{REDIS_PASSWORD}@127.0.0.1:{port}/0?ssl_ca_certs={pki.ca}"
     finally:
         proc.terminate()
@@ -102,17 +102,15 @@ def tls_redis(pki: SimpleNamespace, tmp_path: Path) -> Iterator[str]:
 def secure_broker(pki: SimpleNamespace, tmp_path: Path) -> Iterator[SecureProxy]:
     broker_port = free_port()
     proxy = SecureProxy(broker_port, tls=pki.server_context, users={"segmenter": KAFKA_PASSWORD})
-    log = open(tmp_path / "tansu.log", "wb")  # noqa: SIM115 (closed below)
-    broker = own_broker(broker_port, proxy.port, log)
+    broker = own_broker(broker_port, proxy.port, tmp_path / "tansu.log")
     try:
         proxy.start()
-        wait_until(lambda: _listening(broker_port), 20, "the broker")
+        wait_until(lambda: listening(broker_port), 20, "the broker")
         yield proxy
     finally:
         proxy.stop()
         broker.terminate()
         broker.wait(timeout=20)
-        log.close()
 
 
 def _secure_settings(proxy: SecureProxy, redis_url: str, ca: Path, **extra: object) -> Settings:

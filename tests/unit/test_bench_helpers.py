@@ -156,12 +156,14 @@ def test_the_bench_runs_the_step_alone_first_then_every_phase_with_a_quick_confi
         ctx.close()
     assert names[0] == "the step alone, in-process"
     assert names[1:3] == ["throughput, one event per message", "throughput, arrays of 10"]
-    assert names[-3:] == [
+    assert names[-4:] == [
         "memory and recovery",
         "live definitions: apply and backfill",
         "two workers against one",
+        "a million customers",
     ]
-    assert len(names) == 9
+    assert len(names) == 10
+    assert config.million_customers < BenchConfig().million_customers == 1_000_000
     assert config.core.single_events < BenchConfig().core.single_events
 
 
