@@ -267,6 +267,7 @@ class SegmentStep:
         self.sampling = sampling
         self.worker_id = worker_id
         self.intake = Intake(limits, loads, decode, max_future_ms)
+        self.identity = _Stitching(self)
         self._budget = SampleBudget(sampling.max_per_second)
         self._rfm_of: tuple[int, SegmentCatalog] | None = None
 
@@ -315,7 +316,7 @@ class SegmentStep:
                     _erase(customer_id, touched, profiles, out, schedule)
                 continue
             if message.source == IDENTITY:
-                self._identity(message, touched, dirty, profiles, out, schedule, now_ms)
+                self.identity.handle(message, touched, dirty, profiles, out, schedule, now_ms)
                 continue
             events = self.intake.events(message, now_ms, out)
             if events is None:
@@ -337,7 +338,7 @@ class SegmentStep:
                 )
                 dirty.add(customer_id)
                 continue
-            self._apply(profile, events, dirty, out)
+            self.identity.apply(profile, events, dirty, out)
 
         catalog = self.catalog_for(model)
         for customer_id, (profile, before) in touched.items():
@@ -472,20 +473,33 @@ class SegmentStep:
             ):
                 out.states[customer_id] = profile
 
-    def _apply(
+    def _wants_sample(self, before: int, after: int, clock: float) -> bool:
+        every = self.sampling.every
+        due = after >= self.sampling.min_events and after // every > before // every
+        return due and self._budget.take(clock)
+
+
+class _Stitching:
+    """The step's identity stitching (``models.identity``): signals in events, and the
+    identity topic's messages (merge requests, states, forwarded events, erasures)."""
+
+    def __init__(self, step: SegmentStep) -> None:
+        self.step = step
+
+    def apply(
         self, profile: CustomerProfile, events: Sequence[Event], dirty: set[str], out: StepOutcome
     ) -> None:
         """Fold events into a profile; an event naming a second id (``anonymous_id``,
         ``previous_id``) asks for that id to be merged into this customer."""
         for event in events:
-            profile.apply(event, self.catalog.sessions.timeout_ms)
+            profile.apply(event, self.step.catalog.sessions.timeout_ms)
             if event.anonymous_id is not None or event.previous_id is not None:
                 others = (event.anonymous_id, event.previous_id)
                 for other in stitch_targets(profile, others):
                     out.forwards.append(merge_message(other, profile.customer_id, event.ts))
                     dirty.add(profile.customer_id)
 
-    def _identity(
+    def handle(
         self,
         message: SourceMessage,
         touched: dict[str, tuple[CustomerProfile, int]],
@@ -498,7 +512,7 @@ class SegmentStep:
         """One identity-topic message (``models.identity``), applied to the id it is
         addressed to: a merge request to the merged id, a state or events to the customer."""
         try:
-            msg = decode_identity(message.value, message.key, self.intake.loads)
+            msg = decode_identity(message.value, message.key, self.step.intake.loads)
             other = _state_profile(msg)
         except DecodeError as exc:
             out.dead.append(DeadLetter(message, exc.reason))
@@ -526,17 +540,17 @@ class SegmentStep:
                 absorb(
                     profile,
                     other or CustomerProfile(msg.source_id),
-                    self.catalog.sessions.timeout_ms,
+                    self.step.catalog.sessions.timeout_ms,
                 )
             merged = [msg.source_id, *(other.merged_ids if other else ())]
             for merged_id in merged:  # again on a repeat: the newest alias is the end of a chain
                 out.aliases[merged_id] = addressed
         else:
             inner = SourceMessage(msg.source or "", message.log, message.offset, msg.key, msg.value)
-            events = self.intake.events(inner, now_ms, out)
+            events = self.step.intake.events(inner, now_ms, out)
             if events:
                 moved = [e._replace(customer_id=addressed) for e in events]
-                self._apply(profile, moved, dirty, out)
+                self.apply(profile, moved, dirty, out)
                 out.counters["forwarded"] = out.counters.get("forwarded", 0) + len(moved)
 
     def _merge_away(
@@ -578,11 +592,6 @@ class SegmentStep:
         touched[profile.customer_id] = (redirect, redirect.applied)
         out.due[profile.customer_id] = None
         schedule.set(profile.customer_id, None)
-
-    def _wants_sample(self, before: int, after: int, clock: float) -> bool:
-        every = self.sampling.every
-        due = after >= self.sampling.min_events and after // every > before // every
-        return due and self._budget.take(clock)
 
 
 def _touch(
