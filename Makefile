@@ -22,7 +22,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -m "not slow" $(ARGS)
 
-## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker, a short soak.
+## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker, a short soak,
+## RocksDB state across a restart, the wrong-credentials cases of the security test.
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow $(ARGS) || [ $$? -eq 5 ]
 

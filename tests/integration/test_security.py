@@ -172,6 +172,7 @@ def test_a_worker_over_sasl_ssl_kafka_and_tls_redis_with_auth_leaks_no_secret(
     assert not [t for t in traits if t in workers.log("w0", 100_000)]
 
 
+@pytest.mark.slow  # about a minute of connection timeouts: in make test-slow
 def test_wrong_or_missing_credentials_fail_clearly_and_quote_no_secret(
     pki, tls_redis, secure_broker, tmp_path
 ):

@@ -16,7 +16,8 @@ from stream.tools.producer import send_messages
 from .conftest import Workers, make_settings, wait_until
 from .oracle import expected_value_features, feature_mismatches
 
-pytestmark = pytest.mark.integration
+# RocksDB state is not the default (docs/reliability.md): in make test-slow.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 _START_ROW = re.compile(r"^\|\s*(?:\S*profiles-changelog|〃)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|")
 
