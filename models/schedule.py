@@ -31,10 +31,30 @@ class DueSchedule:
         self._due[key] = due
         heapq.heappush(self._heap, (due, key))
 
-    def pop_due(self, watermark: int) -> list[str]:
-        """Keys whose due time is at or before ``watermark``, earliest first; each leaves."""
-        out = []
+    def has_due(self, watermark: int) -> bool:
+        """Whether a key is due at or before ``watermark``.
+
+        >>> s = DueSchedule(); s.set("a", 10); s.set("a", 50)
+        >>> s.has_due(20), s.has_due(50)
+        (False, True)
+        """
+        heap = self._heap
+        while heap and self._due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # a stale entry of a rescheduled or removed key
+        return bool(heap) and heap[0][0] <= watermark
+
+    def pop_due(self, watermark: int, limit: int | None = None) -> list[str]:
+        """Keys whose due time is at or before ``watermark``, earliest first, at most
+        ``limit`` of them; each leaves.
+
+        >>> s = DueSchedule(); s.set("a", 1); s.set("b", 2); s.set("c", 3)
+        >>> s.pop_due(10, limit=2), s.pop_due(10, limit=2)
+        (['a', 'b'], ['c'])
+        """
+        out: list[str] = []
         while self._heap and self._heap[0][0] <= watermark:
+            if limit is not None and len(out) >= limit:
+                break
             due, key = heapq.heappop(self._heap)
             if self._due.get(key) == due:  # stale entries of rescheduled keys are skipped
                 del self._due[key]

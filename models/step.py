@@ -67,6 +67,8 @@ __all__ = [
 
 #: The source of an erasure request (``segmenter forget``): key = customer id, no value.
 FORGET = "forget"
+#: Time-driven re-evaluations per step at most (``SegmentStep.max_expiries``).
+MAX_EXPIRIES = 2_000
 
 
 class RecordWrite(NamedTuple):
@@ -268,6 +270,10 @@ class SegmentStep:
         self.worker_id = worker_id
         self.intake = Intake(limits, loads, decode, max_future_ms)
         self.identity = _Stitching(self)
+        #: Customers a step re-evaluates for time at most; the rest of those due wait for
+        #: the next step (after a restart every customer can be due at once: a million of them
+        #: in one step held the worker for minutes and gigabytes).
+        self.max_expiries = MAX_EXPIRIES
         self._budget = SampleBudget(sampling.max_per_second)
         self._rfm_of: tuple[int, SegmentCatalog] | None = None
 
@@ -353,7 +359,7 @@ class SegmentStep:
             out.states[customer_id] = profile
 
         n_records = len(out.writes)
-        if out.watermark > watermark:
+        if out.watermark > watermark or schedule.has_due(out.watermark):
             self._expire(profiles, model, catalog, now_ms, out, schedule)
         counters = {
             "events": sum(out.events.values()),
@@ -456,7 +462,7 @@ class SegmentStep:
         Event time only: with no new events the watermark stands still and nothing expires, so
         a replay of a log ends in the same segments as the live stream did.
         """
-        for customer_id in schedule.pop_due(out.watermark):
+        for customer_id in schedule.pop_due(out.watermark, self.max_expiries):
             profile = out.states.get(customer_id) or profiles.get(customer_id)
             if profile is None or profile.merged_into is not None:
                 continue

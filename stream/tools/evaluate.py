@@ -105,6 +105,8 @@ class Replay:
                         batch = []
         if batch:
             self._run(batch)
+        while self.schedule.has_due(self.watermark):  # what a step left due (bounded per step)
+            self._run([])
 
     def _run(self, batch: list[SourceMessage]) -> None:
         outcome = self.step.run(

@@ -286,6 +286,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         await unless_redis_is_down("model refresh", segmenting.refresh_model)
         await unless_redis_is_down("first model", segmenting.assign_unassigned)
 
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def expire_due() -> None:
+        await unless_redis_is_down("time-driven re-evaluation", segmenting.expire_due)
+
     @app.timer(settings.store_check_interval)  # type: ignore[untyped-decorator]
     async def check_store() -> None:
         await unless_redis_is_down("store check", rebuild.check)

@@ -133,6 +133,16 @@ class Segmenting:
         self._observe(batch, outcome, time.perf_counter() - started)
         return list(batch)
 
+    async def expire_due(self) -> None:
+        """With no traffic, re-evaluate customers a step left due (a step takes at most
+        ``SegmentStep.max_expiries``): an empty step, as a batch would run it."""
+        if not self.schedule.has_due(self.watermark) or not self.ready():
+            return
+        async with self.lock:
+            self._owned()
+            if self.ready():
+                await self._apply_batch([])
+
     async def _apply_batch(self, batch: Sequence[Message]) -> StepOutcome:
         messages = []
         for m in batch:

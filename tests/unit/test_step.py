@@ -183,3 +183,50 @@ def test_a_first_model_assigns_customers_seen_before_it() -> None:
 def test_every_bad_value_is_a_dead_letter_never_an_exception(value: bytes) -> None:
     out = Harness().run(SourceMessage("clickstream", "clickstream/0", 0, b"a", value))
     assert len(out.dead) == 1 and out.writes == []
+
+
+def test_a_step_re_evaluates_a_bounded_number_of_due_customers_and_empty_steps_finish_them():
+    """After a restart every customer can be due at once (a million, at the bench's size: one
+    step then held the worker for minutes and gigabytes). A step takes at most
+    ``max_expiries``; an empty step (the worker's timer, or the next batch) takes the rest."""
+    import orjson
+
+    from models.features import DAY_MS
+
+    step = SegmentStep(SegmentCatalog())
+    step.max_expiries = 40
+    t0 = 1_795_000_000_000
+    first = [
+        SourceMessage(
+            "purchases",
+            "purchases/0",
+            i,
+            f"c-{i}".encode(),
+            orjson.dumps({"event_id": f"e{i}", "customer_id": f"c-{i}", "ts": t0, "amount": 5.0}),
+        )
+        for i in range(100)
+    ]
+    schedule = DueSchedule()
+    out = step.run(first, {}, None, 0, schedule, 0, 0.0)
+    profiles = dict(out.states)
+    clock = SourceMessage(
+        "clickstream",
+        "clickstream/0",
+        0,
+        b"clock",
+        orjson.dumps(
+            {"event_id": "k", "type": "page_view", "customer_id": "clock", "ts": t0 + 400 * DAY_MS}
+        ),
+    )
+    moved = step.run([clock], profiles, None, out.watermark, schedule, 0, 0.0)
+    assert moved.counters["expired"] == 40  # 100 due: 40 now
+    profiles.update({c: p for c, p in moved.states.items() if p is not None})
+    expired, watermark = 40, moved.watermark
+    while schedule.has_due(watermark):
+        more = step.run([], profiles, None, watermark, schedule, 0, 0.0)
+        assert 0 < more.counters.get("expired", 0) <= 40
+        expired += more.counters["expired"]
+        profiles.update({c: p for c, p in more.states.items() if p is not None})
+    assert expired >= 100 and all(
+        p.lifecycle == "lapsed" for c, p in profiles.items() if c != "clock"
+    )
