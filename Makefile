@@ -23,7 +23,8 @@ test: $(STAMP)
 	$(BIN)/pytest -m "not slow" $(ARGS)
 
 ## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker, a short soak,
-## RocksDB state across a restart, the wrong-credentials cases of the security test.
+## RocksDB state across a restart, the wrong-credentials cases of the security test, and the
+## fault tests the soak also covers (Redis down 30 s, the broker cut, three workers stopped and killed).
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow $(ARGS) || [ $$? -eq 5 ]
 

@@ -59,6 +59,7 @@ def test_a_worker_killed_mid_replay_loses_and_double_counts_nothing(stack, tmp_p
         workers.stop()
 
 
+@pytest.mark.slow  # the chaos soak covers this fault too; in make test-slow
 def test_redis_down_for_30_seconds_under_load_stalls_the_worker_and_loses_nothing(stack, tmp_path):
     redis_dir = tmp_path / "redis"
     redis_dir.mkdir()
@@ -131,6 +132,7 @@ def test_shuffled_and_duplicated_deliveries_give_the_clean_logs_features(stack, 
         workers.stop()
 
 
+@pytest.mark.slow  # the chaos soak covers this fault too; in make test-slow
 def test_the_worker_reconnects_by_itself_after_the_broker_connection_drops(tmp_path):
     """A broker of this test's own, reached only through a proxy (it advertises the proxy's
     address): the proxy cuts every connection for 15 s under load, then lets them in again."""

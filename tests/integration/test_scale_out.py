@@ -34,6 +34,7 @@ def _agreement(records: list[dict[str, Any]], generator: TrafficGenerator) -> fl
     return sum(c.most_common(1)[0][1] for c in counts.values()) / max(1, len(records))
 
 
+@pytest.mark.slow  # the chaos soak covers this fault too; in make test-slow
 def test_three_workers_survive_a_stop_and_a_kill_with_exact_records(stack, tmp_path):
     settings = make_settings(stack, partitions=6)
     generator = TrafficGenerator(customers=600, seed=61, session_gap_ms=60_000)
