@@ -127,11 +127,20 @@ class RfmCuts:
     frequency: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     monetary: tuple[float, ...] = (30.0, 80.0, 200.0, 500.0)
 
+    def __post_init__(self) -> None:
+        # Streaming quantile estimates of neighbouring levels can cross while samples are few;
+        # a score counts the cuts a value is above, which does not depend on their order.
+        for name in ("recency", "frequency", "monetary"):
+            object.__setattr__(self, name, tuple(sorted(getattr(self, name))))
+
     def scores(self, recency: float, frequency: float, monetary: float) -> tuple[int, int, int]:
-        r = 5 - sum(1 for cut in self.recency if recency > cut)
-        f = 1 + sum(1 for cut in self.frequency if frequency > cut)
-        m = 1 + sum(1 for cut in self.monetary if monetary > cut)
-        return r, f, m
+        # The cuts a value is above: those left of its insertion point in the sorted cuts
+        # (bisect_left counts the cuts strictly below it; NaN is above none).
+        return (
+            5 - bisect_left(self.recency, recency),
+            1 + bisect_left(self.frequency, frequency),
+            1 + bisect_left(self.monetary, monetary),
+        )
 
     def to_dict(self) -> dict[str, list[float]]:
         return {
@@ -258,8 +267,9 @@ def customer_facts(
         facts[f"category_share.{category}"] = round(n / views, 4)
     for category, amount in p.category_spend.items():
         facts[f"spend_share.{category}"] = round(amount / spend, 4) if spend else 0.0
+    dayparts = sum(p.dayparts.values())
     for daypart, n in p.dayparts.items():
-        facts[f"daypart_share.{daypart}"] = round(n / sum(p.dayparts.values()), 4)
+        facts[f"daypart_share.{daypart}"] = round(n / dayparts, 4)
     for name, value in p.traits.items():
         facts[f"traits.{name}"] = value
     return facts

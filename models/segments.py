@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +11,7 @@ from models.clustering import ModelSnapshot
 from models.facts import LifecyclePolicy, RfmCuts, TimeWatch, customer_facts
 from models.features import CANONICAL_FEATURES, CustomerProfile, feature_vector
 from models.personas import PersonaCatalog
-from models.rules import RuleSegment, evaluate_all
+from models.rules import RuleSegment, compile_rules
 from models.session import SessionPolicy, session_record
 
 __all__ = [
@@ -79,8 +79,13 @@ class SegmentCatalog:
     #: the settings; ``segmenter segments apply`` publishes numbered sets).
     version: int = 0
     watch: TimeWatch = field(init=False, repr=False, compare=False)
+    #: The rules' ``evaluate_all`` as one generated function (``models.rules.compile_rules``).
+    evaluate: Callable[[Mapping[str, Any]], list[str]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "evaluate", compile_rules(self.rules))
         watch = TimeWatch.of(
             (name for rule in self.rules for name in rule.fields),
             (pair for rule in self.rules for pair in rule.thresholds),
@@ -289,7 +294,7 @@ def assign(
         event_ts=event_ts,
         applied=profile.applied,
         now=at,
-        rule_segments=tuple(evaluate_all(catalog.rules, facts)),
+        rule_segments=tuple(catalog.evaluate(facts)),
         persona=persona.name if persona else None,
         persona_confidence=persona.confidence if persona else None,
         persona_reasons=persona.reasons if persona else (),

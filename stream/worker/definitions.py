@@ -11,7 +11,8 @@ definitions), then swapped into the step under the segmenting lock, between two 
 batch is scored wholly under one version.
 
 **Backfill.** Then every customer of the owned partitions goes through the step again
-(``rescore_in_chunks``: chunks under the lock, live batches between them), at most
+(``rescore_in_chunks``: chunks of about ``BACKFILL_SLICE`` seconds of step time under the lock,
+live batches between them), at most
 ``SEGMENTER_BACKFILL_RATE`` customers a second, evaluated at the watermark. Every record is
 rewritten (it carries the version in force); a customer whose segments moved also gets their
 state saved and their entries and exits published (reason "... under new segment
@@ -50,9 +51,13 @@ log = logging.getLogger(__name__)
 
 __all__ = ["LiveDefinitions"]
 
-#: Customers re-evaluated per chunk under the segmenting lock. Small: a live batch waits for
-#: at most one chunk (500 held the lock about 0.4 s on the bench's machine, 100 about 0.1 s).
+#: Customers re-evaluated in the first chunk under the segmenting lock; later chunks are sized
+#: to take about ``BACKFILL_SLICE`` seconds in the step. A live batch waits for at most about one
+#: chunk and its effects; each chunk's effects cost a few round trips to Redis and the broker,
+#: so chunks of a hundred customers spent most of a backfill waiting on them (114 s for 100,000
+#: customers in the bench, against about 12 s of step time).
 BACKFILL_CHUNK = 100
+BACKFILL_SLICE = 0.1
 
 #: Builds the catalog of a set in force (the settings' files for a kind not published).
 Compile = Callable[[dict[str, PublishedDefinitions]], SegmentCatalog]
@@ -70,6 +75,7 @@ class LiveDefinitions:
         rate: float,
         ready: Callable[[], bool] = lambda: True,
         chunk: int | None = None,
+        slice_seconds: float = BACKFILL_SLICE,
         spawn: Callable[[Coroutine[Any, Any, None]], Awaitable[None]] | None = None,
         crash: Callable[[BaseException], Awaitable[None]] | None = None,
     ) -> None:
@@ -80,6 +86,7 @@ class LiveDefinitions:
         self.rate = rate
         self.ready = ready
         self.chunk = chunk or BACKFILL_CHUNK
+        self.slice = slice_seconds
         self.spawn = spawn or asyncio.ensure_future
         self.crash = crash
         self.version = definitions_version(in_force)
@@ -202,7 +209,7 @@ class LiveDefinitions:
             status["live_events"] = events.get("events", 0) - events_before
 
         parts = await rescore_in_chunks(
-            seg, ids, parts, self.chunk, self.ready, progress, "definitions", pace
+            seg, ids, parts, self.chunk, self.ready, progress, "definitions", pace, self.slice
         )
         status["running"] = False
         if self.version != version or self.covered is None:

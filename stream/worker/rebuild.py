@@ -71,6 +71,9 @@ __all__ = ["REBUILD_CHUNK", "Mark", "PartitionMarks", "StoreRebuild", "rescore_i
 #: Customers rewritten per chunk, under the segmenting lock (a live batch waits at most one).
 REBUILD_CHUNK = 500
 
+#: The most customers of one chunk sized by a time budget (``rescore_in_chunks``).
+MAX_CHUNK = 20_000
+
 #: Seconds between progress lines in the log during a rebuild.
 _PROGRESS_EVERY = 5.0
 
@@ -154,6 +157,7 @@ async def rescore_in_chunks(
     progress: Callable[[int, StepOutcome], None],
     trigger: str = "watermark",
     pace: Callable[[int], Awaitable[bool]] | None = None,
+    budget: float = 0.0,
 ) -> set[int]:
     """Every customer of ``ids`` (of partitions ``parts``) through the step again, with their
     records rewritten (``SegmentStep.rescore(..., rewrite=True)``), ``chunk`` at a time, each
@@ -163,10 +167,13 @@ async def rescore_in_chunks(
     Waits while ``ready()`` is false (partitions moving); customers of partitions that moved
     to another worker meanwhile are left out. ``progress(done, outcome)`` follows each chunk;
     ``pace(done)`` comes before each and may wait (a rate limit) or say stop (False).
-    Returns the partitions still owned at the end.
+    With a ``budget`` (seconds), a chunk is sized to take about that long in the step, after
+    the first (of ``chunk``): few chunks mean few round trips of their effects, and a live
+    batch waits at most about one. Returns the partitions still owned at the end.
     """
     partition_of = seg.table.partition_of
-    for i in range(0, len(ids), chunk):
+    i, size = 0, chunk
+    while i < len(ids):
         if pace is not None and not await pace(i):
             break
         while not ready():  # partitions moving: wait until they settle
@@ -175,8 +182,9 @@ async def rescore_in_chunks(
             parts &= seg.owned()
             if not parts:
                 break
+            started = time.perf_counter()
             outcome = seg.step.rescore(
-                [c for c in ids[i : i + chunk] if partition_of.get(c) in parts],
+                [c for c in ids[i : i + size] if partition_of.get(c) in parts],
                 seg.profiles,
                 seg.model,
                 seg.watermark,
@@ -185,8 +193,12 @@ async def rescore_in_chunks(
                 rewrite=True,
                 trigger=trigger,
             )
+            spent = time.perf_counter() - started
             await seg.apply(outcome)
-        progress(min(len(ids), i + chunk), outcome)
+        i += size
+        progress(min(len(ids), i), outcome)
+        if budget > 0 and spent > 0:
+            size = max(chunk, min(MAX_CHUNK, int(size * budget / spent)))
     return parts
 
 

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.rules import RuleError, RuleSegment, compile_condition, evaluate_all
+from models.rules import RuleError, RuleSegment, compile_condition, compile_rules, evaluate_all
 
 FACTS = {
     "orders_total": 4,
@@ -154,3 +154,79 @@ def test_rule_evaluation_never_raises_on_any_fact_values(facts):
 def test_nan_never_matches_a_comparison():
     p = compile_condition("s", {"x": {"gte": 0}})
     assert p({"x": math.nan}) is False and p({"x": math.inf}) is False
+
+
+# -- the generated evaluator (compile_rules) against the compiled predicates ---------------------
+
+_FIELDS = ("a", "b", "c")
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.sampled_from(["x", "y", ""]),
+    st.lists(st.sampled_from(["x", "y"]), max_size=2),
+)
+_LEAVES = st.one_of(
+    st.tuples(st.sampled_from(["lt", "lte", "gt", "gte"]), st.integers(-3, 3) | st.floats(-3, 3)),
+    st.tuples(st.sampled_from(["lt", "gte"]), st.sampled_from(["x", "y"])),
+    st.tuples(st.sampled_from(["eq", "ne"]), st.integers(-3, 3) | st.sampled_from(["x", "y"])),
+    st.tuples(st.sampled_from(["in", "not_in"]), st.lists(st.integers(-3, 3), min_size=1)),
+    st.tuples(st.just("between"), st.just([-1, 2])),
+    st.tuples(st.just("contains"), st.sampled_from(["x", "y"])),
+    st.tuples(st.just("exists"), st.booleans()),
+)
+_CONDITIONS = st.recursive(
+    st.builds(lambda f, leaf: {f: {leaf[0]: leaf[1]}}, st.sampled_from(_FIELDS), _LEAVES),
+    lambda inner: st.one_of(
+        st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=3)),
+        st.builds(lambda x: {"not": x}, inner),
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_CONDITIONS, min_size=1, max_size=4),
+    st.dictionaries(st.sampled_from(_FIELDS), _VALUES),
+)
+def test_the_generated_evaluator_agrees_with_each_rules_predicate(conditions, facts):
+    segments = [RuleSegment.compile(f"r{i}", "custom", "", c) for i, c in enumerate(conditions)]
+    expected = [s.name for s in segments if s.matches(facts)]
+    assert compile_rules(segments)(facts) == expected == evaluate_all(segments, facts)
+
+
+def test_the_generated_evaluator_agrees_on_the_built_in_rules_and_a_bare_predicate():
+    rules = [*_default_rules(), RuleSegment("bare", "custom", "", lambda f: f["orders_total"] > 3)]
+    evaluate = compile_rules(rules)
+    for facts in (FACTS, {}, {**FACTS, "orders_total": "many"}, {"revenue_total": 1e9}):
+        assert evaluate(facts) == evaluate_all(rules, facts)  # "bare" raises on {}: no match
+
+
+def test_the_generated_evaluator_agrees_on_every_operator_at_its_edges():
+    """Each operator against facts below, at and above its operand, and of other types."""
+    operands = {
+        "lt": [1, 1.5, "x"],
+        "lte": [1, 1.5, "x"],
+        "gt": [1, 1.5, "x"],
+        "gte": [1, 1.5, "x"],
+        "eq": [1, "x"],
+        "ne": [1, "x"],
+        "in": [[1, 2], ["x"]],
+        "not_in": [[1, 2], ["x"]],
+        "between": [[1, 2]],
+        "contains": ["x"],
+        "exists": [True, False],
+    }
+    facts = [0, 1, 1.5, 2, 3, 1.0, True, False, None, math.nan, math.inf, "x", "w", "y", ["x"], ()]
+    segments = [
+        RuleSegment.compile(f"{op}-{i}", "custom", "", {"a": {op: value}})
+        for op, values in operands.items()
+        for i, value in enumerate(values)
+    ]
+    evaluate = compile_rules(segments)
+    for fact in facts:
+        assert evaluate({"a": fact}) == evaluate_all(segments, {"a": fact}), fact
+    assert evaluate({}) == evaluate_all(segments, {})
