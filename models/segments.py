@@ -294,7 +294,7 @@ def assign(
         event_ts=event_ts,
         applied=profile.applied,
         now=at,
-        rule_segments=tuple(catalog.evaluate(facts)),
+        rule_segments=tuple(evaluate_rules(catalog, facts)),
         persona=persona.name if persona else None,
         persona_confidence=persona.confidence if persona else None,
         persona_reasons=persona.reasons if persona else (),
@@ -302,6 +302,11 @@ def assign(
         facts=facts,
         definitions_version=catalog.version,
     )
+
+
+def evaluate_rules(catalog: SegmentCatalog, facts: Mapping[str, Any]) -> list[str]:
+    """The catalog's rule segments that hold on these facts, in catalog order."""
+    return catalog.evaluate(facts)
 
 
 def changes_between(

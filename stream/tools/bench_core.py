@@ -220,7 +220,7 @@ STEP_PARTS: tuple[tuple[str, Any, str], ...] = (
         "distance",
     ),
     ("scoring: personas (PersonaCatalog.match)", models.personas.PersonaCatalog, "match"),
-    ("scoring: rules (evaluate_all)", models.segments, "evaluate_all"),
+    ("scoring: rules (evaluate_rules)", models.segments, "evaluate_rules"),
     ("scoring: the rest of assign", models.step, "assign"),
     ("segment changes (changes_between, remember)", models.step, "changes_between"),
     ("segment changes (changes_between, remember)", models.step, "remember"),

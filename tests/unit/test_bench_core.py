@@ -71,7 +71,7 @@ def test_a_tiny_run_gives_positive_rates_for_both_runs_and_every_stage(result: C
         assert set(stages) - {REST, GC} <= expected and REST in stages
         for stage in (
             DECODE,
-            "scoring: rules (evaluate_all)",
+            "scoring: rules (evaluate_rules)",
             "scoring: facts (customer_facts)",
             "profile in (live, else orjson.loads, from_state)",
             "live profiles kept (TableProfiles.saved)",
