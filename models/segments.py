@@ -249,11 +249,13 @@ def assign(
     now: int | None = None,
     x: Mapping[str, float] | None = None,
     watermark: int = 0,
+    facts: dict[str, Any] | None = None,
 ) -> SegmentAssignment:
     """Score a profile at event time ``now`` (default: the customer's newest event).
 
     ``x`` is the profile's feature vector when the caller has it already; ``watermark`` the
-    newest event time the caller has applied (the ``session.*`` facts are as of it).
+    newest event time the caller has applied (the ``session.*`` facts are as of it); ``facts``
+    the profile's ``customer_facts`` at that time and watermark, when the caller has them.
 
     >>> p = CustomerProfile("c", last_seen_ts=0, first_seen_ts=0)
     >>> a = assign(p, None, SegmentCatalog())
@@ -263,7 +265,10 @@ def assign(
     catalog = catalog or SegmentCatalog()
     event_ts = profile.last_seen_ts or 0
     at = max(event_ts, now or 0)
-    facts = customer_facts(profile, at, catalog.lifecycle, catalog.rfm, catalog.sessions, watermark)
+    if facts is None:
+        facts = customer_facts(
+            profile, at, catalog.lifecycle, catalog.rfm, catalog.sessions, watermark
+        )
     if x is None:
         x = feature_vector(profile)
     segment = label = confidence = version = None

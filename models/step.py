@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 from models.clustering import ModelSnapshot
 from models.events import DecodeError, DecodeLimits, Event, decode_message
-from models.facts import RfmCuts, rfm_values
+from models.facts import RfmCuts, customer_facts, rfm_values
 from models.features import CustomerProfile, feature_vector
 from models.identity import (
     IDENTITY,
@@ -48,6 +48,7 @@ from models.segments import (
     SegmentChange,
     assign,
     changes_between,
+    evaluate_rules,
     exits_on_merge,
     remember,
 )
@@ -442,6 +443,91 @@ class SegmentStep:
             out.counters = {"rebuilt" if rewrite else "records": len(out.writes)}
         return out
 
+    def reevaluate(
+        self,
+        customer_ids: Iterable[str],
+        profiles: ProfileSource | Mapping[str, CustomerProfile | None],
+        model: ModelSnapshot | None,
+        watermark: int,
+        schedule: DueSchedule,
+        now_ms: int,
+        personas_changed: bool = True,
+    ) -> StepOutcome:
+        """Stored customers under new definitions (a backfill, ``stream.worker.definitions``):
+        what the definitions decide, evaluated at the watermark.
+
+        A customer's rule segments and lifecycle stage are evaluated first (their facts and
+        the rules alone), and their persona when ``personas_changed``; their cluster is the
+        model's and stays. A customer whom that moves is scored in full (``trigger``
+        ``definitions``: the record written under the new version, their changes, their
+        state). Anyone else keeps their record and state: only their due time is set again,
+        for the new rules' thresholds. So a backfill writes what it changes, and a customer it
+        does not move keeps the record (and version) an earlier evaluation wrote.
+
+        >>> import orjson
+        >>> from models.rules import RuleSegment
+        >>> step = SegmentStep(SegmentCatalog())
+        >>> msg = SourceMessage("purchases", "purchases/0", 0, b"c-1", orjson.dumps(
+        ...     {"event_id": "e1", "customer_id": "c-1", "ts": 1795000000000, "amount": 20.0}))
+        >>> out = step.run([msg], {}, None, 0, DueSchedule(), now_ms=0, clock=0.0)
+        >>> again = step.reevaluate(["c-1"], out.states, None, out.watermark, DueSchedule(), 0)
+        >>> again.writes, again.states, list(again.due)
+        ([], {}, ['c-1'])
+        >>> buyer = RuleSegment.compile("buyer", "value", "", {"orders_total": {"gte": 1}})
+        >>> step.use_catalog(SegmentCatalog(rules=(buyer,), version=2))
+        >>> moved = step.reevaluate(["c-1"], out.states, None, out.watermark, DueSchedule(), 0)
+        >>> [(c.segment, c.change) for c in moved.changes], moved.writes[0].record["rule_segments"]
+        ([('rule:buyer', 'entered')], ['buyer'])
+        """
+        out = StepOutcome(watermark=watermark)
+        catalog = self.catalog_for(model)
+        personas = catalog.personas if personas_changed else None
+        stability = catalog.stability
+        for customer_id in customer_ids:
+            profile = profiles.get(customer_id)
+            if profile is None or profile.merged_into is not None:
+                continue  # a merged id has no record: its customer's is the one
+            at = max(profile.last_seen_ts or 0, watermark)
+            facts = customer_facts(
+                profile, at, catalog.lifecycle, catalog.rfm, catalog.sessions, watermark
+            )
+            moved = facts["lifecycle"] != profile.lifecycle
+            if personas is not None and not moved:
+                held = at - profile.persona_since < stability.min_dwell_ms  # as ``assign``
+                found = personas.match(
+                    feature_vector(profile), profile.persona, 1.0 if held else stability.hysteresis
+                )
+                moved = found.name != profile.persona
+            if not moved:
+                if profile.segment is not None:
+                    facts["cluster"] = profile.segment
+                if profile.persona is not None:
+                    facts["persona"] = profile.persona
+                moved = evaluate_rules(catalog, facts) != profile.rule_segments
+                facts.pop("cluster", None)
+                facts.pop("persona", None)
+            if moved:
+                _score(
+                    profile,
+                    model,
+                    catalog,
+                    now_ms,
+                    watermark,
+                    "definitions",
+                    out,
+                    schedule,
+                    self.worker_id,
+                    facts,
+                )
+                out.states[customer_id] = profile
+            else:
+                due = catalog.next_change(profile, at, watermark)
+                out.due[customer_id] = due
+                schedule.set(customer_id, due)
+        if out.writes:
+            out.counters = {"records": len(out.writes)}
+        return out
+
     # -- the parts ----------------------------------------------------------------------------
 
     def _expire(
@@ -661,6 +747,7 @@ def _score(
     out: StepOutcome,
     schedule: DueSchedule,
     worker_id: str,
+    facts: dict[str, Any] | None = None,
 ) -> bool:
     """Assign, collect changes and the record write; True if what the profile remembers
     of its segments (published segments, lifecycle stage) changed.
@@ -671,7 +758,7 @@ def _score(
     times come only at threshold crossings (``SegmentCatalog.next_change``), a finite
     number between two events of the customer, never every batch.
     """
-    assignment = assign(profile, model, catalog, at, watermark=out.watermark)
+    assignment = assign(profile, model, catalog, at, watermark=out.watermark, facts=facts)
     found = changes_between(profile, assignment, trigger)
     out.changes.extend(found)
     moved = bool(found) or assignment.lifecycle != profile.lifecycle

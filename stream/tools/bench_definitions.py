@@ -118,8 +118,9 @@ class LiveDefinitionsBench:
             return
         total = (finished - published_at) / 1000
         note = (
-            f"{backfill['done']:,} customers re-evaluated, every record rewritten; worker's own "
-            f"backfill {backfill['seconds']:.1f} s at SEGMENTER_BACKFILL_RATE "
+            f"{backfill['done']:,} customers re-evaluated, {backfill.get('written', 0):,} moved "
+            f"and written, {backfill.get('changes', 0):,} changes; worker's own backfill "
+            f"{backfill['seconds']:.1f} s at SEGMENTER_BACKFILL_RATE "
             f"{self.settings.backfill_rate:,.0f}/s"
         )
         report.add(

@@ -11,17 +11,20 @@ definitions), then swapped into the step under the segmenting lock, between two 
 batch is scored wholly under one version.
 
 **Backfill.** Then every customer of the owned partitions goes through the step again
-(``rescore_in_chunks``: chunks of about ``BACKFILL_SLICE`` seconds of step time under the lock,
-live batches between them), at most
-``SEGMENTER_BACKFILL_RATE`` customers a second, evaluated at the watermark. Every record is
-rewritten (it carries the version in force); a customer whose segments moved also gets their
-state saved and their entries and exits published (reason "... under new segment
-definitions"). Customers not reached yet are scored with the new set all the same when an
-event or a due time of theirs comes first. A newer set during a backfill ends it and starts
-another. Partitions this worker takes over later are backfilled too (the previous owner may
-not have finished them), as is everything at start-up under a published set (a worker may have
-stopped mid-backfill); customers who already hold the set's segments only get their record
-rewritten.
+(``SegmentStep.reevaluate``, in ``rescore_in_chunks``: chunks of about ``BACKFILL_SLICE``
+seconds of step time under the lock, live batches between them), at most
+``SEGMENTER_BACKFILL_RATE`` customers a second, evaluated at the watermark: their rule segments
+and lifecycle stage, and their persona if the personas file changed. A customer whom the new
+set moves gets their record written under the new version, their state saved and their
+entries and exits published (reason "... under new segment definitions"); anyone else keeps
+their record (and the version it was written under) and state, and only gets their due time
+set again for the new rules' thresholds: a backfill writes what it changes, not every record.
+Customers not reached yet are scored with the new set all the same when an event or a due
+time of theirs comes first. A newer set during a backfill ends it and starts another.
+Partitions this worker takes over later are backfilled too (the previous owner may not have
+finished them), as is everything at start-up under a published set (a worker may have stopped
+mid-backfill); personas are matched again then, since those customers' last evaluation may
+be under any earlier set.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["LiveDefinitions"]
+
+
+def _sha(published: dict[str, PublishedDefinitions], kind: str) -> str | None:
+    """The published file of this kind in force (None: the settings' file)."""
+    found = published.get(kind)
+    return None if found is None else found.sha256
+
 
 #: Customers re-evaluated in the first chunk under the segmenting lock; later chunks are sized
 #: to take about ``BACKFILL_SLICE`` seconds in the step. A live batch waits for at most about one
@@ -96,6 +106,7 @@ class LiveDefinitions:
         self.covered: set[int] | None = set() if self.version else None
         self.running = False
         self.backfill: dict[str, Any] = {}
+        self.personas_changed = True  # for the next backfill (see ``_start_backfill``)
 
     def status(self) -> dict[str, Any]:
         """What the heartbeat reports (``definitions``)."""
@@ -143,6 +154,8 @@ class LiveDefinitions:
         seg = self.segmenting
         async with seg.lock:  # between two batches
             seg.step.use_catalog(catalog)
+            # Personas are matched again only if their file changed (rules are, always).
+            self.personas_changed = _sha(self.in_force, "personas") != _sha(wanted, "personas")
             self.in_force, self.version, self.covered = wanted, catalog.version, set()
         log.info(
             "definitions version %d in force (%s)",
@@ -158,11 +171,14 @@ class LiveDefinitions:
         todo = owned - self.covered
         if todo:
             self.running = True
-            self.spawn(self._run(todo, self.version))
+            # After a switch, this worker's customers were last evaluated under the set it
+            # replaced; otherwise (start-up, partitions taken over) under any: match personas.
+            personas, self.personas_changed = self.personas_changed, True
+            self.spawn(self._run(todo, self.version, personas))
 
-    async def _run(self, parts: set[int], version: int) -> None:
+    async def _run(self, parts: set[int], version: int, personas_changed: bool = True) -> None:
         try:
-            await self.run_backfill(parts, version)
+            await self.run_backfill(parts, version, personas_changed)
         except REDIS_OUTAGE as exc:
             log.warning("backfill interrupted: Redis is not available (%s); it starts again", exc)
         except asyncio.CancelledError:
@@ -174,8 +190,11 @@ class LiveDefinitions:
         finally:
             self.running = False
 
-    async def run_backfill(self, parts: set[int], version: int) -> None:
-        """Re-evaluate every customer of these partitions under definitions ``version``."""
+    async def run_backfill(
+        self, parts: set[int], version: int, personas_changed: bool = True
+    ) -> None:
+        """Re-evaluate every customer of these partitions under definitions ``version``
+        (``SegmentStep.reevaluate``: their personas too if ``personas_changed``)."""
         seg = self.segmenting
         partition_of = seg.table.partition_of
         ids = [c for c, _ in seg.table.stored() if partition_of.get(c) in parts]
@@ -188,6 +207,7 @@ class LiveDefinitions:
             "done": 0,
             "total": len(ids),
             "changes": 0,
+            "written": 0,
             "live_events": 0,
             "started_at": int(time.time() * 1000),
             "finished_at": None,
@@ -206,10 +226,22 @@ class LiveDefinitions:
         def progress(done: int, outcome: StepOutcome) -> None:
             status["done"] = done
             status["changes"] += len(outcome.changes)
+            status["written"] += len(outcome.writes)
             status["live_events"] = events.get("events", 0) - events_before
 
+        def score(chunk_ids: list[str]) -> StepOutcome:
+            return seg.step.reevaluate(
+                chunk_ids,
+                seg.profiles,
+                seg.model,
+                seg.watermark,
+                seg.schedule,
+                int(time.time() * 1000),
+                personas_changed,
+            )
+
         parts = await rescore_in_chunks(
-            seg, ids, parts, self.chunk, self.ready, progress, "definitions", pace, self.slice
+            seg, ids, parts, self.chunk, self.ready, progress, score, pace, self.slice
         )
         status["running"] = False
         if self.version != version or self.covered is None:

@@ -155,14 +155,15 @@ async def rescore_in_chunks(
     chunk: int,
     ready: Callable[[], bool],
     progress: Callable[[int, StepOutcome], None],
-    trigger: str = "watermark",
+    score: Callable[[list[str]], StepOutcome] | None = None,
     pace: Callable[[int], Awaitable[bool]] | None = None,
     budget: float = 0.0,
 ) -> set[int]:
-    """Every customer of ``ids`` (of partitions ``parts``) through the step again, with their
-    records rewritten (``SegmentStep.rescore(..., rewrite=True)``), ``chunk`` at a time, each
-    under the segmenting lock, so live batches run between the chunks and keep their
-    freshness; each chunk's outcome goes through ``Effects`` like a batch's.
+    """Every customer of ``ids`` (of partitions ``parts``) through the step again, ``chunk`` at
+    a time, each under the segmenting lock, so live batches run between the chunks and keep
+    their freshness; each chunk's outcome goes through ``Effects`` like a batch's. ``score``
+    runs the step on a chunk (called under the lock); by default every record is rewritten
+    (``SegmentStep.rescore(..., rewrite=True)``).
 
     Waits while ``ready()`` is false (partitions moving); customers of partitions that moved
     to another worker meanwhile are left out. ``progress(done, outcome)`` follows each chunk;
@@ -172,6 +173,18 @@ async def rescore_in_chunks(
     batch waits at most about one. Returns the partitions still owned at the end.
     """
     partition_of = seg.table.partition_of
+
+    def rewrite(chunk_ids: list[str]) -> StepOutcome:
+        return seg.step.rescore(
+            chunk_ids,
+            seg.profiles,
+            seg.model,
+            seg.watermark,
+            seg.schedule,
+            int(time.time() * 1000),
+            rewrite=True,
+        )
+
     i, size = 0, chunk
     while i < len(ids):
         if pace is not None and not await pace(i):
@@ -183,15 +196,8 @@ async def rescore_in_chunks(
             if not parts:
                 break
             started = time.perf_counter()
-            outcome = seg.step.rescore(
-                [c for c in ids[i : i + size] if partition_of.get(c) in parts],
-                seg.profiles,
-                seg.model,
-                seg.watermark,
-                seg.schedule,
-                int(time.time() * 1000),
-                rewrite=True,
-                trigger=trigger,
+            outcome = (score or rewrite)(
+                [c for c in ids[i : i + size] if partition_of.get(c) in parts]
             )
             spent = time.perf_counter() - started
             await seg.apply(outcome)

@@ -129,7 +129,8 @@ def test_apply_switches_backfills_and_keeps_live_traffic_flowing(stack, tmp_path
             lambda: client.stats().get("events", 0) >= sent + live_sent[0], 60, "the live events"
         )
 
-        # Every record carries version 1 and exactly the new rules' memberships.
+        # Every record carries version 1 (every customer held a built-in rule the new set drops,
+        # so the backfill moved and rewrote every one) and exactly the new rules' memberships.
         rules = load_segments(good)
         records = {r["customer_id"]: r for r in client.iter_records()}
         assert len(records) == 400 + len(live_ids)

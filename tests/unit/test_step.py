@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 import pytest
 
@@ -230,3 +232,89 @@ def test_a_step_re_evaluates_a_bounded_number_of_due_customers_and_empty_steps_f
     assert expired >= 100 and all(
         p.lifecycle == "lapsed" for c, p in profiles.items() if c != "clock"
     )
+
+
+def _generated_state(customers: int = 400):
+    """Customers of generated traffic through the step, with a model: a small Replay."""
+    from stream.settings import Settings
+    from stream.tools.evaluate import Replay
+    from stream.tools.generator import TrafficGenerator
+
+    replay = Replay(Settings(warmup_samples=50))
+    generator = TrafficGenerator(customers=customers, seed=5)
+    for cid in generator.customer_ids:
+        for message in generator.session(cid):
+            replay.send(message)
+    replay.drain()
+    return replay
+
+
+@pytest.mark.parametrize("edit", ["rules", "personas", "lifecycle"])
+def test_reevaluate_writes_exactly_the_customers_a_full_rescore_moves(edit) -> None:
+    """The bench's edit of the rules; with it, the personas' prototypes rotated (so customers
+    change persona), or a shorter lifecycle and no lifecycle rule (only the record's stage
+    moves, as when due customers wait for a later step)."""
+    import copy
+
+    from models.facts import LifecyclePolicy
+    from models.personas import Persona, PersonaCatalog
+    from stream.catalog import load_personas, load_segments
+    from stream.tools.bench_definitions import changed_segments
+
+    replay = _generated_state()
+    rules = load_segments(text=changed_segments(), source="changed.yaml")
+    personas = load_personas()
+    lifecycle = replay.step.catalog.lifecycle
+    if edit == "personas":
+        old = personas.personas
+        personas = PersonaCatalog(
+            [
+                Persona(p.name, p.description, dict(old[(i + 1) % len(old)].prototype))
+                for i, p in enumerate(old)
+            ]
+        )
+    elif edit == "lifecycle":  # and no rule on it: only the record's stage moves
+        lifecycle = LifecyclePolicy(new_days=1.0, at_risk_days=2.0, lapsed_days=3.0)
+        rules = [r for r in rules if r.kind != "lifecycle"]
+    personas_changed = edit == "personas"
+    catalog = replace(
+        replay.step.catalog, rules=tuple(rules), personas=personas, lifecycle=lifecycle, version=7
+    )
+    step = replay.step
+    if edit == "lifecycle":  # no lifecycle rule before either
+        old_rules = tuple(r for r in step.catalog.rules if r.kind != "lifecycle")
+        step.use_catalog(replace(step.catalog, rules=old_rules))
+    # Everyone scored by the final model first: a full rescore would move clusters (and, with
+    # the model's hysteresis, personas) of customers last scored by an earlier model.
+    step.rescore(
+        list(replay.profiles), replay.profiles, replay.model, replay.watermark, DueSchedule(), 0
+    )
+    step.use_catalog(catalog)
+    ids = sorted(replay.profiles)
+    args = (replay.model, replay.watermark)
+    full = step.rescore(
+        ids,
+        copy.deepcopy(replay.profiles),
+        *args,
+        DueSchedule(),
+        0,
+        rewrite=True,
+        trigger="definitions",
+    )
+    fast = step.reevaluate(
+        ids, copy.deepcopy(replay.profiles), *args, DueSchedule(), 0, personas_changed
+    )
+    moved = sorted(full.states)  # rescore saves exactly those whose segments or stage moved
+    assert 0 < len(moved) <= len(ids)
+    assert edit == "lifecycle" or len(moved) < len(ids), "the edit moves some, not others"
+    assert sorted(w.customer_id for w in fast.writes) == moved == sorted(fast.states)
+    assert [c.to_dict() for c in fast.changes] == [c.to_dict() for c in full.changes]
+    kinds = {c.segment.split(":")[0] for c in full.changes}
+    assert kinds == {"rule", "persona"} if edit == "personas" else kinds == {"rule"}
+    if edit == "lifecycle":
+        assert set(moved) - {c.customer_id for c in full.changes}, "stages alone moved some"
+    by_id = {w.customer_id: w for w in full.writes}
+    for write in fast.writes:
+        assert write.record == by_id[write.customer_id].record
+        assert write.record["definitions_version"] == 7
+    assert fast.due == full.due  # every customer's due time, for the new rules' thresholds
