@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -223,12 +223,22 @@ def customer_facts(
     cuts: RfmCuts = RfmCuts(),  # noqa: B008 - frozen
     sessions: SessionPolicy = SessionPolicy(),  # noqa: B008 - frozen
     watermark: int = 0,
+    dynamic: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Every fact a rule can name, at event time ``now`` (epoch ms).
 
     The ``session.*`` facts are as of ``watermark`` when it is later than ``now``: a visit
     whose events arrive after it ended in event time (late, or behind other traffic) is not
-    the visitor's current one.
+    the visitor's current one. ``dynamic``: the facts of the dynamic families
+    (``device_share.*``, ``traits.*``, ...) to compute, those the rules read (the record shows
+    none of them); None: all the profile has.
+
+    >>> p = CustomerProfile("c", devices={"mobile": 3.0, "desktop": 1.0}, traits={"age": 30})
+    >>> f = customer_facts(p, 0, dynamic={"device_share.mobile", "device_share.tablet"})
+    >>> f["device_share.mobile"], "device_share.desktop" in f, "device_share.tablet" in f
+    (0.75, False, False)
+    >>> customer_facts(p, 0)["device_share.desktop"], customer_facts(p, 0)["traits.age"]
+    (0.25, 30)
     """
     facts: dict[str, Any] = {**p.value_features(), **p.behavior()}
     recency, frequency, monetary = rfm_values(p, now)
@@ -261,17 +271,35 @@ def customer_facts(
         }
     )
     facts.update(session_facts(p.session, now if now >= watermark else watermark, sessions))
-    for device, n in p.devices.items():
-        facts[f"device_share.{device}"] = round(n / devices, 4)
-    for category, n in p.categories.items():
-        facts[f"category_share.{category}"] = round(n / views, 4)
-    for category, amount in p.category_spend.items():
-        facts[f"spend_share.{category}"] = round(amount / spend, 4) if spend else 0.0
-    dayparts = sum(p.dayparts.values())
-    for daypart, n in p.dayparts.items():
-        facts[f"daypart_share.{daypart}"] = round(n / dayparts, 4)
-    for name, value in p.traits.items():
-        facts[f"traits.{name}"] = value
+    if dynamic is None:
+        dayparts = sum(p.dayparts.values())
+        for daypart, n in p.dayparts.items():
+            facts[f"daypart_share.{daypart}"] = round(n / dayparts, 4)
+        for name, value in p.traits.items():
+            facts[f"traits.{name}"] = value
+        for device, n in p.devices.items():
+            facts[f"device_share.{device}"] = round(n / devices, 4)
+        for category, n in p.categories.items():
+            facts[f"category_share.{category}"] = round(n / views, 4)
+        for category, amount in p.category_spend.items():
+            facts[f"spend_share.{category}"] = round(amount / spend, 4) if spend else 0.0
+        return facts
+    for fact in dynamic:  # present exactly when the profile has the key, as above
+        family, _, key = fact.partition(".")
+        if family == "traits":
+            if key in p.traits:
+                facts[fact] = p.traits[key]
+        elif family == "device_share":
+            if key in p.devices:
+                facts[fact] = round(p.devices[key] / devices, 4)
+        elif family == "category_share":
+            if key in p.categories:
+                facts[fact] = round(p.categories[key] / views, 4)
+        elif family == "spend_share":
+            if key in p.category_spend:
+                facts[fact] = round(p.category_spend[key] / spend, 4) if spend else 0.0
+        elif family == "daypart_share" and key in p.dayparts:
+            facts[fact] = round(p.dayparts[key] / sum(p.dayparts.values()), 4)
     return facts
 
 
@@ -307,6 +335,11 @@ _DYNAMIC_PREFIXES = (
     "daypart_share.",
     "traits.",
 )
+
+
+def is_dynamic_fact(name: str) -> bool:
+    """Whether this fact is of a dynamic family (``device_share.*``, ``traits.*``, ...)."""
+    return name.startswith(_DYNAMIC_PREFIXES)
 
 
 def is_known_fact(name: str) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.clustering import ModelSnapshot
-from models.facts import LifecyclePolicy, RfmCuts, TimeWatch, customer_facts
+from models.facts import LifecyclePolicy, RfmCuts, TimeWatch, customer_facts, is_dynamic_fact
 from models.features import CANONICAL_FEATURES, CustomerProfile, feature_vector
 from models.personas import PersonaCatalog
 from models.rules import RuleSegment, compile_rules
@@ -84,8 +84,15 @@ class SegmentCatalog:
         init=False, repr=False, compare=False
     )
 
+    #: The dynamic facts (``device_share.*``, ``traits.*``, ...) the rules read, the only ones
+    #: ``customer_facts`` computes for them (None: all, as a rule without fields may read any).
+    dynamic_facts: frozenset[str] | None = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "evaluate", compile_rules(self.rules))
+        opaque = any(rule.source is None for rule in self.rules)  # a bare predicate
+        dynamic = frozenset(f for rule in self.rules for f in rule.fields if is_dynamic_fact(f))
+        object.__setattr__(self, "dynamic_facts", None if opaque else dynamic)
         watch = TimeWatch.of(
             (name for rule in self.rules for name in rule.fields),
             (pair for rule in self.rules for pair in rule.thresholds),
@@ -267,7 +274,13 @@ def assign(
     at = max(event_ts, now or 0)
     if facts is None:
         facts = customer_facts(
-            profile, at, catalog.lifecycle, catalog.rfm, catalog.sessions, watermark
+            profile,
+            at,
+            catalog.lifecycle,
+            catalog.rfm,
+            catalog.sessions,
+            watermark,
+            catalog.dynamic_facts,
         )
     if x is None:
         x = feature_vector(profile)

@@ -489,7 +489,13 @@ class SegmentStep:
                 continue  # a merged id has no record: its customer's is the one
             at = max(profile.last_seen_ts or 0, watermark)
             facts = customer_facts(
-                profile, at, catalog.lifecycle, catalog.rfm, catalog.sessions, watermark
+                profile,
+                at,
+                catalog.lifecycle,
+                catalog.rfm,
+                catalog.sessions,
+                watermark,
+                catalog.dynamic_facts,
             )
             moved = facts["lifecycle"] != profile.lifecycle
             if personas is not None and not moved:

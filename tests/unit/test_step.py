@@ -318,3 +318,29 @@ def test_reevaluate_writes_exactly_the_customers_a_full_rescore_moves(edit) -> N
         assert write.record == by_id[write.customer_id].record
         assert write.record["definitions_version"] == 7
     assert fast.due == full.due  # every customer's due time, for the new rules' thresholds
+
+
+def test_facts_of_the_dynamic_families_are_computed_for_the_rules_that_read_them_alone() -> None:
+    from models.facts import customer_facts
+    from models.rules import RuleSegment
+    from stream.catalog import load_segments
+
+    replay = _generated_state(200)
+    extra = [
+        RuleSegment.compile("b", "custom", "", {f: {"gte": 0.2}})
+        for f in ("category_share.electronics", "spend_share.fashion", "daypart_share.evening")
+    ] + [RuleSegment.compile("t", "custom", "", {"traits.country": {"exists": True}})]
+    catalog = SegmentCatalog(rules=(*load_segments(), *extra))
+    assert catalog.dynamic_facts is not None and "device_share.mobile" in catalog.dynamic_facts
+    assert "category_share.books" not in catalog.dynamic_facts
+    matched = 0
+    for profile in replay.profiles.values():
+        at = profile.last_seen_ts or 0
+        every = customer_facts(profile, at)
+        some = customer_facts(profile, at, dynamic=catalog.dynamic_facts)
+        assert set(some) <= set(every) and all(every[k] == v for k, v in some.items())
+        assert catalog.evaluate(some) == catalog.evaluate(every)
+        matched += len(catalog.evaluate(some))
+    assert matched > 0
+    bare = SegmentCatalog(rules=(RuleSegment("x", "custom", "", lambda f: True),))
+    assert bare.dynamic_facts is None  # a bare predicate may read any fact: all computed
