@@ -19,7 +19,18 @@ from stream.settings import Settings
 from stream.tools.generator import Message, TrafficGenerator
 from stream.topology import INPUT_SOURCES, topology
 
-__all__ = ["ProduceStats", "ReplayError", "read_events_file", "send_messages", "generated_messages"]
+__all__ = [
+    "ProduceStats",
+    "ReplayError",
+    "SendError",
+    "generated_messages",
+    "read_events_file",
+    "send_messages",
+]
+
+
+class SendError(SegmenterError):
+    """Messages the broker did not take: what a send lost."""
 
 
 class ReplayError(SegmenterError):
@@ -56,13 +67,16 @@ def send_messages(
     """Send messages to the topics of their sources, keyed by customer id.
 
     ``rate`` is events per second (0: as fast as possible); stops after ``max_events`` events,
-    ``seconds`` seconds, when ``stop`` is set, or when ``messages`` run out.
+    ``seconds`` seconds, when ``stop`` is set, or when ``messages`` run out. Raises
+    ``SendError`` once the rest is flushed if the broker refused any message (after the
+    producer's own retries): a count of what was lost and the first reason, not silence.
     """
     topics = topology(settings).topic_of_source
     own = producer is None
     producer = producer or make_producer(settings)
     stats = ProduceStats(started=time.monotonic())
     last_report = 0.0
+    failed: list[BaseException] = []
     try:
         for message in messages:
             now = time.monotonic()
@@ -77,7 +91,7 @@ def send_messages(
                     time.sleep(min(ahead, 0.05))
             producer.send(
                 topics[message.source], key=message.key, value=orjson.dumps(message.value)
-            )
+            ).add_errback(failed.append)
             stats.messages += 1
             stats.events += message.events
             if on_progress and now - last_report >= 0.25:
@@ -90,6 +104,11 @@ def send_messages(
     stats.elapsed = time.monotonic() - stats.started
     if on_progress:
         on_progress(stats)
+    if failed:
+        raise SendError(
+            f"the broker refused {len(failed):,} of {stats.messages:,} messages sent "
+            f"(first: {failed[0]!r})"
+        )
     return stats
 
 
