@@ -387,10 +387,11 @@ class FlowMonitor:
     ``baseline_days`` days in buckets of ``bucket_ms`` of event time. A bucket's baseline is
     the mean of the same time of day over those days, shrunk toward the flow's mean over all
     buckets by ``shrink`` changes' worth (so a daily cycle is expected where the flow is busy
-    enough to show it, and a sparse flow's quiet hour does not look empty). Two Poisson CUSUMs per flow weigh each closed bucket's count against it: one for a
-    rise to ``rise`` times the baseline, one for a fall to ``1 / rise``, each log-likelihood
-    ratio divided by the flow's own dispersion (a slow average of squared Pearson residuals,
-    at least 1: flows burstier than Poisson need more evidence). An alert fires when the
+    enough to show it, and a sparse flow's quiet hour does not look empty). Two Poisson
+    CUSUMs per flow weigh each closed bucket's count against it: one for a rise to ``rise``
+    times the baseline, one for a fall to ``1 / rise``, each log-likelihood ratio divided by
+    the flow's own dispersion (a slow average of squared Pearson residuals, at least 1: flows
+    burstier than Poisson need more evidence). An alert fires when the
     evidence passes ``threshold``, the changes since the CUSUM left zero number at least
     ``min_count`` (observed for a rise, expected for a fall: tiny segments stay quiet), the
     ratio of observed to expected since then is at least ``min_ratio`` (or at most its
@@ -471,6 +472,40 @@ class FlowMonitor:
                 self.sizes[flow[0]] += n if flow[1] == "entered" else -n
         return self.advance(ts)
 
+    def restore(self, snapshots: Iterable[tuple[int, Mapping[str, int], Mapping[str, int]]]) -> int:
+        """Learn the history of a fresh monitor from size snapshots taken once per bucket:
+        (event time, entries so far, exits so far per segment), oldest first. Each bucket's
+        flows are the differences from the snapshot before; alerts while learning are dropped
+        (they went out before). Returns the buckets learnt.
+
+        >>> m = FlowMonitor()
+        >>> m.restore([(h * 3_600_000, {"rule:vip": 5 * h}, {}) for h in range(24 * 8)])
+        191
+        >>> hours = range(24 * 8, 24 * 8 + 6)  # then 40 an hour: alerted at once
+        >>> [a.segment for h in hours for a in m.add({("rule:vip", "entered"): 40}, h * 3_600_000)]
+        ['rule:vip']
+        """
+        if self._next is not None:
+            raise ValueError("restore a fresh monitor only")
+        before: tuple[Mapping[str, int], Mapping[str, int]] | None = None
+        learnt = 0
+        for ts, entered, exited in snapshots:
+            if before is not None:
+                counts: Counter[Flow] = Counter()
+                for flow, now, then in (
+                    ("entered", entered, before[0]),
+                    ("exited", exited, before[1]),
+                ):
+                    for segment, total in now.items():
+                        if total > then.get(segment, 0):
+                            counts[(segment, flow)] = total - then.get(segment, 0)
+                alerts = self.alerts
+                self.add(counts, ts)
+                self.alerts = alerts
+                learnt += 1
+            before = (entered, exited)
+        return learnt
+
     def advance(self, ts: int) -> list[DriftAlert]:
         """Move event time to ``ts``: close every bucket that ended ``lateness_ms`` before."""
         self.clock = max(self.clock, ts)
@@ -478,7 +513,8 @@ class FlowMonitor:
         if self._next is None:
             return out
         while (self._next + 1) * self.bucket_ms + self.lateness_ms <= self.clock:
-            out += self._close(self._next, self._open.pop(self._next, None) or {})
+            counts: Mapping[Flow, int] = self._open.pop(self._next, {})
+            out += self._close(self._next, counts)
             self._next += 1
         self.alerts += len(out)
         return out

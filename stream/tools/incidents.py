@@ -113,7 +113,9 @@ class SteadyPopulation:
             raise ValueError("the generator has too few customers for this many days: raise it")
         self._where[customer_id] = len(self._active)
         self._active.append(customer_id)
-        heapq.heappush(self._leaving, (now + self.rng.expovariate(1.0) * self.lifetime_ms, customer_id))
+        heapq.heappush(
+            self._leaving, (now + self.rng.expovariate(1.0) * self.lifetime_ms, customer_id)
+        )
 
     def _leave(self, customer_id: str) -> None:
         at = self._where.pop(customer_id)
@@ -193,8 +195,7 @@ class IncidentTraffic:
     def _loop_checkouts(self, messages: list[Message], incident: Incident) -> list[Message]:
         clicks = [e for m in messages if m.source == "clickstream" for e in _events(m)]
         if not any(
-            e.get("type") == "checkout_start" and e.get("device") == incident.device
-            for e in clicks
+            e.get("type") == "checkout_start" and e.get("device") == incident.device for e in clicks
         ):
             return messages
         self.affected["checkout_loop"] += 1

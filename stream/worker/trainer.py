@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -77,6 +77,7 @@ class Trainer:
             cooldown=settings.drift_cooldown_samples,
         )
         self.flows = flow_monitor(settings)
+        self._flows_restored = False
         self.dirty = False
         self.pending_alerts: list[DriftAlert] = []
         self.lock = threading.Lock()
@@ -88,6 +89,8 @@ class Trainer:
     async def train(self, batch: Sequence[bytes]) -> None:
         """Learn from a batch of sample messages (each a JSON array of samples) and watch the
         workers' segment flows (each a JSON object, ``effects.flows_message``)."""
+        if not self._flows_restored:
+            await self._restore_flows()
         samples_raw = []
         for raw in batch:
             if raw[:1] == b"{":
@@ -113,6 +116,25 @@ class Trainer:
         if self.trainer.ready and not was_ready:
             await self.publish_model()  # the first model goes out at once
         await self._publish_alerts()
+
+    async def _restore_flows(self) -> None:
+        """A new trainer (a restart, a rebalance) learns the flows' history from the size
+        snapshots in Redis, rather than waiting days for it: when they are taken per bucket
+        of the flow monitor's size. The newest bucket, still filling, is left out."""
+        self._flows_restored = True
+        if self.settings.stats_bucket_seconds != self.settings.drift_flow_bucket_seconds:
+            log.info("flow drift starts without history (the size snapshots' bucket differs)")
+            return
+        history = await retry_forever(
+            "Redis history", self.store.history, self.settings.stats_history
+        )
+        snapshots = [
+            (int(h["bucket"]), h.get("entered_total", {}), h.get("exited_total", {}))
+            for h in sorted(history, key=lambda h: int(h["bucket"]))[:-1]
+        ]
+        learnt = self.flows.restore(snapshots)
+        if learnt:
+            log.info("flow drift restored %d buckets of history from the size snapshots", learnt)
 
     def _watch_flows(self, message: dict[str, Any]) -> None:
         counts = {(segment, change): int(n) for segment, change, n in message["flows"]}

@@ -53,7 +53,11 @@ def test_a_planted_3x_rise_is_alerted_with_its_segment_start_and_magnitude(seed:
             alerts += monitor.add({(segment, "entered"): n}, hour * HOUR)
     assert len(alerts) == 1, [a.message for a in alerts]
     (alert,) = alerts
-    assert (alert.kind, alert.segment, alert.flow) == ("segment_flow", "rule:cart_abandoner", "entered")
+    assert (alert.kind, alert.segment, alert.flow) == (
+        "segment_flow",
+        "rule:cart_abandoner",
+        "entered",
+    )
     change = CHANGE_DAY * DAY
     assert abs(alert.since - change) <= 2 * HOUR  # dated within two buckets
     assert change <= alert.detected_at <= change + 12 * HOUR
@@ -68,7 +72,9 @@ def test_a_fall_to_a_third_is_alerted_as_a_fall() -> None:
     alerts = []
     for hour in range(24 * 40):
         rate = 8.0 if hour < 24 * CHANGE_DAY else 8.0 / 3
-        alerts += monitor.add({("rule:one_time_buyer", "entered"): _poisson(rng, rate)}, hour * HOUR)
+        alerts += monitor.add(
+            {("rule:one_time_buyer", "entered"): _poisson(rng, rate)}, hour * HOUR
+        )
     assert [(a.segment, a.flow) for a in alerts] == [("rule:one_time_buyer", "entered")]
     assert alerts[0].magnitude < 0.5 and alerts[0].after < alerts[0].before
     assert abs(alerts[0].since - CHANGE_DAY * DAY) <= 3 * HOUR
@@ -182,3 +188,50 @@ def test_flow_counts_count_entries_and_exits_per_segment() -> None:
         SegmentChange("b", "cluster:2", "entered", None, 2, 0, "r", 1),
     ]
     assert flow_counts(changes) == {("cluster:1", "exited"): 1, ("cluster:2", "entered"): 2}
+
+
+class _StoreWithHistory(InMemorySegmentStore):
+    """The in-memory store, its size history given (what ``size_snapshot`` left in Redis)."""
+
+    def __init__(self, history: list[dict[str, object]]) -> None:
+        super().__init__()
+        self._given = history
+
+    async def history(self, limit: int = 500) -> list[dict[str, object]]:
+        return self._given[-limit:]
+
+
+def test_a_new_trainer_learns_the_flows_history_from_the_size_snapshots() -> None:
+    """After a restart the trainer's monitor is not blind for a week: eight days of size
+    snapshots (5 entries an hour into rule:vip) are its history, so a jump alerts at once."""
+    history: list[dict[str, object]] = [
+        {"bucket": h * HOUR, "entered_total": {"rule:vip": 5 * h}, "exited_total": {}}
+        for h in range(24 * 8)
+    ]
+
+    async def run() -> list[dict[str, object]]:
+        sent: list[dict[str, object]] = []
+
+        async def send(topic: str, key: bytes | None, value: bytes | None) -> asyncio.Future[None]:
+            if topic == "segment-drift" and value:
+                sent.append(orjson.loads(value))
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+
+        trainer = Trainer(
+            Settings(),
+            _StoreWithHistory(history),
+            send,
+            {"drift": "segment-drift"},
+            WorkerMetrics(),
+            lambda: None,
+        )
+        change = SegmentChange("c", "rule:vip", "entered", False, True, 0, "r", 1)
+        for hour in range(24 * 8, 24 * 8 + 6):
+            await trainer.train([flows_message(StepOutcome(hour * HOUR, changes=[change] * 40))])
+        return sent
+
+    alerts = asyncio.run(run())
+    assert [(a["segment"], a["flow"]) for a in alerts] == [("rule:vip", "entered")]
+    assert alerts[0]["since"] == 24 * 8 * HOUR
