@@ -613,7 +613,7 @@ def evaluate_quality(
 @app.command(name="eval-incidents")
 def evaluate_incidents(
     seeds: Annotated[str, typer.Option(help="traffic seeds, comma-separated")] = "1,2,3",
-    days: Annotated[int, typer.Option(help="days of event time per stream")] = 150,
+    days: Annotated[int, typer.Option(help="days of event time per stream")] = 120,
     sessions_per_day: Annotated[int, typer.Option(help="sessions a day")] = 1000,
 ) -> None:
     """Segment-flow drift against generator incidents (payment outage, visitor spike, checkout
