@@ -19,6 +19,7 @@ the seeds.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -161,7 +162,7 @@ def run_seed(
                 start + scenario.days * DAY_MS,
                 flow_monitor(settings),
                 catalog,
-                (lambda n, label=label: on_progress(label, n)) if on_progress else None,  # type: ignore[misc]
+                functools.partial(on_progress, label) if on_progress else None,
             ),
             traffic,
             start,

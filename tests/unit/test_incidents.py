@@ -100,3 +100,41 @@ def test_a_visitor_spike_through_the_workers_step_is_alerted_within_a_day() -> N
     assert ("rule:lifecycle_new", "entered") in {(a.segment, a.flow) for a in hits}, [
         a.message for a in alerts if a.detected_at > start + 14 * DAY_MS
     ]
+
+
+def test_the_report_gives_median_and_worst_and_judges_every_target() -> None:
+    from models.drift import DriftAlert
+    from stream.tools.eval_incidents import IncidentRun, report_rows
+
+    hour = 3_600_000
+
+    def alert(since: int, detected: int) -> DriftAlert:
+        return DriftAlert(
+            "segment_flow", "rule:x entered", 3.0, 1.0, 3.0, since, detected, 30, None
+        )
+
+    def run(seed: int, found: bool, quiet: int) -> IncidentRun:
+        start = 100 * DAY_MS
+        return IncidentRun(
+            seed=seed,
+            events=1,
+            stationary_events=1,
+            detected={"visitor_spike": alert(start, start + 5 * hour * seed) if found else None},
+            starts={"visitor_spike": start},
+            stationary_alerts=[alert(0, 0)] * quiet,
+            measured_months=1.5,
+        )
+
+    rows = {r[0]: r for r in report_rows([run(1, True, 0), run(2, True, 1), run(3, True, 3)])}
+    assert rows["visitor_spike: alerted within a day of its start, dated within a day"][1:] == (
+        "3 of 3 seeds",
+        "every seed",
+        True,
+    )
+    assert (
+        rows["visitor_spike: hours to the alert / dating error"][1] == "10 / 0 h (worst 15 / 0 h)"
+    )
+    quiet = rows["flow alerts a month on a stationary stream"]
+    assert quiet[1] == "median 0.67, worst 2.00" and quiet[3] is False
+    missed = report_rows([run(1, False, 0)])
+    assert missed[0][1] == "0 of 1 seeds" and missed[0][3] is False
