@@ -16,6 +16,7 @@ event-time bucket, each against its own recent baseline (see there).
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -364,7 +365,18 @@ class _Side:
 class _FlowSeries:
     """One flow's recent counts per bucket and its two CUSUMs."""
 
-    __slots__ = ("dispersion", "fall", "filled", "history", "rise", "slot_n", "slot_sums", "total")
+    __slots__ = (
+        "day",
+        "days",
+        "dispersion",
+        "fall",
+        "filled",
+        "history",
+        "rise",
+        "slot_n",
+        "slot_sums",
+        "total",
+    )
 
     def __init__(self, length: int, slots: int, zeros: int) -> None:
         self.history: deque[int] = deque([0] * zeros, maxlen=length)
@@ -374,6 +386,8 @@ class _FlowSeries:
             self.slot_n[(-1 - i) % slots] += 1
         self.filled = zeros
         self.total = 0
+        self.days: deque[int] = deque([0] * (zeros // slots), maxlen=length // slots)
+        self.day = 0  # the changes of the day being filled
         self.dispersion = 1.0
         self.rise = _Side()
         self.fall = _Side()
@@ -387,7 +401,10 @@ class FlowMonitor:
     ``baseline_days`` days in buckets of ``bucket_ms`` of event time. A bucket's baseline is
     the mean of the same time of day over those days, shrunk toward the flow's mean over all
     buckets by ``shrink`` changes' worth (so a daily cycle is expected where the flow is busy
-    enough to show it, and a sparse flow's quiet hour does not look empty). Two Poisson
+    enough to show it, and a sparse flow's quiet hour does not look empty), and, for a flow of
+    at least ``robust_from`` changes a day, scaled to the median of its daily totals: an
+    incident of a few days in the window neither lifts the baseline nor makes its own end
+    look like a change, and a lasting change is the new normal after half the window. Two Poisson
     CUSUMs per flow weigh each closed bucket's count against it: one for a rise to ``rise``
     times the baseline, one for a fall to ``1 / rise``, each log-likelihood ratio divided by
     the flow's own dispersion (a slow average of squared Pearson residuals, at least 1: flows
@@ -428,6 +445,7 @@ class FlowMonitor:
         min_ratio: float = 1.5,
         lateness_ms: int | None = None,
         shrink: float = 2.0,
+        robust_from: float = 20.0,
     ) -> None:
         if bucket_ms <= 0 or DAY_MS % bucket_ms:
             raise ValueError("bucket_ms must divide a day")
@@ -444,6 +462,7 @@ class FlowMonitor:
         self.min_ratio = min_ratio
         self.lateness_ms = bucket_ms if lateness_ms is None else lateness_ms
         self.shrink = shrink
+        self.robust_from = robust_from
         self.alerts = 0
         self.clock = 0
         self.sizes: Counter[str] = Counter()  # entries less exits seen, per segment
@@ -547,6 +566,10 @@ class FlowMonitor:
             series.slot_n[slot] += 1
             series.total += count
             series.filled = len(history)
+            series.day += count
+            if slot == self._slots - 1:  # a day complete
+                series.days.append(series.day)
+                series.day = 0
         return out
 
     def _weigh(
@@ -558,6 +581,11 @@ class FlowMonitor:
             expected = (series.slot_sums[slot] + self.shrink) / (
                 series.slot_n[slot] + self.shrink / mean
             )
+            daily = mean * self._slots
+            if daily >= self.robust_from and len(series.days) >= self.min_history_days:
+                # The level is the median day's: an incident of a few days in the window
+                # neither lifts nor lowers it (nor makes its own end look like a change).
+                expected *= statistics.median(series.days) / daily
         if expected > 0:
             residual = (count - expected) ** 2 / expected
             series.dispersion += self._decay * (residual - series.dispersion)
@@ -567,12 +595,15 @@ class FlowMonitor:
             (series.rise, self._up, True),
             (series.fall, self._down, False),
         ):
+            if bucket < side.muted_until:  # quiet after an alert: no evidence gathers
+                side.evidence = 0.0
+                continue
             if side.evidence <= 0.0:
                 side.start, side.observed, side.expected = bucket, 0, 0.0
             side.evidence = max(0.0, side.evidence + (count * log_ratio - slope * expected) / scale)
             side.observed += count
             side.expected += expected
-            if side.evidence <= 0.0 or side.evidence < self.threshold or bucket < side.muted_until:
+            if side.evidence < self.threshold:
                 continue
             base = max(side.expected, 1.0)
             ratio = side.observed / base

@@ -80,6 +80,20 @@ def test_a_fall_to_a_third_is_alerted_as_a_fall() -> None:
     assert abs(alerts[0].since - CHANGE_DAY * DAY) <= 3 * HOUR
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_three_day_spike_is_one_alert_not_a_fall_when_it_ends(seed: int) -> None:
+    """New visitors at ten times the rate for three days: one rise, dated at the start; the
+    baseline's level is the median day's, so the end of the spike is no 'fall'."""
+    rng = random.Random(seed)
+    monitor = FlowMonitor()
+    alerts = []
+    for hour in range(24 * 50):
+        rate = 2.0 * (10 if 24 * CHANGE_DAY <= hour < 24 * (CHANGE_DAY + 3) else 1)
+        alerts += monitor.add({("rule:lifecycle_new", "entered"): _poisson(rng, rate)}, hour * HOUR)
+    assert [(a.segment, a.flow) for a in alerts] == [("rule:lifecycle_new", "entered")]
+    assert abs(alerts[0].since - CHANGE_DAY * DAY) <= 4 * HOUR and alerts[0].magnitude > 4
+
+
 @pytest.mark.parametrize(
     "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 )
