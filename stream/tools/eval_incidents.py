@@ -34,7 +34,7 @@ from stream.tools.generator import TrafficGenerator
 from stream.tools.incidents import DAY_MS, Incident, IncidentTraffic, SteadyPopulation
 from stream.worker.trainer import flow_monitor
 
-__all__ = ["IncidentRun", "Scenario", "eval_incidents", "replay_flows", "report_rows"]
+__all__ = ["IncidentRun", "Scenario", "eval_incidents", "judge", "replay_flows", "report_rows"]
 
 _MONTH_MS = 30 * DAY_MS
 
@@ -169,11 +169,26 @@ def run_seed(
         )
     alerts, events, traffic, start = results[True]
     quiet, quiet_events, _, _ = results[False]
+    return judge(seed, scenario, start, traffic.incidents, (alerts, events), (quiet, quiet_events))
+
+
+def judge(
+    seed: int,
+    scenario: Scenario,
+    start: int,
+    incidents: Sequence[Incident],
+    with_incidents: tuple[list[DriftAlert], int],
+    stationary: tuple[list[DriftAlert], int],
+) -> IncidentRun:
+    """One seed's figures from the alerts of its two streams (``start``: their first event
+    time): which incident was alerted within a day, dated within a day; what else alerted."""
+    alerts, events = with_incidents
+    quiet, quiet_events = stationary
     burn_in = start + scenario.burn_in_days * DAY_MS
     detected: dict[str, DriftAlert | None] = {}
     starts = {}
     near = []
-    for incident in traffic.incidents:
+    for incident in incidents:
         starts[incident.kind] = incident.start_ms
         hits = [
             a
