@@ -1,25 +1,34 @@
-"""Drift detection on the sample stream: segment shares, features, distance to centre, centres.
+"""Drift detection: on the sample stream (segment shares, features, distance to centre,
+centres) and on the flow of every segment (entries and exits per event-time bucket).
 
-River's ADWIN does the statistics: it keeps a window of recent values and cuts it where the
-means of the two parts differ beyond chance. Two additions make its alarms usable by people
-watching a dashboard: a floor on the size of a change worth reporting (ADWIN also cuts its
-window on tiny, statistically real changes) and the event time at which the change began.
+River's ADWIN does the statistics of the sample stream: it keeps a window of recent values and
+cuts it where the means of the two parts differ beyond chance. Two additions make its alarms
+usable by people watching a dashboard: a floor on the size of a change worth reporting (ADWIN
+also cuts its window on tiny, statistically real changes) and the event time at which the
+change began.
+
+Samples are customers' cumulative feature vectors: an outage that halves checkout success for
+three weeks barely moves a customer's lifetime conversion. ``FlowMonitor`` watches what
+dashboards watch instead, the entries into and exits from every segment of every kind per
+event-time bucket, each against its own recent baseline (see there).
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Mapping, Sequence
+import statistics
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from river.drift import ADWIN
 
-from models.features import FEATURE_VECTOR
+from models.features import DAY_MS, FEATURE_VECTOR
+from models.segments import SegmentChange
 
-__all__ = ["ChangeDetector", "DriftAlert", "DriftMonitor"]
+__all__ = ["ChangeDetector", "DriftAlert", "DriftMonitor", "FlowMonitor", "flow_counts"]
 
 #: Recent values each detector keeps to place a change inside ADWIN's window (see update).
 _RECENT = 512
@@ -29,11 +38,14 @@ _RECENT = 512
 class DriftAlert:
     """One drift alert: the wire shape of the ``segment-drift`` topic.
 
-    ``kind`` is ``segment_share``, ``feature``, ``distance`` or ``centre_movement``;
-    ``subject`` names what drifted (``cluster:3``, ``feature:price_level``, ...). ``before`` and
-    ``after`` are the means on either side of the change (for a centre, ``magnitude`` is how
-    far it moved); ``since`` is the event time (epoch ms) at which the change began and
-    ``detected_at`` the event time at which it was detected.
+    ``kind`` is ``segment_share``, ``feature``, ``distance``, ``centre_movement`` or
+    ``segment_flow``; ``subject`` names what drifted (``cluster:3``, ``feature:price_level``,
+    ``rule:cart_abandoner entered``, ...). ``before`` and ``after`` are the means on either side
+    of the change (for a centre, ``magnitude`` is how far it moved; for a flow, they are the
+    baseline and the observed rate in changes a day and ``magnitude`` is their ratio);
+    ``since`` is the event time (epoch ms) at which the change began and ``detected_at`` the
+    event time at which it was detected. A flow alert also names its ``segment``, its
+    ``flow`` (``entered`` or ``exited``) and the segment's ``size`` when known.
     """
 
     kind: str
@@ -45,10 +57,20 @@ class DriftAlert:
     detected_at: int
     samples: int
     model_version: int | None
+    segment: str | None = None
+    flow: str | None = None
+    size: int | None = None
 
     @property
     def message(self) -> str:
         since = datetime.fromtimestamp(self.since / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+        if self.kind == "segment_flow":
+            verb = "entering" if self.flow == "entered" else "leaving"
+            size = "" if self.size is None else f" (size {self.size:,})"
+            return (
+                f"{self.segment}{size}: customers {verb} at {self.magnitude:.2g}x the usual rate "
+                f"({self.after:.1f} a day against {self.before:.1f}) since {since}"
+            )
         if self.kind == "centre_movement":
             return f"centre of {self.subject} moved {self.magnitude:.3f} since {since}"
         what = {
@@ -70,6 +92,9 @@ class DriftAlert:
             "detected_at": self.detected_at,
             "samples": self.samples,
             "model_version": self.model_version,
+            "segment": self.segment,
+            "flow": self.flow,
+            "size": self.size,
             "message": self.message,
         }
 
@@ -307,3 +332,302 @@ class DriftMonitor:
             self.reference = (version, [list(c) for c in centres], ts)
         self.alerts += len(out)
         return out
+
+
+#: A flow: a segment (``rule:cart_abandoner``, ``cluster:2``, ``persona:...``) and a direction.
+Flow = tuple[str, str]
+_HOUR_MS = 3_600_000
+
+
+def flow_counts(changes: Iterable[SegmentChange]) -> Counter[Flow]:
+    """Entries and exits per segment in a list of changes (a step's ``changes``).
+
+    >>> c = SegmentChange("c", "rule:vip", "entered", False, True, 5, "r", 1)
+    >>> dict(flow_counts([c, c]))
+    {('rule:vip', 'entered'): 2}
+    """
+    return Counter((c.segment, c.change) for c in changes)
+
+
+class _Side:
+    """One side (rise or fall) of a flow's CUSUM: evidence, where it began, what it holds."""
+
+    __slots__ = ("evidence", "expected", "muted_until", "observed", "start")
+
+    def __init__(self) -> None:
+        self.evidence = 0.0
+        self.start = 0
+        self.observed = 0
+        self.expected = 0.0
+        self.muted_until = 0
+
+
+class _FlowSeries:
+    """One flow's recent counts per bucket and its two CUSUMs."""
+
+    __slots__ = (
+        "day",
+        "days",
+        "dispersion",
+        "fall",
+        "filled",
+        "history",
+        "rise",
+        "slot_n",
+        "slot_sums",
+        "total",
+    )
+
+    def __init__(self, length: int, slots: int, zeros: int) -> None:
+        self.history: deque[int] = deque([0] * zeros, maxlen=length)
+        self.slot_sums = [0] * slots
+        self.slot_n = [0] * slots
+        for i in range(zeros):  # the zero buckets closed before the flow was first seen
+            self.slot_n[(-1 - i) % slots] += 1
+        self.filled = zeros
+        self.total = 0
+        self.days: deque[int] = deque([0] * (zeros // slots), maxlen=length // slots)
+        self.day = 0  # the changes of the day being filled
+        self.dispersion = 1.0
+        self.rise = _Side()
+        self.fall = _Side()
+
+
+class FlowMonitor:
+    """Entries into and exits from every segment per event-time bucket, each against its own
+    recent baseline; alerts carry the segment, its size, the start and the magnitude.
+
+    Each flow (a segment and ``entered`` or ``exited``) keeps its counts of the last
+    ``baseline_days`` days in buckets of ``bucket_ms`` of event time. A bucket's baseline is
+    the mean of the same time of day over those days, shrunk toward the flow's mean over all
+    buckets by ``shrink`` changes' worth (so a daily cycle is expected where the flow is busy
+    enough to show it, and a sparse flow's quiet hour does not look empty), and, for a flow of
+    at least ``robust_from`` changes a day, scaled to the median of its daily totals: an
+    incident of a few days in the window neither lifts the baseline nor makes its own end
+    look like a change, and a lasting change is the new normal after half the window. Two Poisson
+    CUSUMs per flow weigh each closed bucket's count against it: one for a rise to ``rise``
+    times the baseline, one for a fall to ``1 / rise``, each log-likelihood ratio divided by
+    the flow's own dispersion (a slow average of squared Pearson residuals, at least 1: flows
+    burstier than Poisson need more evidence). An alert fires when the
+    evidence passes ``threshold``, the changes since the CUSUM left zero number at least
+    ``min_count`` (observed for a rise, expected for a fall: tiny segments stay quiet), the
+    ratio of observed to expected since then is at least ``min_ratio`` (or at most its
+    inverse), and the flow has at least ``min_history_days`` of history. The alert's ``since``
+    is the start of the first bucket after the evidence was last zero (the CUSUM's change
+    point), ``magnitude`` the ratio since then. That side then stays quiet for
+    ``baseline_days`` (by then the baseline holds the new level); the other side still speaks
+    (a recovery is news too).
+
+    Changes are counted in the bucket of the event time the stream has reached when they are
+    made (the worker's watermark), so late events count when they arrive; a bucket closes
+    ``lateness_ms`` after its end, and counts for a closed bucket go to the oldest open one.
+    The work per change is one counter increment (``flow_counts``); per closed bucket it is
+    a few operations per flow.
+
+    >>> import random
+    >>> rng, monitor, alerts = random.Random(0), FlowMonitor(), []
+    >>> for hour in range(24 * 40):  # 40 days; from day 30 entries come at 3x the rate
+    ...     rate = 6 if hour < 24 * 30 else 18
+    ...     n = sum(rng.random() < rate / 60 for _ in range(60))
+    ...     alerts += monitor.add({("rule:cart_abandoner", "entered"): n}, hour * 3_600_000)
+    >>> [(a.subject, a.since // 3_600_000 - 24 * 30, round(a.magnitude, 1)) for a in alerts]
+    [('rule:cart_abandoner entered', 0, 3.7)]
+    """
+
+    def __init__(
+        self,
+        bucket_ms: int = _HOUR_MS,
+        baseline_days: int = 14,
+        min_history_days: int = 7,
+        rise: float = 2.0,
+        threshold: float = 12.0,
+        min_count: int = 20,
+        min_ratio: float = 1.5,
+        lateness_ms: int | None = None,
+        shrink: float = 2.0,
+        robust_from: float = 20.0,
+    ) -> None:
+        if bucket_ms <= 0 or DAY_MS % bucket_ms:
+            raise ValueError("bucket_ms must divide a day")
+        if not 1 <= min_history_days <= baseline_days:
+            raise ValueError("min_history_days must be in [1, baseline_days]")
+        if rise <= 1.0 or min_ratio < 1.0 or threshold <= 0 or min_count < 1:
+            raise ValueError("rise must exceed 1; min_ratio at least 1; threshold, min_count > 0")
+        self.bucket_ms = bucket_ms
+        self.baseline_days = baseline_days
+        self.min_history_days = min_history_days
+        self.rise = rise
+        self.threshold = threshold
+        self.min_count = min_count
+        self.min_ratio = min_ratio
+        self.lateness_ms = bucket_ms if lateness_ms is None else lateness_ms
+        self.shrink = shrink
+        self.robust_from = robust_from
+        self.alerts = 0
+        self.clock = 0
+        self.sizes: Counter[str] = Counter()  # entries less exits seen, per segment
+        self._slots = DAY_MS // bucket_ms
+        self._length = baseline_days * self._slots
+        self._min_filled = min_history_days * self._slots
+        self._series: dict[Flow, _FlowSeries] = {}
+        self._open: dict[int, Counter[Flow]] = {}
+        self._next: int | None = None  # the oldest bucket not closed yet
+        self._closed = 0  # buckets closed so far
+        self._up = (math.log(rise), rise - 1.0)
+        self._down = (math.log(1.0 / rise), 1.0 / rise - 1.0)
+        # Squared Pearson residuals are averaged over about a baseline's worth of buckets.
+        self._decay = 1.0 / self._length
+
+    def add(self, counts: Mapping[Flow, int], ts: int) -> list[DriftAlert]:
+        """Count a step's changes (``flow_counts``) at event time ``ts`` (the watermark after
+        the step) and close the buckets that time has left behind; returns their alerts."""
+        bucket = ts // self.bucket_ms
+        if self._next is None:
+            self._next = bucket
+        if counts:
+            into = self._open.setdefault(max(bucket, self._next), Counter())
+            for flow, n in counts.items():
+                into[flow] += n
+                self.sizes[flow[0]] += n if flow[1] == "entered" else -n
+        return self.advance(ts)
+
+    def restore(self, snapshots: Iterable[tuple[int, Mapping[str, int], Mapping[str, int]]]) -> int:
+        """Learn the history of a fresh monitor from size snapshots taken once per bucket:
+        (event time, entries so far, exits so far per segment), oldest first. Each bucket's
+        flows are the differences from the snapshot before; alerts while learning are dropped
+        (they went out before). Returns the buckets learnt.
+
+        >>> m = FlowMonitor()
+        >>> m.restore([(h * 3_600_000, {"rule:vip": 5 * h}, {}) for h in range(24 * 8)])
+        191
+        >>> hours = range(24 * 8, 24 * 8 + 6)  # then 40 an hour: alerted at once
+        >>> [a.segment for h in hours for a in m.add({("rule:vip", "entered"): 40}, h * 3_600_000)]
+        ['rule:vip']
+        """
+        if self._next is not None:
+            raise ValueError("restore a fresh monitor only")
+        before: tuple[Mapping[str, int], Mapping[str, int]] | None = None
+        learnt = 0
+        for ts, entered, exited in snapshots:
+            if before is not None:
+                counts: Counter[Flow] = Counter()
+                for flow, now, then in (
+                    ("entered", entered, before[0]),
+                    ("exited", exited, before[1]),
+                ):
+                    for segment, total in now.items():
+                        if total > then.get(segment, 0):
+                            counts[(segment, flow)] = total - then.get(segment, 0)
+                alerts = self.alerts
+                self.add(counts, ts)
+                self.alerts = alerts
+                learnt += 1
+            before = (entered, exited)
+        return learnt
+
+    def advance(self, ts: int) -> list[DriftAlert]:
+        """Move event time to ``ts``: close every bucket that ended ``lateness_ms`` before."""
+        self.clock = max(self.clock, ts)
+        out: list[DriftAlert] = []
+        if self._next is None:
+            return out
+        while (self._next + 1) * self.bucket_ms + self.lateness_ms <= self.clock:
+            counts: Mapping[Flow, int] = self._open.pop(self._next, {})
+            out += self._close(self._next, counts)
+            self._next += 1
+        self.alerts += len(out)
+        return out
+
+    def _close(self, bucket: int, counts: Mapping[Flow, int]) -> list[DriftAlert]:
+        for flow in counts:
+            if flow not in self._series:
+                zeros = min(self._closed, self._length)
+                for twin in ((flow[0], "entered"), (flow[0], "exited")):
+                    if twin not in self._series:
+                        self._series[twin] = _FlowSeries(self._length, self._slots, zeros)
+        self._closed += 1
+        slot = bucket % self._slots
+        out = []
+        for flow, series in self._series.items():
+            count = counts.get(flow, 0)
+            if series.filled >= self._min_filled:
+                alert = self._weigh(flow, series, slot, bucket, count)
+                if alert is not None:
+                    out.append(alert)
+            history = series.history
+            if len(history) == history.maxlen:
+                old = history[0]
+                old_slot = (slot - len(history)) % self._slots
+                series.slot_sums[old_slot] -= old
+                series.slot_n[old_slot] -= 1
+                series.total -= old
+            history.append(count)
+            series.slot_sums[slot] += count
+            series.slot_n[slot] += 1
+            series.total += count
+            series.filled = len(history)
+            series.day += count
+            if slot == self._slots - 1:  # a day complete
+                series.days.append(series.day)
+                series.day = 0
+        return out
+
+    def _weigh(
+        self, flow: Flow, series: _FlowSeries, slot: int, bucket: int, count: int
+    ) -> DriftAlert | None:
+        mean = series.total / series.filled
+        expected = mean
+        if mean > 0:  # the same time of day, with ``shrink`` changes' worth of the flat mean
+            expected = (series.slot_sums[slot] + self.shrink) / (
+                series.slot_n[slot] + self.shrink / mean
+            )
+            daily = mean * self._slots
+            if daily >= self.robust_from and len(series.days) >= self.min_history_days:
+                # The level is the median day's: an incident of a few days in the window
+                # neither lifts nor lowers it (nor makes its own end look like a change).
+                expected *= statistics.median(series.days) / daily
+        if expected > 0:
+            residual = (count - expected) ** 2 / expected
+            series.dispersion += self._decay * (residual - series.dispersion)
+        scale = max(1.0, series.dispersion)
+        found = None
+        for side, (log_ratio, slope), rising in (
+            (series.rise, self._up, True),
+            (series.fall, self._down, False),
+        ):
+            if bucket < side.muted_until:  # quiet after an alert: no evidence gathers
+                side.evidence = 0.0
+                continue
+            if side.evidence <= 0.0:
+                side.start, side.observed, side.expected = bucket, 0, 0.0
+            side.evidence = max(0.0, side.evidence + (count * log_ratio - slope * expected) / scale)
+            side.observed += count
+            side.expected += expected
+            if side.evidence < self.threshold:
+                continue
+            base = max(side.expected, 1.0)
+            ratio = side.observed / base
+            if rising:
+                big = side.observed >= self.min_count and ratio >= self.min_ratio
+            else:
+                big = side.expected >= self.min_count and ratio <= 1.0 / self.min_ratio
+            if not big:
+                continue
+            days = (bucket + 1 - side.start) * self.bucket_ms / DAY_MS
+            found = DriftAlert(
+                "segment_flow",
+                f"{flow[0]} {flow[1]}",
+                ratio,
+                side.expected / days,
+                side.observed / days,
+                side.start * self.bucket_ms,
+                self.clock,
+                side.observed,
+                None,
+                segment=flow[0],
+                flow=flow[1],
+                size=self.sizes.get(flow[0]),
+            )
+            side.evidence = 0.0
+            side.muted_until = bucket + self._length
+        return found

@@ -610,6 +610,47 @@ def evaluate_quality(
         raise typer.Exit(1)
 
 
+@app.command(name="eval-incidents")
+def evaluate_incidents(
+    seeds: Annotated[str, typer.Option(help="traffic seeds, comma-separated")] = "1,2,3",
+    days: Annotated[int, typer.Option(help="days of event time per stream")] = 120,
+    sessions_per_day: Annotated[int, typer.Option(help="sessions a day")] = 1000,
+) -> None:
+    """Segment-flow drift against generator incidents (payment outage, visitor spike, checkout
+    loop) and on the same stream without them; median and worst over the seeds.
+
+    Exits 1 if a target is missed."""
+    from stream.tools.eval_incidents import Scenario, eval_incidents, report_rows
+
+    try:
+        picked = [int(s) for s in seeds.split(",") if s.strip()]
+        scenario = Scenario(days=days, sessions_per_day=sessions_per_day)
+    except ValueError as exc:
+        console.print(f"[red]bad option[/red]: {exc}")
+        raise typer.Exit(2) from None
+    if not picked:
+        console.print("[red]bad option[/red]: no seeds")
+        raise typer.Exit(2)
+    settings = _settings()
+    with console.status("replaying...") as status:
+        runs = eval_incidents(
+            settings,
+            picked,
+            scenario,
+            on_progress=lambda label, n: status.update(f"replaying ({label})... {n:,} events"),
+        )
+    console.print(
+        f"{len(runs)} seeds, {scenario.days} days each ({scenario.burn_in_days} of burn-in), "
+        f"{sum(r.events + r.stationary_events for r in runs):,} events through the step"
+    )
+    rows = report_rows(runs)
+    for figure, value, target, met in rows:
+        verdict = "met" if met else "[red]MISSED[/red]"
+        console.print(f"  {figure:<62} {value:>30}   target {target:<12} {verdict}")
+    if not all(row[3] for row in rows):
+        raise typer.Exit(1)
+
+
 @app.command()
 def status() -> None:
     """Show counters, workers, the model version and segment sizes."""

@@ -240,6 +240,24 @@ class Settings(BaseSettings):
         5_000, description="samples between two alerts on the same subject"
     )
     drift_history: Annotated[int, Field(ge=1)] = Field(200, description="drift alerts kept")
+    drift_flow_bucket_seconds: Annotated[int, Field(ge=60, le=86_400)] = Field(
+        3600, description="event-time bucket of segment entries and exits (divides a day)"
+    )
+    drift_flow_baseline_days: Annotated[int, Field(ge=1, le=90)] = Field(
+        14, description="days of a flow's own history its baseline is the mean of"
+    )
+    drift_flow_min_history_days: Annotated[int, Field(ge=1)] = Field(
+        7, description="days of history a flow needs before it can alert"
+    )
+    drift_flow_threshold: Annotated[float, Field(gt=0)] = Field(
+        12.0, description="CUSUM evidence (log-likelihood ratio) for a flow alert"
+    )
+    drift_flow_min_count: Annotated[int, Field(ge=1)] = Field(
+        20, description="entries or exits since a flow change began before it can alert"
+    )
+    drift_flow_min_ratio: Annotated[float, Field(ge=1)] = Field(
+        1.5, description="smallest ratio to the baseline (or its inverse) worth a flow alert"
+    )
     metrics_host: str = Field("127.0.0.1", description="address of the worker's /metrics")
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         9108, description="port of the worker's Prometheus /metrics; 0 turns it off"
@@ -291,6 +309,14 @@ class Settings(BaseSettings):
     def _lifecycle_in_order(self) -> Settings:
         if not self.lifecycle_at_risk_days < self.lifecycle_lapsed_days:
             raise ValueError("lifecycle_at_risk_days must be less than lifecycle_lapsed_days")
+        return self
+
+    @model_validator(mode="after")
+    def _flow_buckets_fit(self) -> Settings:
+        if 86_400 % self.drift_flow_bucket_seconds:
+            raise ValueError("drift_flow_bucket_seconds must divide a day (86400)")
+        if self.drift_flow_min_history_days > self.drift_flow_baseline_days:
+            raise ValueError("drift_flow_min_history_days must not exceed drift_flow_baseline_days")
         return self
 
     @model_validator(mode="after")

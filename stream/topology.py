@@ -75,7 +75,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec("dead_letter", "output", 1, "input messages that could not be applied, and why"),
     TopicSpec("changes", "output", INPUT, "segment entries and exits, keyed by customer"),
-    TopicSpec("samples", "internal", 1, "feature vectors for the single model trainer"),
+    TopicSpec("samples", "internal", 1, "feature vectors and segment flows for the single trainer"),
     TopicSpec("snapshots", "internal", 1, "every model version the trainer publishes"),
     TopicSpec("stats", "output", 1, "segment sizes over event time"),
     TopicSpec("drift", "output", 1, "drift alerts"),

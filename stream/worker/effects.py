@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from models.drift import flow_counts
 from models.features import CustomerProfile
 from models.step import DeadLetter, StepOutcome
 from stream.store import SegmentStore, retry_forever
@@ -21,7 +22,7 @@ from stream.worker.rebuild import PartitionMarks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Effects", "Send", "encode_profile"]
+__all__ = ["Effects", "Send", "encode_profile", "flows_message"]
 
 #: Hands one record (topic, key, value) to the producer; returns its delivery future.
 Send = Callable[[str, bytes | None, bytes | None], Awaitable[Awaitable[Any]]]
@@ -30,6 +31,20 @@ Send = Callable[[str, bytes | None, bytes | None], Awaitable[Awaitable[Any]]]
 def encode_profile(profile: CustomerProfile | None) -> bytes | None:
     """A profile as the table and its changelog hold it (None: erased)."""
     return None if profile is None else orjson.dumps(profile.to_state())
+
+
+def flows_message(outcome: StepOutcome) -> bytes:
+    """A step's entries and exits per segment, at its watermark, as the samples topic carries
+    them to the trainer: a JSON object (samples are JSON arrays).
+
+    >>> from models.segments import SegmentChange
+    >>> c = SegmentChange("c", "rule:vip", "entered", False, True, 5, "r", 1)
+    >>> flows_message(StepOutcome(watermark=9, changes=[c, c]))
+    b'{"flows":[["rule:vip","entered",2]],"watermark":9}'
+    """
+    counts = flow_counts(outcome.changes)
+    flows = [[segment, change, n] for (segment, change), n in counts.items()]
+    return orjson.dumps({"flows": flows, "watermark": outcome.watermark})
 
 
 class Effects:
@@ -100,6 +115,8 @@ class Effects:
             futures.append(
                 await self.send(self.topics["samples"], None, orjson.dumps(outcome.samples))
             )
+        if outcome.changes:  # the batch's segment flows, for the trainer's flow drift monitor
+            futures.append(await self.send(self.topics["samples"], None, flows_message(outcome)))
         for letter in outcome.dead:
             futures.append(
                 await self.send(

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from models.clustering import ClusterTrainer, ModelSnapshot
-from models.drift import DriftAlert, DriftMonitor
+from models.drift import DriftAlert, DriftMonitor, FlowMonitor
 from models.facts import PopulationQuantiles
 from stream.settings import Settings
 from stream.store import SegmentStore, retry_forever
@@ -20,7 +21,7 @@ from stream.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "cluster_trainer"]
+__all__ = ["Trainer", "cluster_trainer", "flow_monitor"]
 
 
 def cluster_trainer(settings: Settings) -> ClusterTrainer:
@@ -31,6 +32,19 @@ def cluster_trainer(settings: Settings) -> ClusterTrainer:
         warmup=settings.warmup_samples,
         seed=settings.seed,
         min_share=settings.min_segment_share,
+    )
+
+
+def flow_monitor(settings: Settings) -> FlowMonitor:
+    """The segment-flow drift monitor as the settings configure it (the worker's and
+    `segmenter eval-incidents`')."""
+    return FlowMonitor(
+        bucket_ms=settings.drift_flow_bucket_seconds * 1000,
+        baseline_days=settings.drift_flow_baseline_days,
+        min_history_days=settings.drift_flow_min_history_days,
+        threshold=settings.drift_flow_threshold,
+        min_count=settings.drift_flow_min_count,
+        min_ratio=settings.drift_flow_min_ratio,
     )
 
 
@@ -62,6 +76,8 @@ class Trainer:
             warmup=settings.drift_warmup_samples,
             cooldown=settings.drift_cooldown_samples,
         )
+        self.flows = flow_monitor(settings)
+        self._flows_restored = False
         self.dirty = False
         self.pending_alerts: list[DriftAlert] = []
         self.lock = threading.Lock()
@@ -71,7 +87,20 @@ class Trainer:
         return self.trainer is not None
 
     async def train(self, batch: Sequence[bytes]) -> None:
-        """Learn from a batch of sample messages (each a JSON array of samples)."""
+        """Learn from a batch of sample messages (each a JSON array of samples) and watch the
+        workers' segment flows (each a JSON object, ``effects.flows_message``)."""
+        if not self._flows_restored:
+            await self._restore_flows()
+        samples_raw = []
+        for raw in batch:
+            if raw[:1] == b"{":
+                self._watch_flows(orjson.loads(raw))
+            else:
+                samples_raw.append(raw)
+        if not samples_raw:
+            await self._publish_alerts()
+            return
+        batch = samples_raw
         if self.trainer is None:
             self.trainer = cluster_trainer(self.settings)
             data = await retry_forever("Redis model read", self.store.model)
@@ -87,6 +116,29 @@ class Trainer:
         if self.trainer.ready and not was_ready:
             await self.publish_model()  # the first model goes out at once
         await self._publish_alerts()
+
+    async def _restore_flows(self) -> None:
+        """A new trainer (a restart, a rebalance) learns the flows' history from the size
+        snapshots in Redis, rather than waiting days for it: when they are taken per bucket
+        of the flow monitor's size. The newest bucket, still filling, is left out."""
+        self._flows_restored = True
+        if self.settings.stats_bucket_seconds != self.settings.drift_flow_bucket_seconds:
+            log.info("flow drift starts without history (the size snapshots' bucket differs)")
+            return
+        history = await retry_forever(
+            "Redis history", self.store.history, self.settings.stats_history
+        )
+        snapshots = [
+            (int(h["bucket"]), h.get("entered_total", {}), h.get("exited_total", {}))
+            for h in sorted(history, key=lambda h: int(h["bucket"]))[:-1]
+        ]
+        learnt = self.flows.restore(snapshots)
+        if learnt:
+            log.info("flow drift restored %d buckets of history from the size snapshots", learnt)
+
+    def _watch_flows(self, message: dict[str, Any]) -> None:
+        counts = {(segment, change): int(n) for segment, change, n in message["flows"]}
+        self.pending_alerts += self.flows.add(counts, int(message["watermark"]))
 
     def _learn(self, samples: Sequence[dict[str, Any]]) -> None:
         assert self.trainer is not None
@@ -134,6 +186,15 @@ class Trainer:
         alerts, self.pending_alerts = self.pending_alerts, []
         if not alerts:
             return
+        if any(a.kind == "segment_flow" for a in alerts):
+            # The store counts every worker's members; the monitor's count starts with it.
+            sizes = await retry_forever("Redis sizes", self.store.members)
+            alerts = [
+                replace(a, size=sizes.get(a.segment, a.size))
+                if a.kind == "segment_flow" and a.segment
+                else a
+                for a in alerts
+            ]
         payloads = [a.to_dict() for a in alerts]
         for alert in alerts:
             log.warning("drift: %s", alert.message)

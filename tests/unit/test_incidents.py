@@ -1,0 +1,140 @@
+"""Generator incidents, and one end-to-end check: a visitor spike replayed through the worker's
+step (``stream.tools.evaluate.Replay``) is alerted by the flow monitor the trainer runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.settings import Settings
+from stream.tools.eval_incidents import Scenario, replay_flows
+from stream.tools.generator import TrafficGenerator
+from stream.tools.incidents import DAY_MS, Incident, IncidentTraffic, SteadyPopulation
+from stream.worker.trainer import flow_monitor
+
+
+def _events(messages):  # type: ignore[no-untyped-def]
+    for m in messages:
+        yield from (m.value if isinstance(m.value, list) else [m.value])
+
+
+def test_a_checkout_loop_sends_mobile_users_back_to_the_cart_and_nobody_buys() -> None:
+    g = TrafficGenerator(customers=200, seed=4, session_gap_ms=DAY_MS // 300)
+    loop = Incident("checkout_loop", g.clock - DAY_MS, g.clock + 30 * DAY_MS, device="mobile")
+    traffic = IncidentTraffic(g, [loop], seed=2)
+    sessions = [traffic.session() for _ in range(600)]
+    mobile = [s for s in sessions if any(e.get("device") == "mobile" for e in _events(s))]
+    looped = [s for s in mobile if sum(e.get("page") == "/cart" for e in _events(s)) >= 2]
+    assert looped and traffic.affected["checkout_loop"] == len(looped)
+    assert not any(m.source == "purchases" for s in mobile for m in s)
+    for s in looped:
+        events = sorted(_events(s), key=lambda e: e["ts"])
+        assert events[-1]["type"] == "checkout_start"  # ends at the checkout, no purchase
+        assert len({e["event_id"] for e in events}) == len(events)
+    # other devices still buy
+    assert any(m.source == "purchases" for s in sessions for m in s)
+
+
+def test_a_visitor_spike_adds_new_anonymous_visitors_who_never_buy() -> None:
+    g = TrafficGenerator(customers=100, seed=5, session_gap_ms=DAY_MS // 200)
+    spike = Incident("visitor_spike", g.clock - DAY_MS, g.clock + 30 * DAY_MS, share=1.5)
+    traffic = IncidentTraffic(g, [spike], seed=3)
+    messages = [m for _ in range(400) for m in traffic.session()]
+    visitors = {m.key for m in messages if m.key.startswith("visitor-")}
+    assert 500 <= len(visitors) <= 700  # 1.5 a session
+    theirs = [e for m in messages if m.key in visitors for e in _events([m])]
+    assert theirs and {m.source for m in messages if m.key in visitors} == {"clickstream"}
+    assert not {"add_to_cart", "checkout_start", "purchase"} & {e["type"] for e in theirs}
+
+
+def test_the_stream_outside_an_incident_is_the_same_with_and_without_it() -> None:
+    def stream(incidents: list[Incident]) -> list[str]:
+        g = TrafficGenerator(customers=300, seed=9, session_gap_ms=DAY_MS // 100)
+        traffic = IncidentTraffic(g, incidents, seed=1)
+        return [e["event_id"] for _ in range(150) for e in _events(traffic.session())]
+
+    g = TrafficGenerator(customers=300, seed=9, session_gap_ms=DAY_MS // 100)
+    later = Incident("payment_outage", g.clock + 10 * DAY_MS, g.clock + 20 * DAY_MS)
+    assert stream([]) == stream([later])
+
+
+def test_a_steady_population_renews_itself() -> None:
+    g = TrafficGenerator(customers=3000, seed=1, session_gap_ms=DAY_MS // 100)
+    population = SteadyPopulation(g, arrivals_per_day=10, lifetime_days=20, seed=1)
+    first = {population.pick() for _ in range(300) if g.session(population.pick())}
+    later = {population.pick() for _ in range(3000) if g.session(population.pick())}
+    assert 150 <= len(population._active) <= 260  # about 10 a day for 20 days
+    assert len(later - first) > 100
+
+
+def test_bad_incidents_and_scenarios_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown incident"):
+        Incident("meteor", 0, 1)
+    with pytest.raises(ValueError, match="end after"):
+        Incident("payment_outage", 5, 5)
+    with pytest.raises(ValueError, match="at most 1"):
+        Incident("payment_outage", 0, 1, share=2.0)
+    with pytest.raises(ValueError, match="between the first baseline"):
+        Scenario(days=100)
+    with pytest.raises(ValueError, match="burn_in_days"):
+        Scenario(burn_in_days=200)
+
+
+@pytest.mark.slow
+def test_a_visitor_spike_through_the_workers_step_is_alerted_within_a_day() -> None:
+    """Twenty days of a small shop, new visitors tripling on day 15: the lifecycle_new
+    entries alert, dated and raised within a day of the start."""
+    g = TrafficGenerator(customers=6000, seed=3, session_gap_ms=DAY_MS // 600)
+    start = g.clock
+    population = SteadyPopulation(g, arrivals_per_day=40, lifetime_days=60, seed=3)
+    spike_at = start + int(15.4 * DAY_MS)
+    spike = Incident("visitor_spike", spike_at, spike_at + 3 * DAY_MS, share=1.0)
+    traffic = IncidentTraffic(g, [spike], seed=4, pick=population.pick)
+    settings = Settings()
+    alerts, events = replay_flows(settings, traffic, start + 19 * DAY_MS, flow_monitor(settings))
+    assert events > 100_000
+    hits = [
+        a
+        for a in alerts
+        if a.detected_at <= spike_at + DAY_MS and abs(a.since - spike_at) <= DAY_MS
+    ]
+    assert ("rule:lifecycle_new", "entered") in {(a.segment, a.flow) for a in hits}, [
+        a.message for a in alerts if a.detected_at > start + 14 * DAY_MS
+    ]
+
+
+def test_the_report_gives_median_and_worst_and_judges_every_target() -> None:
+    from models.drift import DriftAlert
+    from stream.tools.eval_incidents import IncidentRun, report_rows
+
+    hour = 3_600_000
+
+    def alert(since: int, detected: int) -> DriftAlert:
+        return DriftAlert(
+            "segment_flow", "rule:x entered", 3.0, 1.0, 3.0, since, detected, 30, None
+        )
+
+    def run(seed: int, found: bool, quiet: int) -> IncidentRun:
+        start = 100 * DAY_MS
+        return IncidentRun(
+            seed=seed,
+            events=1,
+            stationary_events=1,
+            detected={"visitor_spike": alert(start, start + 5 * hour * seed) if found else None},
+            starts={"visitor_spike": start},
+            stationary_alerts=[alert(0, 0)] * quiet,
+            measured_months=1.5,
+        )
+
+    rows = {r[0]: r for r in report_rows([run(1, True, 0), run(2, True, 1), run(3, True, 3)])}
+    assert rows["visitor_spike: alerted within a day of its start, dated within a day"][1:] == (
+        "3 of 3 seeds",
+        "every seed",
+        True,
+    )
+    assert (
+        rows["visitor_spike: hours to the alert / dating error"][1] == "10 / 0 h (worst 15 / 0 h)"
+    )
+    quiet = rows["flow alerts a month on a stationary stream"]
+    assert quiet[1] == "median 0.67, worst 2.00" and quiet[3] is False
+    missed = report_rows([run(1, False, 0)])
+    assert missed[0][1] == "0 of 1 seeds" and missed[0][3] is False
