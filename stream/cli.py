@@ -576,6 +576,7 @@ def segments(
             f"[yellow]{r['note']}[/yellow]",
         )
     Console().print(table)
+    Console().print(report["clusters"]["line"])
 
 
 @app.command(name="eval")

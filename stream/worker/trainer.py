@@ -26,7 +26,7 @@ __all__ = ["Trainer", "cluster_trainer"]
 def cluster_trainer(settings: Settings) -> ClusterTrainer:
     """The model trainer as the settings configure it (the worker's and `segmenter eval`'s)."""
     return ClusterTrainer(
-        n_clusters=settings.n_clusters,
+        n_clusters=None if settings.n_clusters == "auto" else settings.n_clusters,
         halflife=settings.learning_rate,
         warmup=settings.warmup_samples,
         seed=settings.seed,
@@ -75,9 +75,16 @@ class Trainer:
         if self.trainer is None:
             self.trainer = cluster_trainer(self.settings)
             data = await retry_forever("Redis model read", self.store.model)
-            if data:
-                self.trainer.restore(ModelSnapshot.from_dict(data))
+            if data and self.trainer.restore(ModelSnapshot.from_dict(data)):
                 log.info("trainer restored model version %s", self.trainer.version)
+            elif data:
+                # Workers go on scoring with the stored model meanwhile (it loads as it was).
+                log.warning(
+                    "stored model version %s has no learned space, or other features or "
+                    "cluster count than the settings: retraining from %s new samples",
+                    data.get("version"),
+                    self.trainer.warmup,
+                )
         was_ready = self.trainer.ready
         samples = [sample for raw in batch for sample in orjson.loads(raw)]
         # In a thread: seeding (ten k-means++ starts) takes seconds of pure Python, and the
