@@ -474,16 +474,21 @@ def choose_k(
     rng = rng or np.random.default_rng(0)
     n = len(points)
     subsample = rng.choice(n, size=min(n, sample), replace=False)
+    sub = points[subsample]
+    distances = np.sqrt(_sq_distances(sub, sub))
+    np.fill_diagonal(distances, 0.0)
     scores: dict[int, float] = {}
     fits: dict[int, tuple[np.ndarray, list[int]]] = {}
     for k in range(k_range[0], min(k_range[1], n - 1) + 1):
         centres, counts, labels = _best_of(points, k, rng)
         fits[k] = (centres, counts)
-        scores[k] = round(silhouette(points[subsample], labels[subsample]), 4)
+        scores[k] = round(silhouette(sub, labels[subsample], distances), 4)
     return scores, fits
 
 
-def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
+def silhouette(
+    points: np.ndarray, labels: np.ndarray, distances: np.ndarray | None = None
+) -> float:
     """Mean silhouette coefficient (0 for a point alone in its cluster, as usual).
 
     >>> round(silhouette(np.array([[0.0], [0.1], [1.0], [1.1]]), np.array([0, 0, 1, 1])), 2)
@@ -493,9 +498,9 @@ def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
     ids, labels = np.unique(labels, return_inverse=True)
     if len(ids) < 2 or n < 3:
         return 0.0
-    sq = (points * points).sum(axis=1)
-    distances = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * points @ points.T, 0.0))
-    np.fill_diagonal(distances, 0.0)
+    if distances is None:  # the pairwise distances (the same for every k: pass them once)
+        distances = np.sqrt(_sq_distances(points, points))
+        np.fill_diagonal(distances, 0.0)
     onehot = np.zeros((n, len(ids)))
     onehot[np.arange(n), labels] = 1.0
     sizes = onehot.sum(axis=0)
@@ -513,8 +518,17 @@ def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    d = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
-    return np.asarray(d.argmin(axis=1))
+    return np.asarray(_sq_distances(points, centres).argmin(axis=1))
+
+
+def _sq_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Squared distances, points by centres (the |x|^2 + |c|^2 - 2 x.c form: one matmul)."""
+    d = (
+        (points * points).sum(axis=1)[:, None]
+        + (centres * centres).sum(axis=1)[None, :]
+        - 2.0 * points @ centres.T
+    )
+    return np.asarray(np.maximum(d, 0.0))
 
 
 def _best_of(
@@ -541,18 +555,18 @@ def _lloyd(
     d2 = ((points - centres[0]) ** 2).sum(axis=1)
     for j in range(1, k):  # k-means++: far points are likelier seeds
         total = d2.sum()
-        index = rng.integers(n) if total <= 0 else rng.choice(n, p=d2 / total)
-        centres[j] = points[index]
+        index = (
+            rng.integers(n) if total <= 0 else np.searchsorted(d2.cumsum(), rng.random() * total)
+        )
+        centres[j] = points[min(int(index), n - 1)]
         d2 = np.minimum(d2, ((points - centres[j]) ** 2).sum(axis=1))
     labels = _nearest(points, centres)
     for _ in range(passes):
-        moved = centres.copy()
-        for j in range(k):
-            members = points[labels == j]
-            if len(members):
-                moved[j] = members.mean(axis=0)
-        new_labels = _nearest(points, moved)
-        centres = moved
+        counts = np.bincount(labels, minlength=k).astype(float)
+        sums = np.eye(k)[labels].T @ points
+        filled = counts > 0  # an empty cluster keeps its centre
+        centres = np.where(filled[:, None], sums / np.maximum(counts, 1.0)[:, None], centres)
+        new_labels = _nearest(points, centres)
         if np.array_equal(new_labels, labels):
             break
         labels = new_labels
