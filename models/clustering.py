@@ -4,6 +4,7 @@ and versioned snapshots that workers score."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import math
 from collections import deque
@@ -26,6 +27,7 @@ __all__ = [
     "ModelSnapshot",
     "describe_centre",
     "match_ids",
+    "population_key",
     "silhouette",
 ]
 
@@ -44,6 +46,18 @@ _CLIP = 2.0
 #: of a scalar feature do.
 _GROUP_SPREAD = math.sqrt(2.0)
 _SILHOUETTE_SAMPLE = 1000
+_KEY_SPACE = 1 << 63
+
+
+def population_key(customer_id: str) -> int:
+    """A training sample's customer key: a uniform 63-bit hash of the id (the trainer keeps
+    each customer's newest vector under it, and never sees the id itself).
+
+    >>> population_key("c-42") == population_key("c-42") != population_key("c-43")
+    True
+    """
+    digest = hashlib.blake2b(customer_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 @dataclass(frozen=True)
@@ -250,6 +264,17 @@ class ClusterTrainer:
     snapshots are comparable; a re-fit (``min_share``) learns it again from the recent window.
     Only one trainer runs in a deployment, so every worker sees the same clusters.
 
+    **The population, not the activity.** Samples come as customers act, so an active
+    customer sends many and a lapsed one none: a model fitted to the sample stream describes
+    recent activity (on CDNOW, where no new customer arrives after the first quarter, it
+    drifted to the few repeat buyers). With a customer ``key`` per sample
+    (:func:`population_key`), the trainer keeps each customer's newest vector (a uniform
+    sample of at most ``population`` customers, chosen by key hash, so the same ones across
+    restarts) and, once it holds ``warmup`` customers, the model is k-means over them: every
+    ``check_every`` samples a few Lloyd passes from the current centres (each centre moves to
+    the mean of its customers, so ids stay with centres) replace the per-sample steps. Without
+    keys (or until the population refills after a restart) it learns online as above.
+
     >>> trainer = ClusterTrainer(n_clusters=2, warmup=6, features=("a",), seed=1)
     >>> for v in (0.0, 0.1, 0.05, 0.9, 1.0, 0.95):
     ...     trainer.learn_one({"a": v})
@@ -272,6 +297,7 @@ class ClusterTrainer:
         check_every: int = 500,
         k_range: tuple[int, int] = K_RANGE,
         groups: Mapping[str, Sequence[str]] = FEATURE_GROUPS,
+        population: int = 20_000,
     ) -> None:
         if n_clusters is not None and n_clusters < 1:
             raise ValueError("n_clusters must be at least 1")
@@ -290,7 +316,11 @@ class ClusterTrainer:
         self.check_every = check_every
         self.k_range = k_range
         self.groups = dict(groups)
+        self.population = population
         self.refits = 0
+        self.settles = 0
+        self._members: dict[int, list[float]] = {}  # customer key -> newest point
+        self._cut = _KEY_SPACE  # keys at or above are not kept (a bottom-k sample by hash)
         self.k_scores: dict[int, float] = {}
         self.scaling: FeatureScaling | None = None
         self._recent: deque[list[float]] = deque(maxlen=window)
@@ -310,14 +340,28 @@ class ClusterTrainer:
     def version(self) -> int:
         return self._version
 
-    def learn_one(self, x: Mapping[str, float]) -> None:
+    @property
+    def population_mode(self) -> bool:
+        """True when the model is k-means over the customers' newest vectors."""
+        return len(self._members) >= self.warmup
+
+    def learn_one(self, x: Mapping[str, float], key: int | None = None) -> None:
+        """Learn from one sample; ``key``: its customer's :func:`population_key`, if known."""
         point = [float(x.get(name, 0.0)) for name in self.features]
         self._samples += 1
         self._recent.append(point)
+        if key is not None and key < self._cut:
+            self._remember(key, point)
         if not self._ready:
             self._buffer.append(point)
             if len(self._buffer) >= self.warmup:
                 self._seed_from_buffer()
+            return
+        if self.population_mode:
+            if self._samples % self.check_every == 0:
+                self._settle()
+                if self.min_share > 0:
+                    self._guard_small_segments()
             return
         assert self._model is not None and self.scaling is not None
         z = dict(zip(self.features, self.scaling.transform(point), strict=True))
@@ -330,28 +374,65 @@ class ClusterTrainer:
         if self.min_share > 0 and self._samples % self.check_every == 0:
             self._guard_small_segments()
 
+    def _remember(self, key: int, point: list[float]) -> None:
+        members = self._members
+        members[key] = point
+        if len(members) > self.population:  # keep the smallest keys: a uniform sample
+            self._cut = sorted(members)[self.population * 3 // 4]
+            self._members = {k: p for k, p in members.items() if k < self._cut}
+
+    def _data(self) -> np.ndarray:
+        """What the model describes: the population, else the recent samples."""
+        if self.population_mode:
+            return np.asarray(list(self._members.values()))
+        return np.asarray(self._recent)
+
+    def _settle(self, passes: int = 10) -> None:
+        """Lloyd passes over the population from the current centres."""
+        assert self.scaling is not None
+        z = self.scaling.transform_many(self._data())
+        centres = np.asarray(self._centres())
+        k = len(centres)
+        labels = _nearest(z, centres)
+        for _ in range(passes):
+            counts = np.bincount(labels, minlength=k).astype(float)
+            sums = np.eye(k)[labels].T @ z
+            centres = np.where(
+                (counts > 0)[:, None], sums / np.maximum(counts, 1.0)[:, None], centres
+            )
+            new_labels = _nearest(z, centres)
+            if np.array_equal(new_labels, labels):
+                break
+            labels = new_labels
+        self._set_centres(centres.tolist())
+        self._counts = [int(n) for n in np.bincount(labels, minlength=k)]
+        self.settles += 1
+
     def shares(self) -> list[float]:
-        """Each segment's share of the recent samples."""
+        """Each segment's share of the population (else of the recent samples)."""
         assert self.scaling is not None
         centres = np.asarray(self._centres())
-        if not self._recent:
+        data = self._data()
+        if not len(data):
             return [0.0] * len(centres)
-        labels = _nearest(self.scaling.transform_many(np.asarray(self._recent)), centres)
+        labels = _nearest(self.scaling.transform_many(data), centres)
         counts = np.bincount(labels, minlength=len(centres))
         return [float(n) / len(labels) for n in counts]
 
     def _guard_small_segments(self) -> None:
-        """Re-fit when a segment holds less than ``min_share`` of recent customers.
+        """Re-fit when a segment holds less than ``min_share`` of the population (or of the
+        recent samples, without one).
 
         A segment that small is usually a centre stranded by drift or an over-split group. The
-        re-fit learns the space again and runs k-means on the recent window, then maps the new
+        re-fit learns the space again and runs k-means on that data, then maps the new
         centres onto the old ids, so customers keep their segment id; it is kept only if it
         fixes the small segment. k stays as it is: changing it would renumber segments.
         """
-        if len(self._recent) < self.window // 2 or min(self.shares()) >= self.min_share:
+        enough = self.population_mode or len(self._recent) >= self.window // 2
+        if not enough or min(self.shares()) >= self.min_share:
             return
         assert self.scaling is not None
-        data = np.asarray(self._recent)
+        data = self._data()
         scaling = FeatureScaling.learn(data, self.features, self.groups)
         rng = np.random.default_rng(self.seed + self._samples)
         centres, counts, _ = _best_of(scaling.transform_many(data), len(self._counts), rng)
@@ -417,7 +498,10 @@ class ClusterTrainer:
         return True
 
     def _seed_from_buffer(self) -> None:
-        data = np.asarray(self._buffer)
+        # The customers' newest vectors when there are enough of them: each customer once.
+        enough = max(2 * self.k_range[1], self.warmup // 4)
+        members = list(self._members.values())
+        data = np.asarray(members if len(members) >= enough else self._buffer)
         self.scaling = FeatureScaling.learn(data, self.features, self.groups)
         z = self.scaling.transform_many(data)
         rng = np.random.default_rng(self.seed)

@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -628,12 +628,11 @@ def evaluate_real(
     runs = []
     for seed in range(1, seeds + 1):
         with console.status(f"replaying CDNOW, seed {seed}...") as status:
-            result = run_real(
-                settings,
-                seed=seed,
-                customers=customers,
-                on_progress=lambda n: status.update(f"replaying CDNOW, seed {seed}: {n:,}"),
-            )
+
+            def progress(n: int, seed: int = seed, status: Any = status) -> None:
+                status.update(f"replaying CDNOW, seed {seed}: {n:,} purchases")
+
+            result = run_real(settings, seed=seed, customers=customers, on_progress=progress)
         runs.append(result)
         if as_json:
             sys.stdout.write(orjson.dumps(result.to_dict()).decode() + "\n")

@@ -27,7 +27,7 @@ scikit-learn is an eval-only extra (``pip install -e '.[eval]'``), imported here
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,27 @@ class RealFigures:
         }
 
 
+class _KeyedReplay(Replay):
+    """``Replay`` whose trainer also gets each sample's customer key, as the worker's trainer
+    does (``stream/worker/trainer.py``: ``learn_one(x, sample["key"])``), so that it learns
+    the population. Once ``Replay._train`` passes the key itself, this class can go."""
+
+    def _train(self, samples: Iterable[dict[str, object]]) -> None:
+        batch = list(samples)
+        keys = iter([sample.get("key") for sample in batch])
+        learn = self.trainer.learn_one
+
+        def keyed(x: Mapping[str, float], key: int | None = None) -> None:
+            found = next(keys)
+            learn(x, found if isinstance(found, int) else None)
+
+        self.trainer.learn_one = keyed  # type: ignore[method-assign]
+        try:
+            super()._train(batch)
+        finally:
+            del self.trainer.learn_one
+
+
 def real_settings(base: Settings | None = None, seed: int | None = None) -> Settings:
     """The worker's settings for a purchase-only log: a CDNOW customer's whole history is a
     handful of purchases, so every applied event of every customer is a training sample
@@ -156,7 +177,7 @@ def run_real(
         log = [p for p in log if p.customer_id in kept]
     if not log:
         raise ValueError("no purchases to replay")
-    replay = Replay(real_settings(settings, seed), None, rate)
+    replay = _KeyedReplay(real_settings(settings, seed), None, rate)
     half_model: ModelSnapshot | None = None
     half: dict[str, CustomerProfile] = {}
     for n, purchase in enumerate(log, 1):

@@ -101,7 +101,7 @@ class Trainer:
         with self.lock:
             for sample in samples:
                 x = sample["x"]
-                self.trainer.learn_one(x)
+                self.trainer.learn_one(x, sample.get("key"))
                 if sample["rfm"]:
                     self.population.update(*sample["rfm"])
                 if model is not None:

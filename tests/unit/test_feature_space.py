@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from models.clustering import ClusterTrainer, FeatureScaling, ModelSnapshot
+from models.clustering import ClusterTrainer, FeatureScaling, ModelSnapshot, population_key
 from models.events import Event
 from models.features import (
     FEATURE_GROUPS,
@@ -233,3 +233,51 @@ def test_settings_take_auto_and_refuse_a_warmup_below_k(monkeypatch):
     monkeypatch.setenv("SEGMENTER_WARMUP_SAMPLES", "7")
     with pytest.raises(ValueError, match="WARMUP_SAMPLES"):
         Settings()
+
+
+def phases(keyed: bool) -> ClusterTrainer:
+    """Groups A and B act together, then only A does (B lapsed): 600 then 6,000 samples."""
+    rng = random.Random(4)
+    t = ClusterTrainer(n_clusters=2, warmup=400, features=("a", "b"), check_every=200)
+
+    def send(group: str, i: int) -> None:
+        at = 0.0 if group == "A" else 1.0
+        x = {"a": at + rng.gauss(0, 0.05), "b": at + rng.gauss(0, 0.05)}
+        t.learn_one(x, population_key(f"{group}{i}") if keyed else None)
+
+    for i in range(300):
+        send("A", i)
+        send("B", i)
+    for n in range(6000):
+        send("A", n % 300)
+    return t
+
+
+def test_with_customer_keys_the_model_describes_the_population_not_the_activity():
+    keyed, unkeyed = phases(True), phases(False)
+    snap = keyed.snapshot()
+    assert keyed.population_mode and keyed.settles > 0
+    assert snap.predict({"a": 1.0, "b": 1.0})[0] != snap.predict({"a": 0.0, "b": 0.0})[0]
+    assert keyed.shares() == [0.5, 0.5] and sorted(snap.counts) == [300, 300]
+    # From the samples alone, the lapsed half is a stranded centre: re-fitted onto the active.
+    assert not unkeyed.population_mode and unkeyed.refits >= 1
+    old = unkeyed.snapshot()
+    assert old.predict({"a": 1.0, "b": 1.0})[0] == old.predict({"a": 0.1, "b": 0.1})[0]
+
+
+def test_the_population_is_a_bounded_uniform_sample_by_key():
+    t = ClusterTrainer(n_clusters=2, warmup=50, features=("a",), population=100)
+    keys = [population_key(f"c{i}") for i in range(1000)]
+    for key in keys:
+        t.learn_one({"a": 0.5}, key)
+    kept = set(t._members)
+    assert 75 <= len(kept) <= 100 and kept == set(sorted(keys)[: len(kept)])
+
+
+def test_a_training_sample_carries_its_customer_key_not_the_id():
+    from models.step import _sample
+
+    p = CustomerProfile("c-42")
+    visit(p, 9)
+    sample = _sample(p)
+    assert sample["key"] == population_key("c-42") and "c-42" not in str(sample)
