@@ -69,6 +69,7 @@ class RealFigures:
     id_changes: float
     midpoint_customers: int
     seed: int
+    refits: int = 0  # the trainer's re-fits (a small segment) over the log
 
     @property
     def inertia_ratio(self) -> float:
@@ -111,6 +112,7 @@ class RealFigures:
             "id_changes": round(self.id_changes, 5),
             "midpoint_customers": self.midpoint_customers,
             "seed": self.seed,
+            "refits": self.refits,
         }
 
 
@@ -138,9 +140,16 @@ class _KeyedReplay(Replay):
 def real_settings(base: Settings | None = None, seed: int | None = None) -> Settings:
     """The worker's settings for a purchase-only log: a CDNOW customer's whole history is a
     handful of purchases, so every applied event of every customer is a training sample
-    (``SEGMENTER_MIN_EVENTS_FOR_SAMPLE=1``, ``SEGMENTER_SAMPLE_EVERY=1``); the rest as given."""
+    (``SEGMENTER_MIN_EVENTS_FOR_SAMPLE=1``, ``SEGMENTER_SAMPLE_EVERY=1``), and no cap on
+    samples a second (``SEGMENTER_MAX_SAMPLES_PER_SECOND=0``): the replay plays 18 months in
+    seconds, where the cap would keep about one purchase in five and so mostly the repeat
+    buyers, while the shop live sends a few samples an hour. The rest as given."""
     base = base or Settings()
-    update: dict[str, Any] = {"min_events_for_sample": 1, "sample_every": 1}
+    update: dict[str, Any] = {
+        "min_events_for_sample": 1,
+        "sample_every": 1,
+        "max_samples_per_second": 0,
+    }
     if seed is not None:
         update["seed"] = seed
     return Settings(**{**base.model_dump(), **update})
@@ -224,6 +233,7 @@ def run_real(
         id_changes=changed / len(half) if half else 0.0,
         midpoint_customers=len(half),
         seed=seed,
+        refits=replay.trainer.refits,
     )
 
 
