@@ -281,3 +281,22 @@ def test_a_training_sample_carries_its_customer_key_not_the_id():
     visit(p, 9)
     sample = _sample(p)
     assert sample["key"] == population_key("c-42") and "c-42" not in str(sample)
+
+
+def test_after_a_restore_the_population_refills_before_it_moves_the_model():
+    t = phases(True)
+    snap = t.snapshot()
+    assert sum(snap.counts) == 600  # fitted on 600 customers
+    back = ClusterTrainer(n_clusters=2, warmup=100, features=("a", "b"), check_every=200)
+    assert back.restore(snap)
+    rng = random.Random(9)
+    for i in range(299):  # the first to come back: only A's, half the population less one
+        x = {"a": rng.gauss(0, 0.05), "b": rng.gauss(0, 0.05)}
+        back.learn_one(x, population_key(f"A{i}"))
+    assert not back.population_mode
+    for i in range(60):
+        x = {"a": 1 + rng.gauss(0, 0.05), "b": 1 + rng.gauss(0, 0.05)}
+        back.learn_one(x, population_key(f"B{i}"))
+    assert back.population_mode
+    again = back.snapshot()
+    assert again.predict({"a": 1.0, "b": 1.0})[0] == snap.predict({"a": 1.0, "b": 1.0})[0]
