@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from river import stats
 
@@ -14,6 +17,8 @@ from models.session import Session, follow
 
 __all__ = [
     "CANONICAL_FEATURES",
+    "COUNTRY_ZONES",
+    "FEATURE_GROUPS",
     "FEATURE_VECTOR",
     "MAX_MERGED_IDS",
     "SESSION_TIMEOUT_MS",
@@ -21,10 +26,11 @@ __all__ = [
     "CustomerProfile",
     "bump",
     "feature_vector",
+    "local_offset_hours",
     "squash",
 ]
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 #: Anonymous ids merged into one customer that are remembered (``CustomerProfile.merged_ids``);
 #: past this the oldest are dropped, and a late request for one of them is merged again.
 MAX_MERGED_IDS = 100
@@ -36,7 +42,9 @@ CANONICAL_FEATURES = (
     "last_seen_ts",
     "last_purchase_ts",
 )
-#: The fixed, ordered feature set the clustering model sees; every value lies in [0, 1].
+#: The fixed, ordered feature set the clustering model sees: shares in [0, 1], amounts on a
+#: fixed log transform (``squash``); the model's learned scales (``models.clustering``) make
+#: them comparable for one shop.
 FEATURE_VECTOR = (
     "monetary",
     "frequency",
@@ -54,6 +62,36 @@ FEATURE_VECTOR = (
     "evening_share",
 )
 
+#: Shares that describe one thing together (a mix summing to 1): the model weighs each group
+#: like one feature (``models.clustering.FeatureScaling``).
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "device": ("mobile_share", "desktop_share", "tablet_share"),
+    "daypart": ("night_share", "morning_share", "afternoon_share", "evening_share"),
+}
+#: Country (ISO 3166 alpha-2, as events carry it) -> IANA time zone, for local dayparts when a
+#: customer has no ``timezone`` trait. One zone per country: for a country spanning several,
+#: the zone where most of its people live (US: New York, CA: Toronto, BR: Sao Paulo, AU:
+#: Sydney, RU: Moscow, MX: Mexico City, ID: Jakarta), so a customer elsewhere in it is off by
+#: the zones between (at most a daypart boundary moved by a few hours). Unknown countries: UTC.
+COUNTRY_ZONES: dict[str, str] = {
+    "US": "America/New_York", "CA": "America/Toronto", "MX": "America/Mexico_City",
+    "BR": "America/Sao_Paulo", "AR": "America/Argentina/Buenos_Aires", "CL": "America/Santiago",
+    "CO": "America/Bogota", "PE": "America/Lima", "GB": "Europe/London", "IE": "Europe/Dublin",
+    "PT": "Europe/Lisbon", "ES": "Europe/Madrid", "FR": "Europe/Paris", "BE": "Europe/Brussels",
+    "NL": "Europe/Amsterdam", "LU": "Europe/Luxembourg", "DE": "Europe/Berlin",
+    "AT": "Europe/Vienna", "CH": "Europe/Zurich", "IT": "Europe/Rome", "DK": "Europe/Copenhagen",
+    "NO": "Europe/Oslo", "SE": "Europe/Stockholm", "FI": "Europe/Helsinki", "PL": "Europe/Warsaw",
+    "CZ": "Europe/Prague", "HU": "Europe/Budapest", "RO": "Europe/Bucharest",
+    "GR": "Europe/Athens", "TR": "Europe/Istanbul", "UA": "Europe/Kyiv", "RU": "Europe/Moscow",
+    "IL": "Asia/Jerusalem", "AE": "Asia/Dubai", "SA": "Asia/Riyadh", "EG": "Africa/Cairo",
+    "ZA": "Africa/Johannesburg", "NG": "Africa/Lagos", "KE": "Africa/Nairobi",
+    "IN": "Asia/Kolkata", "PK": "Asia/Karachi", "BD": "Asia/Dhaka", "TH": "Asia/Bangkok",
+    "VN": "Asia/Ho_Chi_Minh", "MY": "Asia/Kuala_Lumpur", "SG": "Asia/Singapore",
+    "ID": "Asia/Jakarta", "PH": "Asia/Manila", "CN": "Asia/Shanghai", "HK": "Asia/Hong_Kong",
+    "TW": "Asia/Taipei", "KR": "Asia/Seoul", "JP": "Asia/Tokyo", "AU": "Australia/Sydney",
+    "NZ": "Pacific/Auckland",
+}  # fmt: skip
+
 DAY_MS = 86_400_000
 #: Event time without events after which a session is over (``models.session``), by default.
 SESSION_TIMEOUT_MS = 30 * 60_000
@@ -66,9 +104,44 @@ _MAX_CATEGORIES = 24  # category counters kept per customer; the smallest is dro
 _DAYPARTS = ("night", "morning", "afternoon", "evening")
 
 
-def _daypart(ts_ms: int) -> str:
-    hour = (ts_ms // 3_600_000) % 24
+def _daypart(hour: int) -> str:
     return _DAYPARTS[0 if hour < 6 else 1 if hour < 12 else 2 if hour < 18 else 3]
+
+
+@functools.lru_cache(maxsize=4096)
+def _zone_offset_hours(zone: str, day: int) -> int:
+    """The UTC offset of ``zone`` on epoch day ``day``, to the nearest hour (0 if unknown)."""
+    try:
+        info = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return 0
+    offset = datetime.fromtimestamp(day * 86_400 + 43_200, UTC).astimezone(info).utcoffset()
+    return round(offset.total_seconds() / 3600) if offset is not None else 0
+
+
+def local_offset_hours(traits: Mapping[str, Any], country: str | None, ts_ms: int) -> int:
+    """Hours to add to UTC for the customer's local time at ``ts_ms``: from the ``timezone``
+    trait (an IANA name, e.g. from an identify event), else from the country
+    (:data:`COUNTRY_ZONES`), else 0 (UTC). An unknown zone name counts as no zone.
+
+    >>> local_offset_hours({"timezone": "Asia/Tokyo"}, "US", 0)
+    9
+    >>> local_offset_hours({}, "US", 0), local_offset_hours({}, "US", 200 * 86_400_000)
+    (-5, -4)
+    >>> local_offset_hours({"timezone": "Mars/Olympus"}, None, 0)
+    0
+    """
+    zone = traits.get("timezone")
+    day = ts_ms // DAY_MS
+    if isinstance(zone, str) and zone:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            zone = None
+        else:
+            return _zone_offset_hours(zone, day)
+    zone = COUNTRY_ZONES.get(country.upper()) if country else None
+    return _zone_offset_hours(zone, day) if zone else 0
 
 
 def _mean_state(mean: stats.Mean) -> list[float]:
@@ -149,7 +222,9 @@ class CustomerProfile:
     categories: dict[str, float] = field(default_factory=dict)
     category_spend: dict[str, float] = field(default_factory=dict)
     devices: dict[str, float] = field(default_factory=dict)
-    dayparts: dict[str, float] = field(default_factory=dict)
+    # Visits' events by hour of day in UTC ("0".."23"); dayparts are read from them in the
+    # customer's local time as known when asked (a time zone learned later applies to all).
+    hours: dict[str, float] = field(default_factory=dict)
     country: str | None = None
     country_ts: int = 0
     channel: str | None = None
@@ -234,8 +309,7 @@ class CustomerProfile:
             self._merge_traits(event.traits, ts)
             return True
         self.session = follow(self.session, event, session_timeout_ms)
-        hour = (ts // 3_600_000) % 24
-        bump(self.dayparts, _DAYPARTS[0 if hour < 6 else 1 if hour < 12 else 2 if hour < 18 else 3])
+        bump(self.hours, str((ts // 3_600_000) % 24))
         if kind == "purchase":
             amount = event.amount or 0.0
             amounts = self.purchase_amounts  # aligned with the window's newest ids
@@ -272,6 +346,24 @@ class CustomerProfile:
                 self.traits_ts[name] = ts
 
     # -- derived features ---------------------------------------------------------------------
+
+    @property
+    def dayparts(self) -> dict[str, float]:
+        """Events per daypart (night 0-6 h, morning 6-12, afternoon 12-18, evening 18-24) in
+        the customer's local time (:func:`local_offset_hours` at the newest event); read-only.
+
+        >>> p = CustomerProfile("c", hours={"3": 2.0}, country="JP", last_seen_ts=0)
+        >>> p.dayparts
+        {'afternoon': 2.0}
+        """
+        if not self.hours:
+            return {}
+        offset = local_offset_hours(self.traits, self.country, self.last_seen_ts or 0)
+        out: dict[str, float] = {}
+        for hour, n in self.hours.items():
+            part = _daypart((int(hour) + offset) % 24)
+            out[part] = out.get(part, 0.0) + n
+        return out
 
     def value_features(self) -> dict[str, Any]:
         """The canonical value features, exactly as DESIGN.md defines them."""
@@ -337,7 +429,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "cat": p.categories,
         "cs": p.category_spend,
         "dev": p.devices,
-        "dp": p.dayparts,
+        "hr": p.hours,
         "geo": [p.country, p.country_ts, p.channel],
         "t": p.traits,
         "tt": p.traits_ts,
@@ -363,7 +455,9 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
 def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
     version = state.get("v")
     if version == 2:
-        state = _from_v2(state)
+        state = _from_v3(_from_v2(state))
+    elif version == 3:
+        state = _from_v3(state)
     elif version != STATE_VERSION:
         raise ValueError(f"unsupported profile state version {version!r}")
     sessions, cart_sessions, last_session, has_cart = state["s"]
@@ -384,7 +478,7 @@ def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
         categories=dict(state["cat"]),
         category_spend=dict(state["cs"]),
         devices=dict(state["dev"]),
-        dayparts=dict(state["dp"]),
+        hours=dict(state["hr"]),
         country=country,
         country_ts=country_ts,
         channel=channel,
@@ -414,7 +508,21 @@ def _from_v2(state: Mapping[str, Any]) -> dict[str, Any]:
     """A version 2 state (before identity stitching) as version 3: no merges; the amounts of
     its recent purchases unknown, so none are kept (a purchase sent under two ids before the
     upgrade is counted twice if they merge); no current session."""
-    return {**state, "v": STATE_VERSION, "pa": [], "mid": [], "ask": [], "into": None, "ss": None}
+    return {**state, "v": 3, "pa": [], "mid": [], "ask": [], "into": None, "ss": None}
+
+
+def _from_v3(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A version 3 state (dayparts counted in UTC) as version 4 (hours in UTC): each daypart's
+    count is spread evenly over its six hours, so a version 3 profile keeps its UTC shares, and
+    a known time zone then moves them by whole hours (approximate until new events come)."""
+    hours: dict[str, float] = {}
+    for part, n in dict(state.get("dp") or {}).items():
+        if part in _DAYPARTS:
+            start = 6 * _DAYPARTS.index(part)
+            for hour in range(start, start + 6):
+                hours[str(hour)] = float(n) / 6
+    out = {k: v for k, v in state.items() if k != "dp"}
+    return {**out, "v": STATE_VERSION, "hr": hours}
 
 
 def _top(counter: Mapping[str, float], n: int) -> list[str]:
@@ -427,20 +535,28 @@ def _share(counter: Mapping[str, float], keys: Iterable[str]) -> float:
 
 
 def squash(value: float, scale: float) -> float:
-    """Map [0, inf) onto [0, 1) with a fixed log scale, so the vector never needs refitting."""
-    return min(1.0, math.log1p(max(0.0, value)) / math.log1p(scale))
+    """A fixed log transform: 0 at 0, 1 at ``scale``, and on past it (never clipped, so items
+    of 5 and of 5,000 stay apart). It only tames long tails; what counts as large in a shop is
+    the model's learned scale (``models.clustering.FeatureScaling``), not ``scale``.
+
+    >>> squash(0, 1000), squash(1000, 1000), round(squash(1_000_000, 1000), 2)
+    (0.0, 1.0, 2.0)
+    """
+    return math.log1p(max(0.0, value)) / math.log1p(scale)
 
 
 def feature_vector(profile: CustomerProfile) -> dict[str, float]:
     """The fixed, scaled feature dict the clustering model learns from and scores.
 
     Every key of :data:`FEATURE_VECTOR` is present (River's KMeans mutates itself on unseen
-    keys), and every value is in [0, 1] by a fixed transform, identical on every worker.
+    keys); shares lie in [0, 1], amounts on a fixed log transform (:func:`squash`), identical
+    on every worker. Dayparts are in the customer's local time (:attr:`CustomerProfile.dayparts`).
     """
     clicks = sum(profile.counts.values())
     views = profile.counts.get("page_view", 0) + profile.counts.get("product_view", 0)
     sessions = max(profile.sessions, 1)
     at = profile.last_seen_ts or 0
+    dayparts = profile.dayparts
     return {
         "monetary": squash(profile.order_value.get(), 1000.0),
         "frequency": squash(profile.frequency_decayed.value_at(at), 20.0),
@@ -452,8 +568,8 @@ def feature_vector(profile: CustomerProfile) -> dict[str, float]:
         "desktop_share": _share(profile.devices, ("desktop",)),
         "tablet_share": _share(profile.devices, ("tablet",)),
         "price_level": squash(profile.viewed_price.get(), 1000.0),
-        "night_share": _share(profile.dayparts, ("night",)),
-        "morning_share": _share(profile.dayparts, ("morning",)),
-        "afternoon_share": _share(profile.dayparts, ("afternoon",)),
-        "evening_share": _share(profile.dayparts, ("evening",)),
+        "night_share": _share(dayparts, ("night",)),
+        "morning_share": _share(dayparts, ("morning",)),
+        "afternoon_share": _share(dayparts, ("afternoon",)),
+        "evening_share": _share(dayparts, ("evening",)),
     }

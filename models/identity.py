@@ -244,7 +244,7 @@ def absorb(
         (into.categories, other.categories),
         (into.category_spend, other.category_spend),
         (into.devices, other.devices),
-        (into.dayparts, other.dayparts),
+        (into.hours, other.hours),
     ):
         _add_counts(mine_counter, their_counter)
     if other.country and other.country_ts >= into.country_ts:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
-from models.clustering import ModelSnapshot
+from models.clustering import ModelSnapshot, population_key
 from models.events import DecodeError, DecodeLimits, Event, decode_message
 from models.facts import RfmCuts, customer_facts, rfm_values
 from models.features import CustomerProfile, feature_vector
@@ -791,4 +791,5 @@ def _sample(profile: CustomerProfile) -> dict[str, Any]:
     """A training sample: the feature vector and, for a buyer, raw RFM for the quantiles."""
     at = profile.last_seen_ts or 0
     rfm = rfm_values(profile, at) if profile.orders_total else None
-    return {"x": feature_vector(profile), "rfm": rfm, "ts": profile.last_seen_ts}
+    key = population_key(profile.customer_id)  # the trainer counts each customer once
+    return {"x": feature_vector(profile), "rfm": rfm, "ts": profile.last_seen_ts, "key": key}

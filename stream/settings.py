@@ -147,7 +147,11 @@ class Settings(BaseSettings):
     )
 
     # Model
-    n_clusters: Annotated[int, Field(ge=2, le=64)] = Field(5, description="behavioral clusters")
+    n_clusters: Annotated[int, Field(ge=2, le=64)] | Literal["auto"] = Field(
+        5,
+        description="behavioral clusters: a number, or auto (the best silhouette for k from 2 "
+        "to 10 on the warm-up samples); the scores per k are kept either way",
+    )
     warmup_samples: Annotated[int, Field(ge=2)] = Field(
         1000, description="samples before first model"
     )
@@ -303,6 +307,17 @@ class Settings(BaseSettings):
             )
         if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
             raise ValueError("kafka_ssl_cert_file and kafka_ssl_key_file go together")
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_fits_clusters(self) -> Settings:
+        # The trainer cannot seed k centres from fewer samples: it would fail on its first batch.
+        least = 3 if self.n_clusters == "auto" else self.n_clusters
+        if self.warmup_samples < least:
+            raise ValueError(
+                f"SEGMENTER_WARMUP_SAMPLES ({self.warmup_samples}) must be at least {least} "
+                f"for SEGMENTER_N_CLUSTERS={self.n_clusters}"
+            )
         return self
 
     @model_validator(mode="after")

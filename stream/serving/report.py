@@ -9,7 +9,40 @@ from stream.serving.definitions import DefinitionsInForce
 from stream.settings import Settings
 from stream.store import SegmentClient
 
-__all__ = ["definitions_status", "segment_report"]
+__all__ = ["cluster_count_evidence", "definitions_status", "segment_report"]
+
+
+def cluster_count_evidence(snapshot: ModelSnapshot | None) -> dict[str, Any]:
+    """How the model's number of clusters was chosen: the silhouette per k on the trainer's
+    warm-up samples, the k in use, and whether the setting was ``auto`` (best score) or a
+    number (then the scores are advice).
+
+    >>> from models.clustering import ModelSnapshot
+    >>> snap = ModelSnapshot(1, ("a",), ((0.0,), (1.0,)), (1, 1), k_scores={2: 0.7, 3: 0.5})
+    >>> cluster_count_evidence(snap)["line"]
+    'k = 2 (SEGMENTER_N_CLUSTERS=2); silhouette per k: 2: 0.700*, 3: 0.500 (best: 2)'
+    """
+    if snapshot is None:
+        return {"mode": None, "chosen": None, "best": None, "scores": {}, "line": "no model yet"}
+    scores = snapshot.k_scores
+    best = max(scores, key=lambda k: (scores[k], -k)) if scores else None
+    chosen = snapshot.k_chosen
+    setting = "auto, best silhouette" if snapshot.k_mode == "auto" else str(chosen)
+    line = f"k = {chosen} (SEGMENTER_N_CLUSTERS={setting})"
+    if scores:
+        shown = ", ".join(
+            f"{k}: {s:.3f}{'*' if k == chosen else ''}" for k, s in sorted(scores.items())
+        )
+        line += f"; silhouette per k: {shown} (best: {best})"
+    else:
+        line += "; no scores (a model trained before k was evaluated)"
+    return {
+        "mode": snapshot.k_mode,
+        "chosen": chosen,
+        "best": best,
+        "scores": {str(k): s for k, s in sorted(scores.items())},
+        "line": line,
+    }
 
 
 def definitions_status(workers: list[dict[str, Any]]) -> dict[str, Any]:
@@ -116,6 +149,7 @@ def segment_report(
     return {
         "customers": total,
         "model_version": snapshot.version if snapshot else None,
+        "clusters": cluster_count_evidence(snapshot),
         "definitions": definitions_status(workers),
         "segments": rows,
     }

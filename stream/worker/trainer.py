@@ -27,7 +27,7 @@ __all__ = ["Trainer", "cluster_trainer", "flow_monitor"]
 def cluster_trainer(settings: Settings) -> ClusterTrainer:
     """The model trainer as the settings configure it (the worker's and `segmenter eval`'s)."""
     return ClusterTrainer(
-        n_clusters=settings.n_clusters,
+        n_clusters=None if settings.n_clusters == "auto" else settings.n_clusters,
         halflife=settings.learning_rate,
         warmup=settings.warmup_samples,
         seed=settings.seed,
@@ -104,9 +104,16 @@ class Trainer:
         if self.trainer is None:
             self.trainer = cluster_trainer(self.settings)
             data = await retry_forever("Redis model read", self.store.model)
-            if data:
-                self.trainer.restore(ModelSnapshot.from_dict(data))
+            if data and self.trainer.restore(ModelSnapshot.from_dict(data)):
                 log.info("trainer restored model version %s", self.trainer.version)
+            elif data:
+                # Workers go on scoring with the stored model meanwhile (it loads as it was).
+                log.warning(
+                    "stored model version %s has no learned space, or other features or "
+                    "cluster count than the settings: retraining from %s new samples",
+                    data.get("version"),
+                    self.trainer.warmup,
+                )
         was_ready = self.trainer.ready
         samples = [sample for raw in batch for sample in orjson.loads(raw)]
         # In a thread: seeding (ten k-means++ starts) takes seconds of pure Python, and the
@@ -146,7 +153,7 @@ class Trainer:
         with self.lock:
             for sample in samples:
                 x = sample["x"]
-                self.trainer.learn_one(x)
+                self.trainer.learn_one(x, sample.get("key"))
                 if sample["rfm"]:
                     self.population.update(*sample["rfm"])
                 if model is not None:

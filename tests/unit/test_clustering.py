@@ -2,12 +2,13 @@ import random
 
 import pytest
 
-from models.clustering import ClusterTrainer, ModelSnapshot
+from models.clustering import ClusterTrainer, FeatureScaling, ModelSnapshot
 from models.features import CustomerProfile
 from models.segments import SegmentAssignment, changes_between
 
 FEATURES = ("a", "b")
 BLOBS = [(0.1, 0.1), (0.9, 0.1), (0.5, 0.9)]
+IDENTITY = FeatureScaling.identity(len(FEATURES))
 
 
 def blob_stream(n, seed=0):
@@ -98,7 +99,8 @@ def test_a_stranded_centre_is_refitted_and_the_others_keep_their_ids():
         n_clusters=3, warmup=60, features=FEATURES, min_share=0.1, window=300, check_every=100
     )
     # Centre 2 is stranded far from every blob; centres 0 and 1 sit on blobs 0 and 1.
-    t.restore(ModelSnapshot(1, FEATURES, ((0.1, 0.1), (0.9, 0.1), (5.0, 5.0)), (1, 1, 1)))
+    stranded = ((0.1, 0.1), (0.9, 0.1), (5.0, 5.0))
+    assert t.restore(ModelSnapshot(1, FEATURES, stranded, (1, 1, 1), scaling=IDENTITY))
     for _, x in blob_stream(600, seed=4):
         t.learn_one(x)
     assert t.refits >= 1
