@@ -318,7 +318,7 @@ def produce(
     customers: Annotated[int, typer.Option(help="customers in the simulated population")] = 1000,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same traffic)")] = 7,
     arrays: Annotated[bool, typer.Option(help="send a session's clicks as one JSON array")] = True,
-    truth: Annotated[Path, typer.Option(help="CSV side file: customer_id,persona")] = Path(
+    truth: Annotated[Path, typer.Option(help="CSV side file: customer_id,persona,kind")] = Path(
         "truth.csv"
     ),
     out: Annotated[
