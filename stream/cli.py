@@ -593,6 +593,10 @@ def evaluate_quality(
         bool,
         typer.Option(help="a smoke run: 5 seeds at 100k and 300k events, not the measured figures"),
     ] = False,
+    size: Annotated[
+        list[str] | None,
+        typer.Option(help="many draws: EVENTS:CUSTOMERS, repeatable (default 100k and 1M)"),
+    ] = None,
     jobs: Annotated[int, typer.Option(min=1, help="draws run in this many processes")] = 2,
     markdown: Annotated[
         Path | None, typer.Option(help="also write the report as a Markdown table here")
@@ -611,6 +615,11 @@ def evaluate_quality(
     from stream.tools import eval_runs
 
     sizes, default_seeds = eval_runs.QUICK if quick else eval_runs.FULL
+    if size:
+        try:
+            sizes = tuple(eval_runs.Size.parse(s) for s in size)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--size") from None
     chosen = tuple(range(1, seeds + 1)) if seeds else default_seeds
     todo = eval_runs.draws(sizes, chosen)
     console.print(

@@ -42,6 +42,22 @@ class Size:
     events: int
     customers: int
 
+    @classmethod
+    def parse(cls, text: str) -> Size:
+        """``EVENTS:CUSTOMERS``, e.g. ``200000:5000``.
+
+        >>> Size.parse("1000000:20000")
+        Size(name='1M', events=1000000, customers=20000)
+        """
+        events, sep, customers = text.partition(":")
+        try:
+            size = cls(_short(int(events)), int(events), int(customers))
+        except ValueError:
+            size = None
+        if not sep or size is None or size.events < 1 or size.customers < 1:
+            raise ValueError(f"expected EVENTS:CUSTOMERS (positive numbers), got {text!r}")
+        return size
+
 
 @dataclass(frozen=True)
 class Draw:
@@ -92,12 +108,12 @@ TARGETS: tuple[Target, ...] = (
 
 #: ``make eval``: ten seeds at 100k and at 1M events (customers scaled with the events, so a
 #: customer has as many sessions on average at both sizes, over ten times the event time).
-FULL = (
+FULL: tuple[tuple[Size, ...], tuple[int, ...]] = (
     (Size("100k", 100_000, 2_000), Size("1M", 1_000_000, 20_000)),
     tuple(range(1, 11)),
 )
 #: ``--quick``: a smoke run, not the measured figures (five seeds at 100k and at 300k).
-QUICK = (
+QUICK: tuple[tuple[Size, ...], tuple[int, ...]] = (
     (Size("100k", 100_000, 2_000), Size("300k", 300_000, 6_000)),
     tuple(range(1, 6)),
 )
@@ -219,6 +235,14 @@ def real_data_rows(settings: Settings) -> list[Row]:
         Row(str(figure), "CDNOW", str(value), str(value), str(target), bool(met))
         for figure, value, target, met in module.rows(settings)
     ]
+
+
+def _short(n: int) -> str:
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n % 1_000 == 0:
+        return f"{n // 1_000}k"
+    return str(n)
 
 
 def _fmt(figure: str, value: float) -> str:
