@@ -109,7 +109,8 @@ def test_bots_click_a_lot_and_bounces_visit_once():
 
 def test_customers_live_in_time_zones_and_identify_says_which():
     g = TrafficGenerator(customers=400, seed=9)
-    zones = Counter()
+    zones: Counter[str] = Counter()
+    near: list[int] = []
     for cid in g.customer_ids:
         if g.kind(cid) != "pure":
             continue
@@ -120,15 +121,13 @@ def test_customers_live_in_time_zones_and_identify_says_which():
         spec = g.customers[cid]
         assert zone == spec.timezone
         # The visit is at one of the persona's local hours, moved by the customer's own shift
-        # and a session's jitter of a few hours at most.
+        # and a session's jitter.
         view = next(e for e in _events(messages) if e.get("type") == "product_view")
         local = dt.datetime.fromtimestamp(view["ts"] / 1000, ZoneInfo(zone)).hour
-        near = min(
-            min(abs(local - h) % 24, 24 - abs(local - h) % 24) for h in spec.persona.hours
-        )
-        assert near <= 8, (zone, local, spec.persona.hours)
+        near.append(min(min((local - h) % 24, (h - local) % 24) for h in spec.persona.hours))
+    assert sum(n <= 3 for n in near) >= 0.9 * len(near), Counter(near)
     assert len(zones) >= 6
-    assert any(z.startswith("America/") for z in zones) and any(z.startswith("Europe/") for z in zones)
+    assert {z.split("/")[0] for z in zones} >= {"America", "Europe"}
 
 
 def test_same_seed_same_traffic_other_seed_other_traffic():
