@@ -158,7 +158,8 @@ def run_draws(
         say(
             f"draw {len(results)} of {len(todo)}: {draw.size.name} seed {draw.seed}: "
             f"ARI {result.ari:.3f}, persona {result.persona_accuracy:.1%}, "
-            f"id changes {result.id_changes:.2%} ({time.monotonic() - started:,.0f} s elapsed)"
+            f"id changes {result.id_changes:.2%}, lifecycle on time "
+            f"{result.lifecycle_on_time:.1%} ({time.monotonic() - started:,.0f} s elapsed)"
         )
 
     if jobs <= 1:
