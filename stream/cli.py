@@ -644,7 +644,7 @@ def evaluate_quality(
     console.print(table)
     console.print(f"{len(todo)} draws in {time.monotonic() - started:,.0f} s")
     if markdown is not None:
-        markdown.write_text(eval_runs.markdown(rows, len(chosen)) + "\n")
+        markdown.write_text(eval_runs.markdown(rows) + "\n")
     if not ok:
         raise typer.Exit(1)
 
