@@ -30,7 +30,7 @@ test-slow: $(STAMP)
 
 ## Segmentation quality on generator traffic with known personas: ten seeds at 100k and 1M events,
 ## two draws at a time, each figure's median and worst beside its target; exit 1 if one is missed.
-## About 25 minutes of CPU (13 minutes on two idle cores). ARGS="--quick" for a smoke run,
+## About 22 minutes of CPU (11 to 12 minutes on two idle cores). ARGS="--quick" for a smoke run,
 ## ARGS="--markdown eval.md" to write the table for the README, ARGS="--seed 7" for one draw.
 eval: $(STAMP)
 	$(BIN)/segmenter eval $(ARGS)
