@@ -27,7 +27,7 @@ scikit-learn is an eval-only extra (``pip install -e '.[eval]'``), imported here
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,27 +116,6 @@ class RealFigures:
         }
 
 
-class _KeyedReplay(Replay):
-    """``Replay`` whose trainer also gets each sample's customer key, as the worker's trainer
-    does (``stream/worker/trainer.py``: ``learn_one(x, sample["key"])``), so that it learns
-    the population. Once ``Replay._train`` passes the key itself, this class can go."""
-
-    def _train(self, samples: Iterable[dict[str, object]]) -> None:
-        batch = list(samples)
-        keys = iter([sample.get("key") for sample in batch])
-        learn = self.trainer.learn_one
-
-        def keyed(x: Mapping[str, float], key: int | None = None) -> None:
-            found = next(keys)
-            learn(x, found if isinstance(found, int) else None)
-
-        self.trainer.learn_one = keyed  # type: ignore[method-assign]
-        try:
-            super()._train(batch)
-        finally:
-            del self.trainer.learn_one
-
-
 def real_settings(base: Settings | None = None, seed: int | None = None) -> Settings:
     """The worker's settings for a purchase-only log: a CDNOW customer's whole history is a
     handful of purchases, so every applied event of every customer is a training sample
@@ -186,7 +165,7 @@ def run_real(
         log = [p for p in log if p.customer_id in kept]
     if not log:
         raise ValueError("no purchases to replay")
-    replay = _KeyedReplay(real_settings(settings, seed), None, rate)
+    replay = Replay(real_settings(settings, seed), None, rate)
     half_model: ModelSnapshot | None = None
     half: dict[str, CustomerProfile] = {}
     for n, purchase in enumerate(log, 1):
@@ -239,3 +218,27 @@ def run_real(
 
 def _id_order(customer_id: str) -> tuple[int, str]:
     return (int(customer_id), customer_id) if customer_id.isdigit() else (1 << 62, customer_id)
+
+
+def summary(runs: Sequence[RealFigures]) -> list[tuple[str, str, str, str, bool]]:
+    """(figure, median, worst, target, met over every run) of each figure over the runs.
+
+    >>> a = RealFigures(100, 10, 5, "fixed", {}, 1.0, 1.0, 0.9, 0.01, 8, 1)
+    >>> b = RealFigures(100, 10, 5, "fixed", {}, 1.2, 1.0, 0.7, 0.03, 8, 2)
+    >>> [row[:3] for row in summary([a, b, a])][1]
+    ('CDNOW: adjusted Rand index vs offline k-means', '0.900', '0.700')
+    """
+    table = [run.rows() for run in runs]
+    out = []
+    for i, (figure, _, target, _) in enumerate(table[0]):
+        values = sorted((rows[i][1] for rows in table), key=lambda v: float(v.rstrip("%")))
+        worst = values[0] if i == 1 else values[-1]  # ARI: the lowest; the others: the highest
+        out.append(
+            (figure, values[len(values) // 2], worst, target, all(rows[i][3] for rows in table))
+        )
+    return out
+
+
+def rows(settings: Settings, seeds: int = 5) -> list[tuple[str, str, str, str, bool]]:
+    """``make eval``'s real-data rows: ``summary`` of ``run_real`` with seeds 1..``seeds``."""
+    return summary([run_real(settings, seed=seed) for seed in range(1, seeds + 1)])

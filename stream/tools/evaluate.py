@@ -13,28 +13,30 @@ worker and this replay write the same records for the same input.
 
 from __future__ import annotations
 
+import math
 import random
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
 import orjson
 
 from models.clustering import ModelSnapshot
 from models.facts import PopulationQuantiles
-from models.features import DAY_MS, CustomerProfile
+from models.features import DAY_MS, CustomerProfile, feature_vector
 from models.identity import IDENTITY
 from models.metrics import adjusted_rand_index
+from models.personas import PROTOTYPE_FIELDS, Persona, PersonaCatalog
 from models.schedule import DueSchedule
 from models.segments import SegmentCatalog, assign
 from models.step import RecordWrite, SegmentStep, SourceMessage
 from stream.settings import Settings
-from stream.tools.generator import Message, TrafficGenerator
-from stream.worker.app import build_step
+from stream.tools.generator import Message, Realism, TrafficGenerator
+from stream.worker.app import build_catalog, build_step
 from stream.worker.trainer import cluster_trainer
 
-__all__ = ["EvalResult", "Replay", "evaluate"]
+__all__ = ["CATALOG_JITTER", "EvalResult", "Replay", "evaluate", "persona_catalog", "prototype_of"]
 
 _CLOCK_CUSTOMER = "eval-clock"  # moves event time on after the traffic (lifecycle exits)
 
@@ -132,7 +134,8 @@ class Replay:
         """The trainer's learning, its snapshot timer and the workers' refresh timer."""
         was_ready = self.trainer.ready
         for sample in samples:
-            self.trainer.learn_one(sample["x"])  # type: ignore[arg-type]
+            # The customer's hashed key: the trainer counts each customer once (as the worker's).
+            self.trainer.learn_one(sample["x"], sample.get("key"))  # type: ignore[arg-type]
             if sample["rfm"]:
                 self.population.update(*sample["rfm"])  # type: ignore[misc]
         clock = self.clock
@@ -165,20 +168,40 @@ class Replay:
         self.drain()
 
 
+#: Persona accuracy is measured with a catalog whose every number is moved by up to this share
+#: from the generator's (what a marketer writes by hand, not the true centroids).
+CATALOG_JITTER = 0.3
+
+
 @dataclass
 class EvalResult:
+    """One draw's figures. ``customers``: profiles at the end; ``warm_customers``: those scored
+    (past warm-up, not bots); ``stable_customers``: those in the id-change figure (not
+    switchers)."""
+
     events: int
     customers: int
     ari: float
     persona_accuracy: float
-    id_changes: float  # share of warm customers whose segment changes as the model learns
+    id_changes: float  # share of unchanged customers whose segment moves as the model learns
     warm_customers: int
     segments_used: int
     lifecycle_exits: int = 0
     lifecycle_on_time: float = 1.0  # share of stage changes made on the first advance past due
+    stable_customers: int = 0
+    seed: int = 0
+
+    def figures(self) -> dict[str, float]:
+        """The figures a multi-draw report summarizes, by name."""
+        return {
+            "ari": self.ari,
+            "persona_accuracy": self.persona_accuracy,
+            "id_changes": self.id_changes,
+            "lifecycle_on_time": self.lifecycle_on_time if self.lifecycle_exits else 0.0,
+        }
 
     def rows(self) -> list[tuple[str, str, str, bool]]:
-        """(figure, value, target, met) for printing."""
+        """(figure, value, target, met) for printing one draw."""
         return [
             (
                 "adjusted Rand index, clusters vs true personas",
@@ -187,10 +210,10 @@ class EvalResult:
                 self.ari >= 0.9,
             ),
             (
-                "nearest-persona accuracy",
+                f"persona accuracy, catalog moved +-{CATALOG_JITTER:.0%}",
                 f"{self.persona_accuracy:.1%}",
-                ">= 95%",
-                self.persona_accuracy >= 0.95,
+                ">= 90%",
+                self.persona_accuracy >= 0.9,
             ),
             (
                 "segment id changes of unchanged customers",
@@ -216,11 +239,30 @@ def evaluate(
     min_sessions: int = 3,
     rate: float = 2000.0,
     on_progress: Callable[[int], None] | None = None,
+    realism: Realism | None = None,
+    jitter: float = CATALOG_JITTER,
 ) -> EvalResult:
     """Run ``events`` generated events through the worker's step; score customers past warm-up
     (at least ``min_sessions`` sessions: one session says little about who someone is) by the
-    records the worker would hold at the end."""
-    generator = TrafficGenerator(customers=customers, seed=seed, session_gap_ms=60_000)
+    records the worker would hold at the end.
+
+    Who counts where: bots (no persona) and one-visit bounces (never past warm-up) are in the
+    traffic and the training but in no figure; a mixed customer's true persona is the one most
+    of their sessions come from; a customer who switched persona is labelled by the persona
+    they are at the end, and left out of the id-change figure (their behavior changed).
+
+    Personas are matched with a catalog of the generator's numbers, each moved by up to
+    ``jitter`` (seeded by ``seed``: :func:`persona_catalog`), unless ``catalog`` is given.
+    """
+    realism = realism if realism is not None else Realism()
+    if catalog is None:
+        catalog = replace(
+            build_catalog(settings),
+            personas=persona_catalog(settings, events, customers, seed, realism, jitter),
+        )
+    generator = TrafficGenerator(
+        customers=customers, seed=seed, session_gap_ms=60_000, realism=realism
+    )
     replay = Replay(settings, catalog, rate)
     half: dict[str, CustomerProfile] = {}
     half_model: ModelSnapshot | None = None
@@ -239,7 +281,7 @@ def evaluate(
             half = {
                 c: CustomerProfile.from_state(p.to_state())
                 for c, p in replay.profiles.items()
-                if p.sessions >= min_sessions
+                if p.sessions >= min_sessions and generator.kind(c) in ("pure", "mixed")
             }
     replay.drain()
     final = replay.model
@@ -250,7 +292,7 @@ def evaluate(
     warm = {
         c: p
         for c, p in replay.profiles.items()
-        if p.sessions >= min_sessions and c in generator.truth
+        if p.sessions >= min_sessions and generator.kind(c) in ("pure", "mixed", "switcher")
     }
     truth = [generator.truth[c].name for c in warm]
     clusters = [p.segment for p in warm.values()]
@@ -272,7 +314,78 @@ def evaluate(
         segments_used=len(set(clusters)),
         lifecycle_exits=exits,
         lifecycle_on_time=on_time,
+        stable_customers=len(half),
+        seed=seed,
     )
+
+
+def persona_catalog(
+    settings: Settings,
+    events: int,
+    customers: int,
+    seed: int,
+    realism: Realism | None = None,
+    jitter: float = CATALOG_JITTER,
+    pilot_share: float = 0.2,
+) -> PersonaCatalog:
+    """What a marketer would write by hand: each persona's average behavior, every number
+    moved by a random factor in ``[1 - jitter, 1 + jitter]`` (seeded by ``seed``).
+
+    The averages are measured, not copied from the generator's parameters: a pilot of
+    ``pilot_share`` of the draw (other customers, another seed; as many sessions per customer
+    over the same span of event time) goes through the worker's step, and each persona's
+    prototype is the mean, in readable units, of its pure customers past warm-up (3+ sessions).
+    That is the persona's true centre as the features see it, before the jitter.
+    """
+    n = max(50, round(customers * pilot_share))
+    scale = customers / n
+    generator = TrafficGenerator(
+        customers=n,
+        seed=seed + 1_000_003,
+        session_gap_ms=round(60_000 * scale),
+        realism=realism,
+    )
+    replay = Replay(settings, SegmentCatalog())
+    drained = 0
+    while replay.sent < events / scale:
+        for message in generator.session(generator.pick()):
+            replay.send(message)
+        if replay.sent - drained >= 1000:
+            replay.drain()
+            drained = replay.sent
+    replay.drain()
+    sums: dict[str, dict[str, float]] = {}
+    counts: dict[str, int] = {}
+    for customer_id, profile in replay.profiles.items():
+        if profile.sessions < 3 or generator.kind(customer_id) != "pure":
+            continue
+        name = generator.truth[customer_id].name
+        readable = prototype_of(feature_vector(profile))
+        row = sums.setdefault(name, dict.fromkeys(readable, 0.0))
+        for field_name, value in readable.items():
+            row[field_name] += value
+        counts[name] = counts.get(name, 0) + 1
+    rng = random.Random(f"catalog-{seed}-{customers}")
+    personas = []
+    for persona in generator.personas:
+        if persona.name not in counts:
+            raise ValueError(f"the pilot saw no customer of {persona.name}; raise --events")
+        prototype = {}
+        for field_name, total in sums[persona.name].items():
+            value = total / counts[persona.name] * rng.uniform(1.0 - jitter, 1.0 + jitter)
+            scale_of = PROTOTYPE_FIELDS[field_name][1]
+            prototype[field_name] = round(value if scale_of else min(1.0, value), 4)
+        personas.append(Persona(persona.name, "", prototype))
+    return PersonaCatalog(personas)
+
+
+def prototype_of(x: Mapping[str, float]) -> dict[str, float]:
+    """A feature vector in the persona catalog's readable units (``PROTOTYPE_FIELDS``)."""
+    out = {}
+    for name, (target, scale) in PROTOTYPE_FIELDS.items():
+        value = x.get(target, 0.0)
+        out[name] = math.expm1(value * math.log1p(scale)) if scale else value
+    return out
 
 
 def _lifecycle_exits(replay: Replay, rng: random.Random, customers: set[str]) -> tuple[int, float]:

@@ -40,7 +40,7 @@ def test_produce_to_file_then_replay_jsonl_and_csv(stack, tmp_path):
         assert made.returncode == 0, made.stderr
         with open(truth) as fh:
             truth_rows = list(csv.DictReader(fh))
-        assert truth_rows and set(truth_rows[0]) == {"customer_id", "persona"}
+        assert truth_rows and set(truth_rows[0]) == {"customer_id", "persona", "kind"}
 
         # A CSV of purchases for two new customers, plus one row the decoder must reject.
         csv_path = tmp_path / "orders.csv"
