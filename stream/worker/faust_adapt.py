@@ -42,6 +42,14 @@ which are never compacted):
    marker, a compacted or deleted range) is the jump accepted, and the gap alone counted as
    done.
    Faust's own gap bookkeeping is off for these topics.
+   A rebalance forgets every expected offset: until the seek to the committed offsets that
+   follows the assignment (``perform_seek``) has set a partition's, its records are dropped
+   (the seek reads them again). The expectation left from before the rebalance is where the
+   consumer's own fetch position stood, so a record fetched from there in the moment between
+   the partitions' resumption and that seek matched it, passed, and was applied ahead of the
+   records between the committed offset and it; those, read again after the seek, were then
+   skipped as already applied (``CustomerProfile.seen_position``): events lost. The chaos
+   soak with RocksDB state lost 16 customers' purchases this way (docs/reliability.md).
 2. Only events the agent registered as processed (:meth:`SegmenterConsumer.processed`) count
    as done. A skipped one releases the message but is read again from the committed offset.
 3. Nothing is committed while the offset right after the committed one is not done.
@@ -105,7 +113,11 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         #: Where the guarded topics' messages go instead of Faust's streams (None: streams).
         self.feed: BatchFeed | None = getattr(app, "input_feed", None)
         self._processed: weakref.WeakSet[Message] = weakref.WeakSet()
-        self._next: dict[TP, int] = {}
+        #: The next offset expected per partition, set by a seek since the last rebalance
+        #: (None: never committed, the first record read is the start); a partition missing
+        #: here is not settled yet and its records are dropped (read again after the seek).
+        self._next: dict[TP, int | None] = {}
+        self._dropped: dict[TP, int] = {}  # lowest offset dropped while not settled
         self._start: dict[TP, int] = {}  # first offset read of a partition never committed
         self._reread: dict[TP, tuple[int, int]] = {}  # sought back: (expected, jumped to)
         #: Events skipped during a rebalance and left to be read again.
@@ -166,8 +178,15 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        for tp, offset in self._read_offset.items():
-            if tp.topic in self.guarded_topics:
+        for tp, offset in list(self._read_offset.items()):
+            if tp.topic not in self.guarded_topics:
+                continue
+            dropped = self._dropped.get(tp)
+            if offset is None and dropped is not None:
+                # Never committed, so not sought (aiokafka seeks only to a committed offset):
+                # read again from the first record dropped while the partition was unsettled.
+                await self.seek(tp, dropped)
+            else:
                 self._expect(tp, offset)
 
     async def seek(self, partition: TP, offset: int) -> None:
@@ -176,11 +195,19 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
             self._expect(partition, offset)
 
     def _expect(self, tp: TP, offset: int | None) -> None:
-        if offset is None:
-            self._next.pop(tp, None)
-        else:
-            self._next[tp] = offset
+        self._next[tp] = offset
         self._reread.pop(tp, None)
+        self._dropped.pop(tp, None)
+
+    def _unsettle(self) -> None:
+        """A rebalance: every guarded partition waits for its next seek (module docstring)."""
+        self._next.clear()
+        self._reread.clear()
+        self._dropped.clear()
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self._unsettle()
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         reread: set[TP] = set()  # partitions sought back during this fetch: drop the rest
@@ -190,7 +217,12 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
                 continue
             if tp in reread:
                 continue
-            offset, expected = message.offset, self._next.get(tp)
+            offset = message.offset
+            if tp not in self._next:  # not settled since the last rebalance: after the seek
+                if offset < self._dropped.get(tp, offset + 1):
+                    self._dropped[tp] = offset
+                continue
+            expected = self._next[tp]
             if expected is None:
                 self._start.setdefault(tp, offset)
             elif offset < expected:
@@ -235,6 +267,7 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         """A rebalance begins: release what waits in the feed (it is read again from the
         committed offsets after the rebalance, as Faust does with its streams' buffers)."""
         super().stop_flow()
+        self._unsettle()
         if self.feed is not None:
             for message in self.feed.drain():
                 self.ack(message)  # not processed: released, not counted as done
