@@ -43,8 +43,8 @@ which are never compacted):
    done.
    Faust's own gap bookkeeping is off for these topics.
    A rebalance forgets every expected offset: until the seek to the committed offsets that
-   follows the assignment (``perform_seek``) has set a partition's, its records are dropped
-   (the seek reads them again). The expectation left from before the rebalance is where the
+   follows the assignment (``perform_seek``) has set a partition's (a partition never
+   committed: its earliest offset, sought too), its records are dropped (read again after). The expectation left from before the rebalance is where the
    consumer's own fetch position stood, so a record fetched from there in the moment between
    the partitions' resumption and that seek matched it, passed, and was applied ahead of the
    records between the committed offset and it; those, read again after the seek, were then
@@ -113,11 +113,9 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         #: Where the guarded topics' messages go instead of Faust's streams (None: streams).
         self.feed: BatchFeed | None = getattr(app, "input_feed", None)
         self._processed: weakref.WeakSet[Message] = weakref.WeakSet()
-        #: The next offset expected per partition, set by a seek since the last rebalance
-        #: (None: never committed, the first record read is the start); a partition missing
-        #: here is not settled yet and its records are dropped (read again after the seek).
-        self._next: dict[TP, int | None] = {}
-        self._dropped: dict[TP, int] = {}  # lowest offset dropped while not settled
+        #: The next offset expected per partition, set by a seek since the last rebalance; a
+        #: partition missing here waits for that seek, and its records are dropped meanwhile.
+        self._next: dict[TP, int] = {}
         self._start: dict[TP, int] = {}  # first offset read of a partition never committed
         self._reread: dict[TP, tuple[int, int]] = {}  # sought back: (expected, jumped to)
         #: Events skipped during a rebalance and left to be read again.
@@ -178,14 +176,19 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        for tp, offset in list(self._read_offset.items()):
-            if tp.topic not in self.guarded_topics:
-                continue
-            dropped = self._dropped.get(tp)
-            if offset is None and dropped is not None:
-                # Never committed, so not sought (aiokafka seeks only to a committed offset):
-                # read again from the first record dropped while the partition was unsettled.
-                await self.seek(tp, dropped)
+        assigned = self.assignment()
+        guarded = [
+            tp for tp in self._read_offset if tp.topic in self.guarded_topics and tp in assigned
+        ]
+        unread = [tp for tp in guarded if self._read_offset[tp] is None]
+        earliest = dict(await self.earliest_offsets(*unread)) if unread else {}
+        for tp in guarded:
+            offset = self._read_offset[tp]
+            if offset is None:
+                # Never committed (aiokafka seeks only to a committed offset): from the start.
+                start = earliest.get(tp) or 0
+                self._start[tp] = start
+                await self.seek(tp, start)
             else:
                 self._expect(tp, offset)
 
@@ -194,16 +197,14 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         if partition.topic in self.guarded_topics:
             self._expect(partition, offset)
 
-    def _expect(self, tp: TP, offset: int | None) -> None:
+    def _expect(self, tp: TP, offset: int) -> None:
         self._next[tp] = offset
         self._reread.pop(tp, None)
-        self._dropped.pop(tp, None)
 
     def _unsettle(self) -> None:
         """A rebalance: every guarded partition waits for its next seek (module docstring)."""
         self._next.clear()
         self._reread.clear()
-        self._dropped.clear()
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self._unsettle()
@@ -218,16 +219,12 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
             if tp in reread:
                 continue
             offset = message.offset
-            if tp not in self._next:  # not settled since the last rebalance: after the seek
-                if offset < self._dropped.get(tp, offset + 1):
-                    self._dropped[tp] = offset
-                continue
-            expected = self._next[tp]
+            expected = self._next.get(tp)
             if expected is None:
-                self._start.setdefault(tp, offset)
-            elif offset < expected:
+                continue  # no seek since the last rebalance: read again after it
+            if offset < expected:
                 continue  # delivered already
-            elif offset > expected:
+            if offset > expected:
                 if self._reread.get(tp) != (expected, offset):
                     reread.add(tp)
                     self.rereads += 1

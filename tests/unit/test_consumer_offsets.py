@@ -45,6 +45,7 @@ class Harness:
 
         consumer._seek = fake_seek
         consumer._wait_next_records = fake_fetch
+        consumer.assignment = lambda: {self.partition}
         consumer.highwater = lambda tp: 10**6
 
     @property
@@ -114,21 +115,29 @@ def test_after_a_rebalance_nothing_is_delivered_before_the_seek_to_the_committed
     run(scenario())
 
 
-def test_a_partition_never_committed_is_read_from_its_first_record_dropped() -> None:
+def test_a_partition_never_committed_is_read_from_its_earliest_offset_after_the_seek() -> None:
     async def scenario() -> None:
         h = Harness()
         tp = h.partition
         h.consumer.stop_flow()
         h.consumer.resume_flow()
-        assert await h.read([0, 1, 2]) == []  # before the seek of the assignment: dropped
+        assert await h.read([3, 4]) == []  # before the seek of the assignment: dropped
 
         async def seek_to_committed() -> dict[TP, int | None]:
             return {tp: None}  # nothing committed: aiokafka does not seek
 
+        async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+            return {tp: 3}  # the log starts at 3 (older records deleted)
+
         h.consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+        h.consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
         await h.consumer.perform_seek()
-        assert h.seeks == [0]  # read again from the first record dropped
-        assert await h.read([0, 1, 2]) == [0, 1, 2]
+        assert h.seeks == [3]  # from the start of the log
+        assert await h.read([3, 4, 5]) == [3, 4, 5]
+        h.consumer._acked[tp].extend([4, 5])
+        assert h.consumer._new_offset(tp) is None  # 3 is not done: nothing committed
+        h.consumer._acked[tp].append(3)
+        assert h.consumer._new_offset(tp) == 6
 
     run(scenario())
 
