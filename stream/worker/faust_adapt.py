@@ -44,12 +44,13 @@ which are never compacted):
    Faust's own gap bookkeeping is off for these topics.
    A rebalance forgets every expected offset: until the seek to the committed offsets that
    follows the assignment (``perform_seek``) has set a partition's (a partition never
-   committed: its earliest offset, sought too), its records are dropped (read again after). The expectation left from before the rebalance is where the
-   consumer's own fetch position stood, so a record fetched from there in the moment between
-   the partitions' resumption and that seek matched it, passed, and was applied ahead of the
-   records between the committed offset and it; those, read again after the seek, were then
-   skipped as already applied (``CustomerProfile.seen_position``): events lost. The chaos
-   soak with RocksDB state lost 16 customers' purchases this way (docs/reliability.md).
+   committed: its earliest offset, sought too), its records are dropped and read again after.
+   The expectation left from before the rebalance was where the consumer's own fetch
+   position stood, so a record fetched from there in the moment between the partitions'
+   resumption and that seek matched it, passed, and was applied ahead of the records between
+   the committed offset and it; those, read again after the seek, were then skipped as
+   already applied (``CustomerProfile.seen_position``): events lost. The chaos soak with
+   RocksDB state lost 16 customers' purchases this way (docs/reliability.md).
 2. Only events the agent registered as processed (:meth:`SegmenterConsumer.processed`) count
    as done. A skipped one releases the message but is read again from the committed offset.
 3. Nothing is committed while the offset right after the committed one is not done.

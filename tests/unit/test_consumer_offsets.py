@@ -129,7 +129,7 @@ def test_a_partition_never_committed_is_read_from_its_earliest_offset_after_the_
         async def earliest_offsets(*tps: TP) -> dict[TP, int]:
             return {tp: 3}  # the log starts at 3 (older records deleted)
 
-        h.consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+        h.consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
         h.consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
         await h.consumer.perform_seek()
         assert h.seeks == [3]  # from the start of the log
