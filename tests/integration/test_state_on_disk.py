@@ -20,7 +20,7 @@ from stream.tools.producer import send_messages
 from .conftest import Workers, make_settings, wait_until
 from .oracle import expected_value_features, feature_mismatches
 
-# RocksDB state is not the default (docs/reliability.md): in make test-slow.
+# Restarts, takeovers and give-backs with session timeouts: minutes, in make test-slow.
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 _START_ROW = re.compile(r"^\|\s*(?:\S*profiles-changelog|〃)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|")
