@@ -44,7 +44,8 @@ which are never compacted):
    Faust's own gap bookkeeping is off for these topics.
    A rebalance forgets every expected offset: until the seek to the committed offsets that
    follows the assignment (``perform_seek``) has set a partition's (a partition never
-   committed: its earliest offset, sought too), its records are dropped and read again after.
+   committed: its earliest offset, sought too), its records are dropped and read again after;
+   the seek sets every partition's at once, after its last wait on the broker.
    The expectation left from before the rebalance was where the consumer's own fetch
    position stood, so a record fetched from there in the moment between the partitions'
    resumption and that seek matched it, passed, and was applied ahead of the records between
@@ -178,20 +179,23 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         await super().perform_seek()
         assigned = self.assignment()
-        guarded = [
-            tp for tp in self._read_offset if tp.topic in self.guarded_topics and tp in assigned
-        ]
-        unread = [tp for tp in guarded if self._read_offset[tp] is None]
-        earliest = dict(await self.earliest_offsets(*unread)) if unread else {}
-        for tp in guarded:
-            offset = self._read_offset[tp]
-            if offset is None:
-                # Never committed (aiokafka seeks only to a committed offset): from the start.
-                start = earliest.get(tp) or 0
-                self._start[tp] = start
-                await self.seek(tp, start)
-            else:
-                self._expect(tp, offset)
+        starts = {
+            tp: offset
+            for tp, offset in self._read_offset.items()
+            if tp.topic in self.guarded_topics and tp in assigned
+        }
+        unread = [tp for tp, offset in starts.items() if offset is None]
+        expected = {tp: offset for tp, offset in starts.items() if offset is not None}
+        if unread:  # never committed (aiokafka seeks only to a committed offset): the start
+            earliest = await self.earliest_offsets(*unread)
+            for tp in unread:
+                expected[tp] = self._start[tp] = earliest.get(tp) or 0
+                await super().seek(tp, expected[tp])
+        # Every expectation at once, after the last await: a record delivered between one and
+        # the end of the rebalance would reach a batch while the worker is not ready, be left
+        # out, and not be read again (the expectation has moved past it).
+        for tp, offset in expected.items():
+            self._expect(tp, offset)
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)

@@ -41,16 +41,14 @@ class Harness:
         async def fake_fetch(timeout: float) -> Any:
             offsets = self.fetches.pop(0)
             tp = self.partition
-            return {tp: [_record(o) for o in offsets]}, {tp}
+            return {tp: [_record(o, tp.partition) for o in offsets]}, {tp}
 
         consumer._seek = fake_seek
         consumer._wait_next_records = fake_fetch
-        consumer.assignment = lambda: {self.partition}
+        consumer.assignment = lambda: {self.partition, TP(TOPIC, 1)}
         consumer.highwater = lambda tp: 10**6
 
-    @property
-    def partition(self) -> TP:
-        return TP(TOPIC, 0)
+    partition = TP(TOPIC, 0)  # the partition the fetches return
 
     async def read(self, *fetches: list[int]) -> list[int]:
         """Offsets the stream would get from these fetches, in order."""
@@ -138,6 +136,40 @@ def test_a_partition_never_committed_is_read_from_its_earliest_offset_after_the_
         assert h.consumer._new_offset(tp) is None  # 3 is not done: nothing committed
         h.consumer._acked[tp].append(3)
         assert h.consumer._new_offset(tp) == 6
+
+    run(scenario())
+
+
+def test_no_partition_is_delivered_before_every_expectation_of_the_rebalance_is_set() -> None:
+    """A record delivered while the seek still waits on another partition would reach a batch
+    while the worker is not ready (the rebalance is not over), be left out, and never be read
+    again: every partition's expectation is set at once, after the last wait."""
+
+    async def scenario() -> None:
+        h = Harness()
+        committed, fresh = TP(TOPIC, 0), TP(TOPIC, 1)
+        h.consumer.stop_flow()
+        h.consumer.resume_flow()
+        during: list[int] = []
+
+        async def seek_to_committed() -> dict[TP, int | None]:
+            return {committed: 5, fresh: None}
+
+        async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+            during.extend(await h.read([5, 6]))  # a fetch while the seek waits on the broker
+            return {fresh: 0}
+
+        async def seek(partition: TP, offset: int) -> None:
+            h.seeks.append(offset)
+            during.extend(await h.read([5, 6]))  # and while it seeks the fresh partition
+
+        h.consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
+        h.consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
+        h.consumer._seek = seek  # type: ignore[method-assign]
+        await h.consumer.perform_seek()
+        assert during == []
+        assert h.consumer._next == {committed: 5, fresh: 0}
+        assert await h.read([5, 6]) == [5, 6]
 
     run(scenario())
 
