@@ -42,16 +42,6 @@ which are never compacted):
    marker, a compacted or deleted range) is the jump accepted, and the gap alone counted as
    done.
    Faust's own gap bookkeeping is off for these topics.
-   A rebalance forgets every expected offset: until the seek to the committed offsets that
-   follows the assignment (``perform_seek``) has set a partition's (a partition never
-   committed: its earliest offset, sought too), its records are dropped and read again after;
-   the seek sets every partition's at once, after its last wait on the broker.
-   The expectation left from before the rebalance was where the consumer's own fetch
-   position stood, so a record fetched from there in the moment between the partitions'
-   resumption and that seek matched it, passed, and was applied ahead of the records between
-   the committed offset and it; those, read again after the seek, were then skipped as
-   already applied (``CustomerProfile.seen_position``): events lost. The chaos soak with
-   RocksDB state lost 16 customers' purchases this way (docs/reliability.md).
 2. Only events the agent registered as processed (:meth:`SegmenterConsumer.processed`) count
    as done. A skipped one releases the message but is read again from the committed offset.
 3. Nothing is committed while the offset right after the committed one is not done.
@@ -115,8 +105,6 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         #: Where the guarded topics' messages go instead of Faust's streams (None: streams).
         self.feed: BatchFeed | None = getattr(app, "input_feed", None)
         self._processed: weakref.WeakSet[Message] = weakref.WeakSet()
-        #: The next offset expected per partition, set by a seek since the last rebalance; a
-        #: partition missing here waits for that seek, and its records are dropped meanwhile.
         self._next: dict[TP, int] = {}
         self._start: dict[TP, int] = {}  # first offset read of a partition never committed
         self._reread: dict[TP, tuple[int, int]] = {}  # sought back: (expected, jumped to)
@@ -178,42 +166,21 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        assigned = self.assignment()
-        starts = {
-            tp: offset
-            for tp, offset in self._read_offset.items()
-            if tp.topic in self.guarded_topics and tp in assigned
-        }
-        unread = [tp for tp, offset in starts.items() if offset is None]
-        expected = {tp: offset for tp, offset in starts.items() if offset is not None}
-        if unread:  # never committed (aiokafka seeks only to a committed offset): the start
-            earliest = await self.earliest_offsets(*unread)
-            for tp in unread:
-                expected[tp] = self._start[tp] = earliest.get(tp) or 0
-                await super().seek(tp, expected[tp])
-        # Every expectation at once, after the last await: a record delivered between one and
-        # the end of the rebalance would reach a batch while the worker is not ready, be left
-        # out, and not be read again (the expectation has moved past it).
-        for tp, offset in expected.items():
-            self._expect(tp, offset)
+        for tp, offset in self._read_offset.items():
+            if tp.topic in self.guarded_topics:
+                self._expect(tp, offset)
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
         if partition.topic in self.guarded_topics:
             self._expect(partition, offset)
 
-    def _expect(self, tp: TP, offset: int) -> None:
-        self._next[tp] = offset
+    def _expect(self, tp: TP, offset: int | None) -> None:
+        if offset is None:
+            self._next.pop(tp, None)
+        else:
+            self._next[tp] = offset
         self._reread.pop(tp, None)
-
-    def _unsettle(self) -> None:
-        """A rebalance: every guarded partition waits for its next seek (module docstring)."""
-        self._next.clear()
-        self._reread.clear()
-
-    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
-        self._unsettle()
-        await super().on_partitions_assigned(assigned, generation_id)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         reread: set[TP] = set()  # partitions sought back during this fetch: drop the rest
@@ -223,13 +190,12 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
                 continue
             if tp in reread:
                 continue
-            offset = message.offset
-            expected = self._next.get(tp)
+            offset, expected = message.offset, self._next.get(tp)
             if expected is None:
-                continue  # no seek since the last rebalance: read again after it
-            if offset < expected:
+                self._start.setdefault(tp, offset)
+            elif offset < expected:
                 continue  # delivered already
-            if offset > expected:
+            elif offset > expected:
                 if self._reread.get(tp) != (expected, offset):
                     reread.add(tp)
                     self.rereads += 1
@@ -269,7 +235,6 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         """A rebalance begins: release what waits in the feed (it is read again from the
         committed offsets after the rebalance, as Faust does with its streams' buffers)."""
         super().stop_flow()
-        self._unsettle()
         if self.feed is not None:
             for message in self.feed.drain():
                 self.ack(message)  # not processed: released, not counted as done

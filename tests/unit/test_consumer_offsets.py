@@ -41,14 +41,15 @@ class Harness:
         async def fake_fetch(timeout: float) -> Any:
             offsets = self.fetches.pop(0)
             tp = self.partition
-            return {tp: [_record(o, tp.partition) for o in offsets]}, {tp}
+            return {tp: [_record(o) for o in offsets]}, {tp}
 
         consumer._seek = fake_seek
         consumer._wait_next_records = fake_fetch
-        consumer.assignment = lambda: {self.partition, TP(TOPIC, 1)}
         consumer.highwater = lambda tp: 10**6
 
-    partition = TP(TOPIC, 0)  # the partition the fetches return
+    @property
+    def partition(self) -> TP:
+        return TP(TOPIC, 0)
 
     async def read(self, *fetches: list[int]) -> list[int]:
         """Offsets the stream would get from these fetches, in order."""
@@ -77,99 +78,6 @@ def test_records_from_before_a_seek_are_dropped_and_the_partition_read_again() -
         # The fresh read starts at 210 and goes on in order; a duplicate below is dropped.
         assert await h.read([210, 211, 212], [211, 213]) == [210, 211, 212, 213]
         assert not h.consumer._gap[h.partition]
-
-    run(scenario())
-
-
-def test_after_a_rebalance_nothing_is_delivered_before_the_seek_to_the_committed_offsets() -> None:
-    """The chaos soak's loss with RocksDB state (docs/reliability.md): the consumer's fetch
-    position and the offset the guard expected were both left where the last fetch before the
-    rebalance ended, so a record read from there between the partitions' resumption and the
-    seek to the committed offsets passed, and was applied before the records it jumped over;
-    those, read again after the seek, were skipped as already applied."""
-
-    async def scenario() -> None:
-        h = Harness()
-        tp = h.partition
-        await h.consumer.seek(tp, 210)
-        assert await h.read([210, 211, 212, 213, 214]) == [210, 211, 212, 213, 214]
-        # 210 and 211 are done and committed (212); 212-214 were released by the rebalance.
-        h.consumer.stop_flow()  # a rebalance starts: Faust stops the flow
-        h.consumer.resume_flow()  # the partitions come back; the recovery resumes the flow
-        # A fetch from where the last one ended, before the seek: nothing of it is delivered.
-        assert await h.read([215, 216]) == []
-        committed = {tp: 212}
-
-        async def seek_to_committed() -> dict[TP, int]:
-            return committed
-
-        h.consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
-        await h.consumer.perform_seek()
-        # Then a record fetched before the seek is a jump (read again from 212), and the
-        # partition is read in order from the committed offset.
-        assert await h.read([215]) == []
-        assert await h.read([212, 213, 214, 215, 216]) == [212, 213, 214, 215, 216]
-
-    run(scenario())
-
-
-def test_a_partition_never_committed_is_read_from_its_earliest_offset_after_the_seek() -> None:
-    async def scenario() -> None:
-        h = Harness()
-        tp = h.partition
-        h.consumer.stop_flow()
-        h.consumer.resume_flow()
-        assert await h.read([3, 4]) == []  # before the seek of the assignment: dropped
-
-        async def seek_to_committed() -> dict[TP, int | None]:
-            return {tp: None}  # nothing committed: aiokafka does not seek
-
-        async def earliest_offsets(*tps: TP) -> dict[TP, int]:
-            return {tp: 3}  # the log starts at 3 (older records deleted)
-
-        h.consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
-        h.consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
-        await h.consumer.perform_seek()
-        assert h.seeks == [3]  # from the start of the log
-        assert await h.read([3, 4, 5]) == [3, 4, 5]
-        h.consumer._acked[tp].extend([4, 5])
-        assert h.consumer._new_offset(tp) is None  # 3 is not done: nothing committed
-        h.consumer._acked[tp].append(3)
-        assert h.consumer._new_offset(tp) == 6
-
-    run(scenario())
-
-
-def test_no_partition_is_delivered_before_every_expectation_of_the_rebalance_is_set() -> None:
-    """A record delivered while the seek still waits on another partition would reach a batch
-    while the worker is not ready (the rebalance is not over), be left out, and never be read
-    again: every partition's expectation is set at once, after the last wait."""
-
-    async def scenario() -> None:
-        h = Harness()
-        committed, fresh = TP(TOPIC, 0), TP(TOPIC, 1)
-        h.consumer.stop_flow()
-        h.consumer.resume_flow()
-        during: list[int] = []
-
-        async def seek_to_committed() -> dict[TP, int | None]:
-            return {committed: 5, fresh: None}
-
-        async def earliest_offsets(*tps: TP) -> dict[TP, int]:
-            during.extend(await h.read([5, 6]))  # a fetch while the seek waits on the broker
-            return {fresh: 0}
-
-        async def seek(partition: TP, offset: int) -> None:
-            h.seeks.append(offset)
-            during.extend(await h.read([5, 6]))  # and while it seeks the fresh partition
-
-        h.consumer.seek_to_committed = seek_to_committed  # type: ignore[method-assign,assignment]
-        h.consumer.earliest_offsets = earliest_offsets  # type: ignore[method-assign]
-        h.consumer._seek = seek  # type: ignore[method-assign]
-        await h.consumer.perform_seek()
-        assert during == []
-        assert h.consumer._next == {committed: 5, fresh: 0}
-        assert await h.read([5, 6]) == [5, 6]
 
     run(scenario())
 
