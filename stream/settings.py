@@ -102,8 +102,8 @@ class Settings(BaseSettings):
     state_store: Literal["rocksdb", "memory"] = Field(
         "memory",
         description="where a worker keeps its profiles: memory (a restart reads the whole "
-        "changelog) or RocksDB in SEGMENTER_DATA_DIR (a restart reopens it and reads only the "
-        "changelog it missed; an open soak finding, docs/reliability.md)",
+        "changelog) or RocksDB in SEGMENTER_DATA_DIR (a restart on the same directory reopens "
+        "it and reads only the changelog it missed; open soak findings, docs/reliability.md)",
     )
     batch_size: Annotated[int, Field(ge=1)] = Field(500, description="messages taken per batch")
     batch_within: Annotated[float, Field(gt=0)] = Field(

@@ -137,6 +137,7 @@ class MillionCustomers:
         self.n = ctx.config.million_customers
         self.base_n = ctx.config.million_baseline
         self.stopped_early = False
+        self.shape = "10 events (arrays of 10)"
 
     def run(self) -> None:
         ctx = self.ctx
@@ -206,7 +207,7 @@ class MillionCustomers:
     def _run(self, settings: Settings, generator: TrafficGenerator, tag: str) -> RunFigures:
         ctx = self.ctx
         n = len(generator.customer_ids)
-        ctx.say(f"million: loading {n:,} customers x 10 events (arrays of 10) ...")
+        ctx.say(f"million: loading {n:,} customers x {self.shape} ...")
         loaded = [0]
         started = time.monotonic()
         events = load_acknowledged(settings, self._messages(generator, loaded), ctx.say)
@@ -413,3 +414,102 @@ def recovery_figures(report: Report, big: RunFigures, restart: Recovery, lost: R
 
 def _section(big: RunFigures) -> str:
     return f"A million customers ({big.customers:,} customers, RocksDB, one worker)"
+
+
+class ShortMillion(MillionCustomers):
+    """The phase shortened for a machine too loaded to run it whole: each customer one message
+    of ``clicks`` synthetic clicks (cheap to make: no generator sessions), no baseline run; then
+    the same restart and lost-disk measurements (``python -m stream.tools.bench_million``)."""
+
+    def __init__(self, ctx: BenchContext, clicks: int) -> None:
+        super().__init__(ctx)
+        self.clicks = clicks
+        self.shape = f"{clicks} clicks (one message)"
+
+    def _messages(self, generator: TrafficGenerator, loaded: list[int]) -> Iterator[Message]:
+        start = int(time.time() * 1000) - 3 * DAY_MS
+        for i, cid in enumerate(generator.customer_ids):
+            if i and i % 100_000 == 0:
+                self.ctx.say(f"  loading: {i:,} customers, {self._machine()}")
+            loaded[0] = i + 1
+            ts = start + i * 200
+            clicks = [
+                {
+                    "event_id": f"m-{i}-{k}",
+                    "type": "search",
+                    "customer_id": cid,
+                    "ts": ts + k * 1000,
+                    "session_id": f"s-{i}",
+                    "device": "desktop",
+                    "country": "GB",
+                    "channel": "direct",
+                    "page": "/search",
+                }
+                for k in range(self.clicks)
+            ]
+            yield Message("clickstream", cid, clicks)
+
+    def run(self) -> None:
+        ctx = self.ctx
+        settings = self._settings("main")
+        generator = self._generator(self.n, 67)
+        big = self._run(settings, generator, "m-main")
+        ctx.note(
+            f"A shortened million run: {big.customers:,} customers, each one message of "
+            f"{self.clicks} clicks ({big.events:,} events), no baseline; {self._machine()}."
+        )
+        probe = generator.customer_ids[0]
+        restart = self._recover(settings, generator, probe, "m-restart")
+        lost = self._recover(
+            settings.model_copy(update={"data_dir": str(ctx.workdir / "million-lost")}),
+            generator,
+            probe,
+            "m-lost",
+        )
+        section, grown = _section(big), big.per(big.rss_after - big.rss_before)
+        for what, ours, unit, target, met in (
+            (f"one worker, {self.clicks} clicks a message", big.rate, "events/s", "", None),
+            ("worker process, RSS growth / customers", grown, "bytes", "<= 2 KB", grown <= 2048),
+            ("Redis, used_memory growth / customers", big.per(big.redis_growth), "bytes", "", None),
+            ("worker's data directory (RocksDB) / customers", big.per(big.disk), "bytes", "", None),
+        ):
+            ctx.report.add(Figure(section, what, ours, unit, target=target, met=met))
+        recovery_figures(ctx.report, big, restart, lost)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m stream.tools.bench_million [--customers N] [--clicks K] [--out PATH]``."""
+    import argparse
+
+    from rich.console import Console
+
+    from stream.kafka import wait_for_broker
+    from stream.tools.bench_context import BenchConfig
+    from stream.tools.bench_report import Report, write_report
+    from stream.tools.embedded import EmbeddedStack
+
+    parser = argparse.ArgumentParser(description=ShortMillion.__doc__)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--clicks", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/million-short.md"))
+    args = parser.parse_args(argv)
+    console, report, stack = Console(), Report(), EmbeddedStack()
+    stack.start()
+    ctx = BenchContext(stack, console, report, BenchConfig(million_customers=args.customers))
+    console.print(f"logs in {stack.workdir}")
+    started = time.monotonic()
+    try:
+        wait_for_broker(Settings(kafka_url=stack.kafka_url))
+        ShortMillion(ctx, args.clicks).run()
+    finally:
+        ctx.close()
+        stack.stop()
+    command = (
+        f"python -m stream.tools.bench_million --customers {args.customers} --clicks {args.clicks}"
+    )
+    write_report(report, args.out, command, time.monotonic() - started)
+    console.print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()

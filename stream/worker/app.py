@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import logging
+import shutil
 import tempfile
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
@@ -75,6 +77,14 @@ ROCKSDB_OPTIONS: dict[str, Any] = {
     "write_buffer_size": 8 * 2**20,
     "max_write_buffer_number": 2,
 }
+
+
+def _temporary_data_dir() -> str:
+    """A data directory for this process alone (``SEGMENTER_DATA_DIR`` empty), removed when it
+    exits: nobody starts on it again, so its RocksDB databases would only fill the disk."""
+    path = tempfile.mkdtemp(prefix="segmenter-worker-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def tune_gc() -> None:
@@ -153,7 +163,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         broker_credentials=faust_credentials(settings),
         store=f"{settings.state_store}://",
         autodiscover=False,
-        datadir=settings.data_dir or tempfile.mkdtemp(prefix="segmenter-worker-"),
+        datadir=settings.data_dir or _temporary_data_dir(),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         table_standby_replicas=0,
