@@ -91,6 +91,8 @@ def definitions_status(workers: list[dict[str, Any]]) -> dict[str, Any]:
             "running": running,
             "done": done,
             "total": total,
+            "changes": sum(int(f.get("changes", 0)) for f in backfills),
+            "written": sum(int(f.get("written", 0)) for f in backfills),
             "started_at": min(
                 (f["started_at"] for f in backfills if f.get("started_at")), default=None
             ),
