@@ -99,6 +99,19 @@ class SegmentCatalog:
         )
         object.__setattr__(self, "watch", watch)
 
+    def facts(self, profile: CustomerProfile, at: int, watermark: int = 0) -> dict[str, Any]:
+        """``customer_facts`` under this catalog's policies, with the dynamic facts its rules
+        read."""
+        return customer_facts(
+            profile,
+            at,
+            self.lifecycle,
+            self.rfm,
+            self.sessions,
+            watermark,
+            self.dynamic_facts,
+        )
+
     def next_change(self, profile: CustomerProfile, now: int, watermark: int = 0) -> int | None:
         """The first event time after ``now`` at which the customer's lifecycle stage or any
         rule on a fact that moves with time can change with no event of theirs (None: never).
@@ -273,15 +286,7 @@ def assign(
     event_ts = profile.last_seen_ts or 0
     at = max(event_ts, now or 0)
     if facts is None:
-        facts = customer_facts(
-            profile,
-            at,
-            catalog.lifecycle,
-            catalog.rfm,
-            catalog.sessions,
-            watermark,
-            catalog.dynamic_facts,
-        )
+        facts = catalog.facts(profile, at, watermark)
     if x is None:
         x = feature_vector(profile)
     segment = label = confidence = version = None

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 from models.clustering import ModelSnapshot, population_key
 from models.events import DecodeError, DecodeLimits, Event, decode_message
-from models.facts import RfmCuts, customer_facts, rfm_values
+from models.facts import RfmCuts, rfm_values
 from models.features import CustomerProfile, feature_vector
 from models.identity import (
     IDENTITY,
@@ -488,15 +488,7 @@ class SegmentStep:
             if profile is None or profile.merged_into is not None:
                 continue  # a merged id has no record: its customer's is the one
             at = max(profile.last_seen_ts or 0, watermark)
-            facts = customer_facts(
-                profile,
-                at,
-                catalog.lifecycle,
-                catalog.rfm,
-                catalog.sessions,
-                watermark,
-                catalog.dynamic_facts,
-            )
+            facts = catalog.facts(profile, at, watermark)
             moved = facts["lifecycle"] != profile.lifecycle
             if personas is not None and not moved:
                 held = at - profile.persona_since < stability.min_dwell_ms  # as ``assign``
