@@ -271,35 +271,27 @@ def customer_facts(
         }
     )
     facts.update(session_facts(p.session, now if now >= watermark else watermark, sessions))
+    # Each dynamic family: the profile's values and the total a share divides by (None: the
+    # value itself). A fact is present exactly when the profile has its key.
+    dayparts = p.dayparts  # a property (local time): computed once here
+    families: dict[str, tuple[Mapping[str, Any], float | None]] = {
+        "traits": (p.traits, None),
+        "device_share": (p.devices, devices),
+        "category_share": (p.categories, views),
+        "spend_share": (p.category_spend, spend),
+        "daypart_share": (dayparts, sum(dayparts.values())),
+    }
     if dynamic is None:
-        dayparts = sum(p.dayparts.values())
-        for daypart, n in p.dayparts.items():
-            facts[f"daypart_share.{daypart}"] = round(n / dayparts, 4)
-        for name, value in p.traits.items():
-            facts[f"traits.{name}"] = value
-        for device, n in p.devices.items():
-            facts[f"device_share.{device}"] = round(n / devices, 4)
-        for category, n in p.categories.items():
-            facts[f"category_share.{category}"] = round(n / views, 4)
-        for category, amount in p.category_spend.items():
-            facts[f"spend_share.{category}"] = round(amount / spend, 4) if spend else 0.0
-        return facts
-    for fact in dynamic:  # present exactly when the profile has the key, as above
+        dynamic = [f"{family}.{key}" for family, (found, _) in families.items() for key in found]
+    for fact in dynamic:
         family, _, key = fact.partition(".")
-        if family == "traits":
-            if key in p.traits:
-                facts[fact] = p.traits[key]
-        elif family == "device_share":
-            if key in p.devices:
-                facts[fact] = round(p.devices[key] / devices, 4)
-        elif family == "category_share":
-            if key in p.categories:
-                facts[fact] = round(p.categories[key] / views, 4)
-        elif family == "spend_share":
-            if key in p.category_spend:
-                facts[fact] = round(p.category_spend[key] / spend, 4) if spend else 0.0
-        elif family == "daypart_share" and key in p.dayparts:
-            facts[fact] = round(p.dayparts[key] / sum(p.dayparts.values()), 4)
+        found, total = families.get(family, ({}, None))
+        if key in found:
+            value = found[key]
+            if family == "traits":
+                facts[fact] = value
+            else:
+                facts[fact] = round(value / total, 4) if total else 0.0
     return facts
 
 
