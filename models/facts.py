@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -10,7 +11,7 @@ from typing import Any, NamedTuple
 
 from river import stats
 
-from models.features import DAY_MS, CustomerProfile
+from models.features import DAY_MS, CustomerProfile, _top
 from models.session import SESSION_FACTS, SessionPolicy, session_facts
 
 __all__ = [
@@ -224,6 +225,7 @@ def customer_facts(
     sessions: SessionPolicy = SessionPolicy(),  # noqa: B008 - frozen
     watermark: int = 0,
     dynamic: Collection[str] | None = None,
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Every fact a rule can name, at event time ``now`` (epoch ms).
 
@@ -231,7 +233,9 @@ def customer_facts(
     whose events arrive after it ended in event time (late, or behind other traffic) is not
     the visitor's current one. ``dynamic``: the facts of the dynamic families
     (``device_share.*``, ``traits.*``, ...) to compute, those the rules read (the record shows
-    none of them); None: all the profile has.
+    none of them); None: all the profile has. ``only``: just these facts (a definitions
+    backfill reads those of the changed rules alone): the parts of this function that compute
+    them run, so the dict may hold a few more; its dynamic facts are those named in ``only``.
 
     >>> p = CustomerProfile("c", devices={"mobile": 3.0, "desktop": 1.0}, traits={"age": 30})
     >>> f = customer_facts(p, 0, dynamic={"device_share.mobile", "device_share.tablet"})
@@ -239,46 +243,65 @@ def customer_facts(
     (0.75, False, False)
     >>> customer_facts(p, 0)["device_share.desktop"], customer_facts(p, 0)["traits.age"]
     (0.25, 30)
+    >>> sorted(customer_facts(p, 0, only={"age_band", "traits.age"}))
+    ['age_band', 'conversion', 'region', 'search_share', 'top_category', 'traits.age']
     """
-    facts: dict[str, Any] = {**p.value_features(), **p.behavior()}
-    recency, frequency, monetary = rfm_values(p, now)
-    r, f, m = cuts.scores(recency, frequency, monetary)
-    clicks = sum(p.counts.values())
-    devices = sum(p.devices.values())
-    spend = sum(p.category_spend.values())
-    views = sum(p.categories.values())
-    facts.update(
-        {
-            "days_since_last_purchase": (
-                None if p.last_purchase_ts is None else _days_since(now, p.last_purchase_ts)
-            ),
-            "days_since_first_seen": _days_since(now, p.first_seen_ts or now),
-            "days_since_last_seen": _days_since(now, p.last_seen_ts or now),
-            "frequency_decayed": round(frequency, 4),
-            "monetary_decayed": round(monetary, 2),
-            "rfm_recency": r if p.orders_total else None,
-            "rfm_frequency": f if p.orders_total else None,
-            "rfm_monetary": m if p.orders_total else None,
-            "rfm_score": f"{r}{f}{m}" if p.orders_total else None,
-            "value_tier": (_TIERS.get(m, "bronze") if p.orders_total else None),
-            "customer_value_estimate": _value_estimate(monetary),
-            "lifecycle": policy.stage(p, now),
-            "search_share": round(p.counts.get("search", 0) / clicks, 4) if clicks else 0.0,
-            "conversion": round(min(1.0, p.orders_total / p.sessions), 4) if p.sessions else 0.0,
-            "region": region_of(p.country),
-            "age_band": _age_band(p.traits.get("age")),
-            "top_category": facts["top_categories"][0] if facts["top_categories"] else None,
-        }
-    )
-    facts.update(session_facts(p.session, now if now >= watermark else watermark, sessions))
+    parts = _ALL_PARTS if only is None else _parts_of(frozenset(only))
+    facts: dict[str, Any] = p.value_features() if "value" in parts else {}
+    if "behavior" in parts:
+        facts.update(p.behavior())
+    if "days" in parts:
+        facts["days_since_last_purchase"] = (
+            None if p.last_purchase_ts is None else _days_since(now, p.last_purchase_ts)
+        )
+        facts["days_since_first_seen"] = _days_since(now, p.first_seen_ts or now)
+        facts["days_since_last_seen"] = _days_since(now, p.last_seen_ts or now)
+    if "rfm" in parts:
+        recency, frequency, monetary = rfm_values(p, now)
+        r, f, m = cuts.scores(recency, frequency, monetary)
+        bought = bool(p.orders_total)
+        facts.update(
+            {
+                "frequency_decayed": round(frequency, 4),
+                "monetary_decayed": round(monetary, 2),
+                "rfm_recency": r if bought else None,
+                "rfm_frequency": f if bought else None,
+                "rfm_monetary": m if bought else None,
+                "rfm_score": f"{r}{f}{m}" if bought else None,
+                "value_tier": (_TIERS.get(m, "bronze") if bought else None),
+                "customer_value_estimate": _value_estimate(monetary),
+            }
+        )
+    if "lifecycle" in parts:
+        facts["lifecycle"] = policy.stage(p, now)
+    if "mix" in parts:
+        clicks = sum(p.counts.values())
+        top = facts["top_categories"] if "top_categories" in facts else _top(p.categories, 1)
+        facts.update(
+            {
+                "search_share": round(p.counts.get("search", 0) / clicks, 4) if clicks else 0.0,
+                "conversion": (
+                    round(min(1.0, p.orders_total / p.sessions), 4) if p.sessions else 0.0
+                ),
+                "region": region_of(p.country),
+                "age_band": _age_band(p.traits.get("age")),
+                "top_category": top[0] if top else None,
+            }
+        )
+    if "session" in parts:
+        facts.update(session_facts(p.session, now if now >= watermark else watermark, sessions))
+    if only is not None:
+        dynamic = [name for name in only if is_dynamic_fact(name)]
+        if not dynamic:
+            return facts
     # Each dynamic family: the profile's values and the total a share divides by (None: the
     # value itself). A fact is present exactly when the profile has its key.
     dayparts = p.dayparts  # a property (local time): computed once here
     families: dict[str, tuple[Mapping[str, Any], float | None]] = {
         "traits": (p.traits, None),
-        "device_share": (p.devices, devices),
-        "category_share": (p.categories, views),
-        "spend_share": (p.category_spend, spend),
+        "device_share": (p.devices, sum(p.devices.values())),
+        "category_share": (p.categories, sum(p.categories.values())),
+        "spend_share": (p.category_spend, sum(p.category_spend.values())),
         "daypart_share": (dayparts, sum(dayparts.values())),
     }
     if dynamic is None:
@@ -293,6 +316,38 @@ def customer_facts(
             else:
                 facts[fact] = round(value / total, 4) if total else 0.0
     return facts
+
+
+#: The parts of :func:`customer_facts`, in the order it computes them, and the static facts
+#: each computes (``rfm`` computes the
+#: decayed values at ``now``, over ``behavior``'s at the customer's newest event).
+_PARTS: dict[str, tuple[str, ...]] = {
+    "value": tuple(CustomerProfile("x").value_features()),
+    "behavior": tuple(CustomerProfile("x").behavior()),
+    "days": ("days_since_last_purchase", "days_since_first_seen", "days_since_last_seen"),
+    "rfm": (
+        "frequency_decayed",
+        "monetary_decayed",
+        "rfm_recency",
+        "rfm_frequency",
+        "rfm_monetary",
+        "rfm_score",
+        "value_tier",
+        "customer_value_estimate",
+    ),
+    "lifecycle": ("lifecycle",),
+    "mix": ("search_share", "conversion", "region", "age_band", "top_category"),
+    "session": SESSION_FACTS,
+}
+_ALL_PARTS = frozenset(_PARTS)
+_PART_OF: dict[str, str] = {name: part for part, names in _PARTS.items() for name in names}
+
+
+@functools.lru_cache(maxsize=256)
+def _parts_of(names: frozenset[str]) -> frozenset[str]:
+    """The parts of :func:`customer_facts` that compute these facts."""
+    parts = {_PART_OF[name] for name in names if name in _PART_OF}
+    return frozenset(parts)
 
 
 #: Fact names always present (dynamic families are matched by prefix in :func:`is_known_fact`).

@@ -108,6 +108,18 @@ def _daypart(hour: int) -> str:
     return _DAYPARTS[0 if hour < 6 else 1 if hour < 12 else 2 if hour < 18 else 3]
 
 
+@functools.lru_cache(maxsize=1024)
+def _known_zone(zone: str) -> bool:
+    """Whether ``zone`` names an IANA time zone. Cached: ``ZoneInfo`` keeps only a few zones
+    loaded and reads the zone file from disk again for the others, and for an unknown name
+    every time."""
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=4096)
 def _zone_offset_hours(zone: str, day: int) -> int:
     """The UTC offset of ``zone`` on epoch day ``day``, to the nearest hour (0 if unknown)."""
@@ -133,13 +145,8 @@ def local_offset_hours(traits: Mapping[str, Any], country: str | None, ts_ms: in
     """
     zone = traits.get("timezone")
     day = ts_ms // DAY_MS
-    if isinstance(zone, str) and zone:
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
-            zone = None
-        else:
-            return _zone_offset_hours(zone, day)
+    if isinstance(zone, str) and zone and _known_zone(zone):
+        return _zone_offset_hours(zone, day)
     zone = COUNTRY_ZONES.get(country.upper()) if country else None
     return _zone_offset_hours(zone, day) if zone else 0
 

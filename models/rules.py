@@ -20,6 +20,7 @@ can next change (``models.facts.TimeWatch``). Evaluation itself is untouched by 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import operator
@@ -394,6 +395,8 @@ class RuleSegment:
     thresholds: tuple[Threshold, ...] = ()
     fields: frozenset[str] = frozenset()
     source: _Source | None = field(default=None, repr=False, compare=False)
+    #: The condition as written (None: a bare predicate), to tell an edited rule from the same.
+    condition: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def compile(
@@ -418,6 +421,24 @@ class RuleSegment:
             _thresholds(comparisons),
             frozenset(fact for fact, _, _ in comparisons),
             source,
+            copy.deepcopy(condition),
+        )
+
+    def same_as(self, other: RuleSegment) -> bool:
+        """Whether ``other`` is this rule unedited: same name, kind and condition (a rule of
+        a bare predicate is never known to be the same).
+
+        >>> a = RuleSegment.compile("vip", "value", "", {"value_tier": {"in": ["gold"]}})
+        >>> b = RuleSegment.compile("vip", "value", "new words", {"value_tier": {"in": ["gold"]}})
+        >>> c = RuleSegment.compile("vip", "value", "", {"value_tier": {"in": ["platinum"]}})
+        >>> a.same_as(b), a.same_as(c)
+        (True, False)
+        """
+        return (
+            self.condition is not None
+            and self.name == other.name
+            and self.kind == other.kind
+            and self.condition == other.condition
         )
 
     def matches(self, facts: Facts) -> bool:

@@ -22,6 +22,10 @@ class DueSchedule:
         self._heap: list[tuple[int, str]] = []
         self._due: dict[str, int] = {}
 
+    def due_of(self, key: str) -> int | None:
+        """The key's due time (None: none scheduled)."""
+        return self._due.get(key)
+
     def set(self, key: str, due: int | None) -> None:
         if due is None:
             self._due.pop(key, None)

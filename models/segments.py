@@ -15,6 +15,7 @@ from models.rules import RuleSegment, compile_rules
 from models.session import SessionPolicy, session_record
 
 __all__ = [
+    "RuleEdits",
     "SegmentAssignment",
     "SegmentCatalog",
     "SegmentChange",
@@ -99,9 +100,15 @@ class SegmentCatalog:
         )
         object.__setattr__(self, "watch", watch)
 
-    def facts(self, profile: CustomerProfile, at: int, watermark: int = 0) -> dict[str, Any]:
+    def facts(
+        self,
+        profile: CustomerProfile,
+        at: int,
+        watermark: int = 0,
+        only: frozenset[str] | None = None,
+    ) -> dict[str, Any]:
         """``customer_facts`` under this catalog's policies, with the dynamic facts its rules
-        read."""
+        read (``only``: just these facts, as ``customer_facts``)."""
         return customer_facts(
             profile,
             at,
@@ -110,6 +117,48 @@ class SegmentCatalog:
             self.sessions,
             watermark,
             self.dynamic_facts,
+            only,
+        )
+
+    def edits_since(self, before: SegmentCatalog) -> RuleEdits | None:
+        """What changed from ``before`` if only rules did (added, removed, edited), so that a
+        customer last evaluated under ``before`` moves only in those rules' segments; None if
+        anything else that decides segments differs (the lifecycle policy, the RFM cuts, the
+        session policy, stability, the personas) or an edited rule is a bare predicate.
+
+        >>> from models.rules import RuleSegment
+        >>> gold = RuleSegment.compile("vip", "value", "", {"value_tier": {"in": ["gold"]}})
+        >>> top = RuleSegment.compile("vip", "value", "", {"value_tier": {"in": ["platinum"]}})
+        >>> big = RuleSegment.compile("big", "value", "", {"revenue_total": {"gte": 300}})
+        >>> edits = SegmentCatalog(rules=(big, top)).edits_since(SegmentCatalog(rules=(gold,)))
+        >>> [r.name for r in edits.rules], sorted(edits.facts), edits.same_due
+        (['big', 'vip'], ['revenue_total', 'value_tier'], True)
+        >>> SegmentCatalog(rules=(gold,), stability=Stability(0.2)).edits_since(
+        ...     SegmentCatalog(rules=(gold,))) is None
+        True
+        """
+        if (
+            self.lifecycle != before.lifecycle
+            or self.rfm != before.rfm
+            or self.sessions != before.sessions
+            or self.stability != before.stability
+            or not _same_personas(self.personas, before.personas)
+        ):
+            return None
+        kept = {rule.name: rule for rule in before.rules}
+        edited = tuple(
+            rule
+            for rule in self.rules
+            if rule.name not in kept or not rule.same_as(kept[rule.name])
+        )
+        if any(rule.condition is None for rule in edited):
+            return None  # a bare predicate: which facts it reads is not known
+        return RuleEdits(
+            rules=edited,
+            evaluate=compile_rules(edited),
+            removed=frozenset(kept) - {rule.name for rule in self.rules},
+            facts=frozenset(name for rule in edited for name in rule.fields),
+            same_due=self.watch == before.watch,
         )
 
     def next_change(self, profile: CustomerProfile, now: int, watermark: int = 0) -> int | None:
@@ -133,6 +182,42 @@ class SegmentCatalog:
         if end is not None and end > now and end > watermark and (due is None or end < due):
             due = end
         return self.watch.next_change(profile, now, self.rfm, due) if self.watch else due
+
+
+def _same_personas(a: PersonaCatalog | None, b: PersonaCatalog | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a is b or list(a.personas) == list(b.personas)
+
+
+@dataclass(frozen=True)
+class RuleEdits:
+    """A catalog's rules against an earlier catalog's (:meth:`SegmentCatalog.edits_since`).
+
+    ``rules``: the rules added or edited, in catalog order, and ``evaluate`` those alone;
+    ``removed``: the names of rules gone; ``facts``: what the added and edited rules read;
+    ``same_due``: both catalogs watch the same time thresholds, so due times stay.
+    """
+
+    rules: tuple[RuleSegment, ...]
+    evaluate: Callable[[Mapping[str, Any]], list[str]]
+    removed: frozenset[str]
+    facts: frozenset[str]
+    same_due: bool
+
+    def members(
+        self, catalog: SegmentCatalog, before: Sequence[str], facts: Mapping[str, Any]
+    ) -> list[str]:
+        """The rule segments under ``catalog`` (in its order) of a customer who was in
+        ``before`` under the earlier catalog, on facts that hold the edited rules' own."""
+        edited = {rule.name for rule in self.rules}
+        now = set(self.evaluate(facts))
+        held = set(before)
+        return [
+            rule.name
+            for rule in catalog.rules
+            if (rule.name in now if rule.name in edited else rule.name in held)
+        ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -452,9 +452,17 @@ class SegmentStep:
         schedule: DueSchedule,
         now_ms: int,
         personas_changed: bool = True,
+        before: SegmentCatalog | None = None,
     ) -> StepOutcome:
         """Stored customers under new definitions (a backfill, ``stream.worker.definitions``):
         what the definitions decide, evaluated at the watermark.
+
+        ``before``: the catalog every one of these customers was last evaluated under, if
+        known. When only rules changed since (``SegmentCatalog.edits_since``), a customer not
+        due yet (``schedule``: no time threshold crossed since their last evaluation) can move
+        only in the added, edited and removed rules: only the facts those rules read are
+        computed and only they are evaluated, the other memberships are as the customer's last
+        evaluation left them. A due customer goes the full way below.
 
         A customer's rule segments and lifecycle stage are evaluated first (their facts and
         the rules alone), and their persona when ``personas_changed``; their cluster is the
@@ -483,11 +491,41 @@ class SegmentStep:
         catalog = self.catalog_for(model)
         personas = catalog.personas if personas_changed else None
         stability = catalog.stability
+        edits = None if before is None or personas_changed else self.catalog.edits_since(before)
+        reads_own = edits is not None and bool(edits.facts & {"cluster", "persona"})
         for customer_id in customer_ids:
             profile = profiles.get(customer_id)
             if profile is None or profile.merged_into is not None:
                 continue  # a merged id has no record: its customer's is the one
             at = max(profile.last_seen_ts or 0, watermark)
+            due = schedule.due_of(customer_id) if edits is not None else None
+            if edits is not None and (due is None or due > at):
+                facts = catalog.facts(profile, at, watermark, edits.facts)
+                if reads_own:  # as below
+                    if profile.segment is not None:
+                        facts["cluster"] = profile.segment
+                    if profile.persona is not None:
+                        facts["persona"] = profile.persona
+                if edits.members(catalog, profile.rule_segments, facts) == profile.rule_segments:
+                    if not edits.same_due:
+                        due = catalog.next_change(profile, at, watermark)
+                        schedule.set(customer_id, due)
+                    out.due[customer_id] = due
+                else:
+                    trigger = "definitions"
+                    _score(
+                        profile,
+                        model,
+                        catalog,
+                        now_ms,
+                        watermark,
+                        trigger,
+                        out,
+                        schedule,
+                        self.worker_id,
+                    )
+                    out.states[customer_id] = profile
+                continue
             facts = catalog.facts(profile, at, watermark)
             moved = facts["lifecycle"] != profile.lifecycle
             if personas is not None and not moved:

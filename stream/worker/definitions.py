@@ -107,6 +107,9 @@ class LiveDefinitions:
         self.running = False
         self.backfill: dict[str, Any] = {}
         self.personas_changed = True  # for the next backfill (see ``_start_backfill``)
+        #: The catalog every customer of these partitions was last evaluated under, for the
+        #: next backfill (None: not known; see ``_switch``).
+        self.before: tuple[SegmentCatalog, set[int]] | None = None
 
     def status(self) -> dict[str, Any]:
         """What the heartbeat reports (``definitions``)."""
@@ -153,9 +156,17 @@ class LiveDefinitions:
     ) -> None:
         seg = self.segmenting
         async with seg.lock:  # between two batches
+            # Every owned customer was last evaluated under the set in force if its backfill
+            # here is complete (else some may be under any earlier set): then a customer not
+            # due yet moves only in the rules edited, and personas are matched again only if
+            # their file changed.
+            owned = seg.owned_partitions()
+            complete = self.covered is not None and not self.running and owned <= self.covered
+            self.before = (seg.step.catalog, owned) if complete else None
+            self.personas_changed = not complete or (
+                _sha(self.in_force, "personas") != _sha(wanted, "personas")
+            )
             seg.step.use_catalog(catalog)
-            # Personas are matched again only if their file changed (rules are, always).
-            self.personas_changed = _sha(self.in_force, "personas") != _sha(wanted, "personas")
             self.in_force, self.version, self.covered = wanted, catalog.version, set()
         log.info(
             "definitions version %d in force (%s)",
@@ -174,11 +185,21 @@ class LiveDefinitions:
             # After a switch, this worker's customers were last evaluated under the set it
             # replaced; otherwise (start-up, partitions taken over) under any: match personas.
             personas, self.personas_changed = self.personas_changed, True
-            self.spawn(self._run(todo, self.version, personas))
+            known, self.before = self.before, None
+            # Partitions taken over since the switch: their customers' last set is not known.
+            before = known[0] if known is not None and todo <= known[1] else None
+            personas = personas or before is None
+            self.spawn(self._run(todo, self.version, personas, before))
 
-    async def _run(self, parts: set[int], version: int, personas_changed: bool = True) -> None:
+    async def _run(
+        self,
+        parts: set[int],
+        version: int,
+        personas_changed: bool = True,
+        before: SegmentCatalog | None = None,
+    ) -> None:
         try:
-            await self.run_backfill(parts, version, personas_changed)
+            await self.run_backfill(parts, version, personas_changed, before)
         except REDIS_OUTAGE as exc:
             log.warning("backfill interrupted: Redis is not available (%s); it starts again", exc)
         except asyncio.CancelledError:
@@ -191,10 +212,15 @@ class LiveDefinitions:
             self.running = False
 
     async def run_backfill(
-        self, parts: set[int], version: int, personas_changed: bool = True
+        self,
+        parts: set[int],
+        version: int,
+        personas_changed: bool = True,
+        before: SegmentCatalog | None = None,
     ) -> None:
         """Re-evaluate every customer of these partitions under definitions ``version``
-        (``SegmentStep.reevaluate``: their personas too if ``personas_changed``)."""
+        (``SegmentStep.reevaluate``: their personas too if ``personas_changed``; ``before``:
+        the catalog they were all last evaluated under, if known)."""
         seg = self.segmenting
         partition_of = seg.table.partition_of
         ids = [c for c, _ in seg.table.stored() if partition_of.get(c) in parts]
@@ -229,15 +255,18 @@ class LiveDefinitions:
             status["written"] += len(outcome.writes)
             status["live_events"] = events.get("events", 0) - events_before
 
+        profiles = seg.profiles.passing()  # read once each: not kept live
+
         def score(chunk_ids: list[str]) -> StepOutcome:
             return seg.step.reevaluate(
                 chunk_ids,
-                seg.profiles,
+                profiles,
                 seg.model,
                 seg.watermark,
                 seg.schedule,
                 int(time.time() * 1000),
                 personas_changed,
+                before,
             )
 
         parts = await rescore_in_chunks(

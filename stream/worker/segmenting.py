@@ -14,7 +14,7 @@ from faust.types import Message
 from models.clustering import ModelSnapshot
 from models.features import CustomerProfile
 from models.schedule import DueSchedule
-from models.step import FORGET, SegmentStep, SourceMessage, StepOutcome
+from models.step import FORGET, ProfileSource, SegmentStep, SourceMessage, StepOutcome
 from stream.store import SegmentStore
 from stream.worker.effects import Effects
 from stream.worker.faust_adapt import CustomerTable
@@ -42,17 +42,28 @@ class TableProfiles:
         self._live: OrderedDict[str, CustomerProfile] = OrderedDict()
 
     def get(self, customer_id: str) -> CustomerProfile | None:
+        return self._get(customer_id, True)
+
+    def passing(self) -> ProfileSource:
+        """The same profiles, read without keeping them live (a backfill reads every customer
+        once: keeping each would push the live traffic's profiles out). What the step changes
+        and the effects save is kept all the same."""
+        return _Passing(self)
+
+    def _get(self, customer_id: str, keep: bool) -> CustomerProfile | None:
         if self.table.partition_of.get(customer_id) not in self.owned:
             return None
         live = self._live.get(customer_id)
         if live is not None:
-            self._live.move_to_end(customer_id)
+            if keep:
+                self._live.move_to_end(customer_id)
             return live
         raw = self.table.load(customer_id)
         if not raw:
             return None
         profile = CustomerProfile.from_state(orjson.loads(raw))
-        self._keep(customer_id, profile)
+        if keep:
+            self._keep(customer_id, profile)
         return profile
 
     def saved(self, states: Mapping[str, CustomerProfile | None]) -> None:
@@ -73,6 +84,14 @@ class TableProfiles:
         self._live.move_to_end(customer_id)
         while len(self._live) > self.limit:
             self._live.popitem(last=False)
+
+
+class _Passing:
+    def __init__(self, profiles: TableProfiles) -> None:
+        self.profiles = profiles
+
+    def get(self, customer_id: str) -> CustomerProfile | None:
+        return self.profiles._get(customer_id, False)
 
 
 class Segmenting:

@@ -84,3 +84,49 @@ def test_the_worker_switches_to_a_newer_set_and_keeps_its_own_when_one_does_not_
     reader.pending = [_published(2, BAD)]
     asyncio.run(live.refresh())
     assert live.version == 1 and step.catalog.version == 1 and 2 in live.refused
+
+
+def test_a_backfill_knows_the_set_it_replaces_only_after_the_last_backfill_completed():
+    """A backfill evaluates only the edited rules of customers not due (``before``) when every
+    customer was last evaluated under the set it replaces: after a complete backfill, not at
+    start-up, not over one cut short, not with partitions no backfill of the old set covered."""
+    reader = _Reader()
+    live, step = _live(reader)
+    owned = {0, 1}
+    live.segmenting.owned_partitions = lambda: set(owned)
+    runs: list[tuple[set[int], int, bool, object]] = []
+
+    async def backfill(parts, version, personas_changed=True, before=None):
+        runs.append((parts, version, personas_changed, before))
+        live.covered |= parts
+
+    live.run_backfill = backfill  # type: ignore[method-assign]
+    rules2 = GOOD + "  big:\n    when: {revenue_total: {gte: 300}}\n"
+
+    async def scenario() -> None:
+        async def refresh(published: PublishedDefinitions) -> None:
+            reader.pending = [published]
+            await live.refresh()
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+        await refresh(_published(1))  # the first published set: customers under any
+        await refresh(_published(2, rules2))  # after a complete backfill of set 1
+        first_catalog = runs[1][3]
+        live.running = True  # a backfill of set 2 cut short by set 3
+        await refresh(_published(3))
+        live.running = False
+        await live._start_backfill()
+        await asyncio.sleep(0)
+        owned.add(2)  # set 4 while partition 2 comes: its own backfill knows nothing
+        await refresh(_published(4, rules2))
+        assert first_catalog is not None and first_catalog.version == 1
+
+    asyncio.run(scenario())
+    assert [(r[1], r[2], r[3] is None) for r in runs] == [
+        (1, True, True),
+        (2, False, False),
+        (3, True, True),
+        (4, True, True),
+    ]
+    assert runs[1][0] == {0, 1}

@@ -286,9 +286,9 @@ def test_reevaluate_writes_exactly_the_customers_a_full_rescore_moves(edit) -> N
         step.use_catalog(replace(step.catalog, rules=old_rules))
     # Everyone scored by the final model first: a full rescore would move clusters (and, with
     # the model's hysteresis, personas) of customers last scored by an earlier model.
-    step.rescore(
-        list(replay.profiles), replay.profiles, replay.model, replay.watermark, DueSchedule(), 0
-    )
+    known = DueSchedule()  # due times as the earlier catalog left them
+    step.rescore(list(replay.profiles), replay.profiles, replay.model, replay.watermark, known, 0)
+    before = step.catalog
     step.use_catalog(catalog)
     ids = sorted(replay.profiles)
     args = (replay.model, replay.watermark)
@@ -319,6 +319,20 @@ def test_reevaluate_writes_exactly_the_customers_a_full_rescore_moves(edit) -> N
         assert write.record["definitions_version"] == 7
     assert fast.due == full.due  # every customer's due time, for the new rules' thresholds
 
+    # With the catalog they were last evaluated under known: only the edited rules' facts
+    # (for a rules edit), and the full way for the customers due (here every third).
+    assert (catalog.edits_since(before) is not None) == (edit == "rules")
+    for customer_id in ids[::3]:
+        known.set(customer_id, replay.watermark)
+    again = step.reevaluate(
+        ids, copy.deepcopy(replay.profiles), *args, known, 0, personas_changed, before
+    )
+    assert [(w.customer_id, w.record) for w in again.writes] == [
+        (w.customer_id, w.record) for w in fast.writes
+    ]
+    assert [c.to_dict() for c in again.changes] == [c.to_dict() for c in full.changes]
+    assert again.due == full.due
+
 
 def test_facts_of_the_dynamic_families_are_computed_for_the_rules_that_read_them_alone() -> None:
     from models.facts import customer_facts
@@ -344,3 +358,24 @@ def test_facts_of_the_dynamic_families_are_computed_for_the_rules_that_read_them
     assert matched > 0
     bare = SegmentCatalog(rules=(RuleSegment("x", "custom", "", lambda f: True),))
     assert bare.dynamic_facts is None  # a bare predicate may read any fact: all computed
+
+
+def test_each_fact_asked_for_alone_is_the_one_every_fact_holds() -> None:
+    """``customer_facts(only=...)`` (a definitions backfill) computes a fact as the full call."""
+    from models.facts import STATIC_FACTS, customer_facts
+
+    replay = _generated_state(200)
+    names = sorted(STATIC_FACTS - {"cluster", "persona"})
+    dynamic = 0
+    for profile in replay.profiles.values():
+        at, watermark = (profile.last_seen_ts or 0) + 3_600_000, replay.watermark
+        every = customer_facts(profile, at, watermark=watermark)
+        wanted = [*names, *(k for k in every if "." in k and not k.startswith("session."))]
+        dynamic += len(wanted) - len(names)
+        for name in wanted:
+            assert (
+                customer_facts(profile, at, watermark=watermark, only={name})[name] == every[name]
+            ), name
+        some = customer_facts(profile, at, watermark=watermark, only=set(wanted))
+        assert {k: some[k] for k in wanted} == {k: every[k] for k in wanted}
+    assert dynamic > 0
