@@ -30,7 +30,7 @@ __all__ = [
     "squash",
 ]
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 #: Anonymous ids merged into one customer that are remembered (``CustomerProfile.merged_ids``);
 #: past this the oldest are dropped, and a late request for one of them is merged again.
 MAX_MERGED_IDS = 100
@@ -251,6 +251,9 @@ class CustomerProfile:
     # Event time at which the published cluster and persona were entered (for minimum dwell).
     segment_since: int = 0
     persona_since: int = 0
+    # The definitions (models.segments.SegmentCatalog.fingerprint) the segments above were
+    # evaluated under: a definitions backfill re-evaluates only the rules edited since.
+    evaluated_under: str | None = None
     # Identity (models.identity): the amounts of the recent purchases, aligned with
     # recent_ids["purchase"] (a purchase sent under two ids is counted once when they merge);
     # the ids merged into this customer; ids asked to merge, not merged yet; and, for an id
@@ -451,6 +454,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "pe": p.persona,
         "lc": p.lifecycle,
         "since": [p.segment_since, p.persona_since],
+        "ev": p.evaluated_under,
         "pa": p.purchase_amounts,
         "mid": p.merged_ids,
         "ask": p.merge_asked,
@@ -462,9 +466,11 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
 def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
     version = state.get("v")
     if version == 2:
-        state = _from_v3(_from_v2(state))
+        state = _from_v4(_from_v3(_from_v2(state)))
     elif version == 3:
-        state = _from_v3(state)
+        state = _from_v4(_from_v3(state))
+    elif version == 4:
+        state = _from_v4(state)
     elif version != STATE_VERSION:
         raise ValueError(f"unsupported profile state version {version!r}")
     sessions, cart_sessions, last_session, has_cart = state["s"]
@@ -503,6 +509,7 @@ def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
         lifecycle=state["lc"],
         segment_since=state["since"][0],
         persona_since=state["since"][1],
+        evaluated_under=state["ev"],
         purchase_amounts=list(state["pa"]),
         merged_ids=list(state["mid"]),
         merge_asked=list(state["ask"]),
@@ -529,7 +536,13 @@ def _from_v3(state: Mapping[str, Any]) -> dict[str, Any]:
             for hour in range(start, start + 6):
                 hours[str(hour)] = float(n) / 6
     out = {k: v for k, v in state.items() if k != "dp"}
-    return {**out, "v": STATE_VERSION, "hr": hours}
+    return {**out, "v": 4, "hr": hours}
+
+
+def _from_v4(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A version 4 state as version 5: the definitions its segments were evaluated under are
+    not known (its next definitions backfill evaluates it in full)."""
+    return {**state, "v": 5, "ev": None}
 
 
 def _top(counter: Mapping[str, float], n: int) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,9 +89,15 @@ class SegmentCatalog:
     #: The dynamic facts (``device_share.*``, ``traits.*``, ...) the rules read, the only ones
     #: ``customer_facts`` computes for them (None: all, as a rule without fields may read any).
     dynamic_facts: frozenset[str] | None = field(init=False, repr=False, compare=False)
+    #: What decides segments besides the model, as 16 hex digits: the rules as written, the
+    #: personas, the lifecycle, session and stability policies (not the RFM cuts, which the
+    #: model brings). A profile keeps the one it was evaluated under (``evaluated_under``).
+    #: None if a rule is a bare predicate (its condition unknown).
+    fingerprint: str | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "evaluate", compile_rules(self.rules))
+        object.__setattr__(self, "fingerprint", _fingerprint(self))
         opaque = any(rule.source is None for rule in self.rules)  # a bare predicate
         dynamic = frozenset(f for rule in self.rules for f in rule.fields if is_dynamic_fact(f))
         object.__setattr__(self, "dynamic_facts", None if opaque else dynamic)
@@ -146,6 +153,9 @@ class SegmentCatalog:
         ):
             return None
         kept = {rule.name: rule for rule in before.rules}
+        names = {rule.name for rule in self.rules}
+        if [n for n in kept if n in names] != [r.name for r in self.rules if r.name in kept]:
+            return None  # rules moved in the file: every customer's list is in a new order
         edited = tuple(
             rule
             for rule in self.rules
@@ -156,7 +166,7 @@ class SegmentCatalog:
         return RuleEdits(
             rules=edited,
             evaluate=compile_rules(edited),
-            removed=frozenset(kept) - {rule.name for rule in self.rules},
+            removed=frozenset(kept) - names,
             facts=frozenset(name for rule in edited for name in rule.fields),
             same_due=self.watch == before.watch,
         )
@@ -184,6 +194,29 @@ class SegmentCatalog:
         return self.watch.next_change(profile, now, self.rfm, due) if self.watch else due
 
 
+def _fingerprint(catalog: SegmentCatalog) -> str | None:
+    """:attr:`SegmentCatalog.fingerprint`.
+
+    >>> from models.rules import RuleSegment
+    >>> gold = RuleSegment.compile("vip", "value", "", {"value_tier": {"in": ["gold"]}})
+    >>> a, b = SegmentCatalog(rules=(gold,)), SegmentCatalog(rules=(gold,), version=3)
+    >>> a.fingerprint == b.fingerprint != SegmentCatalog().fingerprint, len(a.fingerprint)
+    (True, 16)
+    """
+    if any(rule.condition is None for rule in catalog.rules):
+        return None
+    personas = catalog.personas.personas if catalog.personas is not None else ()
+    spec = {
+        "rules": [[r.name, r.kind, r.condition] for r in catalog.rules],
+        "personas": [[p.name, dict(p.prototype), dict(p.traits)] for p in personas],
+        "lifecycle": repr(catalog.lifecycle),
+        "sessions": repr(catalog.sessions),
+        "stability": repr(catalog.stability),
+    }
+    text = json.dumps(spec, sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
 def _same_personas(a: PersonaCatalog | None, b: PersonaCatalog | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -204,6 +237,11 @@ class RuleEdits:
     removed: frozenset[str]
     facts: frozenset[str]
     same_due: bool
+
+    @property
+    def reads_own(self) -> bool:
+        """Whether an edited rule reads the customer's cluster or persona."""
+        return bool(self.facts & {"cluster", "persona"})
 
     def members(
         self, catalog: SegmentCatalog, before: Sequence[str], facts: Mapping[str, Any]
@@ -239,6 +277,7 @@ class SegmentAssignment:
     lifecycle: str | None = None
     facts: dict[str, Any] = field(default_factory=dict)
     definitions_version: int = 0
+    definitions: str | None = None  # SegmentCatalog.fingerprint
 
     def members(self) -> tuple[str, ...]:
         """Every segment this customer is in, named as in ``segment-changes``.
@@ -409,6 +448,7 @@ def assign(
         lifecycle=facts["lifecycle"],
         facts=facts,
         definitions_version=catalog.version,
+        definitions=catalog.fingerprint,
     )
 
 
@@ -544,5 +584,6 @@ def remember(profile: CustomerProfile, now: SegmentAssignment) -> None:
         profile.persona_since = now.now
     profile.segment = now.segment
     profile.rule_segments = list(now.rule_segments)
+    profile.evaluated_under = now.definitions
     profile.persona = now.persona
     profile.lifecycle = now.lifecycle

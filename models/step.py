@@ -44,6 +44,7 @@ from models.identity import (
 )
 from models.schedule import DueSchedule
 from models.segments import (
+    RuleEdits,
     SegmentCatalog,
     SegmentChange,
     assign,
@@ -52,6 +53,10 @@ from models.segments import (
     exits_on_merge,
     remember,
 )
+
+#: Catalogs a step remembers by fingerprint, to re-evaluate customers last evaluated under one
+#: on the rules edited since alone (``SegmentStep.reevaluate``).
+_CATALOGS_KEPT = 4
 
 __all__ = [
     "FORGET",
@@ -277,11 +282,23 @@ class SegmentStep:
         self.max_expiries = MAX_EXPIRIES
         self._budget = SampleBudget(sampling.max_per_second)
         self._rfm_of: tuple[int, SegmentCatalog] | None = None
+        #: The catalogs scored with, newest last, by fingerprint (``reevaluate``).
+        self._used: dict[str, SegmentCatalog] = {}
+        self._remember_catalog(catalog)
 
     def use_catalog(self, catalog: SegmentCatalog) -> None:
         """Score with these definitions from now on (new published definitions)."""
         self.catalog = catalog
         self._rfm_of = None
+        self._remember_catalog(catalog)
+
+    def _remember_catalog(self, catalog: SegmentCatalog) -> None:
+        if catalog.fingerprint is None:
+            return
+        self._used.pop(catalog.fingerprint, None)
+        self._used[catalog.fingerprint] = catalog
+        while len(self._used) > _CATALOGS_KEPT:
+            del self._used[next(iter(self._used))]
 
     def catalog_for(self, model: ModelSnapshot | None) -> SegmentCatalog:
         """The catalog with the population RFM cuts the model carries, if any."""
@@ -451,22 +468,20 @@ class SegmentStep:
         watermark: int,
         schedule: DueSchedule,
         now_ms: int,
-        personas_changed: bool = True,
-        before: SegmentCatalog | None = None,
     ) -> StepOutcome:
         """Stored customers under new definitions (a backfill, ``stream.worker.definitions``):
         what the definitions decide, evaluated at the watermark.
 
-        ``before``: the catalog every one of these customers was last evaluated under, if
-        known. When only rules changed since (``SegmentCatalog.edits_since``), a customer not
-        due yet (``schedule``: no time threshold crossed since their last evaluation) can move
-        only in the added, edited and removed rules: only the facts those rules read are
-        computed and only they are evaluated, the other memberships are as the customer's last
-        evaluation left them. A due customer goes the full way below.
+        A customer last evaluated under definitions this step scored with (the profile's
+        ``evaluated_under``, one of the last few catalogs), when only rules changed since
+        (``SegmentCatalog.edits_since``) and the customer is not due yet (``schedule``: no
+        time threshold crossed since), can move only in the rules added, edited and removed:
+        only the facts those rules read are computed and only they are evaluated; the other
+        memberships stay as that evaluation left them. Anyone else goes the full way: their
+        rule segments, lifecycle stage and persona are evaluated first (their facts, the rules
+        and the personas alone); their cluster is the model's and stays.
 
-        A customer's rule segments and lifecycle stage are evaluated first (their facts and
-        the rules alone), and their persona when ``personas_changed``; their cluster is the
-        model's and stays. A customer whom that moves is scored in full (``trigger``
+        A customer whom that moves is scored in full (``trigger``
         ``definitions``: the record written under the new version, their changes, their
         state). Anyone else keeps their record and state: only their due time is set again,
         for the new rules' thresholds. So a backfill writes what it changes, and a customer it
@@ -489,19 +504,26 @@ class SegmentStep:
         """
         out = StepOutcome(watermark=watermark)
         catalog = self.catalog_for(model)
-        personas = catalog.personas if personas_changed else None
+        personas = catalog.personas
         stability = catalog.stability
-        edits = None if before is None or personas_changed else self.catalog.edits_since(before)
-        reads_own = edits is not None and bool(edits.facts & {"cluster", "persona"})
+        since: dict[str | None, RuleEdits | None] = {None: None}  # by earlier fingerprint
         for customer_id in customer_ids:
             profile = profiles.get(customer_id)
             if profile is None or profile.merged_into is not None:
                 continue  # a merged id has no record: its customer's is the one
             at = max(profile.last_seen_ts or 0, watermark)
+            under = profile.evaluated_under
+            if under not in since:
+                before = self._used.get(under)  # type: ignore[arg-type]
+                since[under] = None if before is None else self.catalog.edits_since(before)
+            edits = since[under]
             due = schedule.due_of(customer_id) if edits is not None else None
             if edits is not None and (due is None or due > at):
+                if not edits.rules and not edits.removed:
+                    out.due[customer_id] = due  # nothing edited: nothing moves
+                    continue
                 facts = catalog.facts(profile, at, watermark, edits.facts)
-                if reads_own:  # as below
+                if edits.reads_own:  # as below
                     if profile.segment is not None:
                         facts["cluster"] = profile.segment
                     if profile.persona is not None:

@@ -13,18 +13,21 @@ batch is scored wholly under one version.
 **Backfill.** Then every customer of the owned partitions goes through the step again
 (``SegmentStep.reevaluate``, in ``rescore_in_chunks``: chunks of about ``BACKFILL_SLICE``
 seconds of step time under the lock, live batches between them), at most
-``SEGMENTER_BACKFILL_RATE`` customers a second, evaluated at the watermark: their rule segments
-and lifecycle stage, and their persona if the personas file changed. A customer whom the new
-set moves gets their record written under the new version, their state saved and their
-entries and exits published (reason "... under new segment definitions"); anyone else keeps
-their record (and the version it was written under) and state, and only gets their due time
-set again for the new rules' thresholds: a backfill writes what it changes, not every record.
-Customers not reached yet are scored with the new set all the same when an event or a due
-time of theirs comes first. A newer set during a backfill ends it and starts another.
-Partitions this worker takes over later are backfilled too (the previous owner may not have
-finished them), as is everything at start-up under a published set (a worker may have stopped
-mid-backfill); personas are matched again then, since those customers' last evaluation may
-be under any earlier set.
+``SEGMENTER_BACKFILL_RATE`` customers a second, evaluated at the watermark. Each profile keeps
+the fingerprint of the definitions it was last evaluated under; a customer last evaluated
+under a set this worker knows, where only rules changed since, and not due for a time-driven
+evaluation, is evaluated on the rules added, edited and removed alone (the facts they read),
+so a backfill of one edited rule costs about a profile's decoding per customer. Anyone else
+(a set this worker never scored with, personas or policies changed, due) gets their rule
+segments, lifecycle stage and persona evaluated. A customer whom the new set moves gets their
+record written under the new version, their state saved and their entries and exits
+published (reason "... under new segment definitions"); anyone else keeps their record (and
+the version it was written under) and state, and only gets their due time set again for the
+new rules' thresholds: a backfill writes what it changes, not every record. Customers not
+reached yet are scored with the new set all the same when an event or a due time of theirs
+comes first. A newer set during a backfill ends it and starts another. Partitions this worker
+takes over later are backfilled too (the previous owner may not have finished them), as is
+everything at start-up under a published set (a worker may have stopped mid-backfill).
 """
 
 from __future__ import annotations
@@ -53,12 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = ["LiveDefinitions"]
-
-
-def _sha(published: dict[str, PublishedDefinitions], kind: str) -> str | None:
-    """The published file of this kind in force (None: the settings' file)."""
-    found = published.get(kind)
-    return None if found is None else found.sha256
 
 
 #: Customers re-evaluated in the first chunk under the segmenting lock; later chunks are sized
@@ -106,10 +103,6 @@ class LiveDefinitions:
         self.covered: set[int] | None = set() if self.version else None
         self.running = False
         self.backfill: dict[str, Any] = {}
-        self.personas_changed = True  # for the next backfill (see ``_start_backfill``)
-        #: The catalog every customer of these partitions was last evaluated under, for the
-        #: next backfill (None: not known; see ``_switch``).
-        self.before: tuple[SegmentCatalog, set[int]] | None = None
 
     def status(self) -> dict[str, Any]:
         """What the heartbeat reports (``definitions``)."""
@@ -156,16 +149,6 @@ class LiveDefinitions:
     ) -> None:
         seg = self.segmenting
         async with seg.lock:  # between two batches
-            # Every owned customer was last evaluated under the set in force if its backfill
-            # here is complete (else some may be under any earlier set): then a customer not
-            # due yet moves only in the rules edited, and personas are matched again only if
-            # their file changed.
-            owned = seg.owned_partitions()
-            complete = self.covered is not None and not self.running and owned <= self.covered
-            self.before = (seg.step.catalog, owned) if complete else None
-            self.personas_changed = not complete or (
-                _sha(self.in_force, "personas") != _sha(wanted, "personas")
-            )
             seg.step.use_catalog(catalog)
             self.in_force, self.version, self.covered = wanted, catalog.version, set()
         log.info(
@@ -182,24 +165,11 @@ class LiveDefinitions:
         todo = owned - self.covered
         if todo:
             self.running = True
-            # After a switch, this worker's customers were last evaluated under the set it
-            # replaced; otherwise (start-up, partitions taken over) under any: match personas.
-            personas, self.personas_changed = self.personas_changed, True
-            known, self.before = self.before, None
-            # Partitions taken over since the switch: their customers' last set is not known.
-            before = known[0] if known is not None and todo <= known[1] else None
-            personas = personas or before is None
-            self.spawn(self._run(todo, self.version, personas, before))
+            self.spawn(self._run(todo, self.version))
 
-    async def _run(
-        self,
-        parts: set[int],
-        version: int,
-        personas_changed: bool = True,
-        before: SegmentCatalog | None = None,
-    ) -> None:
+    async def _run(self, parts: set[int], version: int) -> None:
         try:
-            await self.run_backfill(parts, version, personas_changed, before)
+            await self.run_backfill(parts, version)
         except REDIS_OUTAGE as exc:
             log.warning("backfill interrupted: Redis is not available (%s); it starts again", exc)
         except asyncio.CancelledError:
@@ -211,16 +181,9 @@ class LiveDefinitions:
         finally:
             self.running = False
 
-    async def run_backfill(
-        self,
-        parts: set[int],
-        version: int,
-        personas_changed: bool = True,
-        before: SegmentCatalog | None = None,
-    ) -> None:
+    async def run_backfill(self, parts: set[int], version: int) -> None:
         """Re-evaluate every customer of these partitions under definitions ``version``
-        (``SegmentStep.reevaluate``: their personas too if ``personas_changed``; ``before``:
-        the catalog they were all last evaluated under, if known)."""
+        (``SegmentStep.reevaluate``)."""
         seg = self.segmenting
         partition_of = seg.table.partition_of
         ids = [c for c, _ in seg.table.stored() if partition_of.get(c) in parts]
@@ -265,8 +228,6 @@ class LiveDefinitions:
                 seg.watermark,
                 seg.schedule,
                 int(time.time() * 1000),
-                personas_changed,
-                before,
             )
 
         parts = await rescore_in_chunks(

@@ -276,7 +276,6 @@ def test_reevaluate_writes_exactly_the_customers_a_full_rescore_moves(edit) -> N
     elif edit == "lifecycle":  # and no rule on it: only the record's stage moves
         lifecycle = LifecyclePolicy(new_days=1.0, at_risk_days=2.0, lapsed_days=3.0)
         rules = [r for r in rules if r.kind != "lifecycle"]
-    personas_changed = edit == "personas"
     catalog = replace(
         replay.step.catalog, rules=tuple(rules), personas=personas, lifecycle=lifecycle, version=7
     )
@@ -301,37 +300,38 @@ def test_reevaluate_writes_exactly_the_customers_a_full_rescore_moves(edit) -> N
         rewrite=True,
         trigger="definitions",
     )
-    fast = step.reevaluate(
-        ids, copy.deepcopy(replay.profiles), *args, DueSchedule(), 0, personas_changed
-    )
+    # The customers as last evaluated: under ``before``, which the step scored with, so a
+    # rules edit evaluates only the edited rules of those not due; the same customers under
+    # definitions the step does not know (the full way); and every third customer due.
+    assert all(p.evaluated_under == before.fingerprint for p in replay.profiles.values() if p)
+    assert (catalog.edits_since(before) is not None) == (edit == "rules")
+    unknown = copy.deepcopy(replay.profiles)
+    for profile in unknown.values():
+        if profile is not None:
+            profile.evaluated_under = None
+    due = copy.deepcopy(known)
+    for customer_id in ids[::3]:
+        due.set(customer_id, replay.watermark)
+    runs = [
+        step.reevaluate(ids, copy.deepcopy(replay.profiles), *args, copy.deepcopy(known), 0),
+        step.reevaluate(ids, unknown, *args, copy.deepcopy(known), 0),
+        step.reevaluate(ids, copy.deepcopy(replay.profiles), *args, due, 0),
+    ]
     moved = sorted(full.states)  # rescore saves exactly those whose segments or stage moved
     assert 0 < len(moved) <= len(ids)
     assert edit == "lifecycle" or len(moved) < len(ids), "the edit moves some, not others"
-    assert sorted(w.customer_id for w in fast.writes) == moved == sorted(fast.states)
-    assert [c.to_dict() for c in fast.changes] == [c.to_dict() for c in full.changes]
     kinds = {c.segment.split(":")[0] for c in full.changes}
     assert kinds == {"rule", "persona"} if edit == "personas" else kinds == {"rule"}
     if edit == "lifecycle":
         assert set(moved) - {c.customer_id for c in full.changes}, "stages alone moved some"
     by_id = {w.customer_id: w for w in full.writes}
-    for write in fast.writes:
-        assert write.record == by_id[write.customer_id].record
-        assert write.record["definitions_version"] == 7
-    assert fast.due == full.due  # every customer's due time, for the new rules' thresholds
-
-    # With the catalog they were last evaluated under known: only the edited rules' facts
-    # (for a rules edit), and the full way for the customers due (here every third).
-    assert (catalog.edits_since(before) is not None) == (edit == "rules")
-    for customer_id in ids[::3]:
-        known.set(customer_id, replay.watermark)
-    again = step.reevaluate(
-        ids, copy.deepcopy(replay.profiles), *args, known, 0, personas_changed, before
-    )
-    assert [(w.customer_id, w.record) for w in again.writes] == [
-        (w.customer_id, w.record) for w in fast.writes
-    ]
-    assert [c.to_dict() for c in again.changes] == [c.to_dict() for c in full.changes]
-    assert again.due == full.due
+    for fast in runs:
+        assert sorted(w.customer_id for w in fast.writes) == moved == sorted(fast.states)
+        assert [c.to_dict() for c in fast.changes] == [c.to_dict() for c in full.changes]
+        for write in fast.writes:
+            assert write.record == by_id[write.customer_id].record
+            assert write.record["definitions_version"] == 7
+        assert fast.due == full.due  # every customer's due time, for the new rules' thresholds
 
 
 def test_facts_of_the_dynamic_families_are_computed_for_the_rules_that_read_them_alone() -> None:
