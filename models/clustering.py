@@ -206,7 +206,14 @@ class ModelSnapshot:
         return centre if self.scaling is None else self.scaling.inverse(centre)
 
     def describe(self, segment: int) -> str:
-        return _describe(self.features, self.base_centre(segment))
+        return self._labels[segment]
+
+    @cached_property
+    def _labels(self) -> tuple[str, ...]:
+        """Every centre's label, once: every scoring asks for one."""
+        return tuple(
+            _describe(self.features, self.base_centre(i)) for i in range(len(self.centres))
+        )
 
     @property
     def k_chosen(self) -> int:

@@ -545,6 +545,7 @@ class SegmentStep:
                         out,
                         schedule,
                         self.worker_id,
+                        due=(due,) if edits.same_due else None,
                     )
                     out.states[customer_id] = profile
                 continue
@@ -806,9 +807,11 @@ def _score(
     schedule: DueSchedule,
     worker_id: str,
     facts: dict[str, Any] | None = None,
+    due: tuple[int | None] | None = None,
 ) -> bool:
     """Assign, collect changes and the record write; True if what the profile remembers
-    of its segments (published segments, lifecycle stage) changed.
+    of its segments (published segments, lifecycle stage) changed. ``due``: the customer's
+    next due time, if known (the time thresholds are as when it was computed).
 
     Every evaluation writes the record, a time-driven one (``trigger`` watermark) too: it
     is due because something the record shows changes then (a rule or the lifecycle stage,
@@ -821,9 +824,11 @@ def _score(
     out.changes.extend(found)
     moved = bool(found) or assignment.lifecycle != profile.lifecycle
     remember(profile, assignment)
-    due = catalog.next_change(profile, assignment.now, out.watermark)
-    out.due[profile.customer_id] = due
-    schedule.set(profile.customer_id, due)
+    next_due = (
+        catalog.next_change(profile, assignment.now, out.watermark) if due is None else due[0]
+    )
+    out.due[profile.customer_id] = next_due
+    schedule.set(profile.customer_id, next_due)
     record = assignment.record(profile, now_ms)
     record["worker_id"] = worker_id
     out.writes.append(

@@ -84,4 +84,3 @@ def test_the_worker_switches_to_a_newer_set_and_keeps_its_own_when_one_does_not_
     reader.pending = [_published(2, BAD)]
     asyncio.run(live.refresh())
     assert live.version == 1 and step.catalog.version == 1 and 2 in live.refused
-
