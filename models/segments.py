@@ -166,6 +166,7 @@ class SegmentCatalog:
         return RuleEdits(
             rules=edited,
             evaluate=compile_rules(edited),
+            names=frozenset(rule.name for rule in edited),
             removed=frozenset(kept) - names,
             facts=frozenset(name for rule in edited for name in rule.fields),
             same_due=self.watch == before.watch,
@@ -227,13 +228,15 @@ def _same_personas(a: PersonaCatalog | None, b: PersonaCatalog | None) -> bool:
 class RuleEdits:
     """A catalog's rules against an earlier catalog's (:meth:`SegmentCatalog.edits_since`).
 
-    ``rules``: the rules added or edited, in catalog order, and ``evaluate`` those alone;
+    ``rules``: the rules added or edited, in catalog order, ``evaluate`` those alone and
+    ``names`` their names;
     ``removed``: the names of rules gone; ``facts``: what the added and edited rules read;
     ``same_due``: both catalogs watch the same time thresholds, so due times stay.
     """
 
     rules: tuple[RuleSegment, ...]
     evaluate: Callable[[Mapping[str, Any]], list[str]]
+    names: frozenset[str]
     removed: frozenset[str]
     facts: frozenset[str]
     same_due: bool
@@ -243,19 +246,14 @@ class RuleEdits:
         """Whether an edited rule reads the customer's cluster or persona."""
         return bool(self.facts & {"cluster", "persona"})
 
-    def members(
-        self, catalog: SegmentCatalog, before: Sequence[str], facts: Mapping[str, Any]
-    ) -> list[str]:
-        """The rule segments under ``catalog`` (in its order) of a customer who was in
-        ``before`` under the earlier catalog, on facts that hold the edited rules' own."""
-        edited = {rule.name for rule in self.rules}
-        now = set(self.evaluate(facts))
-        held = set(before)
-        return [
-            rule.name
-            for rule in catalog.rules
-            if (rule.name in now if rule.name in edited else rule.name in held)
-        ]
+    def moves(self, before: Sequence[str], facts: Mapping[str, Any]) -> bool:
+        """Whether a customer in rule segments ``before`` under the earlier catalog is in
+        others now, from facts that hold the edited rules' own. The rules both catalogs have
+        keep their order (else :meth:`SegmentCatalog.edits_since` is None), so equal
+        memberships make equal lists."""
+        if self.removed and not self.removed.isdisjoint(before):
+            return True
+        return set(self.evaluate(facts)) != self.names.intersection(before)
 
 
 @dataclass(frozen=True, slots=True)

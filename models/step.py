@@ -528,7 +528,7 @@ class SegmentStep:
                         facts["cluster"] = profile.segment
                     if profile.persona is not None:
                         facts["persona"] = profile.persona
-                if edits.members(catalog, profile.rule_segments, facts) == profile.rule_segments:
+                if not edits.moves(profile.rule_segments, facts):
                     if not edits.same_due:
                         due = catalog.next_change(profile, at, watermark)
                         schedule.set(customer_id, due)

@@ -230,8 +230,11 @@ class LiveDefinitions:
                 int(time.time() * 1000),
             )
 
+        def ready() -> bool:  # and every due time known: who is due is evaluated in full
+            return self.ready() and seg.scheduled
+
         parts = await rescore_in_chunks(
-            seg, ids, parts, self.chunk, self.ready, progress, score, pace, self.slice
+            seg, ids, parts, self.chunk, ready, progress, score, pace, self.slice
         )
         status["running"] = False
         if self.version != version or self.covered is None:

@@ -86,6 +86,11 @@ class TableProfiles:
             self._live.popitem(last=False)
 
 
+#: Seconds of work a slice of the schedule's computation after a rebalance takes under the
+#: segmenting lock (``Segmenting.schedule_pending``).
+SCHEDULE_SLICE = 0.05
+
+
 class _Passing:
     def __init__(self, profiles: TableProfiles) -> None:
         self.profiles = profiles
@@ -124,6 +129,8 @@ class Segmenting:
         self.watermark = 0  # the newest event time this worker has applied
         self.schedule = DueSchedule()
         self._scheduled_for: set[int] = set()
+        self._to_schedule: list[str] = []  # owned customers whose due time is not known yet
+        self._schedule_from = 0  # the watermark when they were taken over
         #: Owned partitions that were empty in the table when taken over and whose store marker
         #: has not been written yet (see stream/worker/rebuild.py).
         self.fresh_partitions: set[int] = set()
@@ -153,8 +160,10 @@ class Segmenting:
         return list(batch)
 
     async def expire_due(self) -> None:
-        """With no traffic, re-evaluate customers a step left due (a step takes at most
+        """Due times left to compute since a rebalance first (``schedule_pending``); then, with
+        no traffic, re-evaluate customers a step left due (a step takes at most
         ``SegmentStep.max_expiries``): an empty step, as a batch would run it."""
+        await self.schedule_pending()
         if not self.schedule.has_due(self.watermark) or not self.ready():
             return
         async with self.lock:
@@ -226,24 +235,24 @@ class Segmenting:
         self.profiles.saved(outcome.states)
 
     def _owned(self) -> set[int]:
-        """The partitions owned now; after a rebalance, their customers are scheduled anew."""
+        """The partitions owned now; after a rebalance, their customers are to be scheduled
+        anew (``schedule_pending``)."""
         owned = self.owned_partitions()
         if owned != self._scheduled_for:
             self.profiles.owned = owned
             self.profiles.drop_live()
             self.schedule.clear()
-            # Lifecycle and every time-relative rule's threshold (SegmentCatalog.next_change).
-            catalog = self.step.catalog_for(self.model)
             populated: set[int] = set()
-            for customer_id, raw in self.table.stored():
-                partition = self.table.partition_of.get(customer_id)
+            pending: list[str] = []
+            partition_of = self.table.partition_of
+            for customer_id, _ in self.table.stored():
+                partition = partition_of.get(customer_id)
                 if partition in owned:
                     populated.add(partition)
-                    profile = CustomerProfile.from_state(orjson.loads(raw))
-                    if profile.merged_into is not None:
-                        continue  # merged into another customer: nothing of its own comes due
-                    at = max(self.watermark, profile.last_seen_ts or 0)
-                    self.schedule.set(customer_id, catalog.next_change(profile, at))
+                    pending.append(customer_id)
+            # Computed in the background, from the watermark now: a threshold the watermark
+            # passes meanwhile still comes due.
+            self._to_schedule, self._schedule_from = pending, self.watermark
             # Partitions taken over with nothing in the table: Redis holds nothing of them
             # that could be lost, so a missing store marker there is new, not a loss.
             self.fresh_partitions = (self.fresh_partitions & owned) | (
@@ -251,11 +260,46 @@ class Segmenting:
             )
             self._scheduled_for = set(owned)
             log.info(
-                "lifecycle schedule: %d customers on partitions %s",
-                len(self.schedule),
+                "lifecycle schedule: %d customers on partitions %s to schedule",
+                len(pending),
                 sorted(owned),
             )
         return owned
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether every owned customer's due time is known (none left since a rebalance)."""
+        return not self._to_schedule
+
+    async def schedule_pending(self, budget: float = SCHEDULE_SLICE) -> None:
+        """The due times of the owned customers (their lifecycle stage and every rule on a fact
+        that moves with time: ``SegmentCatalog.next_change``) left to compute since a
+        rebalance, in slices of about ``budget`` seconds under the lock: live batches run
+        between them, so a restarted worker applies new events before its whole schedule is
+        known (it was one pass over every profile, under the lock, before the first batch)."""
+        if not self._to_schedule or not self.ready():
+            return
+        profiles = self.profiles.passing()
+        while self._to_schedule and self.ready():
+            async with self.lock:
+                self._owned()  # partitions moved meanwhile: the list starts again
+                catalog = self.step.catalog_for(self.model)
+                pending, schedule, since = self._to_schedule, self.schedule, self._schedule_from
+                deadline = time.perf_counter() + budget
+                while pending:  # at least one a slice
+                    customer_id = pending.pop()
+                    profile = None
+                    if schedule.due_of(customer_id) is None:  # else scored since, scheduled
+                        profile = profiles.get(customer_id)
+                    # A merged id: merged into another customer, nothing of its own comes due.
+                    if profile is not None and profile.merged_into is None:
+                        at = max(since, profile.last_seen_ts or 0)
+                        schedule.set(customer_id, catalog.next_change(profile, at))
+                    if time.perf_counter() >= deadline:
+                        break
+                if not pending:
+                    log.info("lifecycle schedule: %d customers due some day", len(schedule))
+            await asyncio.sleep(0)
 
     async def refresh_model(self) -> None:
         """Load a newer snapshot; on the very first one, score customers still unassigned."""

@@ -428,3 +428,38 @@ def test_a_batch_taken_before_a_rebalance_or_during_recovery_is_left_out_not_app
         }
 
     asyncio.run(run())
+
+
+def test_after_a_rebalance_batches_run_before_the_schedule_is_known_and_it_comes_out_whole():
+    """A restarted worker used to compute every owned customer's due time in one pass under
+    the lock before its first batch (28 s at 200,000 customers). Now the batch comes first and
+    the schedule follows in slices, from the watermark at the takeover: a threshold the
+    watermark passed meanwhile still comes due."""
+
+    async def run() -> None:
+        w = Worker()
+        g = TrafficGenerator(customers=30, seed=4, session_gap_ms=3_600_000)
+        await w.handle([m for c in g.customer_ids for m in g.session(c)])
+        catalog = w.seg.step.catalog_for(w.seg.model)
+        taken_at = w.seg.watermark
+
+        w.owned = set(range(1, PARTITIONS))  # partition 0 goes, then comes back
+        w.seg.owned()
+        w.owned = set(range(PARTITIONS))
+        first = [m for c in g.customer_ids[:3] for m in g.session(c)]
+        await w.handle(first)  # applied at once, the schedule not known yet
+        assert not w.seg.scheduled and w.seg.watermark > taken_at
+        touched = {m.key for m in first}
+        scored = {c: w.seg.schedule.due_of(c) for c in touched}
+
+        await w.seg.schedule_pending(budget=0.0)  # one customer a slice
+        assert w.seg.scheduled
+        for customer_id, p in w.profiles().items():
+            if customer_id in touched:
+                assert w.seg.schedule.due_of(customer_id) == scored[customer_id]
+            else:
+                at = max(taken_at, p.last_seen_ts or 0)
+                assert w.seg.schedule.due_of(customer_id) == catalog.next_change(p, at)
+        assert len(w.seg.schedule) > len(touched)
+
+    asyncio.run(run())
