@@ -12,7 +12,7 @@ batch is scored wholly under one version.
 
 **Backfill.** Then every customer of the owned partitions goes through the step again
 (``SegmentStep.reevaluate``, in ``rescore_in_chunks``: chunks of about ``BACKFILL_SLICE``
-seconds of step time under the lock, live batches between them), at most
+seconds under the lock (the step and its effects), live batches between them), at most
 ``SEGMENTER_BACKFILL_RATE`` customers a second, evaluated at the watermark. Each profile keeps
 the fingerprint of the definitions it was last evaluated under; a customer last evaluated
 under a set this worker knows, where only rules changed since, and not due for a time-driven
@@ -59,10 +59,10 @@ __all__ = ["LiveDefinitions"]
 
 
 #: Customers re-evaluated in the first chunk under the segmenting lock; later chunks are sized
-#: to take about ``BACKFILL_SLICE`` seconds in the step. A live batch waits for at most about one
-#: chunk and its effects; each chunk's effects cost a few round trips to Redis and the broker,
-#: so chunks of a hundred customers spent most of a backfill waiting on them (114 s for 100,000
-#: customers in the bench, against about 12 s of step time).
+#: to take about ``BACKFILL_SLICE`` seconds with their effects, so a live batch waits for at
+#: most about one. Each chunk's effects cost a few round trips to Redis and the broker, so
+#: chunks of a fixed hundred customers spent most of a backfill waiting on them (114 s for
+#: 100,000 customers in the bench, against about 12 s of step time).
 BACKFILL_CHUNK = 100
 BACKFILL_SLICE = 0.1
 

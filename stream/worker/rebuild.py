@@ -168,9 +168,10 @@ async def rescore_in_chunks(
     Waits while ``ready()`` is false (partitions moving); customers of partitions that moved
     to another worker meanwhile are left out. ``progress(done, outcome)`` follows each chunk;
     ``pace(done)`` comes before each and may wait (a rate limit) or say stop (False).
-    With a ``budget`` (seconds), a chunk is sized to take about that long in the step, after
-    the first (of ``chunk``): few chunks mean few round trips of their effects, and a live
-    batch waits at most about one. Returns the partitions still owned at the end.
+    With a ``budget`` (seconds), a chunk is sized to take about that long under the lock (the
+    step and its effects), after the first (of ``chunk``): few chunks mean few round trips of
+    their effects, and a live batch waits at most about one. Returns the partitions still
+    owned at the end.
     """
     partition_of = seg.table.partition_of
 
@@ -199,8 +200,8 @@ async def rescore_in_chunks(
             outcome = (score or rewrite)(
                 [c for c in ids[i : i + size] if partition_of.get(c) in parts]
             )
-            spent = time.perf_counter() - started
             await seg.apply(outcome)
+            spent = time.perf_counter() - started  # the step and the effects, under the lock
         i += size
         progress(min(len(ids), i), outcome)
         if budget > 0 and spent > 0:
