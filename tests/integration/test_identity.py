@@ -197,7 +197,8 @@ def test_anonymous_histories_merge_into_known_customers_across_workers_and_a_sig
                 exact, 180, "every known customer's features to be the union of both logs"
             )
         except faults.WaitTimeout as exc:
-            pytest.fail(f"{exc}\n{diagnosis(settings, differ, into)}")
+            beats = "\n".join(f"  {b}" for b in workers.client.workers())
+            pytest.fail(f"{exc}\n{diagnosis(settings, differ, into)}\nheartbeats:\n{beats}")
         assert set(expected) == {f"u-{i}" for i in range(PAIRS)}
         for anon, user in into.items():
             record = workers.client.get(anon)  # one hop: the alias, then the record
