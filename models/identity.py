@@ -8,8 +8,11 @@ partitions, possibly on different workers, so the merge travels through the ``id
 of message, each a JSON object:
 
 - ``{"op": "merge", "from": A, "into": B, "ts": T}``, keyed by A: written by B's worker when
-  it first sees the signal. A's worker turns A's profile into a redirect to B (A exits every
-  segment) and answers with
+  it first sees the signal. A's worker handles it in two steps. The cut: A exits every
+  segment and keeps its profile, marked merged into B (messages of A from now on are sent on
+  to B), and the request goes again to A itself. Once the cut is saved, that copy (or any
+  repeat of the request) sends the history the cut holds, leaves only a redirect to B, and
+  so answers with
 - ``{"op": "state", "from": A, "into": B, "ts": T, "state": {...}}``, keyed by B: A's profile
   state as it was at the merge (null if A was never seen). B's worker folds it into B's
   profile (``absorb``) once: B remembers the ids merged into it (``merged_ids``), so a
@@ -29,7 +32,11 @@ with its reason.
 Exactness: the canonical value features of the merged profile are those of the union of both
 event logs (an event applied under both ids, found by the recent event-id windows, counts
 once). Every step is idempotent under redelivery, and each side's effects are published before
-its state is saved, so a crash of either worker mid-merge redoes, never loses, the merge.
+its state is saved, so a crash of either worker mid-merge redoes, never loses, the merge. A's
+history is sent only from a saved cut: after a crash before that save, A's messages are read
+again from the committed offsets, those of different topics possibly in another interleaving
+(an event sent under A after the merge request, read before it), and a history sent at the
+first cut would lack what the redone cut holds, while B absorbs A's history once.
 """
 
 from __future__ import annotations

@@ -333,6 +333,7 @@ class SegmentStep:
         out = StepOutcome(watermark=watermark)
         touched: dict[str, tuple[CustomerProfile, int]] = {}  # profile, events applied before
         dirty: set[str] = set()  # to save though no event was applied (identity, forwarding)
+        self.identity.begin()
         for message in messages:
             if message.source == FORGET:
                 if message.key:
@@ -636,6 +637,12 @@ class _Stitching:
 
     def __init__(self, step: SegmentStep) -> None:
         self.step = step
+        #: Ids cut (merged away) in the batch being run: not saved yet, so not sent yet.
+        self._cut: set[str] = set()
+
+    def begin(self) -> None:
+        """A new batch."""
+        self._cut.clear()
 
     def apply(
         self, profile: CustomerProfile, events: Sequence[Event], dirty: set[str], out: StepOutcome
@@ -713,36 +720,48 @@ class _Stitching:
         out: StepOutcome,
         schedule: DueSchedule,
     ) -> None:
-        """Merge this id into ``msg.target_id``: its exits, its state sent on, a redirect left."""
-        target = msg.target_id
+        """Merge this id into ``msg.target_id``, in two steps (``models.identity``).
+
+        The cut: the id's exits, its history kept as it is with ``merged_into`` set (its
+        later events are forwarded from now on), and the request sent again to itself. Once
+        the cut is saved, that copy (or any repeat of the request) sends the history the cut
+        holds and leaves a bare redirect. The history sent is always a saved one: had it
+        been sent at the cut, a crash before the save would redo the cut after a restart, and
+        the id's messages, read again in another interleaving, could put events in it that
+        the first history sent lacked (the customer keeps the first one).
+        """
+        target, customer_id = msg.target_id, profile.customer_id
         if profile.merged_into is not None:
             if profile.merged_into != target:
                 out.dead.append(
                     DeadLetter(
                         message,
-                        f"{profile.customer_id!r} is already merged into "
+                        f"{customer_id!r} is already merged into "
                         f"{profile.merged_into!r}; an id joins the first customer that claims it",
                     )
                 )
-            return  # merged into this target already: a repeated request
+            elif customer_id not in self._cut:  # the cut is saved: send what it holds
+                seen = profile.applied > 0 or bool(profile.merged_ids)
+                state = {**profile.to_state(), "into": None} if seen else None
+                out.forwards.append(state_message(customer_id, target, msg.ts, state))
+                redirect = redirect_of(profile, target)
+                touched[customer_id] = (redirect, redirect.applied)
+            return
         if target in profile.merged_ids:
             out.dead.append(
                 DeadLetter(
                     message,
-                    f"merging {profile.customer_id!r} into {target!r} would make a cycle "
-                    f"({target!r} was merged into {profile.customer_id!r})",
+                    f"merging {customer_id!r} into {target!r} would make a cycle "
+                    f"({target!r} was merged into {customer_id!r})",
                 )
             )
             return
-        seen = profile.applied > 0 or bool(profile.merged_ids)
         out.changes.extend(exits_on_merge(profile, target, msg.ts))
-        out.forwards.append(
-            state_message(profile.customer_id, target, msg.ts, profile.to_state() if seen else None)
-        )
-        redirect = redirect_of(profile, target)
-        touched[profile.customer_id] = (redirect, redirect.applied)
-        out.due[profile.customer_id] = None
-        schedule.set(profile.customer_id, None)
+        profile.merged_into = target
+        self._cut.add(customer_id)
+        out.forwards.append(merge_message(customer_id, target, msg.ts))
+        out.due[customer_id] = None
+        schedule.set(customer_id, None)
 
 
 def _touch(

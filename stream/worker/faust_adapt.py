@@ -45,6 +45,14 @@ which are never compacted):
 2. Only events the agent registered as processed (:meth:`SegmenterConsumer.processed`) count
    as done. A skipped one releases the message but is read again from the committed offset.
 3. Nothing is committed while the offset right after the committed one is not done.
+4. Everything left unread during a rebalance is read again. Faust seeks back only partitions
+   with a committed offset: records it fetched and dropped (of partitions it had just paused
+   for the table recovery) stayed unread for good on a partition nobody had committed yet
+   (``tests/integration/test_identity.py``: the identity topics of a worker killed seconds
+   after their first messages; the new owner never applied them). Such partitions are sought
+   to their beginning after every rebalance. And records fetched after that seek but before
+   Faust calls the worker ready, which the worker would release with no seek to follow, are
+   held back: the partition is sought back to them, read again once the rebalance is over.
 
 A few events may be processed twice after a rebalance; the worker's effects are idempotent
 (at-least-once), which is what the scale-out and fault tests check.
@@ -166,9 +174,26 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
+        # Faust seeks only partitions with a committed offset. What it fetched and dropped
+        # (records of partitions it paused meanwhile, during a table recovery) and what the
+        # worker released during the rebalance is read again from there; on a partition
+        # never committed yet the position stays past those records, and they were never
+        # read: from its beginning instead (the worker's auto_offset_reset, earliest).
+        uncommitted = [
+            tp
+            for tp, offset in self._read_offset.items()
+            if tp.topic in self.guarded_topics and offset is None
+        ]
+        if uncommitted:
+            await self._seek_to_beginning(uncommitted)
         for tp, offset in self._read_offset.items():
             if tp.topic in self.guarded_topics:
                 self._expect(tp, offset)
+
+    async def _seek_to_beginning(self, partitions: list[TP]) -> None:
+        await self._thread.seek_to_beginning(
+            *(faust_aiokafka.ensure_aiokafka_TP(tp) for tp in partitions)
+        )
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
@@ -191,6 +216,21 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
             if tp in reread:
                 continue
             offset, expected = message.offset, self._next.get(tp)
+            if (
+                self.app.rebalancing
+                and self.feed is not None
+                and (expected is None or offset >= expected)
+            ):
+                # Fetched after the rebalance's seek, before the worker is ready: it would
+                # release the batch, and no seek follows to read it again. Read it again
+                # from here once the rebalance is over.
+                reread.add(tp)
+                try:
+                    await self.seek(tp, offset)
+                except Exception as exc:  # no longer assigned: the next owner reads it
+                    log.warning("could not seek %s[%d]: %r", tp.topic, tp.partition, exc)
+                await asyncio.sleep(0.05)  # not a busy loop of fetches while it lasts
+                continue
             if expected is None:
                 self._start.setdefault(tp, offset)
             elif offset < expected:

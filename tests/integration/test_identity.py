@@ -13,14 +13,18 @@ Then a chain: a known customer is aliased into another, and every id reads the l
 from __future__ import annotations
 
 import signal
+import time
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 import redis
+from kafka import KafkaConsumer, TopicPartition
 
-from stream.kafka import read_topic
+from stream.kafka import client_options, read_topic
 from stream.store import Keys
+from stream.tools import faults
 from stream.tools.generator import Message
 from stream.tools.producer import send_messages
 
@@ -168,20 +172,33 @@ def test_anonymous_histories_merge_into_known_customers_across_workers_and_a_sig
         into = {f"anon-{i}": f"u-{i}" for i in range(PAIRS)}
         expected = expected_value_features(merged(first + then, into))
 
+        differ: dict[str, Any] = {}
+
         def exact() -> bool:
             workers.check_alive()
+            differ.clear()
             for user, features in expected.items():
                 record = workers.client.get(user)
                 if record is None or record["customer_id"] != user:
-                    return False
+                    differ[user] = (None if record is None else record["customer_id"], features)
+                    continue
                 got = {k: record["features"][k] for k in features}
-                if got != {**features, "revenue_total": got["revenue_total"]}:
-                    return False
-                if abs(got["revenue_total"] - features["revenue_total"]) > 1e-6:
-                    return False
-            return all(raw.get(keys.record(a)) is None for a in into)
+                if got != {**features, "revenue_total": got["revenue_total"]} or (
+                    abs(got["revenue_total"] - features["revenue_total"]) > 1e-6
+                ):
+                    differ[user] = (got, features)
+            for anon in into:
+                if raw.get(keys.record(anon)) is not None:
+                    differ[anon] = ("a record", "none (merged)")
+            return not differ
 
-        wait_until(exact, 180, "every known customer's features to be the union of both logs")
+        try:
+            faults.wait_until(
+                exact, 180, "every known customer's features to be the union of both logs"
+            )
+        except faults.WaitTimeout as exc:
+            beats = "\n".join(f"  {b}" for b in workers.client.workers())
+            pytest.fail(f"{exc}\n{diagnosis(settings, differ, into)}\nheartbeats:\n{beats}")
         assert set(expected) == {f"u-{i}" for i in range(PAIRS)}
         for anon, user in into.items():
             record = workers.client.get(anon)  # one hop: the alias, then the record
@@ -263,3 +280,54 @@ def test_anonymous_histories_merge_into_known_customers_across_workers_and_a_sig
     finally:
         raw.close()
         workers.stop()
+
+
+def diagnosis(settings: Any, differ: dict[str, Any], into: dict[str, str]) -> str:
+    """What a failed wait for exact features saw: each customer that differs (got, expected),
+    the newest table states of them and their anonymous ids (from the changelog) and the
+    identity messages about them, so that a failure says which step of a merge went wrong."""
+    users = set(differ) | {into.get(c, c) for c in differ}
+    ids = users | {a for a, u in into.items() if u in users}
+    lines = [f"{len(differ)} differ (id: got, expected):"]
+    lines += [f"  {c}: {got} != {want}" for c, (got, want) in sorted(differ.items())]
+    states: dict[str, Any] = {}
+    changelog = f"{settings.app_id}-profiles-changelog"
+    for key, state in read_topic(settings, changelog, quiet=2.0):
+        customer = orjson.loads(key) if key else None
+        if customer in ids:
+            states[customer] = state
+    lines.append("newest table states (orders, applied, merged ids, asked, into, positions):")
+    for c in sorted(ids):
+        s = states.get(c)
+        lines.append(
+            f"  {c}: "
+            + (
+                "none"
+                if s is None
+                else f"{s['o']} {s['n']} mid={s['mid']} ask={s['ask']} into={s['into']} "
+                f"pos={s['pos']} purchases={s['ids'].get('purchase')}"
+            )
+        )
+    lines.append("identity messages (partition@offset op from into):")
+    for tp, offset, body in _identity_messages(settings):
+        if body.get("from") in ids or body.get("into") in ids:
+            lines.append(f"  {tp}@{offset} {body.get('op')} {body.get('from')} {body.get('into')}")
+    return "\n".join(lines)
+
+
+def _identity_messages(settings: Any) -> list[tuple[int, int, dict[str, Any]]]:
+    consumer = KafkaConsumer(**client_options(settings), enable_auto_commit=False, group_id=None)
+    try:
+        topic = settings.topic(settings.identity_topic)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        out = []
+        deadline, quiet = time.monotonic() + 15, time.monotonic() + 2
+        while time.monotonic() < min(deadline, quiet):
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                out += [(tp.partition, r.offset, orjson.loads(r.value)) for r in records]
+                quiet = time.monotonic() + 2
+        return out
+    finally:
+        consumer.close()

@@ -68,30 +68,63 @@ def counters_match(client: SegmentClient) -> bool:
 
 
 class Sender:
-    """Sends rounds of sessions in a thread, paced, so that a failover falls among them."""
+    """Sends rounds of sessions in a thread, paced. The rounds from ``hold`` on wait until the
+    test lets them go (``release``, as a failover begins), so that the failover falls among
+    them however fast the worker keeps up; ``times`` are when each round went out."""
 
     def __init__(self, settings: Any, producer: Any) -> None:
         self.settings, self.producer = settings, producer
         self.sent = 0
+        self.times: list[float] = []
+        self.done = 0
+        self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
+        self._gate = threading.Event()
 
     def send(self, messages: list[Message]) -> None:
+        self.times.append(time.monotonic())
         stats = send_messages(self.settings, iter(messages), producer=self.producer)
         self.sent += stats.events
 
-    def start(self, rounds: list[list[Message]], pause: float) -> None:
+    def start(self, rounds: list[list[Message]], pause: float, hold: int) -> None:
+        self.times, self.done, self.error = [], 0, None
+        self._gate.clear()
+
         def run() -> None:
-            for messages in rounds:
-                self.send(messages)
-                time.sleep(pause)
+            try:
+                for i, messages in enumerate(rounds):
+                    if i == hold:  # let go: at once
+                        if not self._gate.wait(timeout=120):
+                            raise TimeoutError(f"round {i} was never let go")
+                    elif i:
+                        time.sleep(pause)
+                    self.send(messages)
+                    self.done += 1
+            except BaseException as exc:  # reported by join
+                self.error = exc
 
         self.thread = threading.Thread(target=run, name="sender", daemon=True)
         self.thread.start()
+
+    def wait_rounds(self, n: int, timeout: float = 60.0) -> None:
+        wait_until(lambda: self.done >= n or self.error, timeout, f"{n} rounds sent")
+
+    def release(self) -> float:
+        """Let the held rounds go; returns when (``time.monotonic``)."""
+        at = time.monotonic()
+        self._gate.set()
+        return at
 
     def join(self) -> None:
         assert self.thread is not None
         self.thread.join(timeout=120)
         assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+    def sent_within(self, start: float, end: float) -> int:
+        """Rounds that went out between ``start`` and ``end``."""
+        return sum(start <= t <= end for t in self.times)
 
 
 def test_a_worker_on_a_redis_cluster_stays_exact_through_master_failovers(
@@ -129,23 +162,27 @@ def test_a_worker_on_a_redis_cluster_stays_exact_through_master_failovers(
         wait_until(lambda: processed() >= sender.sent, 120, "the first rounds")
 
         # A graceful failover while events flow: the replica catches up, then takes the slots.
-        sender.start(rounds[2:6], pause=0.6)
-        time.sleep(0.5)
+        # Two rounds go out first; the other two are let go as the failover begins.
+        sender.start(rounds[2:6], pause=0.6, hold=2)
+        sender.wait_rounds(2)
         first = cluster.master_ports()[0]
+        began = sender.release()
         promoted = cluster.failover(first)
-        at_failover, promoted_at = processed(), time.time() * 1000
+        promoted_at, ended = time.time() * 1000, time.monotonic()
         sender.join()
         assert promoted in cluster.master_ports() and first not in cluster.master_ports()
-        assert at_failover < sender.sent, "the failover came after the traffic, not amid it"
+        assert sender.sent_within(began, ended) >= 1, "no round went out during the failover"
 
-        # A master killed while events flow: the cluster promotes its replica by itself.
-        sender.start(rounds[6:10], pause=1.0)  # the cluster takes seconds to notice
-        time.sleep(0.5)
+        # A master killed while events flow: the cluster promotes its replica by itself (it
+        # takes seconds to notice). Two rounds first; the other two go out while it does.
+        sender.start(rounds[6:10], pause=1.0, hold=2)
+        sender.wait_rounds(2)
         killed = next(p for p in cluster.master_ports() if p != promoted)
+        began = sender.release()
         taken_over = cluster.kill(killed)
-        at_kill, taken_over_at = processed(), time.time() * 1000
+        taken_over_at, ended = time.time() * 1000, time.monotonic()
         sender.join()
-        assert at_kill < sender.sent, "the kill came after the traffic, not amid it"
+        assert sender.sent_within(began, ended) >= 1, "no round went out during the failover"
 
         # Every customer once more on the settled cluster, so that a write the killed master
         # acknowledged but never replicated (Redis replicates asynchronously) is superseded.

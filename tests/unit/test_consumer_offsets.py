@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
-from stream.worker.faust_adapt import SegmenterApp, SegmenterConsumer
+from stream.worker.faust_adapt import BatchFeed, SegmenterApp, SegmenterConsumer
 
 TOPIC = "in"
 
@@ -141,5 +141,52 @@ def test_other_topics_keep_fausts_own_rules() -> None:
         h.consumer._committed_offset[other] = 249
         h.consumer._acked[other].extend([250, 251])
         assert h.consumer._new_offset(other) == 252
+
+    run(scenario())
+
+
+def test_a_partition_never_committed_is_read_again_from_its_beginning_after_a_rebalance() -> None:
+    """Faust seeks only partitions with a committed offset after a rebalance; records it
+    dropped meanwhile (fetched for a partition it had paused for the table recovery) were
+    never read again on a partition the killed worker had not committed yet."""
+
+    async def scenario() -> None:
+        h = Harness()
+        never = TP(TOPIC, 1)
+
+        async def seek_to_committed() -> dict[TP, int | None]:
+            return {h.partition: 210, never: None}
+
+        began: list[TP] = []
+
+        async def seek_to_beginning(partitions: list[TP]) -> None:
+            began.extend(partitions)
+
+        consumer: Any = h.consumer
+        consumer.seek_to_committed = seek_to_committed
+        consumer._seek_to_beginning = seek_to_beginning
+        await h.consumer.perform_seek()
+        assert began == [never]
+        assert h.consumer._next == {h.partition: 210}  # the other: whatever comes first
+
+    run(scenario())
+
+
+def test_records_fetched_before_the_worker_is_ready_are_read_again_once_it_is() -> None:
+    """After the rebalance's seek and before Faust says the worker is ready, the worker would
+    release what it is given, and no seek follows to read it again: the consumer keeps such
+    records back and seeks the partition to them."""
+
+    async def scenario() -> None:
+        h = Harness()
+        feed = BatchFeed()
+        h.consumer.feed = feed
+        await h.consumer.seek(h.partition, 40)
+        h.app.rebalancing = True
+        await h.read([40, 41, 42])
+        assert len(feed) == 0 and h.seeks == [40, 40]
+        h.app.rebalancing = False
+        await h.read([40, 41, 42])
+        assert [m.offset for m in feed.drain()] == [40, 41, 42]
 
     run(scenario())
