@@ -350,31 +350,9 @@ def _parts_of(names: frozenset[str]) -> frozenset[str]:
     return frozenset(parts)
 
 
-#: Fact names always present (dynamic families are matched by prefix in :func:`is_known_fact`).
-STATIC_FACTS = frozenset(
-    {
-        *CustomerProfile("x").value_features(),
-        *CustomerProfile("x").behavior(),
-        "days_since_last_purchase",
-        "days_since_first_seen",
-        "days_since_last_seen",
-        "rfm_recency",
-        "rfm_frequency",
-        "rfm_monetary",
-        "rfm_score",
-        "value_tier",
-        "customer_value_estimate",
-        "lifecycle",
-        "conversion",
-        "search_share",
-        "region",
-        "age_band",
-        "top_category",
-        "cluster",
-        "persona",
-        *SESSION_FACTS,
-    }
-)
+#: Fact names always present (dynamic families are matched by prefix in :func:`is_known_fact`):
+#: every part's, and the customer's cluster and persona (the assignment adds them).
+STATIC_FACTS = frozenset(_PART_OF) | {"cluster", "persona"}
 _DYNAMIC_PREFIXES = (
     "device_share.",
     "category_share.",

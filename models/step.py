@@ -524,25 +524,21 @@ class SegmentStep:
                     out.due[customer_id] = due  # nothing edited: nothing moves
                     continue
                 facts = catalog.facts(profile, at, watermark, edits.facts)
-                if edits.reads_own:  # as below
-                    if profile.segment is not None:
-                        facts["cluster"] = profile.segment
-                    if profile.persona is not None:
-                        facts["persona"] = profile.persona
+                if edits.reads_own:
+                    _add_own(facts, profile)
                 if not edits.moves(profile.rule_segments, facts):
                     if not edits.same_due:
                         due = catalog.next_change(profile, at, watermark)
                         schedule.set(customer_id, due)
                     out.due[customer_id] = due
                 else:
-                    trigger = "definitions"
                     _score(
                         profile,
                         model,
                         catalog,
                         now_ms,
                         watermark,
-                        trigger,
+                        "definitions",
                         out,
                         schedule,
                         self.worker_id,
@@ -559,10 +555,7 @@ class SegmentStep:
                 )
                 moved = found.name != profile.persona
             if not moved:
-                if profile.segment is not None:
-                    facts["cluster"] = profile.segment
-                if profile.persona is not None:
-                    facts["persona"] = profile.persona
+                _add_own(facts, profile)
                 moved = evaluate_rules(catalog, facts) != profile.rule_segments
                 facts.pop("cluster", None)
                 facts.pop("persona", None)
@@ -813,6 +806,15 @@ def _erase(
     schedule.set(customer_id, None)
     if customer_id not in out.erased:
         out.erased.append(customer_id)
+
+
+def _add_own(facts: dict[str, Any], profile: CustomerProfile) -> None:
+    """The customer's published cluster and persona as the ``cluster`` and ``persona`` facts
+    (as ``assign`` adds them), for rules re-evaluated without a new assignment."""
+    if profile.segment is not None:
+        facts["cluster"] = profile.segment
+    if profile.persona is not None:
+        facts["persona"] = profile.persona
 
 
 def _score(
