@@ -155,6 +155,11 @@ def published_in_force(
     return found
 
 
+#: Bytes of one record batch the worker's producer builds (Faust's default is 16 KiB; under
+#: the million bytes of a request, Faust's and brokers' default limit).
+PRODUCER_BATCH_BYTES = 512 * 1024
+
+
 def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     """The composition root of a worker process."""
     app = SegmenterApp(
@@ -172,6 +177,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         broker_heartbeat_interval=settings.heartbeat_interval,
         web_enabled=False,
         worker_redirect_stdouts=False,
+        # A batch's changelog states and changes go out together and are awaited together:
+        # Kafka's 16 KiB record batches split them into many requests, one after another.
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
     )
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     table = CustomerTable(
@@ -216,7 +224,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         changes_kept=settings.customer_changes_kept,
     )
     marks = PartitionMarks(settings.app_id, settings.worker_id)
-    effects = Effects(store, table, send, names, settings.worker_id, metrics, marks)
+    effects = Effects(
+        store, table, send, names, settings.worker_id, metrics, marks, table.batches.send
+    )
     reader = DefinitionsReader(settings)
     in_force = published_in_force(settings, reader)
     segmenting = Segmenting(

@@ -16,16 +16,20 @@ from models.features import CustomerProfile
 from models.step import DeadLetter, StepOutcome
 from stream.store import SegmentStore, retry_forever
 from stream.store.base import PartitionMark
-from stream.worker.faust_adapt import CustomerTable
+from stream.worker.faust_adapt import CustomerTable, Record
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.rebuild import PartitionMarks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Effects", "Send", "encode_profile", "flows_message"]
+__all__ = ["Effects", "Send", "SendMany", "encode_profile", "flows_message"]
 
 #: Hands one record (topic, key, value) to the producer; returns its delivery future.
 Send = Callable[[str, bytes | None, bytes | None], Awaitable[Awaitable[Any]]]
+
+#: Hands many records (topic, key, value, partition or None) to the producer in batches
+#: (``stream.worker.faust_adapt.RecordBatches.send``); returns the batches' delivery futures.
+SendMany = Callable[[list[Record]], Awaitable[list[tuple[Awaitable[Any], int]]]]
 
 
 def encode_profile(profile: CustomerProfile | None) -> bytes | None:
@@ -63,8 +67,10 @@ class Effects:
         worker_id: str,
         metrics: WorkerMetrics,
         marks: PartitionMarks | None = None,
+        send_many: SendMany | None = None,
     ) -> None:
         self.store = store
+        self.send_many = send_many
         self.table = table
         self.send = send
         self.topics = topics  # topology key (changes, samples, dead_letter) -> topic name
@@ -107,24 +113,24 @@ class Effects:
         """Tombstones, changes, the batch's samples (one JSON array), dead letters and identity
         messages, all delivered before the table write and the acknowledgement."""
         changes_topic = self.topics["changes"]
-        futures = [await self.send(changes_topic, c.encode(), None) for c in outcome.erased]
+        records: list[Record] = [(changes_topic, c.encode(), None, None) for c in outcome.erased]
         for change in outcome.changes:
             payload = orjson.dumps(change.to_dict())
-            futures.append(await self.send(changes_topic, change.customer_id.encode(), payload))
+            records.append((changes_topic, change.customer_id.encode(), payload, None))
         if outcome.samples:
-            futures.append(
-                await self.send(self.topics["samples"], None, orjson.dumps(outcome.samples))
-            )
+            records.append((self.topics["samples"], None, orjson.dumps(outcome.samples), None))
         if outcome.changes:  # the batch's segment flows, for the trainer's flow drift monitor
-            futures.append(await self.send(self.topics["samples"], None, flows_message(outcome)))
+            records.append((self.topics["samples"], None, flows_message(outcome), None))
         for letter in outcome.dead:
-            futures.append(
-                await self.send(
-                    self.topics["dead_letter"], letter.message.key, self._letter(letter)
-                )
+            records.append(
+                (self.topics["dead_letter"], letter.message.key, self._letter(letter), None)
             )
         for key, value in outcome.forwards:
-            futures.append(await self.send(self.topics["identity"], key, value))
+            records.append((self.topics["identity"], key, value, None))
+        if self.send_many is not None and records:
+            futures = [future for future, _ in await self.send_many(records)]
+        else:
+            futures = [await self.send(topic, key, value) for topic, key, value, _ in records]
         if futures:
             await asyncio.gather(*futures)
         self.counters["changes"] = self.counters.get("changes", 0) + len(outcome.changes)

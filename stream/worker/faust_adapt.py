@@ -301,6 +301,57 @@ class SegmenterApp(faust.App):
 END_MARKER_KEY = "\x00segmenter-end"
 
 
+#: A record for the broker: topic, key, value, partition (None: the producer's partitioner,
+#: by key, as ``send`` picks it).
+Record = tuple[str, bytes | None, bytes | None, int | None]
+
+
+class RecordBatches:
+    """Hands records to aiokafka's producer as one record batch per topic partition.
+
+    ``send`` per record costs about 12-14 µs of the worker's time here (a future, a metadata
+    wait, the partitioner, the accumulator's bookkeeping); appending to a batch and handing it
+    over with ``send_batch`` about 3 µs (20,000 records of 200 bytes to a Tansu broker on this
+    machine). A batch's changelog states and its changes are thousands of records in a
+    backfill. A keyed record goes to the partition ``send`` would pick (the producer's own
+    partitioner), so a customer's records stay on one partition, in order. Each batch is
+    closed before it is handed over: a record sent later with ``send`` (an end marker) never
+    joins it. ``send`` returns each batch's delivery future with its record count.
+    """
+
+    def __init__(self, producer: Callable[[], Any]) -> None:
+        self.producer = producer  # the started aiokafka producer (Faust's producer's own)
+
+    async def send(self, records: Iterable[Record]) -> list[tuple[Awaitable[Any], int]]:
+        producer = self.producer()
+        known: set[str] = set()
+        open_: dict[tuple[str, int], Any] = {}
+        out: list[tuple[Awaitable[Any], int]] = []
+
+        async def hand_over(topic: str, partition: int, batch: Any) -> None:
+            batch.close()
+            future = await producer.send_batch(batch, topic, partition=partition)
+            out.append((future, batch.record_count()))
+
+        for topic, key, value, partition in records:
+            if topic not in known:
+                await producer.partitions_for(topic)  # its metadata, for the partitioner
+                known.add(topic)
+            if partition is None:
+                partition = producer._partition(topic, None, None, None, key, value)
+            batch = open_.get((topic, partition))
+            if batch is None:
+                batch = open_[(topic, partition)] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                await hand_over(topic, partition, batch)
+                batch = open_[(topic, partition)] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a record for {topic} is larger than a record batch")
+        for (topic, partition), batch in open_.items():
+            await hand_over(topic, partition, batch)
+        return out
+
+
 class CustomerTable(faust.Table):  # type: ignore[type-arg]
     """The profile table: customer id to our own bytes (the worker encodes profiles itself).
 
@@ -336,6 +387,7 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
         self.value_serializer = "raw"
         self.end_markers = end_markers
         self.partition_of: dict[str, int] = {}
+        self.batches = RecordBatches(lambda: self.app.producer._ensure_producer())  # type: ignore[attr-defined]
 
     def partition_for_key(self, key: Any) -> int | None:
         partition = self.partition_of.get(key)
@@ -393,12 +445,23 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
         changelog holds (a crash in between re-reads it from the changelog on restart)."""
         if not values:
             return
-        futures = [await self._send(key, value) for key, value in values.items()]
-        delivered = list(await asyncio.gather(*futures))
+        topic = self.changelog_topic.get_topic_name()
+        sent = await self.batches.send(
+            (topic, codecs.dumps(self.key_serializer, key), value, self.partition_of[key])
+            for key, value in values.items()
+        )
+        newest: dict[int, int] = {}  # what a restart with this data directory need not read
+        for meta, count in zip(
+            await asyncio.gather(*(future for future, _ in sent)),
+            (count for _, count in sent),
+            strict=True,
+        ):
+            newest[meta.partition] = max(newest.get(meta.partition, -1), meta.offset + count - 1)
         if self.end_markers:
             partitions = sorted({self.partition_of[key] for key in values})
             markers = [await self._send(END_MARKER_KEY, None, p) for p in partitions]
-            delivered += await asyncio.gather(*markers)
+            for meta in await asyncio.gather(*markers):
+                newest[meta.partition] = max(newest.get(meta.partition, -1), meta.offset)
         rocks = self.rocks
         if rocks is None:
             for key, value in values.items():
@@ -413,10 +476,6 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
                 db.delete(raw_key)
             else:
                 db.put(raw_key, value)
-        newest: dict[int, int] = {}  # what a restart with this data directory need not read
-        for meta in delivered:
-            newest[meta.partition] = max(newest.get(meta.partition, -1), meta.offset)
-        topic = self.changelog_topic.get_topic_name()
         for partition, offset in newest.items():
             rocks.set_persisted_offset(TP(topic, partition), offset)
 
