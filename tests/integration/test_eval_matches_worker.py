@@ -11,11 +11,18 @@ Customers are all in one time zone here: with several, a customer's session ofte
 due) while other customers' events move the watermark, and the step re-evaluates it at the
 watermark of the batch it lands in, so ``evaluated_at`` and the facts as of it (days since the
 last purchase, decayed values) depend on where batches end, in the worker as in the replay.
+The same holds, rarely, in one time zone: a customer's last event (a purchase) applied while
+the other topics' events have already moved the watermark past the end of its session has no
+session end to come due; applied before, it has, and is evaluated again at a later watermark
+(seen in 2 of 10 runs on a busy machine: one customer's record written at the traffic's end by the
+worker, at its last event by the replay). Such a customer's record may differ in those
+evaluation-time fields alone (``_AS_OF``); everything else must be the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -30,6 +37,28 @@ pytestmark = pytest.mark.integration
 
 #: Fields that name the process or the wall clock, not the customer.
 _LOCAL = {"updated_at", "worker_id"}
+#: Fields of a record that are as of its evaluation time (``evaluated_at``), by section.
+_AS_OF = {
+    "": {"evaluated_at"},
+    "facts": {
+        "days_since_last_purchase",
+        "days_since_first_seen",
+        "days_since_last_seen",
+        "customer_value_estimate",
+        "frequency_decayed",
+        "monetary_decayed",
+    },
+    "features": {"recency_days", "frequency_decayed", "monetary_decayed"},
+}
+
+
+def _timeless(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without the fields that are as of its evaluation time."""
+    out = {k: v for k, v in record.items() if k not in _LOCAL and k not in _AS_OF[""]}
+    for section in ("facts", "features"):
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in _AS_OF[section]}
+    return out
 
 
 def _input() -> list[Message]:
@@ -103,5 +132,16 @@ def test_eval_replay_and_the_worker_write_the_same_records(stack, tmp_path):  # 
         if {k: v for k, v in expected[c].items() if k not in _LOCAL}
         != {k: v for k, v in stored[c].items() if k not in _LOCAL}
     ]
-    assert not differ, (differ[:3], expected[differ[0]], stored[differ[0]])
+    fields = {
+        c: {
+            k: (expected[c].get(k), stored[c].get(k))
+            for k in set(expected[c]) | set(stored[c])
+            if k not in _LOCAL and expected[c].get(k) != stored[c].get(k)
+        }
+        for c in differ[:3]
+    }
+    # Only in the fields as of the evaluation time, and rarely (see the module's docstring).
+    assert all(_timeless(expected[c]) == _timeless(stored[c]) for c in differ), fields
+    assert len(differ) <= 3, fields
+
     assert len({r["segment"] for r in stored.values()}) > 1  # the model did separate them
