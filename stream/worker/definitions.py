@@ -12,8 +12,7 @@ batch is scored wholly under one version.
 
 **Backfill.** Then every customer of the owned partitions goes through the step again
 (``SegmentStep.reevaluate``, in ``rescore_in_chunks``: chunks of about ``BACKFILL_SLICE``
-seconds of scoring under the lock, each scored in parts whose effects are applied while the
-next part is scored, live batches between the chunks), at most
+seconds under the lock (the step and its effects), live batches between them), at most
 ``SEGMENTER_BACKFILL_RATE`` customers a second, evaluated at the watermark. Each profile keeps
 the fingerprint of the definitions it was last evaluated under; a customer last evaluated
 under a set this worker knows, where only rules changed since, and not due for a time-driven
@@ -59,13 +58,11 @@ log = logging.getLogger(__name__)
 __all__ = ["LiveDefinitions"]
 
 
-#: Customers re-evaluated in the first part of a chunk under the segmenting lock; later parts
-#: are sized to take a fifth of ``BACKFILL_SLICE`` seconds of scoring, and a chunk scores for
-#: about ``BACKFILL_SLICE`` seconds, so a live batch waits for about one chunk and its last
-#: effects. Each part's effects cost a few round trips to Redis and the broker, so chunks of
-#: a fixed hundred customers spent most of a backfill waiting on them (114 s for 100,000
-#: customers in the bench, against about 12 s of step time); the effects of one part are
-#: applied while the next is scored (``rescore_in_chunks``).
+#: Customers re-evaluated in the first chunk under the segmenting lock; later chunks are sized
+#: to take about ``BACKFILL_SLICE`` seconds with their effects, so a live batch waits for at
+#: most about one. Each chunk's effects cost a few round trips to Redis and the broker, so
+#: chunks of a fixed hundred customers spent most of a backfill waiting on them (114 s for
+#: 100,000 customers in the bench, against about 12 s of step time).
 BACKFILL_CHUNK = 100
 BACKFILL_SLICE = 0.1
 
@@ -209,7 +206,11 @@ class LiveDefinitions:
         log.info("backfill of definitions version %d: %d customers", version, len(ids))
 
         async def pace(done: int) -> bool:
-            return self.version == version  # else newer definitions: their backfill follows
+            if self.version != version:
+                return False  # newer definitions: their own backfill follows
+            if self.rate > 0:
+                await asyncio.sleep(max(0.0, started + done / self.rate - time.monotonic()))
+            return True
 
         def progress(done: int, outcome: StepOutcome) -> None:
             status["done"] = done
@@ -233,7 +234,7 @@ class LiveDefinitions:
             return self.ready() and seg.scheduled
 
         parts = await rescore_in_chunks(
-            seg, ids, parts, self.chunk, ready, progress, score, pace, self.slice, self.rate
+            seg, ids, parts, self.chunk, ready, progress, score, pace, self.slice
         )
         status["running"] = False
         if self.version != version or self.covered is None:

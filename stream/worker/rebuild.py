@@ -48,7 +48,6 @@ covers both.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import secrets
 import time
@@ -159,27 +158,20 @@ async def rescore_in_chunks(
     score: Callable[[list[str]], StepOutcome] | None = None,
     pace: Callable[[int], Awaitable[bool]] | None = None,
     budget: float = 0.0,
-    rate: float = 0.0,
 ) -> set[int]:
-    """Every customer of ``ids`` (of partitions ``parts``) through the step again, a chunk at
+    """Every customer of ``ids`` (of partitions ``parts``) through the step again, ``chunk`` at
     a time, each under the segmenting lock, so live batches run between the chunks and keep
-    their freshness; each outcome goes through ``Effects`` like a batch's. ``score`` runs the
-    step on a list of customers (called under the lock); by default every record is rewritten
+    their freshness; each chunk's outcome goes through ``Effects`` like a batch's. ``score``
+    runs the step on a chunk (called under the lock); by default every record is rewritten
     (``SegmentStep.rescore(..., rewrite=True)``).
 
     Waits while ``ready()`` is false (partitions moving); customers of partitions that moved
-    to another worker meanwhile are left out. ``progress(done, outcome)`` follows each
-    outcome's effects; ``pace(done)`` comes before each chunk and may say stop (False). With a
-    ``rate``, at most that many customers a second are scored (a chunk waits, or ends early).
-    Returns the partitions still owned at the end.
-
-    Without a ``budget`` a chunk is ``chunk`` customers, scored then applied. With a
-    ``budget`` (seconds), a chunk is scored in parts of about ``budget / 5`` seconds of step
-    time each, for about ``budget`` seconds, and each part's effects are applied, in order, in
-    the background while the next part is scored: the effects mostly wait on Redis and the
-    broker (the step alone is about half of a chunk's time under the lock), and the waits
-    overlap the scoring. The lock is held until every part's effects are done, so a live
-    batch never reads a state the table does not hold yet.
+    to another worker meanwhile are left out. ``progress(done, outcome)`` follows each chunk;
+    ``pace(done)`` comes before each and may wait (a rate limit) or say stop (False).
+    With a ``budget`` (seconds), a chunk is sized to take about that long under the lock (the
+    step and its effects), after the first (of ``chunk``): few chunks mean few round trips of
+    their effects, and a live batch waits at most about one. Returns the partitions still
+    owned at the end.
     """
     partition_of = seg.table.partition_of
 
@@ -194,76 +186,27 @@ async def rescore_in_chunks(
             rewrite=True,
         )
 
-    run = score or rewrite
-    part_budget = budget / 5
     i, size = 0, chunk
-    begun = time.monotonic()
-
-    def allowed() -> float:  # customers the rate allows by now (a chunk ahead)
-        return (time.monotonic() - begun) * rate + chunk if rate > 0 else float(len(ids))
-
     while i < len(ids):
         if pace is not None and not await pace(i):
             break
-        if rate > 0:
-            await asyncio.sleep(max(0.0, begun + i / rate - time.monotonic()))
         while not ready():  # partitions moving: wait until they settle
             await asyncio.sleep(0.2)
         async with seg.lock:
             parts &= seg.owned()
             if not parts:
                 break
-            line = _InOrder(seg.apply)
-            try:
-                started = time.perf_counter()
-                while i < len(ids):
-                    t = time.perf_counter()
-                    n = max(1, min(size, int(allowed()) - i))
-                    outcome = run([c for c in ids[i : i + n] if partition_of.get(c) in parts])
-                    spent = time.perf_counter() - t
-                    i = min(len(ids), i + n)
-                    line.put(outcome, functools.partial(progress, i, outcome))
-                    if budget <= 0:
-                        break
-                    if spent > 0 and n == size:
-                        size = max(chunk, min(MAX_CHUNK, int(size * part_budget / spent)))
-                    if time.perf_counter() - started >= budget or i >= allowed():
-                        break
-                    await asyncio.sleep(0)  # the effects in flight go on
-                await line.drain()
-            finally:
-                line.cancel()
+            started = time.perf_counter()
+            outcome = (score or rewrite)(
+                [c for c in ids[i : i + size] if partition_of.get(c) in parts]
+            )
+            await seg.apply(outcome)
+            spent = time.perf_counter() - started  # the step and the effects, under the lock
+        i += size
+        progress(min(len(ids), i), outcome)
+        if budget > 0 and spent > 0:
+            size = max(chunk, min(MAX_CHUNK, int(size * budget / spent)))
     return parts
-
-
-class _InOrder:
-    """Applies outcomes one after another in the background, each once the one before it is
-    done; one that fails stops those after it (``drain`` raises its error)."""
-
-    def __init__(self, apply: Callable[[StepOutcome], Awaitable[None]]) -> None:
-        self.apply = apply
-        self.last: asyncio.Future[None] | None = None
-
-    def put(self, outcome: StepOutcome, done: Callable[[], None]) -> None:
-        before = self.last
-
-        async def after() -> None:
-            if before is not None:
-                await before
-            await self.apply(outcome)
-            done()
-
-        self.last = asyncio.ensure_future(after())
-
-    async def drain(self) -> None:
-        if self.last is not None:
-            await self.last
-
-    def cancel(self) -> None:
-        """Stop what is not done (after a failure or a cancellation)."""
-        if self.last is not None and not self.last.done():
-            self.last.cancel()
-        self.last = None
 
 
 class StoreRebuild:

@@ -28,7 +28,7 @@ from stream.tools.oracle import recount_records
 from stream.worker.app import build_step
 from stream.worker.effects import Effects
 from stream.worker.metrics import WorkerMetrics
-from stream.worker.rebuild import Mark, PartitionMarks, StoreRebuild, rescore_in_chunks
+from stream.worker.rebuild import Mark, PartitionMarks, StoreRebuild
 from stream.worker.segmenting import Segmenting
 
 APP = "app-1"
@@ -245,75 +245,6 @@ def test_live_batches_run_between_the_chunks_and_keep_the_newest_state():
         await w.rebuild.task
         assert seen_running[0], "a live batch ran between the chunks, not after the rebuild"
         assert w.rebuild.status()["done"] == 40
-        await w.assert_exact()
-
-    asyncio.run(run())
-
-
-def test_a_chunk_scored_in_parts_overlaps_their_effects_in_order_and_holds_the_lock_until_done():
-    """With a time budget, the next part is scored while the effects of the one before are in
-    flight; they are applied in order, and a live batch never finds effects in flight."""
-
-    async def run() -> None:
-        w = Worker()
-        await started(w, model(1, 1))
-        g, _ = traffic(seed=3)
-        more = [m for _ in range(2) for c in g.customer_ids for m in g.session(c)]
-        ids = sorted(c for c, _ in w.table.stored())
-        applied: list[str] = []
-        in_flight = [0]
-        overlapped: list[bool] = []
-        real_apply = w.seg.apply
-
-        async def apply(outcome: Any) -> None:
-            in_flight[0] += 1
-            try:
-                for _ in range(3):  # round trips
-                    await asyncio.sleep(0)
-                await real_apply(outcome)
-                applied.extend(x.customer_id for x in outcome.writes)
-            finally:
-                in_flight[0] -= 1
-
-        w.seg.apply = apply  # type: ignore[method-assign]
-
-        def score(chunk_ids: list[str]) -> Any:
-            overlapped.append(in_flight[0] > 0)
-            time.sleep(0.002)  # a step slow enough for several parts per chunk
-            return w.seg.step.rescore(
-                chunk_ids,
-                w.seg.profiles,
-                w.seg.model,
-                w.seg.watermark,
-                w.seg.schedule,
-                0,
-                rewrite=True,
-            )
-
-        done: list[int] = []
-        task = asyncio.ensure_future(
-            rescore_in_chunks(
-                w.seg,
-                ids,
-                set(w.owned),
-                2,
-                lambda: True,
-                lambda n, _: done.append(n),
-                score,
-                budget=0.03,
-            )
-        )
-        found_in_flight = []
-        for i in range(0, len(more), 10):
-            await asyncio.sleep(0.005)
-            async with w.seg.lock:
-                found_in_flight.append(in_flight[0])
-            await w.handle(more[i : i + 10])
-        await task
-        assert applied == ids  # every customer rewritten, in order
-        assert done == sorted(done) and done[-1] == len(ids)
-        assert any(overlapped), "no part was scored while effects were in flight"
-        assert found_in_flight and not any(found_in_flight), "the lock came free mid-effects"
         await w.assert_exact()
 
     asyncio.run(run())
