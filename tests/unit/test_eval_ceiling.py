@@ -56,11 +56,13 @@ def draw(n: int = 90) -> CeilingDraw:
 
 def test_separable_personas_have_a_ceiling_of_one_and_no_confusions():
     pytest.importorskip("sklearn")
-    figures = ceiling(draw(), seed=1)
+    figures = ceiling(draw(), seed=1, boosted=())  # boosting is slow; the same wiring
     assert figures["customers"] == 90 and figures["online ARI"] == 1.0
     assert figures["k-means ARI snapshot"] == 1.0
     assert figures["logistic accuracy snapshot"] == 1.0
-    assert figures["boosting accuracy +traits"] == 1.0
+    assert (
+        figures["logistic accuracy +traits"] == 1.0 and "boosting accuracy +traits" not in figures
+    )
     assert figures["online accuracy mixed"] == 1.0 and figures["share mixed"] == 0.1
     assert not any(name.startswith("confused") for name in figures)
     sp = spaces(draw(30))
