@@ -82,8 +82,8 @@ class FeatureScaling:
     mix) are not scaled one by one: they share a unit already (a share of visits), and scaling
     each would make a rare device weigh as much as the main split. The group is divided as a
     whole by sqrt(2), the distance between two disjoint mixes, so that the largest difference
-    a group can make equals a scalar feature's interquartile spread: seven device and daypart shares
-    weigh like two features, not seven. (Dividing by sqrt(group size) would instead equalise
+    a group can make equals a scalar feature's interquartile spread: seven device and daypart
+    shares weigh like two features, not seven. (Dividing by sqrt(group size) would instead equalise
     the group's summed variance; it makes the four dayparts weigh less than the three devices
     for the same difference in behaviour, which is why the mix bound is used.)
 

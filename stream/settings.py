@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     min_sessions_for_sample: Annotated[int, Field(ge=1)] = Field(
         2,
         description="sessions a customer needs before training on it (fewer: scored, not "
-        "learned from; one or two visits are noise that draws centres off)",
+        "learned from; a single visit's vector is noise that draws centres off)",
     )
     max_samples_per_second: Annotated[float, Field(ge=0)] = Field(
         400.0,
