@@ -123,13 +123,18 @@ class SamplingPolicy:
     """Which profile updates become training samples for the one trainer.
 
     A customer is sampled when their events applied cross a multiple of ``every`` and they have
-    at least ``min_events``; ``max_per_second`` caps the samples of one step instance (0: no
-    cap), so the single trainer learns from a thinned stream however many workers feed it.
+    at least ``min_events`` and ``min_sessions``; ``max_per_second`` caps the samples of one
+    step instance (0: no cap), so the single trainer learns from a thinned stream however many
+    workers feed it. ``min_sessions`` keeps customers seen on too few visits out of the model
+    (they are still scored): their vectors are one visit's noise, and on overlapping traffic
+    they drew centres away from the customers with evidence. Sessions are counted by
+    ``session_id``; a customer with none (a feed without session ids) is not held back.
     """
 
     every: int = 5
     min_events: int = 3
     max_per_second: float = 400.0
+    min_sessions: int = 1
 
 
 class SampleBudget:
@@ -373,7 +378,7 @@ class SegmentStep:
                 continue  # every message was a redelivery or every event a duplicate
             out.watermark = max(out.watermark, profile.last_seen_ts or 0)
             _score(profile, model, catalog, now_ms, None, "event", out, schedule, self.worker_id)
-            if self._wants_sample(before, profile.applied, clock):
+            if self._has_evidence(profile) and self._wants_sample(before, profile.applied, clock):
                 out.samples.append(_sample(profile))
             out.states[customer_id] = profile
 
@@ -617,6 +622,12 @@ class SegmentStep:
                 self.worker_id,
             ):
                 out.states[customer_id] = profile
+
+    def _has_evidence(self, profile: CustomerProfile) -> bool:
+        """Seen on ``min_sessions`` sessions, or on none: sessions are counted by
+        ``session_id``, and a feed without them (a purchase log) has nothing to count."""
+        sessions = profile.sessions
+        return sessions == 0 or sessions >= self.sampling.min_sessions
 
     def _wants_sample(self, before: int, after: int, clock: float) -> bool:
         every = self.sampling.every

@@ -164,6 +164,11 @@ class Settings(BaseSettings):
     min_events_for_sample: Annotated[int, Field(ge=1)] = Field(
         5, description="events a customer needs before training on it"
     )
+    min_sessions_for_sample: Annotated[int, Field(ge=1)] = Field(
+        2,
+        description="sessions a customer needs before training on it (fewer: scored, not "
+        "learned from; a single visit's vector is noise that draws centres off)",
+    )
     max_samples_per_second: Annotated[float, Field(ge=0)] = Field(
         400.0,
         description="training samples a worker sends per second at most (0: no limit); the "

@@ -36,7 +36,16 @@ from stream.tools.generator import Message, Realism, TrafficGenerator
 from stream.worker.app import build_catalog, build_step
 from stream.worker.trainer import cluster_trainer
 
-__all__ = ["CATALOG_JITTER", "EvalResult", "Replay", "evaluate", "persona_catalog", "prototype_of"]
+__all__ = [
+    "CATALOG_JITTER",
+    "DrawRun",
+    "EvalResult",
+    "Replay",
+    "evaluate",
+    "persona_catalog",
+    "prototype_of",
+    "run_draw",
+]
 
 _CLOCK_CUSTOMER = "eval-clock"  # moves event time on after the traffic (lifecycle exits)
 
@@ -260,34 +269,12 @@ def evaluate(
             build_catalog(settings),
             personas=persona_catalog(settings, events, customers, seed, realism, jitter),
         )
-    generator = TrafficGenerator(
-        customers=customers, seed=seed, session_gap_ms=60_000, realism=realism
+    draw = run_draw(
+        settings, catalog, events, customers, seed, min_sessions, rate, on_progress, realism
     )
-    replay = Replay(settings, catalog, rate)
-    half: dict[str, CustomerProfile] = {}
-    half_model: ModelSnapshot | None = None
-    progress = 0
-    while replay.sent < events:
-        for message in generator.session(generator.pick()):
-            replay.send(message)
-        if replay.sent - progress >= 1000:  # a fetch's worth at a time
-            replay.drain()
-            progress = replay.sent
-            if on_progress:
-                on_progress(replay.sent)
-        if half_model is None and replay.sent >= events // 2 and replay.model is not None:
-            replay.drain()
-            half_model = replay.model
-            half = {
-                c: CustomerProfile.from_state(p.to_state())
-                for c, p in replay.profiles.items()
-                if p.sessions >= min_sessions and generator.kind(c) in ("pure", "mixed")
-            }
-    replay.drain()
+    replay, generator, half, half_model = draw.replay, draw.generator, draw.half, draw.half_model
     final = replay.model
-    assert final is not None and half_model is not None, (
-        "too few events for a model; raise --events"
-    )
+    assert final is not None
     step_catalog = replay.step.catalog_for(final)
     warm = {
         c: p
@@ -317,6 +304,60 @@ def evaluate(
         stable_customers=len(half),
         seed=seed,
     )
+
+
+@dataclass
+class DrawRun:
+    """One draw's traffic through the step: the replay at the end, its generator (the truth),
+    and the customers past warm-up at the midpoint (``half``, not switchers, nor bots) with the
+    model they were scored by then."""
+
+    replay: Replay
+    generator: TrafficGenerator
+    half: dict[str, CustomerProfile]
+    half_model: ModelSnapshot
+
+
+def run_draw(
+    settings: Settings,
+    catalog: SegmentCatalog,
+    events: int,
+    customers: int,
+    seed: int,
+    min_sessions: int = 3,
+    rate: float = 2000.0,
+    on_progress: Callable[[int], None] | None = None,
+    realism: Realism | None = None,
+) -> DrawRun:
+    """``events`` generated events (seed ``seed``) through the worker's step and trainer."""
+    generator = TrafficGenerator(
+        customers=customers, seed=seed, session_gap_ms=60_000, realism=realism or Realism()
+    )
+    replay = Replay(settings, catalog, rate)
+    half: dict[str, CustomerProfile] = {}
+    half_model: ModelSnapshot | None = None
+    progress = 0
+    while replay.sent < events:
+        for message in generator.session(generator.pick()):
+            replay.send(message)
+        if replay.sent - progress >= 1000:  # a fetch's worth at a time
+            replay.drain()
+            progress = replay.sent
+            if on_progress:
+                on_progress(replay.sent)
+        if half_model is None and replay.sent >= events // 2 and replay.model is not None:
+            replay.drain()
+            half_model = replay.model
+            half = {
+                c: CustomerProfile.from_state(p.to_state())
+                for c, p in replay.profiles.items()
+                if p.sessions >= min_sessions and generator.kind(c) in ("pure", "mixed")
+            }
+    replay.drain()
+    assert replay.model is not None and half_model is not None, (
+        "too few events for a model; raise --events"
+    )
+    return DrawRun(replay, generator, half, half_model)
 
 
 def persona_catalog(

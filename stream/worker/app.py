@@ -128,7 +128,10 @@ def build_step(settings: Settings, catalog: SegmentCatalog | None = None) -> Seg
     return SegmentStep(
         catalog if catalog is not None else build_catalog(settings),
         SamplingPolicy(
-            settings.sample_every, settings.min_events_for_sample, settings.max_samples_per_second
+            settings.sample_every,
+            settings.min_events_for_sample,
+            settings.max_samples_per_second,
+            settings.min_sessions_for_sample,
         ),
         settings.limits,
         settings.worker_id,

@@ -80,16 +80,18 @@ def test_learned_scales_are_robust_quantiles_with_fallbacks():
     rng = np.random.default_rng(0)
     data = np.column_stack(
         [
-            rng.uniform(0, 10, 2000),  # spread about 9 (p5-p95)
-            np.r_[np.zeros(1990), np.ones(10)],  # p5 = p95: falls back to the full range
+            rng.uniform(0, 10, 2000),  # spread about 5 (p25-p75)
+            np.r_[np.zeros(1800), rng.uniform(1, 3, 200)],  # p25 = p75: p5-p95 (about 2.6)
+            np.r_[np.zeros(1990), np.ones(10)],  # p5 = p95 too: falls back to the full range
             np.full(2000, 0.3),  # constant: spread 1
         ]
     )
     data[0, 0] = 1e9  # one outlier moves no quantile
-    s = FeatureScaling.learn(data, ("a", "b", "c"))
-    assert s.spreads[0] == pytest.approx(9.0, abs=0.3) and s.centres[0] == pytest.approx(5, abs=0.3)
-    assert s.spreads[1:] == (1.0, 1.0)
-    assert s.transform([1e9, 0.0, 0.3])[0] == 2.0  # clipped two spreads out
+    s = FeatureScaling.learn(data, ("a", "b", "c", "d"))
+    assert s.spreads[0] == pytest.approx(5.0, abs=0.3) and s.centres[0] == pytest.approx(5, abs=0.3)
+    assert s.spreads[1] == pytest.approx(np.percentile(data[:, 1], 95), abs=1e-9)
+    assert s.spreads[2:] == (1.0, 1.0)
+    assert s.transform([1e9, 0.0, 0.0, 0.3])[0] == 2.0  # clipped two spreads out
 
 
 def test_a_group_of_shares_weighs_like_one_feature():
@@ -103,11 +105,11 @@ def test_a_group_of_shares_weighs_like_one_feature():
     s = FeatureScaling.learn(np.hstack([scalar, devices, dayparts]), order)
     mobile, desktop = [0.0] * len(order), [0.0] * len(order)
     mobile[order.index("mobile_share")] = desktop[order.index("desktop_share")] = 1.0
-    # Two customers on different devices, alike otherwise: as far apart as the p5 and the p95
+    # Two customers on different devices, alike otherwise: as far apart as the p25 and the p75
     # customer of one scalar feature (1 spread), not as far as three features would put them.
     assert math.dist(s.transform(mobile), s.transform(desktop)) == pytest.approx(1.0)
     low, high = [0.0] * len(order), [0.0] * len(order)
-    low[0], high[0] = np.percentile(scalar[:, 0], 5), np.percentile(scalar[:, 0], 95)
+    low[0], high[0] = np.percentile(scalar[:, 0], 25), np.percentile(scalar[:, 0], 75)
     assert math.dist(s.transform(low), s.transform(high)) == pytest.approx(1.0)
     night, evening = [0.0] * len(order), [0.0] * len(order)
     night[order.index("night_share")] = evening[order.index("evening_share")] = 1.0

@@ -379,3 +379,14 @@ def test_each_fact_asked_for_alone_is_the_one_every_fact_holds() -> None:
         some = customer_facts(profile, at, watermark=watermark, only=set(wanted))
         assert {k: some[k] for k in wanted} == {k: every[k] for k in wanted}
     assert dynamic > 0
+
+
+def test_customers_seen_on_too_few_sessions_are_scored_but_not_learned_from() -> None:
+    policy = SamplingPolicy(every=1, min_events=1, max_per_second=0, min_sessions=2)
+    h = Harness(SegmentStep(SegmentCatalog(), policy))
+    first = h.run(click("a", 1, offset=0), click("a", 2, T0 + 60_000, offset=1))
+    assert first.samples == [] and "a" in h.profiles  # one session: kept, not sampled
+    second = h.run(click("a", 3, T0 + 2 * 3_600_000, offset=2, session="s2"))
+    assert len(second.samples) == 1  # the second session makes it evidence
+    # A feed without session ids has no sessions to count: it is sampled as before.
+    assert len(h.run(purchase("b", 4, offset=3)).samples) == 1

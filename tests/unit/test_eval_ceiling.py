@@ -1,0 +1,82 @@
+"""The ceiling tool's figures on hand-made customers whose personas are known."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from models.events import Event
+from models.features import CustomerProfile
+from stream.tools.eval_ceiling import CeilingDraw, ceiling, spaces, summarize
+from stream.tools.eval_real import EvalExtraMissing
+
+T0 = 1_795_000_000_000
+KINDS = {  # persona: (device, category, viewed price, local hour)
+    "cheap": ("mobile", "outlet", 10.0, 8),
+    "dear": ("desktop", "servers", 900.0, 21),
+    "home": ("tablet", "garden", 80.0, 14),
+}
+
+
+def customer(i: int, persona: str) -> CustomerProfile:
+    device, category, price, hour = KINDS[persona]
+    rng = np.random.default_rng(i)
+    p = CustomerProfile(f"c{i}")
+    for s in range(3):
+        ts = T0 + s * 86_400_000 + hour * 3_600_000
+        for v in range(4):
+            p.apply(
+                Event(
+                    f"e{i}-{s}-{v}", p.customer_id, "product_view", ts + v * 60_000,
+                    session_id=f"s{i}-{s}", device=device, category=category,
+                    price=float(price * rng.uniform(0.8, 1.2)), channel="direct",
+                )
+            )  # fmt: skip
+    return p
+
+
+def draw(n: int = 90) -> CeilingDraw:
+    names = list(KINDS)
+    truth = [names[i % 3] for i in range(n)]
+    profiles = [customer(i, t) for i, t in enumerate(truth)]
+    raw = spaces(CeilingDraw(0, "x", [], profiles, truth, ["pure"] * n, [0] * n, np.zeros((n, 1))))[
+        "raw"
+    ]
+    return CeilingDraw(
+        seed=1,
+        size="test",
+        ids=[p.customer_id for p in profiles],
+        profiles=profiles,
+        truth=truth,
+        kinds=["pure"] * (n - 9) + ["mixed"] * 9,
+        online=[names.index(t) for t in truth],  # a perfect online model
+        snapshot_points=raw,
+    )
+
+
+def test_separable_personas_have_a_ceiling_of_one_and_no_confusions():
+    pytest.importorskip("sklearn")
+    figures = ceiling(draw(), seed=1, boosted=())  # boosting is slow; the same wiring
+    assert figures["customers"] == 90 and figures["online ARI"] == 1.0
+    assert figures["k-means ARI snapshot"] == 1.0
+    assert figures["logistic accuracy snapshot"] == 1.0
+    assert (
+        figures["logistic accuracy +traits"] == 1.0 and "boosting accuracy +traits" not in figures
+    )
+    assert figures["online accuracy mixed"] == 1.0 and figures["share mixed"] == 0.1
+    assert not any(name.startswith("confused") for name in figures)
+    sp = spaces(draw(30))
+    # Category mix (3 categories), channel (1) and the 24 local hours widen the raw vector.
+    assert sp["+channel+hours"].shape == (30, 14 + 3 + 1 + 24)
+
+
+def test_summary_is_median_and_lowest_per_figure():
+    rows = summarize([{"a": 0.5, "b": 1.0}, {"a": 0.9}, {"a": 0.7}])
+    assert rows == [("a", 0.7, 0.5, 3), ("b", 1.0, 1.0, 1)]
+
+
+def test_without_scikit_learn_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.cluster", None)
+    with pytest.raises(EvalExtraMissing, match=r"\.\[eval\]"):
+        ceiling(draw(9))
