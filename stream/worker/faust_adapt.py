@@ -496,6 +496,8 @@ class BatchFeed:
 
     def __init__(self, maxsize: int = 20_000) -> None:
         self.maxsize = maxsize
+        #: Rebalances seen (each drains the feed): a batch taken under an older one is stale.
+        self.generation = 0
         self._messages: deque[Message] = deque()
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
@@ -539,8 +541,13 @@ class BatchFeed:
             self._space.set()
         return batch
 
+    def since(self, generation: int) -> Callable[[], bool]:
+        """True while no rebalance came after ``generation`` (read as a batch is taken)."""
+        return lambda: self.generation == generation
+
     def drain(self) -> list[Message]:
-        """Everything waiting, removed."""
+        """Everything waiting, removed (a rebalance: batches taken before are stale)."""
+        self.generation += 1
         out = list(self._messages)
         self._messages.clear()
         self._space.set()
