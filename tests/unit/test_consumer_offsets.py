@@ -257,3 +257,21 @@ def test_a_kept_partition_with_no_changelog_to_read_waits_for_its_seek() -> None
         assert sorted(await h.read({kept: [427, 428], fresh: [0, 1]})) == [0, 1, 427, 428]
 
     run(scenario())
+
+
+def test_nothing_is_committed_while_the_committed_offset_is_forgotten_by_a_revocation() -> None:
+    """Faust drops a revoked partition's committed offset, then waits for the batch in flight
+    and commits what it acknowledges. That batch (5653-5998) was taken before records no one
+    applied (3295-5652); committing its run (5999) counted those as done."""
+
+    async def scenario() -> None:
+        h = Harness(committed={Harness.partition: 3295})
+        tp = h.partition
+        await h.consumer.perform_seek()
+        assert h.consumer._committed_offset[tp] == 3295
+        h.consumer._committed_offset.pop(tp)  # as Consumer.on_partitions_revoked does
+        h.consumer._acked.pop(tp, None)
+        h.consumer._acked[tp].extend(range(5653, 5999))
+        assert h.consumer._new_offset(tp) is None
+
+    run(scenario())
