@@ -271,7 +271,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         try:
             while True:
                 batch = await feed.take(settings.batch_size, settings.batch_within, idle)
-                applied = {id(m) for m in await segmenting.handle(batch)}
+                applied = {
+                    id(m) for m in await segmenting.handle(batch, feed.since(feed.generation))
+                }
                 for message in batch:
                     if id(message) in applied:
                         consumer.processed(message)
