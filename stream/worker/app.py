@@ -310,6 +310,11 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     async def refresh_definitions() -> None:
         await definitions.refresh()
 
+    @app.timer(SegmenterConsumer.stall_after / 4)  # type: ignore[untyped-decorator]
+    async def check_stalled() -> None:
+        # An input partition no longer read while the others are is read again (and logged).
+        await cast(SegmenterConsumer, app.consumer).check_stalled()
+
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:
         await unless_redis_is_down("heartbeat", status.heartbeat)

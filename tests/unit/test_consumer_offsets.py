@@ -340,3 +340,54 @@ def test_records_held_back_during_a_rebalance_are_read_again_from_the_expected_o
         assert [m.offset for m in h.consumer.feed.drain()] == [40, 41]
 
     run(scenario())
+
+
+# -- a partition no longer read (the stalled 10-minute soak, docs/reliability.md) ----------
+
+
+def test_a_partition_no_longer_read_while_others_are_is_sought_again(caplog: Any) -> None:
+    """A partition with records to read that got none for ``stall_after`` seconds while the
+    other partitions had theirs is sought again to its expected offset, and the log says so.
+    One that has nothing to read, and a consumer that delivers nothing at all (a broker cut,
+    a full feed), are left alone."""
+
+    async def scenario() -> None:
+        stuck, busy = Harness.partition, TP(TOPIC, 1)
+        h = Harness(committed={stuck: 10, busy: 20})
+        feed = h.consumer.feed = BatchFeed()
+        now = [0.0]
+
+        async def read(fetch: Fetch) -> list[int]:
+            await h.read(fetch)
+            return sorted(m.offset for m in feed.drain())
+
+        h.consumer._clock = lambda: now[0]
+        ends = {stuck: 50, busy: 40}
+
+        async def highwaters(*tps: TP) -> dict[TP, int]:
+            return {tp: ends[tp] for tp in tps}
+
+        h.consumer.highwaters = highwaters  # type: ignore[method-assign]
+        await h.consumer.perform_seek()
+        now[0] = 1.0
+        assert sorted(await read({stuck: [10, 11], busy: [20]})) == [10, 11, 20]
+        now[0] = 100.0  # nothing delivered since: a broker cut, say
+        assert await h.consumer.check_stalled() == []
+        now[0] = 102.0
+        assert await read({busy: [21]}) == [21]
+        seeks = len(h.seeks)
+        with caplog.at_level("WARNING"):
+            assert await h.consumer.check_stalled() == [stuck]
+        assert h.seeks[seeks:] == [12] and h.consumer.stalls == 1
+        assert "in[0] had no record for 101 s" in caplog.text
+        assert "offsets 12 to 49 unread: reading again from 12" in caplog.text
+        # Read again from there: delivered, it is no longer late.
+        assert await read({stuck: [12, 13]}) == [12, 13]
+        assert await h.consumer.check_stalled() == []
+        # Late, but nothing to read: left alone.
+        now[0] = 200.0
+        assert await read({busy: [22]}) == [22]
+        ends[stuck] = 14
+        assert await h.consumer.check_stalled() == []
+
+    run(scenario())
