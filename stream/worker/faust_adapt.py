@@ -91,7 +91,7 @@ import signal
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -162,6 +162,10 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         self._clock: Callable[[], float] = time.monotonic
         #: Times a partition was sought again for having no record while others flowed.
         self.stalls = 0
+        #: Records dropped without a word, per partition: before its seek after a rebalance,
+        #: and below the expected offset (told in the log of a stall).
+        self._unsettled: Counter[TP] = Counter()
+        self._behind: Counter[TP] = Counter()
 
     def guard(self, topics: Iterable[str]) -> None:
         """Apply the strict rules (module docstring) to these topics."""
@@ -298,6 +302,7 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
                 continue
             offset, expected = message.offset, self._next.get(tp)
             if expected is None:
+                self._unsettled[tp] += 1
                 continue  # not settled since the rebalance: read again after its seek
             if self._sought.get(tp) != fetched_after.get(tp):
                 # Fetched before the partition's last seek, or while it was under way: this
@@ -314,6 +319,7 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
                 await self._seek_back(tp, expected)
                 continue
             if offset < expected:
+                self._behind[tp] += 1
                 continue  # delivered already
             if self.app.rebalancing and self.feed is not None:
                 # Fetched after the rebalance's seek, before the worker is ready: it would
@@ -441,7 +447,9 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
                 f"{state.awaiting_reset}, fetched and not taken {waiting}, "
                 f"nodes with a fetch in flight {sorted(fetcher._in_flight)}; Faust active "
                 f"{tp in self._get_active_partitions()}, paused {tp in self._paused_partitions}, "
-                f"expected {self._next.get(tp)}, committed {self._committed_offset.get(tp)}"
+                f"expected {self._next.get(tp)}, committed {self._committed_offset.get(tp)}; "
+                f"records dropped before its seek {self._unsettled[tp]}, below the expected "
+                f"offset {self._behind[tp]}"
             )
         except Exception as exc:
             return f"state not readable: {exc!r}"
