@@ -244,21 +244,10 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
             self._expect(tp, offset)
 
     async def seek(self, partition: TP, offset: int) -> None:
-        guarded = partition.topic in self.guarded_topics
-        if guarded:
-            self._stamp([partition])  # a fetch begun while the seek waits is stale too
         await super().seek(partition, offset)
-        if guarded:
+        if partition.topic in self.guarded_topics:
             self._stamp([partition])
             self._expect(partition, offset)
-
-    async def _seek(self, partition: TP, offset: int) -> None:
-        # Faust seeks from the app's thread, on aiokafka objects its fetcher changes in the
-        # consumer's thread meanwhile: a seek landing while the fetcher hands a partition's
-        # records over is undone (the fetcher moves the position past those records after
-        # the seek set it). In the consumer's thread, between the fetcher's steps, instead.
-        thread: Any = self._thread
-        await thread.call_thread(thread.seek, partition, offset)
 
     def _stamp(self, tps: Iterable[TP]) -> None:
         now = self._clock()

@@ -9,7 +9,6 @@ driven into its corner case, which a real rebalance hits only by chance.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -392,32 +391,3 @@ def test_a_partition_no_longer_read_while_others_are_is_sought_again(caplog: Any
         assert await h.consumer.check_stalled() == []
 
     run(scenario())
-
-
-def test_seeks_run_in_the_consumers_thread() -> None:
-    """aiokafka's fetcher changes a partition's position in the consumer's thread (moving it
-    past the records it hands over); a seek made from the app's thread meanwhile is undone.
-    Seeks are queued to the consumer's thread instead."""
-
-    app = SegmenterApp("seek-thread-test", broker="kafka://127.0.0.1:1")
-    consumer: Any = app.consumer
-    seen: list[str] = []
-
-    class ConsumerThread:
-        def seek(self, partition: TP, offset: int) -> None:
-            seen.append(threading.current_thread().name)
-
-        async def call_thread(self, fun: Callable[..., Any], *args: Any) -> Any:
-            done = asyncio.get_running_loop().create_future()
-            loop = asyncio.get_running_loop()
-
-            def run() -> None:
-                result = fun(*args)
-                loop.call_soon_threadsafe(done.set_result, result)
-
-            threading.Thread(target=run, name="consumer-thread").start()
-            return await done
-
-    consumer._thread = ConsumerThread()
-    run(consumer.seek(TP(TOPIC, 0), 5))
-    assert seen == ["consumer-thread"]
