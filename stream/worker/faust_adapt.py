@@ -77,6 +77,11 @@ which are never compacted):
    And records fetched after that seek but before Faust calls the worker ready, which the
    worker would release with no seek to follow, are held back: the partition is sought back
    to its expected offset, read again once the rebalance is over.
+5. A partition no longer read is read again. A guarded partition that has records to read and
+   had none delivered (nor a seek) for ``stall_after`` seconds while others had theirs is
+   sought again to its expected offset, and its state in aiokafka and Faust is logged
+   (:meth:`SegmenterConsumer.check_stalled`; a chaos soak stalled on two partitions after a
+   seek back, cause not established, ``docs/reliability.md``).
 
 A few events may be processed twice after a rebalance; the worker's effects are idempotent
 (at-least-once), which is what the scale-out and fault tests check.
