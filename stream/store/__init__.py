@@ -19,7 +19,7 @@ from stream.store.base import SegmentStore
 from stream.store.client import AsyncSegmentClient, SegmentClient
 from stream.store.codec import decode_record, encode_record, record_value
 from stream.store.connect import async_client, is_cluster, parse_redis_url, sync_client
-from stream.store.errors import REDIS_OUTAGE, RedisConfigError, StoreUnavailable
+from stream.store.errors import REDIS_OUTAGE, RedisConfigError, StoreUnavailable, is_outage
 from stream.store.keys import COUNTER_SHARDS, Keys, record_key, shard_of
 from stream.store.memory import InMemorySegmentStore
 from stream.store.redis_store import RedisSegmentStore, retry_forever
@@ -43,6 +43,7 @@ __all__ = [
     "parse_redis_url",
     "record_key",
     "record_value",
+    "is_outage",
     "retry_forever",
     "shard_of",
     "sync_client",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -22,6 +23,7 @@ from stream.errors import SegmenterError
 __all__ = [
     "REDIS_ERRORS",
     "REDIS_OUTAGE",
+    "is_outage",
     "RedisConfigError",
     "StoreUnavailable",
     "safe_url",
@@ -44,6 +46,42 @@ REDIS_OUTAGE: tuple[type[BaseException], ...] = (
     ReadOnlyError,
     RedisClusterException,
 )
+
+#: Where a connection's transport error comes from: redis-py's asyncio connection, or the
+#: asyncio transport under it.
+_TRANSPORT_FILES = (
+    "redis/asyncio/connection.py",
+    "asyncio/streams.py",
+    "asyncio/selector_events.py",
+    "asyncio/sslproto.py",
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an error is Redis being away: one of ``REDIS_OUTAGE``, or what redis-py's
+    asyncio connection raises instead of ``ConnectionError`` when its connection is closed
+    under a write (an ``AttributeError`` or ``TypeError`` of the transport, raised in redis-py's
+    connection or the asyncio transport it writes to: redis/redis-py#4287; seen here in a Redis
+    Cluster failover, ``'NoneType' object has no attribute 'writelines'``, which stopped a
+    worker). The same error from anywhere else is a bug, not an outage.
+
+    >>> is_outage(redis.ConnectionError("refused")), is_outage(AttributeError("ours"))
+    (True, False)
+    """
+    if isinstance(exc, REDIS_OUTAGE):
+        return True
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    files = [
+        frame.f_code.co_filename.replace("\\", "/")
+        for frame, _ in traceback.walk_tb(exc.__traceback__)
+    ]
+    return (
+        bool(files)
+        and files[-1].endswith(_TRANSPORT_FILES)
+        and any(f.endswith(_TRANSPORT_FILES[0]) for f in files)
+    )
+
 
 #: Every error a Redis client raises: redis-py's cluster client raises some that are not a
 #: ``RedisError``.

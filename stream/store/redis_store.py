@@ -30,7 +30,7 @@ from stream.store.codec import (
     write_args,
 )
 from stream.store.connect import AsyncClient, async_client
-from stream.store.errors import REDIS_ERRORS, REDIS_OUTAGE, StoreUnavailable
+from stream.store.errors import REDIS_ERRORS, REDIS_OUTAGE, StoreUnavailable, is_outage
 from stream.store.keys import CHANGES_KEPT, EXAMPLES_KEPT, Keys, shard_of
 
 log = logging.getLogger(__name__)
@@ -341,15 +341,18 @@ async def retry_forever(
 ) -> Any:
     """Await ``func(*args)`` until it succeeds, backing off: an outage stalls, never drops.
 
-    An outage is any of ``REDIS_OUTAGE``: Redis away, and what a Redis Cluster answers while a
-    master fails over (CLUSTERDOWN, TRYAGAIN, MOVED, READONLY, a slot not covered).
+    An outage is what ``is_outage`` says: any of ``REDIS_OUTAGE`` (Redis away, and what a
+    Redis Cluster answers while a master fails over: CLUSTERDOWN, TRYAGAIN, MOVED, READONLY, a
+    slot not covered), or a connection closed under a write.
     """
     delay = first_delay
     started = time.monotonic()
     while True:
         try:
             return await func(*args)
-        except REDIS_OUTAGE as exc:
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
             log.warning(
                 "%s failed (%s); retrying in %.1fs (down %.0fs)",
                 what,

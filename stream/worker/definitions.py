@@ -47,7 +47,7 @@ from stream.definitions import (
     definitions_version,
     newest,
 )
-from stream.store import REDIS_OUTAGE
+from stream.store import is_outage
 from stream.worker.rebuild import rescore_in_chunks
 
 if TYPE_CHECKING:
@@ -170,11 +170,14 @@ class LiveDefinitions:
     async def _run(self, parts: set[int], version: int) -> None:
         try:
             await self.run_backfill(parts, version)
-        except REDIS_OUTAGE as exc:
-            log.warning("backfill interrupted: Redis is not available (%s); it starts again", exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if is_outage(exc):
+                log.warning(
+                    "backfill interrupted: Redis is not available (%s); it starts again", exc
+                )
+                return
             log.exception("the definitions backfill failed; stopping the worker")
             if self.crash is not None:
                 await self.crash(exc)

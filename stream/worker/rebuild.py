@@ -58,7 +58,7 @@ import orjson
 
 from models.features import CustomerProfile
 from models.step import StepOutcome
-from stream.store import REDIS_OUTAGE, SegmentStore
+from stream.store import SegmentStore, is_outage
 from stream.store.base import PartitionMark
 
 if TYPE_CHECKING:
@@ -317,15 +317,16 @@ class StoreRebuild:
     async def _run(self, stale: dict[int, str], request: int) -> None:
         try:
             await self.rebuild(stale, request)
-        except REDIS_OUTAGE as exc:
-            log.warning(
-                "store rebuild interrupted: Redis is not available (%s); it starts "
-                "again on a check once Redis is back",
-                exc,
-            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if is_outage(exc):
+                log.warning(
+                    "store rebuild interrupted: Redis is not available (%s); it starts "
+                    "again on a check once Redis is back",
+                    exc,
+                )
+                return
             log.exception("the store rebuild failed; stopping the worker")
             if self.crash is not None:
                 await self.crash(exc)

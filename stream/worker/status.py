@@ -11,7 +11,7 @@ import faust
 import orjson
 
 from stream.settings import Settings
-from stream.store import REDIS_OUTAGE, SegmentStore
+from stream.store import SegmentStore, is_outage
 from stream.worker.definitions import LiveDefinitions
 from stream.worker.effects import Effects, Send
 from stream.worker.metrics import WorkerMetrics
@@ -113,5 +113,7 @@ async def unless_redis_is_down(what: str, job: Callable[[], Awaitable[None]]) ->
     """
     try:
         await job()
-    except REDIS_OUTAGE as exc:
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
         log.warning("%s skipped: Redis is not available (%s)", what, exc)
