@@ -148,9 +148,9 @@ class SegmentClient:
 
     @unavailable_on_error
     def workers(self) -> list[dict[str, Any]]:
-        """Live workers' heartbeats, by worker id."""
-        found = sorted(set(self.client.scan_iter(match=self.keys.workers_pattern)))
-        values = self._mget(found) if found else []
+        """Live workers' heartbeats, by worker id (found in the ``workers`` index)."""
+        ids = sorted(cast(list[bytes], self.client.zrange(self.keys.workers, 0, -1)))
+        values = self._mget([self.keys.worker(i.decode()) for i in ids]) if ids else []
         return [orjson.loads(v) for v in values if v]
 
     @unavailable_on_error

@@ -37,6 +37,10 @@ counter shard, ``shard_of(customer_id)``: the CRC-32 of the UTF-8 customer id, z
 - ``P model``: the newest model snapshot as JSON; ``P model:version`` its version.
 - ``P stats``: hash of counters (``events``, ``messages``, ``dead_letters``, ``records``).
 - ``P worker:<worker_id>``: a worker's heartbeat (JSON, expires after 10 s).
+- ``P workers``: sorted set of worker ids, each scored with the epoch ms its heartbeat expires
+  at (written with the heartbeat; a worker drops ids expired over a minute ago). Readers find
+  the heartbeats here, not by scanning the keyspace: a SCAN reads every key, so it took longer
+  the more customers there were.
 - ``P partition:<app_id>:<p>``: the marker of partition ``p`` of the app's feature table
   (JSON: ``request``, ``worker_id``, ``epoch``, ``seq``, ``at``), written by the worker that
   owns the partition when it takes it over, after it rebuilt the partition's records, and
@@ -176,6 +180,11 @@ class Keys:
         return f"{self.prefix}worker:{worker_id}"
 
     @property
+    def workers(self) -> str:
+        """The index of the workers' heartbeats (sorted set: id, expiry in epoch ms)."""
+        return f"{self.prefix}workers"
+
+    @property
     def history(self) -> str:
         return f"{self.prefix}history"
 
@@ -227,11 +236,6 @@ class Keys:
         't\\\\[1\\\\]:c:*'
         """
         return f"{_escape(self.prefix)}c:*"
-
-    @property
-    def workers_pattern(self) -> str:
-        """A SCAN pattern matching every worker's heartbeat."""
-        return f"{_escape(self.prefix)}worker:*"
 
 
 def record_key(prefix: str, customer_id: str) -> str:

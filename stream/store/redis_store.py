@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 __all__ = ["REDIS_OUTAGE", "RedisSegmentStore", "retry_forever"]
 
 _NOSCRIPT_ROUNDS = 5
+#: A worker id leaves the ``workers`` index this long after its heartbeat expired (ms): late
+#: enough for workers' clocks a little apart.
+WORKERS_FORGOTTEN_MS = 60_000
 
 #: Moves a partition marker (``PartitionMark``): KEYS marker; ARGV expected, new value. Sets
 #: it only if it holds the expected value (never creates a missing one). Returns 1 if set.
@@ -103,10 +106,11 @@ class _Reads:
         return pick_examples(found, limit)
 
     async def workers(self) -> list[dict[str, Any]]:
-        """Live workers' heartbeats, by worker id (every master of a cluster scanned)."""
-        found = sorted({k async for k in self.client.scan_iter(match=self.keys.workers_pattern)})
-        if not found:
+        """Live workers' heartbeats, by worker id (found in the ``workers`` index)."""
+        ids = sorted(cast(list[bytes], await self.client.zrange(self.keys.workers, 0, -1)))
+        if not ids:
             return []
+        found = [self.keys.worker(i.decode()) for i in ids]
         if isinstance(self.client, AsyncRedisCluster):
             values = await self.client.mget_nonatomic(found)
         else:
@@ -275,7 +279,15 @@ class RedisSegmentStore(_Reads):
         await self.client.set(self.keys.model_version, snapshot["version"])
 
     async def heartbeat(self, worker_id: str, info: Mapping[str, Any], ttl: int) -> None:
-        await self.client.set(self.keys.worker(worker_id), orjson.dumps(info), ex=ttl)
+        # The heartbeat, then its entry in the index readers list workers from (two slots on
+        # a cluster: a reader may find an id whose heartbeat expired, and skips it).
+        now = int(time.time() * 1000)
+        index = self.keys.workers
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.worker(worker_id), orjson.dumps(info), ex=ttl)
+            pipe.zadd(index, {worker_id: now + ttl * 1000})
+            pipe.zremrangebyscore(index, "-inf", now - WORKERS_FORGOTTEN_MS)
+            await pipe.execute()
 
     async def size_snapshot(
         self, worker_id: str, watermark: int, bucket_ms: int, keep: int, period_s: float

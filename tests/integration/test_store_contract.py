@@ -24,7 +24,7 @@ from stream.store import (
     sync_client,
 )
 from stream.store.base import PartitionMark
-from stream.store.keys import CHANGES_KEPT, EXAMPLES_KEPT, shard_of
+from stream.store.keys import CHANGES_KEPT, EXAMPLES_KEPT, Keys, shard_of
 from stream.store.views import customer_with_changes, segment_examples
 
 from .conftest import wait_until
@@ -268,6 +268,38 @@ def test_heartbeats_are_kept_for_their_ttl(store):
         every=0.05,
     )
     assert [b["worker_id"] for b in store.workers()] == ["w1"]
+
+
+@pytest.mark.integration
+def test_workers_are_found_without_scanning_the_keyspace(stack):
+    """Readers (status, the dashboard, the API) list workers every few seconds: a SCAN would
+    read every customer's key each time, so it must not be how heartbeats are found."""
+    prefix = f"beats-{uuid.uuid4().hex[:8]}:"
+    raw = sync_client(stack.redis_url)
+    store = Sync(RedisSegmentStore(stack.redis_url, prefix))
+    client = SegmentClient(stack.redis_url, prefix)
+    try:
+        keys = Keys(prefix)
+        raw.mset({keys.record(f"c-{i}"): b"x" for i in range(2000)})
+        store.heartbeat("w1", {"worker_id": "w1"}, 30)
+        store.heartbeat("w2", {"worker_id": "w2"}, 30)
+
+        def scans() -> int:
+            return int(raw.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+
+        before = scans()
+        assert [b["worker_id"] for b in store.workers()] == ["w1", "w2"]
+        assert [b["worker_id"] for b in client.workers()] == ["w1", "w2"]
+        assert scans() == before
+        raw.delete(keys.worker("w2"))  # expired: its id stays in the index a while
+        assert [b["worker_id"] for b in client.workers()] == ["w1"]
+        assert raw.zrange(keys.workers, 0, -1) == [b"w1", b"w2"]
+    finally:
+        client.close()
+        store.close()
+        keys = list(raw.scan_iter(match=f"{prefix}*", count=1000))
+        raw.delete(*keys)
+        raw.close()
 
 
 def test_drift_alerts_are_kept_newest_first_and_bounded(store):

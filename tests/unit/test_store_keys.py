@@ -48,7 +48,7 @@ def test_every_key_of_the_default_prefix():
     assert k.partition_mark("segmenter", 3) == "seg:partition:segmenter:3"
     assert k.rebuild_request("segmenter") == "seg:rebuild:segmenter"
     assert k.records_pattern == "seg:c:*"
-    assert k.workers_pattern == "seg:worker:*"
+    assert k.workers == "seg:workers"
 
 
 def test_the_shard_is_zlib_crc32_of_the_utf8_id_mod_64_as_any_language_computes_it():
@@ -99,7 +99,6 @@ def test_a_prefix_with_braces_is_refused_because_it_would_be_the_hash_tag():
 def test_scan_patterns_escape_glob_characters_of_the_prefix():
     k = Keys("t*[1]?\\:")
     assert k.records_pattern == "t\\*\\[1\\]\\?\\\\:c:*"
-    assert k.workers_pattern == "t\\*\\[1\\]\\?\\\\:worker:*"
     assert k.record("x") == "t*[1]?\\:c:{3}x"  # keys themselves are never escaped
 
 
@@ -112,7 +111,7 @@ def test_keys_are_a_frozen_value():
 
 KEY_FSTRING = re.compile(
     r"\{[^{}]*prefix[^{}]*\}"
-    r"(c:|sizes|members|history|watermark|drift|model|stats|worker:|partition:|rebuild:)",
+    r"(c:|sizes|members|history|watermark|drift|model|stats|worker:|workers|partition:|rebuild:)",
     re.IGNORECASE,
 )
 
