@@ -136,7 +136,7 @@ class Freshness:
             time.sleep(0.05)
 
     def _watch(self) -> None:
-        """When each probe's record appears in Redis (polled every half millisecond)."""
+        """When each probe's record appears in Redis (polled every millisecond)."""
         client = sync_client(self.settings.redis_url.get_secret_value())
         keys = Keys(self.settings.redis_prefix)
         while not self.stop.is_set() or len(self.seen) < len(self.sent):
@@ -152,7 +152,7 @@ class Freshness:
                         self.seen[cid] = now
             if self.stop.is_set() and time.perf_counter() - self.stop_at > 10:
                 break
-            time.sleep(0.0005)
+            time.sleep(0.001)
         client.close()
 
     def _figures(self) -> None:
