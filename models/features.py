@@ -420,8 +420,21 @@ class CustomerProfile:
         return _state_of(self)
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> CustomerProfile:
-        return _profile_of(state)
+    def from_state(cls, state: Mapping[str, Any], owned: bool = False) -> CustomerProfile:
+        """The profile a ``to_state`` dict describes (any earlier state version migrated).
+
+        ``owned``: the caller hands the state over (a dict just parsed, used for nothing
+        else), so its dicts and lists become the profile's own, not copied: about a third of
+        the time of a profile decoded from the table. Otherwise the profile shares nothing
+        with ``state`` (``to_state`` returns the profile's own dicts).
+
+        >>> p = CustomerProfile("c", counts={"page_view": 2})
+        >>> copy = CustomerProfile.from_state(p.to_state())
+        >>> copy.counts["page_view"] += 1
+        >>> p.counts, CustomerProfile.from_state(p.to_state(), owned=True).to_state() == p.to_state()
+        ({'page_view': 2}, True)
+        """
+        return _profile_of(state, owned)
 
 
 def _state_of(p: CustomerProfile) -> dict[str, Any]:
@@ -463,7 +476,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
     }
 
 
-def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
+def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfile:
     version = state.get("v")
     if version == 2:
         state = _from_v4(_from_v3(_from_v2(state)))
@@ -475,6 +488,20 @@ def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
         raise ValueError(f"unsupported profile state version {version!r}")
     sessions, cart_sessions, last_session, has_cart = state["s"]
     country, country_ts, channel = state["geo"]
+    segment_since, persona_since = state["since"]
+    session = state.get("ss")
+    if owned:  # the state's dicts and lists become the profile's own
+        counts, categories, category_spend = state["c"], state["cat"], state["cs"]
+        devices, hours, traits, traits_ts = state["dev"], state["hr"], state["t"], state["tt"]
+        recent_ids, positions, rule_segments = state["ids"], state["pos"], state["rs"]
+        purchase_amounts, merged_ids, merge_asked = state["pa"], state["mid"], state["ask"]
+    else:
+        counts, categories, category_spend = dict(state["c"]), dict(state["cat"]), dict(state["cs"])
+        devices, hours, traits = dict(state["dev"]), dict(state["hr"]), dict(state["t"])
+        traits_ts, positions = dict(state["tt"]), dict(state["pos"])
+        recent_ids = {k: list(v) for k, v in state["ids"].items()}
+        rule_segments, purchase_amounts = list(state["rs"]), list(state["pa"])
+        merged_ids, merge_asked = list(state["mid"]), list(state["ask"])
     return CustomerProfile(
         customer_id=state["id"],
         orders_total=state["o"],
@@ -483,38 +510,38 @@ def _profile_of(state: Mapping[str, Any]) -> CustomerProfile:
         last_seen_ts=state["ls"],
         last_purchase_ts=state["lp"],
         applied=state["n"],
-        counts=dict(state["c"]),
+        counts=counts,
         sessions=sessions,
         cart_sessions=cart_sessions,
         last_session_id=last_session,
         session_has_cart=has_cart,
-        categories=dict(state["cat"]),
-        category_spend=dict(state["cs"]),
-        devices=dict(state["dev"]),
-        hours=dict(state["hr"]),
+        categories=categories,
+        category_spend=category_spend,
+        devices=devices,
+        hours=hours,
         country=country,
         country_ts=country_ts,
         channel=channel,
-        traits=dict(state["t"]),
-        traits_ts=dict(state["tt"]),
+        traits=traits,
+        traits_ts=traits_ts,
         order_value=_mean_from(state["aov"]),
         viewed_price=_mean_from(state["vp"]),
         frequency_decayed=DecayedSum(*state["fd"]),
         monetary_decayed=DecayedSum(*state["md"]),
-        recent_ids={k: list(v) for k, v in state["ids"].items()},
-        positions=dict(state["pos"]),
+        recent_ids=recent_ids,
+        positions=positions,
         segment=state["seg"],
-        rule_segments=list(state["rs"]),
+        rule_segments=rule_segments,
         persona=state["pe"],
         lifecycle=state["lc"],
-        segment_since=state["since"][0],
-        persona_since=state["since"][1],
+        segment_since=segment_since,
+        persona_since=persona_since,
         evaluated_under=state["ev"],
-        purchase_amounts=list(state["pa"]),
-        merged_ids=list(state["mid"]),
-        merge_asked=list(state["ask"]),
+        purchase_amounts=purchase_amounts,
+        merged_ids=merged_ids,
+        merge_asked=merge_asked,
         merged_into=state["into"],
-        session=None if state.get("ss") is None else Session.from_state(state["ss"]),
+        session=None if session is None else Session.from_state(session),
     )
 
 

@@ -404,7 +404,7 @@ class StoreRebuild:
         for customer_id, raw in self.segmenting.table.stored():
             if (
                 partition_of.get(customer_id) in parts
-                and CustomerProfile.from_state(orjson.loads(raw)).segment is not None
+                and CustomerProfile.from_state(orjson.loads(raw), owned=True).segment is not None
             ):
                 return True
         return False

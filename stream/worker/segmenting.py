@@ -61,7 +61,7 @@ class TableProfiles:
         raw = self.table.load(customer_id)
         if not raw:
             return None
-        profile = CustomerProfile.from_state(orjson.loads(raw))
+        profile = CustomerProfile.from_state(orjson.loads(raw), owned=True)
         if keep:
             self._keep(customer_id, profile)
         return profile
