@@ -431,7 +431,8 @@ class CustomerProfile:
         >>> p = CustomerProfile("c", counts={"page_view": 2})
         >>> copy = CustomerProfile.from_state(p.to_state())
         >>> copy.counts["page_view"] += 1
-        >>> p.counts, CustomerProfile.from_state(p.to_state(), owned=True).to_state() == p.to_state()
+        >>> owned = CustomerProfile.from_state(p.to_state(), owned=True)
+        >>> p.counts, owned.to_state() == p.to_state()
         ({'page_view': 2}, True)
         """
         return _profile_of(state, owned)

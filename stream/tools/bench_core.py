@@ -306,7 +306,10 @@ class Shell:
         # The live profiles a worker holds after the warm-up batches (up to ``live``), decoded
         # afresh for each run: a run updates them in place.
         self.profiles.saved(
-            {c: CustomerProfile.from_state(orjson.loads(raw), owned=True) for c, raw in state.data.items()}
+            {
+                c: CustomerProfile.from_state(orjson.loads(raw), owned=True)
+                for c, raw in state.data.items()
+            }
         )
         self.schedule = copy.deepcopy(state.schedule)
         self.watermark = state.watermark
