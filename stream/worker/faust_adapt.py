@@ -171,6 +171,9 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         #: and below the expected offset (told in the log of a stall).
         self._unsettled: Counter[TP] = Counter()
         self._behind: Counter[TP] = Counter()
+        #: Partitions with records dropped before their seek set an expectation: draining
+        #: them moved the fetch position past them, so they are sought again once it is set.
+        self._unsettled_dropped: set[TP] = set()
 
     def guard(self, topics: Iterable[str]) -> None:
         """Apply the strict rules (module docstring) to these topics."""
@@ -245,8 +248,23 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
                 expected[tp] = self._start[tp] = earliest.get(tp) or 0
                 await super().seek(tp, expected[tp])
         self._stamp(expected)
+        # Records dropped while the seek waited on the broker (no expectation yet) came from
+        # a fetch drained after Faust's seek of their partition: the fetch position is past
+        # them, and with no later record to show the jump, nothing would read them again.
+        # Taken with the expectations, with no wait in between: from here on a record of
+        # these partitions is checked against its expectation, never dropped unseen.
+        redo = sorted(self._unsettled_dropped.intersection(expected))
+        self._unsettled_dropped.difference_update(expected)
         for tp, offset in expected.items():
             self._expect(tp, offset)
+        for tp in redo:
+            log.info(
+                "%s[%d] records fetched before its seek were dropped: reading again from %d",
+                tp.topic,
+                tp.partition,
+                expected[tp],
+            )
+            await self._seek_back(tp, expected[tp])
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
@@ -296,8 +314,11 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
                 continue
             offset, expected = message.offset, self._next.get(tp)
             if expected is None:
+                # Not settled since the rebalance: read again after its seek (sought again
+                # there if this came after it, ``perform_seek``).
                 self._unsettled[tp] += 1
-                continue  # not settled since the rebalance: read again after its seek
+                self._unsettled_dropped.add(tp)
+                continue
             if self._sought.get(tp) != fetched_after.get(tp):
                 # Fetched before the partition's last seek, or while it was under way: this
                 # fetch moved the fetch position, so read again from where we expect.
