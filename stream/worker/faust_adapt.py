@@ -52,7 +52,11 @@ which are never compacted):
      offsets, skipped as already applied (``CustomerProfile.seen_position``): events lost.
      Now a rebalance forgets every expectation, and a partition's records are dropped until
      the seek that follows the assignment (``perform_seek``) has set its expectation (a
-     partition never committed: its earliest offset, sought too).
+     partition never committed: its earliest offset, sought too). A partition whose records
+     were dropped so is sought again to its expectation once it is set: they may have come
+     from a fetch drained after Faust's seek of it, while the seek still waited on the
+     broker for other partitions, and moved the fetch position past them (a restarted
+     worker read nothing: ``tests/integration/test_forget.py``).
    - **Only a fetch issued after a partition's last seek counts.** Each seek stamps the
      partition; a fetch whose records were drained while a seek of their partition was
      pending or under way (``getmany`` runs in the consumer's thread, seeks in the app's) is
@@ -78,10 +82,11 @@ which are never compacted):
    worker would release with no seek to follow, are held back: the partition is sought back
    to its expected offset, read again once the rebalance is over.
 5. A partition no longer read is read again. A guarded partition that has records to read and
-   had none delivered (nor a seek) for ``stall_after`` seconds while others had theirs is
-   sought again to its expected offset, and its state in aiokafka and Faust is logged
-   (:meth:`SegmenterConsumer.check_stalled`; a chaos soak stalled on two partitions after a
-   seek back, cause not established, ``docs/reliability.md``).
+   had none delivered (nor a seek) for ``stall_after`` seconds, whether others had theirs or
+   nothing flowed at all, is sought again to its expected offset, and its state in aiokafka
+   and Faust is logged (:meth:`SegmenterConsumer.check_stalled`; a chaos soak stalled on two
+   partitions after a seek back, cause not established, ``docs/reliability.md``). Not while
+   the broker does not answer or the feed is full.
 
 A few events may be processed twice after a rebalance; the worker's effects are idempotent
 (at-least-once), which is what the scale-out and fault tests check.
@@ -165,7 +170,7 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         self._moved: dict[TP, float] = {}
         self._flowing = 0.0
         self._clock: Callable[[], float] = time.monotonic
-        #: Times a partition was sought again for having no record while others flowed.
+        #: Times a partition with records to read was sought again for having none delivered.
         self.stalls = 0
         #: Records dropped without a word, per partition: before its seek after a rebalance,
         #: and below the expected offset (told in the log of a stall).
@@ -389,31 +394,33 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
 
     # -- a partition no longer read ------------------------------------------------------
 
-    #: Seconds a guarded partition with records to read may go without one while others have
-    #: theirs before ``check_stalled`` seeks it again.
+    #: Seconds a guarded partition with records to read may go without one (nor a seek)
+    #: before ``check_stalled`` seeks it again.
     stall_after = 20.0
 
     async def check_stalled(self) -> list[TP]:
         """Seek again the guarded partitions that have records to read and had none delivered
-        (nor a seek) for ``stall_after`` seconds while other partitions had theirs; returns
-        them. Outside rebalances only.
+        (nor a seek) for ``stall_after`` seconds, whether or not other partitions had theirs;
+        returns them. Outside rebalances, with the flow on and room in the feed, only.
 
         A 10-minute chaos soak stalled with two partitions never read again after the guard
         had sought them back on a jump, each just before a broker cut, through two more
-        rebalances (docs/reliability.md); the cause is not established. A stall is logged
-        with the state of the partition in aiokafka and Faust, and its records are read
-        again from the expected offset (the committed one when none is expected).
-        Partitions that have nothing to read, and a consumer that delivers nothing at all
-        (a broker cut, a full feed), are left alone.
+        rebalances (docs/reliability.md), cause not established; and a restarted worker
+        read nothing at all when its one new record had been dropped before the seek after
+        its assignment (fixed in ``perform_seek``). A stall is logged with the state of the
+        partition in aiokafka and Faust, and its records are read again from the expected
+        offset (the committed one when none is expected). Partitions that have nothing to
+        read are left alone, and so is everything while the broker does not answer (a cut:
+        nothing can flow) or the feed is full (the worker holds the fetch back).
         """
-        if self.feed is None or self.app.rebalancing or not self.flow_active:
+        feed = self.feed
+        if feed is None or feed.full or self.app.rebalancing or not self.flow_active:
             return []
-        flowing = self._flowing
+        now = self._clock()
         late = [
             tp
             for tp in self.assignment()
-            if tp.topic in self.guarded_topics
-            and flowing - self._moved.get(tp, flowing) > self.stall_after
+            if tp.topic in self.guarded_topics and now - self._moved.get(tp, now) > self.stall_after
         ]
         if not late:
             return []
@@ -422,21 +429,24 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         except Exception as exc:  # the broker is unreachable: nothing flows anyway
             log.info("stall check skipped: %r", exc)
             return []
-        if self.app.rebalancing:
+        if self.app.rebalancing or feed.full:
             return []  # began while the broker answered
         assigned = self.assignment()
+        flowing = self._flowing
         stalled: list[TP] = []
         for tp in late:
             at = self._next.get(tp, self._committed_offset.get(tp))
             end = ends.get(tp)
             if at is None or end is None or end <= at or tp not in assigned:
                 continue
+            others = f"{now - flowing:.0f} s ago" if flowing else "never since the start"
             log.warning(
-                "%s[%d] had no record for %.0f s while others had theirs, offsets %d to %d "
-                "unread: reading again from %d (%s)",
+                "%s[%d] had no record for %.0f s (the last record of any partition came %s), "
+                "offsets %d to %d unread: reading again from %d (%s)",
                 tp.topic,
                 tp.partition,
-                flowing - self._moved.get(tp, flowing),
+                now - self._moved.get(tp, now),
+                others,
                 at,
                 end - 1,
                 at,

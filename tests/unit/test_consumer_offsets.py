@@ -405,16 +405,17 @@ def test_records_held_back_during_a_rebalance_are_read_again_from_the_expected_o
 # -- a partition no longer read (the stalled 10-minute soak, docs/reliability.md) ----------
 
 
-def test_a_partition_no_longer_read_while_others_are_is_sought_again(caplog: Any) -> None:
-    """A partition with records to read that got none for ``stall_after`` seconds while the
-    other partitions had theirs is sought again to its expected offset, and the log says so.
-    One that has nothing to read, and a consumer that delivers nothing at all (a broker cut,
-    a full feed), are left alone."""
+def test_a_partition_no_longer_read_is_sought_again(caplog: Any) -> None:
+    """A partition with records to read that got none for ``stall_after`` seconds is sought
+    again to its expected offset, and the log says so: while the other partitions had theirs
+    (the stalled soak), and when nothing flowed at all (the restarted worker of
+    test_forget.py). One that has nothing to read is left alone, and so is everything while
+    the broker does not answer (a cut) or the feed is full."""
 
     async def scenario() -> None:
         stuck, busy = Harness.partition, TP(TOPIC, 1)
         h = Harness(committed={stuck: 10, busy: 20})
-        feed = h.consumer.feed = BatchFeed()
+        feed = h.consumer.feed = BatchFeed(maxsize=4)
         now = [0.0]
 
         async def read(fetch: Fetch) -> list[int]:
@@ -423,31 +424,51 @@ def test_a_partition_no_longer_read_while_others_are_is_sought_again(caplog: Any
 
         h.consumer._clock = lambda: now[0]
         ends = {stuck: 50, busy: 40}
+        cut = [False]
 
         async def highwaters(*tps: TP) -> dict[TP, int]:
+            if cut[0]:
+                raise ConnectionError("broker cut")
             return {tp: ends[tp] for tp in tps}
 
         h.consumer.highwaters = highwaters  # type: ignore[method-assign]
         await h.consumer.perform_seek()
         now[0] = 1.0
         assert sorted(await read({stuck: [10, 11], busy: [20]})) == [10, 11, 20]
-        now[0] = 100.0  # nothing delivered since: a broker cut, say
-        assert await h.consumer.check_stalled() == []
+        # Others flow, this one does not.
         now[0] = 102.0
         assert await read({busy: [21]}) == [21]
         seeks = len(h.seeks)
         with caplog.at_level("WARNING"):
             assert await h.consumer.check_stalled() == [stuck]
         assert h.seeks[seeks:] == [12] and h.consumer.stalls == 1
-        assert "in[0] had no record for 101 s" in caplog.text
+        assert "in[0] had no record for 101 s (the last record of any partition came 0 s ago)" in (
+            caplog.text
+        )
         assert "offsets 12 to 49 unread: reading again from 12" in caplog.text
         # Read again from there: delivered, it is no longer late.
         assert await read({stuck: [12, 13]}) == [12, 13]
         assert await h.consumer.check_stalled() == []
-        # Late, but nothing to read: left alone.
+        # Nothing flows at all: left alone while the broker does not answer or the feed is
+        # full; sought again when the broker answers and there is room.
         now[0] = 200.0
-        assert await read({busy: [22]}) == [22]
-        ends[stuck] = 14
+        cut[0] = True
+        assert await h.consumer.check_stalled() == []
+        cut[0] = False
+        for offset in (22, 23, 24, 25):
+            feed.put(h.consumer._to_message(busy, _record(offset, 1)))
+        assert feed.full and await h.consumer.check_stalled() == []
+        feed.drain()
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert await h.consumer.check_stalled() == [stuck, busy]
+        assert h.seeks[-2:] == [14, 22] and h.consumer.stalls == 3
+        assert "in[0] had no record for 98 s (the last record of any partition came 98 s ago)" in (
+            caplog.text
+        )
+        # Late, but nothing to read: left alone.
+        now[0] = 300.0
+        ends[stuck], ends[busy] = 14, 22
         assert await h.consumer.check_stalled() == []
 
     run(scenario())
