@@ -411,7 +411,8 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         partition in aiokafka and Faust, and its records are read again from the expected
         offset (the committed one when none is expected). Partitions that have nothing to
         read are left alone, and so is everything while the broker does not answer (a cut:
-        nothing can flow) or the feed is full (the worker holds the fetch back).
+        nothing can flow) or the feed is full (the worker holds the fetch back). An idle
+        worker asks the broker for its late partitions' end offsets each time: one request.
         """
         feed = self.feed
         if feed is None or feed.full or self.app.rebalancing or not self.flow_active:
