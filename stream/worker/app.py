@@ -284,7 +284,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         try:
             while True:
                 batch = await feed.take(settings.batch_size, settings.batch_within, idle)
-                applied = {id(m) for m in await segmenting.handle(batch)}
+                applied = {
+                    id(m) for m in await segmenting.handle(batch, feed.since(feed.generation))
+                }
                 for message in batch:
                     if id(message) in applied:
                         consumer.processed(message)
@@ -320,6 +322,11 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     @app.timer(settings.definitions_refresh_interval)  # type: ignore[untyped-decorator]
     async def refresh_definitions() -> None:
         await definitions.refresh()
+
+    @app.timer(SegmenterConsumer.stall_after / 4)  # type: ignore[untyped-decorator]
+    async def check_stalled() -> None:
+        # An input partition no longer read while the others are is read again (and logged).
+        await cast(SegmenterConsumer, app.consumer).check_stalled()
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:

@@ -42,17 +42,51 @@ which are never compacted):
    marker, a compacted or deleted range) is the jump accepted, and the gap alone counted as
    done.
    Faust's own gap bookkeeping is off for these topics.
+   Two more rules keep the expectation honest around rebalances and seeks (both found by the
+   chaos soak, ``docs/reliability.md``):
+
+   - **No expectation survives a rebalance.** The one left from before pointed past records
+     the rebalance released unapplied, while aiokafka fetched the partition again from its
+     committed offset: the records in between were dropped as "delivered already", the ones
+     after applied, and the ones in between, read again after the seek to the committed
+     offsets, skipped as already applied (``CustomerProfile.seen_position``): events lost.
+     Now a rebalance forgets every expectation, and a partition's records are dropped until
+     the seek that follows the assignment (``perform_seek``) has set its expectation (a
+     partition never committed: its earliest offset, sought too). A partition whose records
+     were dropped so is sought again to its expectation once it is set: they may have come
+     from a fetch drained after Faust's seek of it, while the seek still waited on the
+     broker for other partitions, and moved the fetch position past them (a restarted
+     worker read nothing: ``tests/integration/test_forget.py``).
+   - **Only a fetch issued after a partition's last seek counts.** Each seek stamps the
+     partition; a fetch whose records were drained while a seek of their partition was
+     pending or under way (``getmany`` runs in the consumer's thread, seeks in the app's) is
+     stale: its records of that partition are dropped, and the partition is sought again to
+     the expected offset, since draining them moved the fetch position. So a stale fetch
+     never passes for the broker repeating a jump (rule 1's real gap, which counts the
+     skipped records as done), and the first trusted fetch after a rebalance starts at the
+     committed offset or is a jump, read again.
 2. Only events the agent registered as processed (:meth:`SegmenterConsumer.processed`) count
    as done. A skipped one releases the message but is read again from the committed offset.
-3. Nothing is committed while the offset right after the committed one is not done.
+3. Nothing is committed while the offset right after the committed one is not done, nor
+   while the committed offset is not known: a revocation drops it before Faust waits for the
+   batch in flight and commits what that acknowledges, and the first run of consecutive
+   offsets acknowledged then may start past records nobody applied (seen in the chaos soak:
+   a range counted as done, its garbage without dead letters).
 4. Everything left unread during a rebalance is read again. Faust seeks back only partitions
    with a committed offset: records it fetched and dropped (of partitions it had just paused
    for the table recovery) stayed unread for good on a partition nobody had committed yet
    (``tests/integration/test_identity.py``: the identity topics of a worker killed seconds
    after their first messages; the new owner never applied them). Such partitions are sought
-   to their beginning after every rebalance. And records fetched after that seek but before
-   Faust calls the worker ready, which the worker would release with no seek to follow, are
-   held back: the partition is sought back to them, read again once the rebalance is over.
+   to their beginning after every rebalance (their earliest offset is their expectation).
+   And records fetched after that seek but before Faust calls the worker ready, which the
+   worker would release with no seek to follow, are held back: the partition is sought back
+   to its expected offset, read again once the rebalance is over.
+5. A partition no longer read is read again. A guarded partition that has records to read and
+   had none delivered (nor a seek) for ``stall_after`` seconds, whether others had theirs or
+   nothing flowed at all, is sought again to its expected offset, and its state in aiokafka
+   and Faust is logged (:meth:`SegmenterConsumer.check_stalled`; a chaos soak stalled on two
+   partitions after a seek back, cause not established, ``docs/reliability.md``). Not while
+   the broker does not answer or the feed is full.
 
 A few events may be processed twice after a rebalance; the worker's effects are idempotent
 (at-least-once), which is what the scale-out and fault tests check.
@@ -65,8 +99,9 @@ import logging
 import os
 import signal
 import threading
+import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -113,15 +148,37 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         #: Where the guarded topics' messages go instead of Faust's streams (None: streams).
         self.feed: BatchFeed | None = getattr(app, "input_feed", None)
         self._processed: weakref.WeakSet[Message] = weakref.WeakSet()
+        #: The next offset expected per guarded partition, set by a seek since the last
+        #: rebalance; a partition missing here is not settled and its records are dropped.
         self._next: dict[TP, int] = {}
-        self._start: dict[TP, int] = {}  # first offset read of a partition never committed
+        self._start: dict[TP, int] = {}  # where a partition never committed was first read
         self._reread: dict[TP, tuple[int, int]] = {}  # sought back: (expected, jumped to)
+        #: Stamp of each partition's last seek (a counter): a fetch begun under an older one
+        #: is stale (module docstring).
+        self._sought: dict[TP, int] = {}
+        self._seeks = 0
+        #: Records dropped from stale fetches (counted; the partition is read again).
+        self.stale = 0
         #: Events skipped during a rebalance and left to be read again.
         self.skipped = 0
         #: Times a partition was read again because its records jumped ahead.
         self.rereads = 0
         #: Called on each of those (the worker counts them in ``segmenter_offset_gaps``).
         self.on_reread: Callable[[], object] | None = None
+        #: When each guarded partition last had a record delivered or was sought, and when
+        #: any had a record delivered (``check_stalled``).
+        self._moved: dict[TP, float] = {}
+        self._flowing = 0.0
+        self._clock: Callable[[], float] = time.monotonic
+        #: Times a partition with records to read was sought again for having none delivered.
+        self.stalls = 0
+        #: Records dropped without a word, per partition: before its seek after a rebalance,
+        #: and below the expected offset (told in the log of a stall).
+        self._unsettled: Counter[TP] = Counter()
+        self._behind: Counter[TP] = Counter()
+        #: Partitions with records dropped before their seek set an expectation: draining
+        #: them moved the fetch position past them, so they are sought again once it is set.
+        self._unsettled_dropped: set[TP] = set()
 
     def guard(self, topics: Iterable[str]) -> None:
         """Apply the strict rules (module docstring) to these topics."""
@@ -159,7 +216,13 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         acked.sort()
         committed = self._committed_offset[tp]
         floor = committed if committed is not None else self._start.get(tp)
-        if floor is not None and acked[0] > floor:
+        if floor is None:
+            # Not known: a revocation forgot it (Faust drops it, then waits for the batch in
+            # flight and commits what it acknowledges). Commit nothing: the next owner reads
+            # those records again, where committing their first run of consecutive offsets
+            # could skip records nobody applied.
+            return None
+        if acked[0] > floor:
             return None  # the offset right after the committed one is not done yet
         batch = next(consecutive_numbers(acked))
         acked[: len(batch)] = []
@@ -173,71 +236,123 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
     # -- what is read ---------------------------------------------------------------------
 
     async def perform_seek(self) -> None:
+        """Faust's seek to the committed offsets, then every guarded partition's expectation:
+        its committed offset, or for a partition never committed its earliest offset (sought
+        too: aiokafka seeks only to a committed offset). Every expectation is set at once,
+        after the last wait on the broker, and stamped: a fetch begun before is stale."""
+        guarded = [tp for tp in self.assignment() if tp.topic in self.guarded_topics]
+        self._stamp(guarded)  # a fetch begun during the seek is stale, whatever it returns
         await super().perform_seek()
-        # Faust seeks only partitions with a committed offset. What it fetched and dropped
-        # (records of partitions it paused meanwhile, during a table recovery) and what the
-        # worker released during the rebalance is read again from there; on a partition
-        # never committed yet the position stays past those records, and they were never
-        # read: from its beginning instead (the worker's auto_offset_reset, earliest).
-        uncommitted = [
-            tp
-            for tp, offset in self._read_offset.items()
-            if tp.topic in self.guarded_topics and offset is None
-        ]
-        if uncommitted:
-            await self._seek_to_beginning(uncommitted)
-        for tp, offset in self._read_offset.items():
-            if tp.topic in self.guarded_topics:
-                self._expect(tp, offset)
-
-    async def _seek_to_beginning(self, partitions: list[TP]) -> None:
-        await self._thread.seek_to_beginning(
-            *(faust_aiokafka.ensure_aiokafka_TP(tp) for tp in partitions)
-        )
+        assigned = self.assignment()
+        starts = {tp: self._read_offset.get(tp) for tp in guarded if tp in assigned}
+        unread = [tp for tp, offset in starts.items() if offset is None]
+        expected = {tp: offset for tp, offset in starts.items() if offset is not None}
+        if unread:
+            earliest = await self.earliest_offsets(*unread)
+            for tp in unread:
+                expected[tp] = self._start[tp] = earliest.get(tp) or 0
+                await super().seek(tp, expected[tp])
+        self._stamp(expected)
+        # Records dropped while the seek waited on the broker (no expectation yet) came from
+        # a fetch drained after Faust's seek of their partition: the fetch position is past
+        # them, and with no later record to show the jump, nothing would read them again.
+        # Taken with the expectations, with no wait in between: from here on a record of
+        # these partitions is checked against its expectation, never dropped unseen.
+        redo = sorted(self._unsettled_dropped.intersection(expected))
+        self._unsettled_dropped.difference_update(expected)
+        for tp, offset in expected.items():
+            self._expect(tp, offset)
+        for tp in redo:
+            log.info(
+                "%s[%d] records fetched before its seek were dropped: reading again from %d",
+                tp.topic,
+                tp.partition,
+                expected[tp],
+            )
+            await self._seek_back(tp, expected[tp])
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
         if partition.topic in self.guarded_topics:
+            self._stamp([partition])
             self._expect(partition, offset)
 
-    def _expect(self, tp: TP, offset: int | None) -> None:
-        if offset is None:
-            self._next.pop(tp, None)
-        else:
-            self._next[tp] = offset
+    def _stamp(self, tps: Iterable[TP]) -> None:
+        now = self._clock()
+        for tp in tps:
+            self._seeks += 1
+            self._sought[tp] = self._seeks
+            self._moved[tp] = now
+
+    def _expect(self, tp: TP, offset: int) -> None:
+        self._next[tp] = offset
         self._reread.pop(tp, None)
 
+    def _unsettle(self) -> None:
+        """A rebalance: no expectation from before it holds (module docstring)."""
+        self._next.clear()
+        self._reread.clear()
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._unsettle()
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self._unsettle()
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def _seek_back(self, tp: TP, offset: int) -> None:
+        try:
+            await self.seek(tp, offset)
+        except Exception as exc:  # no longer assigned: the next owner reads it
+            log.warning("could not seek %s[%d]: %r", tp.topic, tp.partition, exc)
+
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        reread: set[TP] = set()  # partitions sought back during this fetch: drop the rest
+        # The seeks this fetch is issued after: Faust's getmany fetches before anything else.
+        fetched_after = dict(self._sought)
+        dropped: set[TP] = set()  # partitions whose rest of this fetch is dropped
         async for tp, message in super().getmany(timeout):
             if tp.topic not in self.guarded_topics:
                 yield tp, message
                 continue
-            if tp in reread:
+            if tp in dropped:
                 continue
             offset, expected = message.offset, self._next.get(tp)
-            if (
-                self.app.rebalancing
-                and self.feed is not None
-                and (expected is None or offset >= expected)
-            ):
+            if expected is None:
+                # Not settled since the rebalance: read again after its seek (sought again
+                # there if this came after it, ``perform_seek``).
+                self._unsettled[tp] += 1
+                self._unsettled_dropped.add(tp)
+                continue
+            if self._sought.get(tp) != fetched_after.get(tp):
+                # Fetched before the partition's last seek, or while it was under way: this
+                # fetch moved the fetch position, so read again from where we expect.
+                dropped.add(tp)
+                self.stale += 1
+                log.info(
+                    "%s[%d] offset %d fetched before a seek: dropped, reading again from %d",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    expected,
+                )
+                await self._seek_back(tp, expected)
+                continue
+            if offset < expected:
+                self._behind[tp] += 1
+                continue  # delivered already
+            if self.app.rebalancing and self.feed is not None:
                 # Fetched after the rebalance's seek, before the worker is ready: it would
                 # release the batch, and no seek follows to read it again. Read it again
-                # from here once the rebalance is over.
-                reread.add(tp)
-                try:
-                    await self.seek(tp, offset)
-                except Exception as exc:  # no longer assigned: the next owner reads it
-                    log.warning("could not seek %s[%d]: %r", tp.topic, tp.partition, exc)
+                # from where we expect once the rebalance is over (from ``expected``, not
+                # from this record: a jump is checked on that fresh read).
+                dropped.add(tp)
+                await self._seek_back(tp, expected)
                 await asyncio.sleep(0.05)  # not a busy loop of fetches while it lasts
                 continue
-            if expected is None:
-                self._start.setdefault(tp, offset)
-            elif offset < expected:
-                continue  # delivered already
-            elif offset > expected:
+            if offset > expected:
                 if self._reread.get(tp) != (expected, offset):
-                    reread.add(tp)
+                    dropped.add(tp)
                     self.rereads += 1
                     if self.on_reread is not None:
                         self.on_reread()
@@ -249,13 +364,18 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
                         offset,
                         expected,
                     )
-                    try:
-                        await self.seek(tp, expected)
-                    except Exception as exc:  # no longer assigned: the next owner reads it
-                        log.warning("could not seek %s[%d]: %r", tp.topic, tp.partition, exc)
+                    await self._seek_back(tp, expected)
                     self._reread[tp] = (expected, offset)
                     continue
-                # A fresh read from ``expected`` jumped to the same offset: nothing is there.
+                # A fetch issued after the seek back jumped to the same offset: nothing is
+                # there (a fetch from before it is stale, above, and never gets here).
+                log.warning(
+                    "%s[%d] offsets %d to %d are missing on the broker: counted as done",
+                    tp.topic,
+                    tp.partition,
+                    expected,
+                    offset - 1,
+                )
                 self._gap[tp].addi(expected, offset)
                 self._gap[tp].merge_overlaps()
             self._next[tp] = offset + 1
@@ -267,14 +387,104 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
             # What Faust's drain loop does for a message it hands to a stream, then the feed.
             self.track_message(message)
             self._read_offset[tp] = offset
+            self._moved[tp] = self._flowing = self._clock()
             feed.put(message)
             if feed.full:
                 await feed.wait_space()
+
+    # -- a partition no longer read ------------------------------------------------------
+
+    #: Seconds a guarded partition with records to read may go without one (nor a seek)
+    #: before ``check_stalled`` seeks it again.
+    stall_after = 20.0
+
+    async def check_stalled(self) -> list[TP]:
+        """Seek again the guarded partitions that have records to read and had none delivered
+        (nor a seek) for ``stall_after`` seconds, whether or not other partitions had theirs;
+        returns them. Outside rebalances, with the flow on and room in the feed, only.
+
+        A 10-minute chaos soak stalled with two partitions never read again after the guard
+        had sought them back on a jump, each just before a broker cut, through two more
+        rebalances (docs/reliability.md), cause not established; and a restarted worker
+        read nothing at all when its one new record had been dropped before the seek after
+        its assignment (fixed in ``perform_seek``). A stall is logged with the state of the
+        partition in aiokafka and Faust, and its records are read again from the expected
+        offset (the committed one when none is expected). Partitions that have nothing to
+        read are left alone, and so is everything while the broker does not answer (a cut:
+        nothing can flow) or the feed is full (the worker holds the fetch back). An idle
+        worker asks the broker for its late partitions' end offsets each time: one request.
+        """
+        feed = self.feed
+        if feed is None or feed.full or self.app.rebalancing or not self.flow_active:
+            return []
+        now = self._clock()
+        late = [
+            tp
+            for tp in self.assignment()
+            if tp.topic in self.guarded_topics and now - self._moved.get(tp, now) > self.stall_after
+        ]
+        if not late:
+            return []
+        try:
+            ends = await self.highwaters(*late)
+        except Exception as exc:  # the broker is unreachable: nothing flows anyway
+            log.info("stall check skipped: %r", exc)
+            return []
+        if self.app.rebalancing or feed.full:
+            return []  # began while the broker answered
+        assigned = self.assignment()
+        flowing = self._flowing
+        stalled: list[TP] = []
+        for tp in late:
+            at = self._next.get(tp, self._committed_offset.get(tp))
+            end = ends.get(tp)
+            if at is None or end is None or end <= at or tp not in assigned:
+                continue
+            others = f"{now - flowing:.0f} s ago" if flowing else "never since the start"
+            log.warning(
+                "%s[%d] had no record for %.0f s (the last record of any partition came %s), "
+                "offsets %d to %d unread: reading again from %d (%s)",
+                tp.topic,
+                tp.partition,
+                now - self._moved.get(tp, now),
+                others,
+                at,
+                end - 1,
+                at,
+                self._describe(tp),
+            )
+            self.stalls += 1
+            if tp not in self._get_active_partitions():
+                self.resume_partitions([tp])  # outside a rebalance every one is active
+            await self._seek_back(tp, at)
+            stalled.append(tp)
+        return stalled
+
+    def _describe(self, tp: TP) -> str:
+        """The partition's state in aiokafka and Faust, for the log (read across threads)."""
+        try:
+            consumer: Any = self._thread._consumer
+            fetcher = consumer._fetcher
+            state = consumer._subscription.subscription.assignment.state_value(tp)
+            held = fetcher._records.get(tp)
+            waiting = type(held).__name__ if held is not None else None
+            return (
+                f"aiokafka position {state._position}, paused {state.paused}, awaiting reset "
+                f"{state.awaiting_reset}, fetched and not taken {waiting}, "
+                f"nodes with a fetch in flight {sorted(fetcher._in_flight)}; Faust active "
+                f"{tp in self._get_active_partitions()}, paused {tp in self._paused_partitions}, "
+                f"expected {self._next.get(tp)}, committed {self._committed_offset.get(tp)}; "
+                f"records dropped before its seek {self._unsettled[tp]}, below the expected "
+                f"offset {self._behind[tp]}"
+            )
+        except Exception as exc:
+            return f"state not readable: {exc!r}"
 
     def stop_flow(self) -> None:
         """A rebalance begins: release what waits in the feed (it is read again from the
         committed offsets after the rebalance, as Faust does with its streams' buffers)."""
         super().stop_flow()
+        self._unsettle()
         if self.feed is not None:
             for message in self.feed.drain():
                 self.ack(message)  # not processed: released, not counted as done
@@ -509,6 +719,8 @@ class BatchFeed:
 
     def __init__(self, maxsize: int = 20_000) -> None:
         self.maxsize = maxsize
+        #: Rebalances seen (each drains the feed): a batch taken under an older one is stale.
+        self.generation = 0
         self._messages: deque[Message] = deque()
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
@@ -552,8 +764,13 @@ class BatchFeed:
             self._space.set()
         return batch
 
+    def since(self, generation: int) -> Callable[[], bool]:
+        """True while no rebalance came after ``generation`` (read as a batch is taken)."""
+        return lambda: self.generation == generation
+
     def drain(self) -> list[Message]:
-        """Everything waiting, removed."""
+        """Everything waiting, removed (a rebalance: batches taken before are stale)."""
+        self.generation += 1
         out = list(self._messages)
         self._messages.clear()
         self._space.set()

@@ -137,20 +137,26 @@ class Segmenting:
         self.offsets: dict[tuple[str, int], int] = {}  # newest offset handled per partition
         self.lock = asyncio.Lock()
 
-    async def handle(self, batch: Sequence[Message]) -> list[Message]:
+    async def handle(
+        self, batch: Sequence[Message], current: Callable[[], bool] | None = None
+    ) -> list[Message]:
         """Apply a batch of input messages; returns once every effect is done, with the
         messages applied.
 
         Only messages of partitions this worker owns, outside a rebalance, are applied: a batch
         taken before partitions were revoked, or while the table is recovered, would read
         profiles that are not (or not yet) this worker's, and write states older than the
-        changelog's. The messages left out are read again from the committed offsets by
-        whoever owns their partition next.
+        changelog's. Nor a batch taken before a rebalance that is over when it gets the lock
+        (``current`` false: the lock was held through the rebalance, by a batch retrying its
+        Redis write, say): the partitions are owned again and read again from their committed
+        offsets, so its messages would be applied ahead of earlier ones, which the profiles'
+        position guard then skips as applied. The messages left out are read again from the
+        committed offsets by whoever owns their partition next.
         """
         started = time.perf_counter()
         async with self.lock:
             owned = self._owned()
-            if not self.ready():
+            if not self.ready() or (current is not None and not current()):
                 return []
             batch = [m for m in batch if m.partition in owned]
             if not batch:
