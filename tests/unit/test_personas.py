@@ -1,0 +1,133 @@
+"""Persona matching: in the model's learned space when there is one, the fixed space before."""
+
+from __future__ import annotations
+
+import re
+
+from models.clustering import FeatureScaling, ModelSnapshot
+from models.features import FEATURE_VECTOR, CustomerProfile
+from models.personas import Persona, PersonaCatalog
+from models.segments import SegmentCatalog, Stability, assign
+
+ELLA = Persona("Ella", "", {"avg_order_value": 320, "mobile_share": 0.5, "desktop_share": 0.5})
+BEN = Persona("Ben", "", {"avg_order_value": 25, "mobile_share": 0.9, "desktop_share": 0.1})
+CATALOG = PersonaCatalog([ELLA, BEN])
+
+
+def _space(at: dict[str, tuple[float, float]]) -> FeatureScaling:
+    """Centre and spread per feature (others: centre 0, spread 1)."""
+    centres, spreads = zip(*(at.get(f, (0.0, 1.0)) for f in FEATURE_VECTOR), strict=True)
+    return FeatureScaling(centres, spreads)
+
+
+def _model(scaling: FeatureScaling | None, features=FEATURE_VECTOR) -> ModelSnapshot:
+    centre = (0.0,) * len(features)
+    return ModelSnapshot(1, tuple(features), (centre,), (1,), scaling=scaling)
+
+
+#: A shop whose customers' order values are close together (spread 0.2 of the vector's
+#: monetary, around an order value of about 60): there, 120 against 25 is a large difference.
+NARROW_AMOUNTS = _model(_space({"monetary": (0.6, 0.2)}))
+#: A shop whose order values spread widely and whose customers' device mixes are close.
+NARROW_DEVICES = _model(
+    _space({"monetary": (0.6, 5.0), "mobile_share": (0.7, 0.1), "desktop_share": (0.3, 0.1)})
+)
+
+
+def _x(**prototype: float) -> dict[str, float]:
+    return Persona("x", "", prototype).vector()
+
+
+# Between the two: Ben's device mix, an order value nearer Ella's than Ben's on the log scale.
+BETWEEN = _x(avg_order_value=120, mobile_share=0.85, desktop_share=0.15)
+
+
+def test_the_models_space_decides_and_the_fixed_space_before_a_model() -> None:
+    assert CATALOG.match(BETWEEN).name == "Ben"  # the device shares outweigh the amount
+    assert CATALOG.match(BETWEEN, model=NARROW_AMOUNTS).name == "Ella"
+    assert CATALOG.match(BETWEEN, model=NARROW_DEVICES).name == "Ben"
+
+
+def test_a_model_without_a_learned_space_over_the_vector_leaves_the_fixed_space() -> None:
+    fixed = CATALOG.match(BETWEEN)
+    assert CATALOG.match(BETWEEN, model=_model(None)) == fixed  # a schema 1 snapshot
+    scaling = FeatureScaling((0.6,), (0.2,))
+    assert CATALOG.match(BETWEEN, model=_model(scaling, ("monetary",))) == fixed
+
+
+def test_models_in_turn_each_get_their_own_space() -> None:
+    """A catalog keeps a few spaces' persona points: alternating models (eval scores with the
+    midpoint model, then the final one) and more models than it keeps never mix them up."""
+    others = [_model(_space({"monetary": (0.5, 0.1 + i / 40)})) for i in range(6)]
+    for model in [NARROW_AMOUNTS, NARROW_DEVICES, *others, NARROW_DEVICES, NARROW_AMOUNTS] * 2:
+        expected = "Ben" if model is NARROW_DEVICES else "Ella"
+        assert CATALOG.match(BETWEEN, model=model).name == expected
+
+
+def test_hysteresis_and_confidence_in_the_models_space() -> None:
+    found = CATALOG.match(BETWEEN, model=NARROW_AMOUNTS)
+    assert 0.5 < found.confidence < 1.0
+    kept = CATALOG.match(BETWEEN, current="Ben", hysteresis=0.9, model=NARROW_AMOUNTS)
+    assert kept.name == "Ben" and kept.confidence < 0.5
+    moved = CATALOG.match(BETWEEN, current="Ben", hysteresis=0.05, model=NARROW_AMOUNTS)
+    assert moved.name == "Ella"
+    assert CATALOG.match(ELLA.vector(), model=NARROW_AMOUNTS).confidence == 1.0
+
+
+def test_reasons_rank_in_the_models_space_and_read_in_the_cards_units() -> None:
+    """In the shop where amounts are narrow, the order value is what sets Ella apart; in the
+    one where devices are, the device shares are. Values are shown as the card has them."""
+    amounts = CATALOG.match(BETWEEN, model=NARROW_AMOUNTS).reasons
+    assert amounts[0] == "avg_order_value near 320 (persona) vs 120"
+    near_ella = _x(avg_order_value=120, mobile_share=0.55, desktop_share=0.45)
+    devices = CATALOG.match(near_ella, model=NARROW_DEVICES)
+    assert devices.name == "Ella" and devices.reasons[0].startswith(("mobile", "desktop"))
+    for reason in amounts + devices.reasons:
+        assert re.fullmatch(r"\w+ near [\d.]+ \(persona\) vs [\d.]+", reason)
+
+
+def test_assign_matches_personas_in_the_models_space() -> None:
+    """The worker's scoring (and so eval's and the definitions backfill's, which share it)."""
+    profile = CustomerProfile("c", first_seen_ts=0, last_seen_ts=0)
+    catalog = SegmentCatalog(personas=CATALOG, stability=Stability(hysteresis=0.0))
+    assert assign(profile, None, catalog, x=BETWEEN).persona == "Ben"
+    scored = assign(profile, NARROW_AMOUNTS, catalog, x=BETWEEN)
+    assert scored.persona == "Ella" and scored.facts["persona"] == "Ella"
+
+
+def test_the_definitions_backfill_matches_personas_as_the_worker_scores() -> None:
+    """A backfill (``SegmentStep.reevaluate``) decides who moved with the same matching as
+    scoring: under new definitions that move nobody (a trait added to every persona), it
+    writes no one, although the fixed space would put some customers elsewhere."""
+    import copy
+    from dataclasses import replace
+
+    from models.features import feature_vector
+    from models.schedule import DueSchedule
+    from stream.settings import Settings
+    from stream.tools.evaluate import Replay
+    from stream.tools.generator import TrafficGenerator
+
+    replay = Replay(Settings(warmup_samples=50))
+    generator = TrafficGenerator(customers=300, seed=5)
+    for _ in range(3):
+        for cid in generator.customer_ids:
+            for message in generator.session(cid):
+                replay.send(message)
+    replay.drain()
+    step, model = replay.step, replay.model
+    assert model is not None and model.scaling is not None and step.catalog.personas
+    ids = sorted(replay.profiles)
+    args = (replay.profiles, model, replay.watermark)
+    # Everyone scored by the final model, personas the nearest (no hysteresis, no dwell).
+    step.use_catalog(replace(step.catalog, stability=Stability(hysteresis=0.0)))
+    step.rescore(ids, *args, DueSchedule(), 0)
+    personas = step.catalog.personas
+    fixed = [personas.match(feature_vector(replay.profiles[c])).name for c in ids]
+    assert sum(f != replay.profiles[c].persona for f, c in zip(fixed, ids, strict=True)) > 0
+    edited = PersonaCatalog(
+        [replace(p, traits={**p.traits, "edited": True}) for p in personas.personas]
+    )
+    step.use_catalog(replace(step.catalog, personas=edited, version=2))
+    out = step.reevaluate(ids, copy.deepcopy(replay.profiles), *args[1:], DueSchedule(), 0)
+    assert out.writes == [] and out.changes == []
