@@ -79,13 +79,13 @@ class _Space:
 class PersonaCatalog:
     """Every customer gets the nearest persona, a confidence and the features that decided it.
 
-    Nearest in the model's learned space (``ModelSnapshot.scaling``: each scalar feature in
-    units of the shop's own interquartile spread, the device and the daypart mixes each
-    weighing like one feature) when a model is given and has one; in the feature vector's
-    fixed space before the first model. On the overlapping generator, a catalog of the
-    personas' averages moved by up to 30% matched 93.2% of customers (``segmenter eval``,
-    median over 10 seeds at 100k events) in the learned space against 87.5% in the fixed one,
-    where every feature keeps its fixed 0-1 range whatever the shop's spread.
+    Nearest in the space the model learned for personas (``ModelSnapshot.persona_scaling``:
+    each scalar feature in units of the shop's own p10-p90 spread, the device and the daypart
+    mixes each weighing like one feature) when a model is given and has one; in the feature
+    vector's fixed space before the first model. On the overlapping generator, a catalog of
+    the personas' averages moved by up to 30% matched about 93% of customers in a learned
+    space against 87.5% in the fixed one, where every feature keeps its fixed 0-1 range
+    whatever the shop's spread (``segmenter eval``, README "Measured quality").
 
     >>> ella = Persona("Ella", "", {"avg_order_value": 320, "desktop_share": 0.6})
     >>> ben = Persona("Ben", "", {"avg_order_value": 25, "mobile_share": 0.9})
@@ -101,7 +101,7 @@ class PersonaCatalog:
 
     >>> at = {"monetary": (0.6, 0.2)}
     >>> space = FeatureScaling(*zip(*(at.get(f, (0.0, 1.0)) for f in FEATURE_VECTOR)))
-    >>> model = ModelSnapshot(1, FEATURE_VECTOR, (), (), scaling=space)
+    >>> model = ModelSnapshot(1, FEATURE_VECTOR, (), (), persona_scaling=space)
     >>> y = dict(Persona("y", "", {"avg_order_value": 120, "mobile_share": 0.8}).vector())
     >>> catalog.match(y).name, catalog.match(y, model=model).name
     ('Ben', 'Ella')
@@ -128,7 +128,7 @@ class PersonaCatalog:
     ) -> PersonaMatch:
         """The nearest persona; ``current`` is kept unless another is nearer by ``hysteresis``.
 
-        Distances are in ``model``'s learned space when it has one over the whole feature
+        Distances are in ``model``'s persona space when it has one over the whole feature
         vector, else in the fixed space. Confidence is ``d_other / (d_self + d_other)``
         against the nearest other persona: below 0.5 when a kept ``current`` persona is no
         longer the nearest.
@@ -153,7 +153,7 @@ class PersonaCatalog:
         return PersonaMatch(self.personas[best].name, round(confidence, 4), reasons)
 
     def _space_of(self, model: ModelSnapshot | None) -> _Space:
-        scaling = None if model is None else model.scaling
+        scaling = None if model is None else model.persona_scaling
         if scaling is None or model is None or model.features != FEATURE_VECTOR:
             return self._fixed
         space = self._learned.get(id(scaling))

@@ -22,7 +22,7 @@ def _space(at: dict[str, tuple[float, float]]) -> FeatureScaling:
 
 def _model(scaling: FeatureScaling | None, features=FEATURE_VECTOR) -> ModelSnapshot:
     centre = (0.0,) * len(features)
-    return ModelSnapshot(1, tuple(features), (centre,), (1,), scaling=scaling)
+    return ModelSnapshot(1, tuple(features), (centre,), (1,), persona_scaling=scaling)
 
 
 #: A shop whose customers' order values are close together (spread 0.2 of the vector's
@@ -116,7 +116,7 @@ def test_the_definitions_backfill_matches_personas_as_the_worker_scores() -> Non
                 replay.send(message)
     replay.drain()
     step, model = replay.step, replay.model
-    assert model is not None and model.scaling is not None and step.catalog.personas
+    assert model is not None and model.persona_scaling is not None and step.catalog.personas
     ids = sorted(replay.profiles)
     args = (replay.profiles, model, replay.watermark)
     # Everyone scored by the final model, personas the nearest (no hysteresis, no dwell).
