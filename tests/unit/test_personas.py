@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from models.clustering import FeatureScaling, ModelSnapshot
+import numpy as np
+
+from models.clustering import PERSONA_QUANTILES, ClusterTrainer, FeatureScaling, ModelSnapshot
 from models.features import FEATURE_VECTOR, CustomerProfile
 from models.personas import Persona, PersonaCatalog
 from models.segments import SegmentCatalog, Stability, assign
@@ -131,3 +133,37 @@ def test_the_definitions_backfill_matches_personas_as_the_worker_scores() -> Non
     step.use_catalog(replace(step.catalog, personas=edited, version=2))
     out = step.reevaluate(ids, copy.deepcopy(replay.profiles), *args[1:], DueSchedule(), 0)
     assert out.writes == [] and out.changes == []
+
+
+def test_the_persona_unit_spans_two_groups_whose_middle_half_is_one() -> None:
+    """Two groups of customers, 80 and 20 of 100, each alike: the interquartile unit (the
+    clusters') falls inside the larger group and shrinks to its noise; p10-p90 spans both."""
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(0.4, 0.005, 80), rng.normal(0.8, 0.005, 20)])
+    points = np.column_stack([values, np.zeros(100)])
+    iqr = FeatureScaling.learn(points, ("conversion", "x")).spreads[0]
+    wide = FeatureScaling.learn(points, ("conversion", "x"), quantiles=PERSONA_QUANTILES)
+    assert iqr < 0.05 and 0.35 < wide.spreads[0] < 0.45
+
+
+def test_the_trainer_ships_the_persona_space_in_its_snapshots() -> None:
+    """Learned from the trainer's customers at each snapshot (p10-p90, groups as the
+    clusters'), it travels in the snapshot; a restored trainer ships it until customers come;
+    a snapshot stored without one matches personas in the fixed space."""
+    rng = np.random.default_rng(2)
+    data = rng.random((300, len(FEATURE_VECTOR)))
+    trainer = ClusterTrainer(n_clusters=3, warmup=100, seed=2)
+    for i, row in enumerate(data):
+        trainer.learn_one(dict(zip(FEATURE_VECTOR, row, strict=True)), key=i)
+    snap = trainer.snapshot()
+    expected = FeatureScaling.learn(data, FEATURE_VECTOR, quantiles=PERSONA_QUANTILES)
+    assert snap.persona_scaling == expected != snap.scaling
+    again = ModelSnapshot.from_dict(snap.to_dict())
+    assert again.persona_scaling == snap.persona_scaling
+    restored = ClusterTrainer(n_clusters=3, warmup=100, seed=2)
+    assert restored.restore(again) and restored.snapshot().persona_scaling == expected
+    stored = snap.to_dict()
+    del stored["persona_scaling"]
+    old = ModelSnapshot.from_dict(stored)
+    assert old.persona_scaling is None
+    assert CATALOG.match(BETWEEN, model=old) == CATALOG.match(BETWEEN)
