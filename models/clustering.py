@@ -21,6 +21,7 @@ from models.features import FEATURE_GROUPS, FEATURE_VECTOR
 
 __all__ = [
     "K_RANGE",
+    "PERSONA_QUANTILES",
     "SNAPSHOT_SCHEMA",
     "ClusterTrainer",
     "FeatureScaling",
@@ -41,6 +42,11 @@ K_RANGE = (2, 10)
 #: is flat (most customers alike), the p5-p95 range, then the full range, then 1.
 _QUANTILES = (25.0, 75.0)
 _WIDE_QUANTILES = (5.0, 95.0)
+#: The unit of the space personas are matched in (``ModelSnapshot.persona_scaling``): p10 to
+#: p90. The interquartile unit collapses when the middle half of the customers is alike (a
+#: population of two clean groups whose quartiles fall in one): a hand-written catalog's
+#: small errors on such a feature then outweigh everything else.
+PERSONA_QUANTILES = (10.0, 90.0)
 #: Scaled values are clipped this many spreads from the median: a handful of extreme
 #: customers (a reseller's order) cannot pull a centre of their own.
 _CLIP = 2.0
@@ -108,13 +114,16 @@ class FeatureScaling:
         points: Sequence[Sequence[float]] | np.ndarray,
         features: Sequence[str],
         groups: Mapping[str, Sequence[str]] = FEATURE_GROUPS,
+        quantiles: tuple[float, float] = _QUANTILES,
     ) -> FeatureScaling:
+        """The space of ``points``; ``quantiles``: the percentiles whose distance is a scalar
+        feature's unit (p25-p75 for the clusters, ``PERSONA_QUANTILES`` for personas)."""
         data = np.asarray(points, dtype=float)
         if data.ndim != 2 or data.shape[1] != len(features) or not len(data):
             raise ValueError("scaling needs a non-empty 2-d array with one column per feature")
         wide_low, low, median, high, wide_high = np.percentile(
             data,
-            (_WIDE_QUANTILES[0], _QUANTILES[0], 50.0, _QUANTILES[1], _WIDE_QUANTILES[1]),
+            (_WIDE_QUANTILES[0], quantiles[0], 50.0, quantiles[1], _WIDE_QUANTILES[1]),
             axis=0,
         )
         spread = high - low
@@ -170,6 +179,10 @@ class ModelSnapshot:
     ``scaling`` None is the vector as it comes (a schema 1 snapshot, or one built by hand).
     ``k_scores`` is the evidence for the number of clusters (silhouette per k on the warm-up
     samples) and ``k_mode`` how it was chosen: ``auto`` (the best score) or ``fixed``.
+    ``persona_scaling`` is the space personas are matched in (``models.personas``): the
+    clusters' but with ``PERSONA_QUANTILES`` for unit, learned from the same customers at
+    each snapshot; None (a snapshot stored before it, or one built by hand): personas are
+    matched in the fixed space.
 
     >>> snap = ModelSnapshot(1, ("a", "b"), ((0.0, 0.0), (1.0, 1.0)), (3, 3))
     >>> snap.predict({"a": 0.9, "b": 0.8})[0]
@@ -186,6 +199,7 @@ class ModelSnapshot:
     scaling: FeatureScaling | None = None
     k_scores: dict[int, float] = field(default_factory=dict)
     k_mode: str = "fixed"
+    persona_scaling: FeatureScaling | None = None
 
     def point(self, x: Mapping[str, float]) -> list[float]:
         """A feature dict as a point of the clustering space."""
@@ -243,6 +257,9 @@ class ModelSnapshot:
             "trained_samples": self.trained_samples,
             "rfm_cuts": self.rfm_cuts,
             "scaling": None if self.scaling is None else self.scaling.to_dict(),
+            "persona_scaling": (
+                None if self.persona_scaling is None else self.persona_scaling.to_dict()
+            ),
             "k": {
                 "mode": self.k_mode,
                 "chosen": len(self.centres),
@@ -256,6 +273,7 @@ class ModelSnapshot:
         if schema not in (1, SNAPSHOT_SCHEMA):
             raise ValueError(f"unsupported snapshot schema {schema!r}")
         scaling = data.get("scaling")  # absent in schema 1: centres in the vector's own space
+        personas = data.get("persona_scaling")  # absent before it: personas in the fixed space
         k = data.get("k") or {}
         return cls(
             version=int(data["version"]),
@@ -268,6 +286,7 @@ class ModelSnapshot:
             scaling=None if scaling is None else FeatureScaling.from_dict(scaling),
             k_scores={int(n): float(s) for n, s in (k.get("scores") or {}).items()},
             k_mode=str(k.get("mode", "fixed")),
+            persona_scaling=None if personas is None else FeatureScaling.from_dict(personas),
         )
 
 
@@ -352,6 +371,7 @@ class ClusterTrainer:
         self._population_needed = warmup
         self.k_scores: dict[int, float] = {}
         self.scaling: FeatureScaling | None = None
+        self._persona_scaling: FeatureScaling | None = None
         self._recent: deque[list[float]] = deque(maxlen=window)
         self._model: cluster.KMeans | None = None
         self._buffer: list[list[float]] = []
@@ -494,6 +514,11 @@ class ClusterTrainer:
         if not self._ready:
             raise RuntimeError(f"model is warming up ({len(self._buffer)}/{self.warmup} samples)")
         self._version += 1
+        data = self._data()
+        if len(data):  # else (just restored) the restored snapshot's, until customers come
+            self._persona_scaling = FeatureScaling.learn(
+                data, self.features, self.groups, PERSONA_QUANTILES
+            )
         return ModelSnapshot(
             version=self._version,
             features=self.features,
@@ -503,6 +528,7 @@ class ClusterTrainer:
             scaling=self.scaling,
             k_scores=dict(self.k_scores),
             k_mode="auto" if self.auto else "fixed",
+            persona_scaling=self._persona_scaling,
         )
 
     def restore(self, snapshot: ModelSnapshot) -> bool:
@@ -516,6 +542,7 @@ class ClusterTrainer:
         """
         self._version = max(self._version, snapshot.version)
         self._samples = snapshot.trained_samples
+        self._persona_scaling = snapshot.persona_scaling
         fits = (
             snapshot.scaling is not None
             and snapshot.features == self.features

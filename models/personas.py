@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.clustering import FeatureScaling, ModelSnapshot
 from models.features import FEATURE_VECTOR, squash
 
 __all__ = ["PROTOTYPE_FIELDS", "Persona", "PersonaCatalog", "PersonaMatch"]
@@ -29,6 +30,10 @@ PROTOTYPE_FIELDS: dict[str, tuple[str, float | None]] = {
     "evening_share": ("evening_share", None),  # 18-24 h
 }
 _READABLE = {vector: name for name, (vector, _) in PROTOTYPE_FIELDS.items()}
+_POSITION = {name: i for i, name in enumerate(FEATURE_VECTOR)}
+#: Learned spaces whose persona points a catalog keeps (a worker scores with one model at a
+#: time; eval compares two).
+_SPACES_KEPT = 4
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,31 @@ class PersonaMatch:
     reasons: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Space:
+    """The personas as points of one matching space, and per persona, per prototype field:
+    how far it stands from the others there, its position in the vector, the persona's
+    coordinate and its readable value (so that a match only measures closeness)."""
+
+    scaling: FeatureScaling | None
+    points: tuple[tuple[float, ...], ...]
+    fields: tuple[tuple[tuple[float, str, int, float, str], ...], ...]
+
+    def point(self, x: Mapping[str, float]) -> list[float]:
+        point = [x.get(f, 0.0) for f in FEATURE_VECTOR]
+        return point if self.scaling is None else self.scaling.transform(point)
+
+
 class PersonaCatalog:
     """Every customer gets the nearest persona, a confidence and the features that decided it.
+
+    Nearest in the space the model learned for personas (``ModelSnapshot.persona_scaling``:
+    each scalar feature in units of the shop's own p10-p90 spread, the device and the daypart
+    mixes each weighing like one feature) when a model is given and has one; in the feature
+    vector's fixed space before the first model. On the overlapping generator, a catalog of
+    the personas' averages moved by up to 30% matched about 93% of customers in a learned
+    space against 87.5% in the fixed one, where every feature keeps its fixed 0-1 range
+    whatever the shop's spread (``segmenter eval``, README "Measured quality").
 
     >>> ella = Persona("Ella", "", {"avg_order_value": 320, "desktop_share": 0.6})
     >>> ben = Persona("Ben", "", {"avg_order_value": 25, "mobile_share": 0.9})
@@ -66,6 +94,17 @@ class PersonaCatalog:
     >>> m = catalog.match(x)
     >>> m.name, m.confidence > 0.7, m.reasons[0]
     ('Ella', True, 'avg_order_value near 320 (persona) vs 300')
+
+    Under a model, distances are in its space: the shop's customers' ``monetary`` has its
+    median at 0.6 (an order value of about 60) and a spread of 0.2, so an order value of 120
+    puts this customer nearer Ella; in the fixed space the mobile share decides.
+
+    >>> at = {"monetary": (0.6, 0.2)}
+    >>> space = FeatureScaling(*zip(*(at.get(f, (0.0, 1.0)) for f in FEATURE_VECTOR)))
+    >>> model = ModelSnapshot(1, FEATURE_VECTOR, (), (), persona_scaling=space)
+    >>> y = dict(Persona("y", "", {"avg_order_value": 120, "mobile_share": 0.8}).vector())
+    >>> catalog.match(y).name, catalog.match(y, model=model).name
+    ('Ben', 'Ella')
     """
 
     def __init__(self, personas: Sequence[Persona]) -> None:
@@ -76,31 +115,27 @@ class PersonaCatalog:
             raise ValueError("persona names must be unique")
         self.personas = tuple(personas)
         self._vectors = [p.vector() for p in personas]
-        self._points = [tuple(v[f] for f in FEATURE_VECTOR) for v in self._vectors]
         self._index = {p.name: i for i, p in enumerate(personas)}
-        n = len(personas)
-        self._mean = {f: sum(v[f] for v in self._vectors) / n for f in FEATURE_VECTOR}
-        # Per persona, per prototype field: how far it stands from the others (fixed), where it
-        # sits in the vector and its readable value, so that a match only measures closeness.
-        self._fields: list[list[tuple[float, str, str, float, str]]] = []
-        for persona, proto in zip(self.personas, self._vectors, strict=True):
-            fields = []
-            for name, value in persona.prototype.items():
-                target = PROTOTYPE_FIELDS[name][0]
-                distinct = abs(proto[target] - self._mean[target])
-                fields.append((distinct, name, target, proto[target], _fmt(value)))
-            self._fields.append(fields)
+        self._fixed = self._space(None)
+        self._learned: dict[int, _Space] = {}  # by id() of a model's scaling (held in _Space)
 
     def match(
-        self, x: Mapping[str, float], current: str | None = None, hysteresis: float = 0.0
+        self,
+        x: Mapping[str, float],
+        current: str | None = None,
+        hysteresis: float = 0.0,
+        model: ModelSnapshot | None = None,
     ) -> PersonaMatch:
         """The nearest persona; ``current`` is kept unless another is nearer by ``hysteresis``.
 
-        Confidence is ``d_other / (d_self + d_other)`` against the nearest other persona: below
-        0.5 when a kept ``current`` persona is no longer the nearest.
+        Distances are in ``model``'s persona space when it has one over the whole feature
+        vector, else in the fixed space. Confidence is ``d_other / (d_self + d_other)``
+        against the nearest other persona: below 0.5 when a kept ``current`` persona is no
+        longer the nearest.
         """
-        point = [x.get(f, 0.0) for f in FEATURE_VECTOR]
-        distances = [math.dist(point, v) for v in self._points]
+        space = self._space_of(model)
+        point = space.point(x)
+        distances = [math.dist(point, p) for p in space.points]
         order = sorted(range(len(distances)), key=distances.__getitem__)
         best = order[0]
         kept = self._index.get(current) if current is not None else None
@@ -114,20 +149,54 @@ class PersonaCatalog:
         others = [distances[i] for i in order if i != best]
         d2 = others[0] if others else math.inf
         confidence = 1.0 if d1 + d2 == 0 or math.isinf(d2) else d2 / (d1 + d2)
-        return PersonaMatch(self.personas[best].name, round(confidence, 4), self._reasons(x, best))
+        reasons = self._reasons(x, point, space.fields[best])
+        return PersonaMatch(self.personas[best].name, round(confidence, 4), reasons)
 
-    def _reasons(self, x: Mapping[str, float], index: int, top: int = 3) -> tuple[str, ...]:
-        """Features where this persona stands out from the others and the customer is close."""
+    def _space_of(self, model: ModelSnapshot | None) -> _Space:
+        scaling = None if model is None else model.persona_scaling
+        if scaling is None or model is None or model.features != FEATURE_VECTOR:
+            return self._fixed
+        space = self._learned.get(id(scaling))
+        if space is None or space.scaling is not scaling:
+            if len(self._learned) >= _SPACES_KEPT:
+                del self._learned[next(iter(self._learned))]
+            space = self._learned[id(scaling)] = self._space(scaling)
+        return space
+
+    def _space(self, scaling: FeatureScaling | None) -> _Space:
+        base = [[v[f] for f in FEATURE_VECTOR] for v in self._vectors]
+        points = [tuple(p if scaling is None else scaling.transform(p)) for p in base]
+        n = len(points)
+        mean = [sum(p[i] for p in points) / n for i in range(len(FEATURE_VECTOR))]
+        fields = []
+        for persona, at in zip(self.personas, points, strict=True):
+            row = []
+            for name, value in persona.prototype.items():
+                i = _POSITION[PROTOTYPE_FIELDS[name][0]]
+                row.append((abs(at[i] - mean[i]), name, i, at[i], _fmt(value)))
+            fields.append(tuple(row))
+        return _Space(scaling, tuple(points), tuple(fields))
+
+    @staticmethod
+    def _reasons(
+        x: Mapping[str, float],
+        point: Sequence[float],
+        fields: Sequence[tuple[float, str, int, float, str]],
+        top: int = 3,
+    ) -> tuple[str, ...]:
+        """Features where this persona stands out from the others and the customer is close
+        (both measured in the matching space), shown in readable units."""
         scored = sorted(
             (
-                (distinct * (1.0 - abs(x.get(target, 0.0) - at)), name, target, shown)
-                for distinct, name, target, at, shown in self._fields[index]
+                (distinct * (1.0 - abs(point[i] - at)), name, i, shown)
+                for distinct, name, i, at, shown in fields
             ),
             reverse=True,
         )
         return tuple(
-            f"{name} near {shown} (persona) vs {_fmt(_unsquash(name, x.get(target, 0.0)))}"
-            for _, name, target, shown in scored[:top]
+            f"{name} near {shown} (persona) vs "
+            f"{_fmt(_unsquash(name, x.get(FEATURE_VECTOR[i], 0.0)))}"
+            for _, name, i, shown in scored[:top]
         )
 
 

@@ -427,7 +427,9 @@ def assign(
     persona = None
     if catalog.personas:
         held = at - profile.persona_since < stability.min_dwell_ms
-        persona = catalog.personas.match(x, profile.persona, 1.0 if held else stability.hysteresis)
+        persona = catalog.personas.match(
+            x, profile.persona, 1.0 if held else stability.hysteresis, model
+        )
     if persona is not None:
         facts["persona"] = persona.name
     return SegmentAssignment(

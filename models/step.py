@@ -556,7 +556,10 @@ class SegmentStep:
             if personas is not None and not moved:
                 held = at - profile.persona_since < stability.min_dwell_ms  # as ``assign``
                 found = personas.match(
-                    feature_vector(profile), profile.persona, 1.0 if held else stability.hysteresis
+                    feature_vector(profile),
+                    profile.persona,
+                    1.0 if held else stability.hysteresis,
+                    model,
                 )
                 moved = found.name != profile.persona
             if not moved:
