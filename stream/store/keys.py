@@ -38,7 +38,7 @@ counter shard, ``shard_of(customer_id)``: the CRC-32 of the UTF-8 customer id, z
 - ``P stats``: hash of counters (``events``, ``messages``, ``dead_letters``, ``records``).
 - ``P worker:<worker_id>``: a worker's heartbeat (JSON, expires after 10 s).
 - ``P workers``: sorted set of worker ids, each scored with the epoch ms its heartbeat expires
-  at (written with the heartbeat; a worker drops ids expired over a minute ago). Readers find
+  at (written with the heartbeat; a worker drops ids expired over an hour ago). Readers find
   the heartbeats here, not by scanning the keyspace: a SCAN reads every key, so it took longer
   the more customers there were.
 - ``P partition:<app_id>:<p>``: the marker of partition ``p`` of the app's feature table

@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 __all__ = ["REDIS_OUTAGE", "RedisSegmentStore", "retry_forever"]
 
 _NOSCRIPT_ROUNDS = 5
-#: A worker id leaves the ``workers`` index this long after its heartbeat expired (ms): late
-#: enough for workers' clocks a little apart.
-WORKERS_FORGOTTEN_MS = 60_000
+#: A worker id leaves the ``workers`` index this long after its heartbeat expired (ms), by the
+#: clock of the worker that prunes: an hour, so that workers' clocks apart by less never drop
+#: each other's live entries; readers skip an id whose heartbeat has expired meanwhile.
+WORKERS_FORGOTTEN_MS = 3_600_000
 
 #: Moves a partition marker (``PartitionMark``): KEYS marker; ARGV expected, new value. Sets
 #: it only if it holds the expected value (never creates a missing one). Returns 1 if set.

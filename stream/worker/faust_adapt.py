@@ -252,6 +252,9 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
             for tp in unread:
                 expected[tp] = self._start[tp] = earliest.get(tp) or 0
                 await super().seek(tp, expected[tp])
+        for tp, offset in expected.items():
+            if self._committed_offset.get(tp) is None:  # committed 0: Faust keeps None
+                self._start[tp] = offset  # the floor of what may be committed
         self._stamp(expected)
         # Records dropped while the seek waited on the broker (no expectation yet) came from
         # a fetch drained after Faust's seek of their partition: the fetch position is past

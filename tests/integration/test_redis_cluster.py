@@ -232,7 +232,7 @@ def check_readers(settings: Any, client: SegmentClient, generator: TrafficGenera
     assert done.returncode == 0, done.stderr
     status = orjson.loads(done.stdout)
     assert status["sizes"] == client.sizes() and sum(status["sizes"].values()) == CUSTOMERS
-    assert [w["worker_id"] for w in status["workers"]] == ["w0"]  # heartbeats found by SCAN
+    assert [w["worker_id"] for w in status["workers"]] == ["w0"]  # found in the workers index
 
     done = run_cli(settings, "segments", "--json")
     assert done.returncode == 0, done.stderr

@@ -294,6 +294,10 @@ def test_workers_are_found_without_scanning_the_keyspace(stack):
         raw.delete(keys.worker("w2"))  # expired: its id stays in the index a while
         assert [b["worker_id"] for b in client.workers()] == ["w1"]
         assert raw.zrange(keys.workers, 0, -1) == [b"w1", b"w2"]
+        # An id whose heartbeat expired over an hour ago leaves at the next heartbeat.
+        raw.zadd(keys.workers, {"w0": int(time.time() * 1000) - 2 * 3_600_000})
+        store.heartbeat("w1", {"worker_id": "w1"}, 30)
+        assert sorted(raw.zrange(keys.workers, 0, -1)) == [b"w1", b"w2"]
     finally:
         client.close()
         store.close()

@@ -1,4 +1,4 @@
-"""The consumer's rules for what counts as done (stream/consumer.py), one by one.
+"""The consumer's rules for what counts as done (stream/worker/faust_adapt.py), one by one.
 
 The whole failover runs against the real broker in tests/integration/test_scale_out.py. Here the
 Faust consumer is built but never connected: the fetch (``_wait_next_records``), the seek sent
@@ -333,6 +333,21 @@ def test_nothing_is_committed_while_the_committed_offset_is_forgotten_by_a_revoc
         h.consumer._acked.pop(tp, None)
         h.consumer._acked[tp].extend(range(5653, 5999))
         assert h.consumer._new_offset(tp) is None
+
+    run(scenario())
+
+
+def test_a_partition_committed_at_offset_0_commits_what_is_done() -> None:
+    """Faust reads a committed offset of 0 (a group reset to the earliest on a log that starts
+    at 0) as none committed: without a floor of its own, nothing was ever committed again."""
+
+    async def scenario() -> None:
+        h = Harness(committed={Harness.partition: 0})
+        tp = h.partition
+        await h.consumer.perform_seek()
+        assert h.consumer._committed_offset.get(tp) is None
+        h.consumer._acked[tp].extend(range(0, 5))
+        assert h.consumer._new_offset(tp) == 5
 
     run(scenario())
 
