@@ -180,8 +180,8 @@ class ModelSnapshot:
     ``k_scores`` is the evidence for the number of clusters (silhouette per k on the warm-up
     samples) and ``k_mode`` how it was chosen: ``auto`` (the best score) or ``fixed``.
     ``persona_scaling`` is the space personas are matched in (``models.personas``): the
-    clusters' but with ``PERSONA_QUANTILES`` for unit, learned from the same customers at
-    each snapshot; None (a snapshot stored before it, or one built by hand): personas are
+    clusters' but with ``PERSONA_QUANTILES`` for unit, learned from the same customers when the
+    clusters' space is (the first fit, a refit), so it holds still between fits; None (a snapshot stored before it, or one built by hand): personas are
     matched in the fixed space.
 
     >>> snap = ModelSnapshot(1, ("a", "b"), ((0.0, 0.0), (1.0, 1.0)), (3, 3))
@@ -372,6 +372,11 @@ class ClusterTrainer:
         self.k_scores: dict[int, float] = {}
         self.scaling: FeatureScaling | None = None
         self._persona_scaling: FeatureScaling | None = None
+        #: Learn the persona space at the next snapshot: set when the clusters' space is
+        #: learned (the first fit, a refit), so personas, like clusters, are matched in a space
+        #: that holds still between fits (a space re-learned every snapshot would move
+        #: customers near a boundary from one persona to another with no event of theirs).
+        self._persona_due = True
         self._recent: deque[list[float]] = deque(maxlen=window)
         self._model: cluster.KMeans | None = None
         self._buffer: list[list[float]] = []
@@ -498,6 +503,7 @@ class ClusterTrainer:
         old = [scaling.transform(self.scaling.inverse(c)) for c in self._centres()]
         order = match_ids(old, centres.tolist())
         self.scaling = scaling
+        self._persona_due = True
         self._set_centres([centres[order.index(i)].tolist() for i in range(len(old))])
         self._counts = [int(counts[order.index(i)]) for i in range(len(old))]
         self.refits += 1
@@ -515,10 +521,12 @@ class ClusterTrainer:
             raise RuntimeError(f"model is warming up ({len(self._buffer)}/{self.warmup} samples)")
         self._version += 1
         data = self._data()
-        if len(data):  # else (just restored) the restored snapshot's, until customers come
+        due = self._persona_due or self._persona_scaling is None
+        if due and len(data):  # else (just restored) the restored snapshot's
             self._persona_scaling = FeatureScaling.learn(
                 data, self.features, self.groups, PERSONA_QUANTILES
             )
+            self._persona_due = False
         return ModelSnapshot(
             version=self._version,
             features=self.features,
@@ -543,6 +551,7 @@ class ClusterTrainer:
         self._version = max(self._version, snapshot.version)
         self._samples = snapshot.trained_samples
         self._persona_scaling = snapshot.persona_scaling
+        self._persona_due = snapshot.persona_scaling is None
         fits = (
             snapshot.scaling is not None
             and snapshot.features == self.features
@@ -570,6 +579,7 @@ class ClusterTrainer:
         members = list(self._members.values())
         data = np.asarray(members if len(members) >= enough else self._buffer)
         self.scaling = FeatureScaling.learn(data, self.features, self.groups)
+        self._persona_due = True
         z = self.scaling.transform_many(data)
         rng = np.random.default_rng(self.seed)
         self.k_scores, fits = choose_k(z, self.k_range, rng)

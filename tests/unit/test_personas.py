@@ -158,6 +158,12 @@ def test_the_trainer_ships_the_persona_space_in_its_snapshots() -> None:
     snap = trainer.snapshot()
     expected = FeatureScaling.learn(data, FEATURE_VECTOR, quantiles=PERSONA_QUANTILES)
     assert snap.persona_scaling == expected != snap.scaling
+    # It holds still between fits, like the clusters' space: customers who come later (here
+    # far from the others) do not move it, nor anyone's persona with it.
+    refits = trainer.refits
+    for i, row in enumerate(rng.random((100, len(FEATURE_VECTOR))) * 3, start=len(data)):
+        trainer.learn_one(dict(zip(FEATURE_VECTOR, row, strict=True)), key=i)
+    assert trainer.refits == refits and trainer.snapshot().persona_scaling == expected
     again = ModelSnapshot.from_dict(snap.to_dict())
     assert again.persona_scaling == snap.persona_scaling
     restored = ClusterTrainer(n_clusters=3, warmup=100, seed=2)
