@@ -181,8 +181,8 @@ class ModelSnapshot:
     samples) and ``k_mode`` how it was chosen: ``auto`` (the best score) or ``fixed``.
     ``persona_scaling`` is the space personas are matched in (``models.personas``): the
     clusters' but with ``PERSONA_QUANTILES`` for unit, learned from the same customers when the
-    clusters' space is (the first fit, a refit), so it holds still between fits; None (a snapshot stored before it, or one built by hand): personas are
-    matched in the fixed space.
+    clusters' space is (the first fit, a refit), so it holds still between fits; None (a
+    snapshot stored before it, or one built by hand): personas are matched in the fixed space.
 
     >>> snap = ModelSnapshot(1, ("a", "b"), ((0.0, 0.0), (1.0, 1.0)), (3, 3))
     >>> snap.predict({"a": 0.9, "b": 0.8})[0]
