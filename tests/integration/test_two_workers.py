@@ -58,13 +58,31 @@ def test_two_workers_split_the_partitions_and_agree_on_segment_ids(stack, tmp_pa
         majority = {p: c.most_common(1)[0][0] for p, c in overall.items()}
         assert len(set(majority.values())) >= 3, majority
 
-        # Each worker on its own puts customers of a persona in that same segment. Workers with
-        # models of their own would number clusters independently and agree only by chance.
-        for worker_id, personas in by_worker.items():
-            total = sum(sum(c.values()) for c in personas.values())
-            agree = sum(c[majority[p]] for p, c in personas.items())
-            print("agreement", worker_id, round(agree / total, 3))
-            assert agree / total >= 0.7, (worker_id, agree, total, personas, majority)
+        # Each worker on its own puts a persona's customers in the same segments as the other
+        # does: per persona, the total variation distance between the two workers' shares of
+        # segments is small. Workers with models of their own would number clusters
+        # independently and agree only by chance; so would ids renumbered, which the same
+        # distance tells apart (a persona split between two clusters on the overlapping
+        # generator, as often happens, splits alike on both workers). Before, this asserted
+        # agreement with the overall majority, a clustering-quality figure: 0.59 to 0.88
+        # in runs, which failed a busy CI run.
+        (w0, a), (w1, b) = sorted(by_worker.items())
+        shared = [p for p in a if p in b and a[p].total() >= 10 and b[p].total() >= 10]
+        assert len(shared) >= 3, (a, b)
+        ids = sorted({s for c in overall.values() for s in c})
+
+        def distance(mapping: dict[int, int]) -> float:
+            total = 0.0
+            for p in shared:
+                x = {s: n / a[p].total() for s, n in a[p].items()}
+                y = Counter({mapping[s]: n / b[p].total() for s, n in b[p].items()})
+                total += 0.5 * sum(abs(x.get(s, 0.0) - y.get(s, 0.0)) for s in set(x) | set(y))
+            return total / len(shared)
+
+        same = distance({s: s for s in ids})
+        shifted = distance({s: ids[(i + 1) % len(ids)] for i, s in enumerate(ids)})
+        print("segment shares per persona, distance between workers", round(same, 3), shifted)
+        assert same <= 0.3 and same < shifted, (same, shifted, a, b)
         versions = {r["model_version"] for r in records}
         assert all(v is not None for v in versions)
     except BaseException:
