@@ -227,9 +227,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         changes_kept=settings.customer_changes_kept,
     )
     marks = PartitionMarks(settings.app_id, settings.worker_id)
-    effects = Effects(
-        store, table, send, names, settings.worker_id, metrics, marks, table.batches.send
-    )
+    effects = Effects(store, table, table.batches.send, names, settings.worker_id, metrics, marks)
     reader = DefinitionsReader(settings)
     in_force = published_in_force(settings, reader)
     segmenting = Segmenting(

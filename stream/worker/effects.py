@@ -62,17 +62,15 @@ class Effects:
         self,
         store: SegmentStore,
         table: CustomerTable,
-        send: Send,
+        send_many: SendMany,
         topics: Mapping[str, str],
         worker_id: str,
         metrics: WorkerMetrics,
         marks: PartitionMarks | None = None,
-        send_many: SendMany | None = None,
     ) -> None:
         self.store = store
         self.send_many = send_many
         self.table = table
-        self.send = send
         self.topics = topics  # topology key (changes, samples, dead_letter) -> topic name
         self.worker_id = worker_id
         self.metrics = metrics
@@ -127,10 +125,7 @@ class Effects:
             )
         for key, value in outcome.forwards:
             records.append((self.topics["identity"], key, value, None))
-        if self.send_many is not None and records:
-            futures = [future for future, _ in await self.send_many(records)]
-        else:
-            futures = [await self.send(topic, key, value) for topic, key, value, _ in records]
+        futures = [future for future, _ in await self.send_many(records)] if records else []
         if futures:
             await asyncio.gather(*futures)
         self.counters["changes"] = self.counters.get("changes", 0) + len(outcome.changes)

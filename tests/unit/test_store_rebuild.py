@@ -102,7 +102,9 @@ class Worker:
         self.marks = PartitionMarks(APP, worker_id)
         topics = {"changes": "changes", "samples": "samples", "dead_letter": "dead"}
         table: Any = self.table
-        self.effects = Effects(self.store, table, self.send, topics, worker_id, metrics, self.marks)
+        self.effects = Effects(
+            self.store, table, self.send_many, topics, worker_id, metrics, self.marks
+        )
         step = build_step(Settings(worker_id=worker_id, max_future_skew_seconds=0))
         self.seg = Segmenting(
             step, table, self.effects, self.store, SOURCES, lambda: set(self.owned), metrics, 50
@@ -116,6 +118,10 @@ class Worker:
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+    async def send_many(self, records: list[Any]) -> list[tuple[Any, int]]:
+        """As ``RecordBatches.send``: here one delivery future per record."""
+        return [(await self.send(topic, key, value), 1) for topic, key, value, _ in records]
 
     def changes(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for t, _, v in self.sent if t == "changes" and v]
