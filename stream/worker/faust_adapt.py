@@ -421,11 +421,11 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         if feed is None or feed.full or self.app.rebalancing or not self.flow_active:
             return []
         now = self._clock()
-        late = [
+        late = sorted(  # in partition order: the log and the seeks do not follow set order
             tp
             for tp in self.assignment()
             if tp.topic in self.guarded_topics and now - self._moved.get(tp, now) > self.stall_after
-        ]
+        )
         if not late:
             return []
         try:
