@@ -100,10 +100,10 @@ class Settings(BaseSettings):
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     data_dir: str = Field("", description="Faust data directory; empty: a fresh temporary one")
     state_store: Literal["rocksdb", "memory"] = Field(
-        "memory",
-        description="where a worker keeps its profiles: memory (a restart reads the whole "
-        "changelog) or RocksDB in SEGMENTER_DATA_DIR (a restart on the same directory reopens "
-        "it and reads only the changelog it missed; open soak findings, docs/reliability.md)",
+        "rocksdb",
+        description="where a worker keeps its profiles: RocksDB in SEGMENTER_DATA_DIR (a "
+        "restart on the same directory reopens it and reads only the changelog it missed) or "
+        "memory (every profile in the worker's memory; a restart reads the whole changelog)",
     )
     batch_size: Annotated[int, Field(ge=1)] = Field(500, description="messages taken per batch")
     batch_within: Annotated[float, Field(gt=0)] = Field(

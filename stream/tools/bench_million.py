@@ -263,7 +263,8 @@ class MillionCustomers:
         finally:
             client.close()
             ctx.stop(procs)
-        ctx.say(f"  new event applied after {applied} s; RSS {rss / 2**20:,.0f} MiB")
+        done = "not applied" if applied is None else f"applied after {applied:,.1f} s"
+        ctx.say(f"  new event {done}; RSS {rss / 2**20:,.0f} MiB")
         return Recovery(ready, applied, rss)
 
     def _span(
