@@ -186,6 +186,7 @@ class Soak:
             metrics_port=0,
             log_level="info",
         )
+        self.result.state_store = f"{self.settings.state_store} (`SEGMENTER_STATE_STORE`)"
         self.crew = Crew(self.settings, self.workdir)
         self.broker: object = None
         self.sender: Sender | None = None

@@ -31,6 +31,7 @@ class SoakResult:
     lag: dict[str, int] = field(default_factory=dict)
     crashes: list[str] = field(default_factory=list)
     findings: Findings | None = None
+    state_store: str = ""  # the workers' SEGMENTER_STATE_STORE
 
     def injections(self) -> list[tuple[str, str]]:
         i = self.injected
@@ -105,7 +106,9 @@ class SoakResult:
         lines = [
             f"Last run: {self.began:%Y-%m-%d %H:%M} UTC, `{command}` (`make soak`), "
             f"{self.seconds / 60:.1f} minutes, {c.workers} workers on {c.partitions} partitions, "
-            f"{c.rate:g} messages/s; **{'nothing lost' if self.ok else 'FAILED'}**.",
+            f"{c.rate:g} messages/s"
+            + (f", workers' state in {self.state_store}" if self.state_store else "")
+            + f"; **{'nothing lost' if self.ok else 'FAILED'}**.",
             "",
             "| injected | |",
             "|---|---|",

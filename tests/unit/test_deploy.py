@@ -77,3 +77,26 @@ def test_grafana_and_prometheus_query_only_exported_metrics():
     assert used and used <= exported, sorted(used - exported)
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert {c["job_name"] for c in scrape["scrape_configs"]} >= {"segmenter-worker"}
+
+
+def test_the_redis_cluster_option_replaces_the_single_redis():
+    """deploy/k8s/redis-cluster: the base without its single Redis, six cluster nodes, and the
+    workers' URL a cluster URL the code accepts."""
+    from stream.store.connect import is_cluster, parse_redis_url
+
+    overlay = DEPLOY / "k8s" / "redis-cluster"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../", "redis-cluster.yaml"]
+    patches = [yaml.safe_load(p["patch"]) for p in kustomization["patches"]]
+    deleted = {(p["kind"], p["metadata"]["name"]) for p in patches if p.get("$patch") == "delete"}
+    assert deleted == {("StatefulSet", "redis"), ("Service", "redis")}
+    secret = next(p for p in patches if p["kind"] == "Secret")
+    url = secret["stringData"]["SEGMENTER_REDIS_URL"]
+    assert is_cluster(url) and parse_redis_url(url)
+    docs = [d for d in yaml.safe_load_all((overlay / "redis-cluster.yaml").read_text()) if d]
+    nodes = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert nodes["spec"]["replicas"] == 6
+    start = nodes["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert "--cluster-enabled yes" in start and "--appendonly yes" in start
+    create = next(d for d in docs if d["kind"] == "Job")
+    assert "--cluster-replicas 1" in create["spec"]["template"]["spec"]["containers"][0]["args"][0]
