@@ -11,7 +11,8 @@ So the step runs in a child forked from the worker when a backfill starts
 (``ScoringProcess``): it inherits the step with every catalog it knows, and gets each chunk's
 stored states (the table's bytes), their due times, the model and the watermark; it sends back
 the outcome with the moved customers' states already encoded. The worker meanwhile applies the
-previous chunk's effects and its live batches (``rescore_in_child``: two chunks in flight).
+previous chunk's effects and its live batches (``rescore_in_child``: ``IN_FLIGHT`` chunks sent
+ahead).
 
 **Nothing stale is applied.** A live batch may change a customer between the chunk's read and
 its outcome's return. Under the segmenting lock, before a chunk's outcome is applied, each
@@ -56,6 +57,9 @@ __all__ = ["ScoringProcess", "rescore_in_child", "score_chunk"]
 Items = list[tuple[str, bytes | None, int | None]]
 #: A chunk's outcome, the moved customers' states encoded apart (``score_chunk``).
 Scored = tuple[StepOutcome, dict[str, bytes]]
+
+#: Chunks sent to the child and not yet applied: it scores one while the worker applies another.
+IN_FLIGHT = 3
 
 #: The step the forked child scores with: the worker's, as it was when the child was forked.
 _STEP: SegmentStep | None = None
@@ -155,8 +159,8 @@ async def rescore_in_child(
     pace: Callable[[int], Awaitable[bool]],
 ) -> tuple[set[int], int]:
     """Every customer of ``ids`` (of partitions ``parts``) re-evaluated by ``child``, ``chunk``
-    at a time, two chunks in flight; each outcome applied under the segmenting lock, stale
-    customers left out and evaluated again in-process (see the module). ``pace(done)`` comes
+    at a time, ``IN_FLIGHT`` chunks sent ahead; each outcome applied under the segmenting lock,
+    stale customers left out and evaluated again in-process (see the module). ``pace(done)`` comes
     before each chunk is sent and may wait (a rate limit) or say stop (False). Returns the
     partitions still owned and how many customers were done (the rest, if the child died, is
     the caller's)."""
@@ -164,28 +168,34 @@ async def rescore_in_child(
     in_flight: deque[tuple[int, Items, dict[str, bytes | None], asyncio.Task[Scored]]] = deque()
     sent = done = 0
     stopped = False
+
+    async def top_up() -> None:
+        """Chunks sent until ``IN_FLIGHT`` are: the child never waits for the worker."""
+        nonlocal sent, stopped, parts
+        while not stopped and sent < len(ids) and len(in_flight) < IN_FLIGHT:
+            if not await pace(sent):
+                stopped = True
+                return
+            while not ready():  # partitions moving: wait until they settle
+                await asyncio.sleep(0.2)
+            async with seg.lock:
+                parts &= seg.owned()
+                if not parts:
+                    stopped = True
+                    return
+                chosen = [c for c in ids[sent : sent + chunk] if partition_of.get(c) in parts]
+                stored = {c: seg.table.load(c) for c in chosen}
+                items = [(c, stored[c], seg.schedule.due_of(c)) for c in chosen]
+                model, watermark = seg.model, seg.watermark
+            sent = min(len(ids), sent + chunk)
+            task = asyncio.ensure_future(
+                child.score(items, model, watermark, int(time.time() * 1000))
+            )
+            in_flight.append((sent, items, stored, task))
+
     try:
         while True:
-            while not stopped and sent < len(ids) and len(in_flight) < 2:
-                if not await pace(sent):
-                    stopped = True
-                    break
-                while not ready():  # partitions moving: wait until they settle
-                    await asyncio.sleep(0.2)
-                async with seg.lock:
-                    parts &= seg.owned()
-                    if not parts:
-                        stopped = True
-                        break
-                    chosen = [c for c in ids[sent : sent + chunk] if partition_of.get(c) in parts]
-                    stored = {c: seg.table.load(c) for c in chosen}
-                    items = [(c, stored[c], seg.schedule.due_of(c)) for c in chosen]
-                    model, watermark = seg.model, seg.watermark
-                sent = min(len(ids), sent + chunk)
-                task = asyncio.ensure_future(
-                    child.score(items, model, watermark, int(time.time() * 1000))
-                )
-                in_flight.append((sent, items, stored, task))
+            await top_up()
             if not in_flight:
                 return parts, done
             upto, items, stored, task = in_flight.popleft()
@@ -197,6 +207,7 @@ async def rescore_in_child(
                     exc,
                 )
                 return parts, done
+            await top_up()  # the next chunk goes to the child before this one's effects
             async with seg.lock:
                 parts &= seg.owned()
                 fresh: set[str] = set()

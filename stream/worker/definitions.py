@@ -67,7 +67,7 @@ __all__ = ["LiveDefinitions"]
 BACKFILL_CHUNK = 100
 BACKFILL_SLICE = 0.1
 #: Customers a chunk carries to the backfill's child process (``rescore_in_child``): about
-#: 0.1 s of its scoring; two are in flight.
+#: 0.1 s of its scoring; ``backfill_process.IN_FLIGHT`` are sent ahead.
 CHILD_CHUNK = 2_000
 
 #: Builds the catalog of a set in force (the settings' files for a kind not published).
