@@ -21,7 +21,7 @@ gives, and the outcome lists what the caller must do, in the order that makes a 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -198,6 +198,26 @@ class StepOutcome:
     aliases: dict[str, str] = field(default_factory=dict)
     events: dict[str, int] = field(default_factory=dict)  # events decoded, per source
     counters: dict[str, int] = field(default_factory=dict)
+
+    def only(self, customer_ids: Collection[str]) -> StepOutcome:
+        """A re-evaluation's outcome (``SegmentStep.reevaluate``: writes, changes, states and
+        due times) kept to these customers, its ``records`` counter recounted.
+
+        >>> out = StepOutcome(0, due={"a": 1, "b": 2}, counters={"records": 0})
+        >>> kept = out.only({"b"})
+        >>> kept.due, kept.counters
+        ({'b': 2}, {})
+        """
+        keep = customer_ids
+        writes = [w for w in self.writes if w.customer_id in keep]
+        return StepOutcome(
+            self.watermark,
+            writes=writes,
+            changes=[c for c in self.changes if c.customer_id in keep],
+            states={c: p for c, p in self.states.items() if c in keep},
+            due={c: d for c, d in self.due.items() if c in keep},
+            counters={"records": len(writes)} if writes else {},
+        )
 
 
 class Intake:

@@ -202,6 +202,11 @@ class Settings(BaseSettings):
         description="customers a worker re-evaluates per second at most after new definitions "
         "(in chunks between live batches, so live traffic keeps its freshness); 0: no limit",
     )
+    backfill_process: bool = Field(
+        True,
+        description="score a definitions backfill in a child process forked from the worker "
+        "(another core; stream/worker/backfill_process.py); false: in the worker's own process",
+    )
     lifecycle_new_days: Annotated[float, Field(gt=0)] = Field(
         30.0, description="days a customer is new"
     )

@@ -258,6 +258,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         lambda published: build_catalog(settings, published),
         settings.backfill_rate,
         ready=lambda: not app.rebalancing,
+        processes=settings.backfill_process,
         spawn=app.add_future,
         crash=app.crash,
     )

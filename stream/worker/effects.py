@@ -77,7 +77,9 @@ class Effects:
         self.marks = marks
         self.counters: dict[str, int] = {}
 
-    async def apply(self, outcome: StepOutcome) -> None:
+    async def apply(self, outcome: StepOutcome, encoded: Mapping[str, bytes] | None = None) -> None:
+        """``outcome``'s effects, in its order; ``encoded``: states already encoded
+        (``encode_profile``, by a backfill's child process), saved with ``outcome.states``."""
         if outcome.erased:
             await retry_forever("Redis forget", self.store.forget_many, outcome.erased)
             await retry_forever("Redis forget", self.store.unalias_many, outcome.erased)
@@ -91,7 +93,10 @@ class Effects:
             self._marks(outcome),
         )
         await self._publish(outcome)
-        await self.table.write({c: encode_profile(p) for c, p in outcome.states.items()})
+        states = {c: encode_profile(p) for c, p in outcome.states.items()}
+        if encoded:
+            states.update(encoded)
+        await self.table.write(states)
         for name, by in outcome.counters.items():
             self.counters[name] = self.counters.get(name, 0) + by
         if outcome.erased:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import orjson
 from faust.types import Message
@@ -76,6 +76,11 @@ class TableProfiles:
 
     def drop_live(self) -> None:
         self._live.clear()
+
+    def forget(self, customer_ids: Iterable[str]) -> None:
+        """These customers' live profiles, if any, are older than the table's: dropped."""
+        for customer_id in customer_ids:
+            self._live.pop(customer_id, None)
 
     def _keep(self, customer_id: str, profile: CustomerProfile) -> None:
         if self.limit <= 0:
@@ -229,16 +234,20 @@ class Segmenting:
         customers are scheduled anew and the live profiles dropped first."""
         return self._owned()
 
-    async def apply(self, outcome: StepOutcome) -> None:
+    async def apply(self, outcome: StepOutcome, encoded: Mapping[str, bytes] | None = None) -> None:
         """Apply an outcome of the step outside a batch (under ``self.lock``), keeping its
         states live; after a failure the live profiles are dropped (they may be ahead of the
-        table), as after a failed batch."""
+        table), as after a failed batch. ``encoded``: states saved as they are (a backfill's
+        child process encoded them); those customers' live profiles are dropped, to be read
+        from the table again."""
         try:
-            await self.effects.apply(outcome)
+            await self.effects.apply(outcome, encoded)
         except BaseException:
             self.profiles.drop_live()
             raise
         self.profiles.saved(outcome.states)
+        if encoded:
+            self.profiles.forget(encoded)
 
     def _owned(self) -> set[int]:
         """The partitions owned now; after a rebalance, their customers are to be scheduled
