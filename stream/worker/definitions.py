@@ -244,6 +244,7 @@ class LiveDefinitions:
 
         done = 0
         child = ScoringProcess.start(seg.step) if self.processes else None
+        status["scored_in"] = "a child process" if child is not None else "the worker"
         if child is not None:
             try:
                 parts, done = await rescore_in_child(
@@ -279,10 +280,11 @@ class LiveDefinitions:
         status.update(finished_at=int(time.time() * 1000), seconds=round(seconds, 3))
         log.info(
             "backfill of definitions version %d done: %d customers in %.1fs, %d changes, "
-            "%d live events applied meanwhile",
+            "%d live events applied meanwhile; scored in %s",
             version,
             status["done"],
             seconds,
             status["changes"],
             status["live_events"],
+            status["scored_in"],
         )

@@ -56,8 +56,9 @@ def _facts(record: dict) -> dict:
     return {**record["features"], **{k: v for k, v in record["facts"].items() if v is not None}}
 
 
-def test_apply_switches_backfills_and_keeps_live_traffic_flowing(stack, tmp_path):
-    settings = make_settings(stack, partitions=2, backfill_rate=300.0)
+@pytest.mark.parametrize("child", [True, False], ids=["child-process", "in-worker"])
+def test_apply_switches_backfills_and_keeps_live_traffic_flowing(stack, tmp_path, child):
+    settings = make_settings(stack, partitions=2, backfill_rate=300.0, backfill_process=child)
     workers = Workers(settings, tmp_path)
     try:
         workers.start(1)
@@ -124,6 +125,7 @@ def test_apply_switches_backfills_and_keeps_live_traffic_flowing(stack, tmp_path
         # Everyone stored when it began (live customers too, if their events came first).
         assert backfill["total"] >= 400 and backfill["done"] == backfill["total"]
         assert backfill["live_events"] > 0  # batches ran between the chunks
+        assert backfill["scored_in"] == ("a child process" if child else "the worker")
         assert status["in_force"]["segments"]["version"] == 1
         wait_until(
             lambda: client.stats().get("events", 0) >= sent + live_sent[0], 60, "the live events"
