@@ -80,8 +80,12 @@ class MemoryAndRecovery:
                 "worker process, RSS growth / customers",
                 per_worker,
                 "bytes",
-                note=f"the Faust table ({settings.state_store}://) holds every profile of its "
-                f"partitions; up to {settings.profile_cache:,} live profiles besides",
+                note=(
+                    "the Faust table in memory holds every profile of its partitions"
+                    if settings.state_store == "memory"
+                    else "profiles in RocksDB (its caches count, its files on disk do not)"
+                )
+                + f"; up to {settings.profile_cache:,} live profiles besides",
             )
         )
 

@@ -6,10 +6,12 @@ import asyncio
 import atexit
 import gc
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -81,10 +83,28 @@ ROCKSDB_OPTIONS: dict[str, Any] = {
 
 def _temporary_data_dir() -> str:
     """A data directory for this process alone (``SEGMENTER_DATA_DIR`` empty), removed when it
-    exits: nobody starts on it again, so its RocksDB databases would only fill the disk."""
-    path = tempfile.mkdtemp(prefix="segmenter-worker-")
+    exits: nobody starts on it again, so its RocksDB databases would only fill the disk. A
+    worker killed (SIGKILL) cannot remove its own: its name carries its pid, and a worker
+    starting removes those of processes no longer running."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob("segmenter-worker-*-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"segmenter-worker-{os.getpid()}-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (perhaps another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def tune_gc() -> None:

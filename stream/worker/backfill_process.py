@@ -22,8 +22,17 @@ left out of the outcome, and the customers still owned among them are evaluated 
 worker's own process, from their state now. The child reads nothing but what it is sent, and
 writes nothing: every effect is the worker's, in the order a batch's are.
 
-A child that cannot be started (no ``fork`` on this platform) or that dies leaves the rest of
-the backfill to the worker's own process (``rescore_in_chunks``), with a warning.
+Outcomes wait for partitions to settle (a rebalance) before they are applied, and are dropped
+once newer definitions are in force (their own backfill covers everyone). A model the trainer
+published meanwhile is not waited for: a chunk is scored with the model of its sending, as an
+in-process chunk is with the model of its turn, and the next event or due time of each
+customer scores them with the newest.
+
+A child that cannot be started (no ``fork`` on this platform, or the fork fails), dies, or
+takes longer than ``CHILD_TIMEOUT`` on a chunk (it is killed) leaves the rest of the backfill
+to the worker's own process (``rescore_in_chunks``), with a warning. The child undoes the
+signal handling it inherited, so a signal meant for the worker does not reach it and SIGTERM
+stops it, and it exits by itself when the worker dies.
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -51,12 +63,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScoringProcess", "rescore_in_child", "score_chunk"]
+__all__ = ["ChildFailed", "ScoringProcess", "rescore_in_child", "score_chunk"]
 
 #: A chunk: (customer id, stored state, due time) of each customer.
 Items = list[tuple[str, bytes | None, int | None]]
 #: A chunk's outcome, the moved customers' states encoded apart (``score_chunk``).
 Scored = tuple[StepOutcome, dict[str, bytes]]
+
+#: Seconds a chunk may take in the child (about 0.1 s is usual) before it is taken for hung,
+#: killed, and the rest of the backfill scored in the worker.
+CHILD_TIMEOUT = 120.0
 
 #: Chunks sent to the child and not yet applied: it scores one while the worker applies another.
 IN_FLIGHT = 3
@@ -114,10 +130,31 @@ def score_chunk(
     return out, encoded
 
 
+def _init_child(step: SegmentStep) -> None:
+    """The child's start: the worker's step kept for its chunks; the signal handling it
+    inherited (the worker's handlers, whose wakeup fd is the worker's event loop) undone, so
+    SIGTERM and SIGKILL stop it and Ctrl-C reaches the worker alone; and it exits by itself if
+    the worker dies (SIGKILL) rather than wait for chunks that never come."""
+    global _STEP
+    _STEP = step
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _score_in_child(
     items: Items, model: ModelSnapshot | None, watermark: int, now_ms: int
-) -> tuple[StepOutcome, dict[str, bytes]]:
-    assert _STEP is not None, "a scoring process's step is set before it is forked"
+) -> Scored:
+    assert _STEP is not None, "a scoring process's step is set when it starts"
     return score_chunk(_STEP, items, model, watermark, now_ms)
 
 
@@ -127,9 +164,13 @@ class ScoringProcess:
     come with each chunk. One per backfill."""
 
     def __init__(self, step: SegmentStep) -> None:
-        global _STEP
-        _STEP = step  # read by the child, forked at the first chunk
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        # Forked at the first chunk; with fork, the step is inherited, not pickled.
+        self._pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_init_child,
+            initargs=(step,),
+        )
 
     @classmethod
     def start(cls, step: SegmentStep) -> ScoringProcess | None:
@@ -140,12 +181,26 @@ class ScoringProcess:
 
     async def score(
         self, items: Items, model: ModelSnapshot | None, watermark: int, now_ms: int
-    ) -> tuple[StepOutcome, dict[str, bytes]]:
-        future = self._pool.submit(_score_in_child, items, model, watermark, now_ms)
-        return await asyncio.wrap_future(future)
+    ) -> Scored:
+        """The chunk's outcome; raises ``ChildFailed`` if the child could not be started,
+        died, or took longer than ``CHILD_TIMEOUT`` (it is then killed)."""
+        try:
+            future = self._pool.submit(_score_in_child, items, model, watermark, now_ms)
+            return await asyncio.wait_for(asyncio.wrap_future(future), CHILD_TIMEOUT)
+        except (TimeoutError, BrokenProcessPool, OSError) as exc:
+            self.close(kill=True)
+            raise ChildFailed(repr(exc)) from exc
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the child: after its chunk, or at once (``kill``)."""
+        processes = list(getattr(self._pool, "_processes", {}).values()) if kill else []
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.kill()
+
+
+class ChildFailed(Exception):
+    """The backfill's scoring process could not start, died or hung."""
 
 
 async def rescore_in_child(
@@ -157,13 +212,16 @@ async def rescore_in_child(
     ready: Callable[[], bool],
     progress: Callable[[int, StepOutcome], None],
     pace: Callable[[int], Awaitable[bool]],
+    current: Callable[[], bool] = lambda: True,
 ) -> tuple[set[int], int]:
     """Every customer of ``ids`` (of partitions ``parts``) re-evaluated by ``child``, ``chunk``
     at a time, ``IN_FLIGHT`` chunks sent ahead; each outcome applied under the segmenting lock,
     stale customers left out and evaluated again in-process (see the module). ``pace(done)`` comes
-    before each chunk is sent and may wait (a rate limit) or say stop (False). Returns the
-    partitions still owned and how many customers were done (the rest, if the child died, is
-    the caller's)."""
+    before each chunk is sent and may wait (a rate limit) or say stop (False); ``current()``,
+    under the lock before each outcome is applied, false once the definitions it was scored
+    under are no longer in force (the outcomes left are dropped: the next backfill covers
+    everyone). Returns the partitions still owned and how many customers were done (the rest,
+    if the child failed, is the caller's)."""
     partition_of = seg.table.partition_of
     in_flight: deque[tuple[int, Items, dict[str, bytes | None], asyncio.Task[Scored]]] = deque()
     sent = done = 0
@@ -201,14 +259,18 @@ async def rescore_in_child(
             upto, items, stored, task = in_flight.popleft()
             try:
                 outcome, encoded = await task
-            except BrokenProcessPool as exc:
+            except ChildFailed as exc:
                 log.warning(
-                    "the backfill's scoring process died (%s): the worker scores the rest itself",
+                    "the backfill's scoring process failed (%s): the worker scores the rest itself",
                     exc,
                 )
                 return parts, done
             await top_up()  # the next chunk goes to the child before this one's effects
+            while not ready():  # partitions moving: applied once they settle, if still owned
+                await asyncio.sleep(0.2)
             async with seg.lock:
+                if not current():  # newer definitions in force: this was scored under older
+                    return parts, done
                 parts &= seg.owned()
                 fresh: set[str] = set()
                 again: list[str] = []

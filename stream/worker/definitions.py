@@ -248,7 +248,15 @@ class LiveDefinitions:
         if child is not None:
             try:
                 parts, done = await rescore_in_child(
-                    seg, child, ids, parts, CHILD_CHUNK, ready, progress, pace
+                    seg,
+                    child,
+                    ids,
+                    parts,
+                    CHILD_CHUNK,
+                    ready,
+                    progress,
+                    pace,
+                    lambda: self.version == version,
                 )
             finally:
                 child.close()

@@ -7,6 +7,7 @@ integration tests' live-definitions backfill, which takes this path by default).
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import orjson
@@ -163,3 +164,52 @@ def test_a_customer_changed_while_their_chunk_is_in_the_child_is_scored_again_fr
     # The child's (stale) outcome for c-2 was left out: no state of it from the child.
     assert all("c-2" not in encoded for _, encoded in seg.applied)
     assert set(moved) == {f"c-{i}" for i in range(2, 12)}
+
+
+def _run_in_child(seg: _Segmenting, ids: list[str], child: Any, current: Any) -> Any:
+    async def pace(_: int) -> bool:
+        return True
+
+    async def run() -> Any:
+        try:
+            return await rescore_in_child(
+                seg, child, ids, {0}, 5, lambda: True, lambda d, _: None, pace, current
+            )
+        finally:
+            child.close()
+
+    return asyncio.run(run())
+
+
+def test_a_child_that_cannot_be_forked_leaves_the_backfill_to_the_worker(monkeypatch):
+    step, states, watermark = _customers(12)
+    seg = _Segmenting(step, states, watermark)
+
+    def no_fork() -> int:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    child = ScoringProcess.start(step)
+    assert child is not None
+    parts, done = _run_in_child(seg, sorted(states), child, lambda: True)
+    assert parts == {0} and done == 0 and seg.applied == []  # the caller scores them all
+
+
+def test_outcomes_scored_under_definitions_no_longer_in_force_are_not_applied():
+    step, states, watermark = _customers(12)
+    seg = _Segmenting(step, states, watermark)
+    child = ScoringProcess.start(step)
+    assert child is not None
+    in_force = [True]
+
+    class _Switched:
+        async def score(self, *args: Any) -> Any:
+            result = await child.score(*args)  # type: ignore[union-attr]
+            in_force[0] = False  # newer definitions switched in meanwhile
+            return result
+
+        def close(self) -> None:
+            child.close()  # type: ignore[union-attr]
+
+    parts, done = _run_in_child(seg, sorted(states), _Switched(), lambda: in_force[0])
+    assert done == 0 and seg.applied == []

@@ -80,13 +80,14 @@ def test_grafana_and_prometheus_query_only_exported_metrics():
 
 
 def test_the_redis_cluster_option_replaces_the_single_redis():
-    """deploy/k8s/redis-cluster: the base without its single Redis, six cluster nodes, and the
-    workers' URL a cluster URL the code accepts."""
+    """deploy/k8s-redis-cluster: the base without its single Redis, six cluster nodes, and the
+    workers' URL a cluster URL the code accepts (a sibling of the base: kustomize refuses an
+    overlay inside its base)."""
     from stream.store.connect import is_cluster, parse_redis_url
 
-    overlay = DEPLOY / "k8s" / "redis-cluster"
+    overlay = DEPLOY / "k8s-redis-cluster"
     kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
-    assert kustomization["resources"] == ["../", "redis-cluster.yaml"]
+    assert kustomization["resources"] == ["../k8s", "redis-cluster.yaml"]
     patches = [yaml.safe_load(p["patch"]) for p in kustomization["patches"]]
     deleted = {(p["kind"], p["metadata"]["name"]) for p in patches if p.get("$patch") == "delete"}
     assert deleted == {("StatefulSet", "redis"), ("Service", "redis")}
@@ -100,3 +101,27 @@ def test_the_redis_cluster_option_replaces_the_single_redis():
     assert "--cluster-enabled yes" in start and "--appendonly yes" in start
     create = next(d for d in docs if d["kind"] == "Job")
     assert "--cluster-replicas 1" in create["spec"]["template"]["spec"]["containers"][0]["args"][0]
+
+
+def test_the_manifests_build_with_kustomize():
+    """``kubectl kustomize`` builds the base and the Redis Cluster overlay (skipped where kubectl
+    is not installed): the single Redis is gone from the overlay, the cluster is there."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    built = {}
+    for name in ("k8s", "k8s-redis-cluster"):
+        out = subprocess.run(
+            [kubectl, "kustomize", str(DEPLOY / name)], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        built[name] = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out.stdout)}
+    assert ("StatefulSet", "redis") in built["k8s"]
+    assert ("StatefulSet", "redis") not in built["k8s-redis-cluster"]
+    assert ("StatefulSet", "redis-cluster") in built["k8s-redis-cluster"]
+    assert ("StatefulSet", "segmenter-worker") in built["k8s-redis-cluster"]
