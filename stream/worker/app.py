@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import fcntl
 import gc
 import logging
 import os
@@ -81,30 +82,33 @@ ROCKSDB_OPTIONS: dict[str, Any] = {
 }
 
 
+#: The file a worker holds locked (``flock``) in its temporary data directory while it runs.
+_DATA_DIR_LOCK = ".worker.lock"
+_held_locks: list[Any] = []
+
+
 def _temporary_data_dir() -> str:
     """A data directory for this process alone (``SEGMENTER_DATA_DIR`` empty), removed when it
     exits: nobody starts on it again, so its RocksDB databases would only fill the disk. A
-    worker killed (SIGKILL) cannot remove its own: its name carries its pid, and a worker
-    starting removes those of processes no longer running."""
+    worker killed (SIGKILL) cannot remove its own, so each holds a lock file in it while it
+    runs, and a worker starting removes this user's directories whose lock nobody holds (a
+    lock works across processes, pid namespaces and containers sharing the directory)."""
     root = Path(tempfile.gettempdir())
-    for old in root.glob("segmenter-worker-*-*"):
-        pid = old.name.split("-")[2]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    path = tempfile.mkdtemp(prefix=f"segmenter-worker-{os.getpid()}-")
+    for old in root.glob("segmenter-worker-*"):
+        try:
+            if old.stat().st_uid != os.getuid() or not (old / _DATA_DIR_LOCK).exists():
+                continue
+            with open(old / _DATA_DIR_LOCK, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: its worker runs
+        except OSError:
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix="segmenter-worker-")
+    lock = open(Path(path) / _DATA_DIR_LOCK, "w")  # noqa: SIM115 - held for the process's life
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    _held_locks.append(lock)
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
-
-
-def _running(pid: int) -> bool:
-    """Whether a process with this id exists (perhaps another user's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def tune_gc() -> None:

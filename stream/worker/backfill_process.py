@@ -70,8 +70,8 @@ Items = list[tuple[str, bytes | None, int | None]]
 #: A chunk's outcome, the moved customers' states encoded apart (``score_chunk``).
 Scored = tuple[StepOutcome, dict[str, bytes]]
 
-#: Seconds a chunk may take in the child (about 0.1 s is usual) before it is taken for hung,
-#: killed, and the rest of the backfill scored in the worker.
+#: Seconds the oldest chunk may take in the child, from when it became the oldest (about 0.1 s
+#: is usual), before the child is taken for hung, killed, and the rest scored in the worker.
 CHILD_TIMEOUT = 120.0
 
 #: Chunks sent to the child and not yet applied: it scores one while the worker applies another.
@@ -130,18 +130,17 @@ def score_chunk(
     return out, encoded
 
 
-def _init_child(step: SegmentStep) -> None:
+def _init_child(step: SegmentStep, parent: int) -> None:
     """The child's start: the worker's step kept for its chunks; the signal handling it
     inherited (the worker's handlers, whose wakeup fd is the worker's event loop) undone, so
     SIGTERM and SIGKILL stop it and Ctrl-C reaches the worker alone; and it exits by itself if
-    the worker dies (SIGKILL) rather than wait for chunks that never come."""
+    the worker (``parent``) dies, rather than wait for chunks that never come."""
     global _STEP
     _STEP = step
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -158,6 +157,12 @@ def _score_in_child(
     return score_chunk(_STEP, items, model, watermark, now_ms)
 
 
+def _retrieved(future: asyncio.Future[Scored]) -> None:
+    """A chunk's result nobody awaits any more (the backfill stopped) is not an error to log."""
+    if not future.cancelled():
+        future.exception()
+
+
 class ScoringProcess:
     """A child process forked from the worker, scoring chunks with the worker's step as it was
     at the fork (its definitions, the catalogs they were edited from); the model and watermark
@@ -169,8 +174,9 @@ class ScoringProcess:
             1,
             mp_context=multiprocessing.get_context("fork"),
             initializer=_init_child,
-            initargs=(step,),
+            initargs=(step, os.getpid()),
         )
+        self._failed = False
 
     @classmethod
     def start(cls, step: SegmentStep) -> ScoringProcess | None:
@@ -182,21 +188,34 @@ class ScoringProcess:
     async def score(
         self, items: Items, model: ModelSnapshot | None, watermark: int, now_ms: int
     ) -> Scored:
-        """The chunk's outcome; raises ``ChildFailed`` if the child could not be started,
-        died, or took longer than ``CHILD_TIMEOUT`` (it is then killed)."""
+        """The chunk's outcome; raises ``ChildFailed`` if the child could not be started or
+        died (it is then killed). Cancelling the caller leaves the chunk to the pool's own
+        shutdown (a cancel from here would race its management thread)."""
+        if self._failed:
+            raise ChildFailed("the scoring process failed on an earlier chunk")
         try:
             future = self._pool.submit(_score_in_child, items, model, watermark, now_ms)
-            return await asyncio.wait_for(asyncio.wrap_future(future), CHILD_TIMEOUT)
-        except (TimeoutError, BrokenProcessPool, OSError) as exc:
+        except (BrokenProcessPool, OSError, RuntimeError) as exc:
+            self.close(kill=True)
+            raise ChildFailed(repr(exc)) from exc
+        wrapped = asyncio.wrap_future(future)
+        wrapped.add_done_callback(_retrieved)
+        try:
+            return await asyncio.shield(wrapped)
+        except (BrokenProcessPool, OSError) as exc:
             self.close(kill=True)
             raise ChildFailed(repr(exc)) from exc
 
     def close(self, kill: bool = False) -> None:
-        """Stop the child: after its chunk, or at once (``kill``)."""
-        processes = list(getattr(self._pool, "_processes", {}).values()) if kill else []
+        """Stop the child: after its chunk, or at once (``kill``, after a failure or a chunk
+        that took too long). Idempotent."""
+        if kill:
+            self._failed = True
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.kill()
+        if kill:
+            for process in processes:
+                process.kill()
 
 
 class ChildFailed(Exception):
@@ -237,6 +256,8 @@ async def rescore_in_child(
             while not ready():  # partitions moving: wait until they settle
                 await asyncio.sleep(0.2)
             async with seg.lock:
+                if not ready():
+                    continue  # a rebalance began while a batch held the lock: wait again
                 parts &= seg.owned()
                 if not parts:
                     stopped = True
@@ -257,18 +278,24 @@ async def rescore_in_child(
             if not in_flight:
                 return parts, done
             upto, items, stored, task = in_flight.popleft()
-            try:
-                outcome, encoded = await task
-            except ChildFailed as exc:
+            try:  # the oldest chunk's own time: the others wait behind it in the child
+                outcome, encoded = await asyncio.wait_for(asyncio.shield(task), CHILD_TIMEOUT)
+            except (ChildFailed, TimeoutError) as exc:
+                child.close(kill=True)
                 log.warning(
                     "the backfill's scoring process failed (%s): the worker scores the rest itself",
-                    exc,
+                    exc if isinstance(exc, ChildFailed) else f"a chunk over {CHILD_TIMEOUT} s",
                 )
                 return parts, done
             await top_up()  # the next chunk goes to the child before this one's effects
-            while not ready():  # partitions moving: applied once they settle, if still owned
-                await asyncio.sleep(0.2)
-            async with seg.lock:
+            while True:
+                while not ready():  # partitions moving: applied once they settle, if owned
+                    await asyncio.sleep(0.2)
+                await seg.lock.acquire()
+                if ready():
+                    break
+                seg.lock.release()  # a rebalance began while a batch held the lock
+            try:
                 if not current():  # newer definitions in force: this was scored under older
                     return parts, done
                 parts &= seg.owned()
@@ -302,8 +329,11 @@ async def rescore_in_child(
                         writes=outcome.writes + redone.writes,
                         changes=outcome.changes + redone.changes,
                     )
+            finally:
+                seg.lock.release()
             done = upto
             progress(done, outcome)  # what the chunk wrote and changed, for the status
     finally:
         for *_, left in in_flight:
             left.cancel()
+        await asyncio.gather(*(left for *_, left in in_flight), return_exceptions=True)

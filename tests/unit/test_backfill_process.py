@@ -7,6 +7,7 @@ integration tests' live-definitions backfill, which takes this path by default).
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 from typing import Any
 
@@ -213,3 +214,38 @@ def test_outcomes_scored_under_definitions_no_longer_in_force_are_not_applied():
 
     parts, done = _run_in_child(seg, sorted(states), _Switched(), lambda: in_force[0])
     assert done == 0 and seg.applied == []
+
+
+def test_a_hung_child_is_killed_and_the_backfill_left_to_the_worker(monkeypatch):
+    """A chunk over ``CHILD_TIMEOUT`` (here a child that sleeps): the child is killed, the
+    worker gets the rest, and no task is left with an error nobody retrieved."""
+    import time
+
+    from stream.worker import backfill_process
+
+    step, states, watermark = _customers(12)
+    seg = _Segmenting(step, states, watermark)
+    monkeypatch.setattr(backfill_process, "CHILD_TIMEOUT", 1.0)
+    monkeypatch.setattr(backfill_process, "score_chunk", lambda *a: time.sleep(30))  # in the child
+    child = ScoringProcess.start(step)
+    assert child is not None
+    unretrieved: list[Any] = []
+
+    async def pace(_: int) -> bool:
+        return True
+
+    async def run() -> Any:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: unretrieved.append(ctx))
+        started = time.monotonic()
+        result = await rescore_in_child(
+            seg, child, sorted(states), {0}, 5, lambda: True, lambda d, _: None, pace
+        )
+        return result, time.monotonic() - started
+
+    (parts, done), took = asyncio.run(run())
+    assert parts == {0} and done == 0 and seg.applied == [] and took < 10
+    assert unretrieved == []
+    assert child._failed
+    for process in multiprocessing.active_children():  # killed: reaped within the deadline
+        process.join(10)
+        assert not process.is_alive()
