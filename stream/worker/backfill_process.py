@@ -282,6 +282,8 @@ async def rescore_in_child(
                 outcome, encoded = await asyncio.wait_for(asyncio.shield(task), CHILD_TIMEOUT)
             except (ChildFailed, TimeoutError) as exc:
                 child.close(kill=True)
+                task.cancel()  # (its result, if any, is of a killed child)
+                await asyncio.gather(task, return_exceptions=True)
                 log.warning(
                     "the backfill's scoring process failed (%s): the worker scores the rest itself",
                     exc if isinstance(exc, ChildFailed) else f"a chunk over {CHILD_TIMEOUT} s",
