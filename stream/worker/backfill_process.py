@@ -45,9 +45,10 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import orjson
@@ -222,6 +223,23 @@ class ChildFailed(Exception):
     """The backfill's scoring process could not start, died or hung."""
 
 
+@asynccontextmanager
+async def _locked_when_ready(seg: Segmenting, ready: Callable[[], bool]) -> AsyncIterator[None]:
+    """The segmenting lock, taken once partitions have settled and held only while they stay
+    settled (a rebalance may begin while a batch holds the lock: then wait again)."""
+    while True:
+        while not ready():
+            await asyncio.sleep(0.2)
+        await seg.lock.acquire()
+        if ready():
+            break
+        seg.lock.release()
+    try:
+        yield
+    finally:
+        seg.lock.release()
+
+
 async def rescore_in_child(
     seg: Segmenting,
     child: ScoringProcess,
@@ -242,7 +260,7 @@ async def rescore_in_child(
     everyone). Returns the partitions still owned and how many customers were done (the rest,
     if the child failed, is the caller's)."""
     partition_of = seg.table.partition_of
-    in_flight: deque[tuple[int, Items, dict[str, bytes | None], asyncio.Task[Scored]]] = deque()
+    in_flight: deque[tuple[int, Items, asyncio.Task[Scored]]] = deque()
     sent = done = 0
     stopped = False
 
@@ -253,31 +271,26 @@ async def rescore_in_child(
             if not await pace(sent):
                 stopped = True
                 return
-            while not ready():  # partitions moving: wait until they settle
-                await asyncio.sleep(0.2)
-            async with seg.lock:
-                if not ready():
-                    continue  # a rebalance began while a batch held the lock: wait again
+            async with _locked_when_ready(seg, ready):
                 parts &= seg.owned()
                 if not parts:
                     stopped = True
                     return
                 chosen = [c for c in ids[sent : sent + chunk] if partition_of.get(c) in parts]
-                stored = {c: seg.table.load(c) for c in chosen}
-                items = [(c, stored[c], seg.schedule.due_of(c)) for c in chosen]
+                items = [(c, seg.table.load(c), seg.schedule.due_of(c)) for c in chosen]
                 model, watermark = seg.model, seg.watermark
             sent = min(len(ids), sent + chunk)
             task = asyncio.ensure_future(
                 child.score(items, model, watermark, int(time.time() * 1000))
             )
-            in_flight.append((sent, items, stored, task))
+            in_flight.append((sent, items, task))
 
     try:
         while True:
             await top_up()
             if not in_flight:
                 return parts, done
-            upto, items, stored, task = in_flight.popleft()
+            upto, items, task = in_flight.popleft()
             try:  # the oldest chunk's own time: the others wait behind it in the child
                 outcome, encoded = await asyncio.wait_for(asyncio.shield(task), CHILD_TIMEOUT)
             except (ChildFailed, TimeoutError) as exc:
@@ -290,23 +303,16 @@ async def rescore_in_child(
                 )
                 return parts, done
             await top_up()  # the next chunk goes to the child before this one's effects
-            while True:
-                while not ready():  # partitions moving: applied once they settle, if owned
-                    await asyncio.sleep(0.2)
-                await seg.lock.acquire()
-                if ready():
-                    break
-                seg.lock.release()  # a rebalance began while a batch held the lock
-            try:
+            async with _locked_when_ready(seg, ready):  # applied once partitions settle
                 if not current():  # newer definitions in force: this was scored under older
                     return parts, done
                 parts &= seg.owned()
                 fresh: set[str] = set()
                 again: list[str] = []
-                for c, _, due in items:
+                for c, raw, due in items:
                     if partition_of.get(c) not in parts:
                         continue
-                    if seg.table.load(c) == stored[c] and seg.schedule.due_of(c) == due:
+                    if seg.table.load(c) == raw and seg.schedule.due_of(c) == due:
                         fresh.add(c)
                     else:
                         again.append(c)
@@ -331,8 +337,6 @@ async def rescore_in_child(
                         writes=outcome.writes + redone.writes,
                         changes=outcome.changes + redone.changes,
                     )
-            finally:
-                seg.lock.release()
             done = upto
             progress(done, outcome)  # what the chunk wrote and changed, for the status
     finally:
