@@ -195,7 +195,7 @@ class Settings(BaseSettings):
     segments_file: Path | None = Field(None, description="rule segments YAML; empty: built-in")
     personas_file: Path | None = Field(None, description="persona catalog YAML; empty: built-in")
     definitions_refresh_interval: Annotated[float, Field(gt=0)] = Field(
-        0.5, description="seconds between a worker's checks for newly published definitions"
+        0.1, description="seconds between a worker's checks for newly published definitions"
     )
     backfill_rate: Annotated[float, Field(ge=0)] = Field(
         20_000.0,

@@ -16,8 +16,10 @@ ahead).
 
 **Nothing stale is applied.** A live batch may change a customer between the chunk's read and
 its outcome's return. Under the segmenting lock, before a chunk's outcome is applied, each
-customer's state in the table and due time are compared with those the child was given; whom
-either moved (a live event, a time-driven evaluation), or whose partition left the worker, is
+customer is checked: whose state the table changed since the chunk was read (the table notes
+every key it writes or recovers while the backfill watches it: ``CustomerTable.watch``, so the
+state is not read a second time), whose due time is not the one the child was given (a live
+event, a time-driven evaluation), or whose partition left the worker, is
 left out of the outcome, and the customers still owned among them are evaluated again in the
 worker's own process, from their state now. The child reads nothing but what it is sent, and
 writes nothing: every effect is the worker's, in the order a batch's are.
@@ -260,7 +262,8 @@ async def rescore_in_child(
     everyone). Returns the partitions still owned and how many customers were done (the rest,
     if the child failed, is the caller's)."""
     partition_of = seg.table.partition_of
-    in_flight: deque[tuple[int, Items, asyncio.Task[Scored]]] = deque()
+    touches = seg.table.watch()  # whose state changes after their chunk was read
+    in_flight: deque[tuple[int, Items, int, asyncio.Task[Scored]]] = deque()
     sent = done = 0
     stopped = False
 
@@ -277,20 +280,21 @@ async def rescore_in_child(
                     stopped = True
                     return
                 chosen = [c for c in ids[sent : sent + chunk] if partition_of.get(c) in parts]
-                items = [(c, seg.table.load(c), seg.schedule.due_of(c)) for c in chosen]
-                model, watermark = seg.model, seg.watermark
+                load, due_of = seg.table.load, seg.schedule.due_of
+                items = [(c, load(c), due_of(c)) for c in chosen]
+                model, watermark, read_at = seg.model, seg.watermark, touches.seq
             sent = min(len(ids), sent + chunk)
             task = asyncio.ensure_future(
                 child.score(items, model, watermark, int(time.time() * 1000))
             )
-            in_flight.append((sent, items, task))
+            in_flight.append((sent, items, read_at, task))
 
     try:
         while True:
             await top_up()
             if not in_flight:
                 return parts, done
-            upto, items, task = in_flight.popleft()
+            upto, items, read_at, task = in_flight.popleft()
             try:  # the oldest chunk's own time: the others wait behind it in the child
                 outcome, encoded = await asyncio.wait_for(asyncio.shield(task), CHILD_TIMEOUT)
             except (ChildFailed, TimeoutError) as exc:
@@ -309,10 +313,11 @@ async def rescore_in_child(
                 parts &= seg.owned()
                 fresh: set[str] = set()
                 again: list[str] = []
-                for c, raw, due in items:
+                changed, due_of = touches.changed_since, seg.schedule.due_of
+                for c, _, due in items:
                     if partition_of.get(c) not in parts:
                         continue
-                    if seg.table.load(c) == raw and seg.schedule.due_of(c) == due:
+                    if not changed(c, read_at) and due_of(c) == due:
                         fresh.add(c)
                     else:
                         again.append(c)
@@ -340,6 +345,7 @@ async def rescore_in_child(
             done = upto
             progress(done, outcome)  # what the chunk wrote and changed, for the status
     finally:
+        seg.table.unwatch(touches)
         for *_, left in in_flight:
             left.cancel()
         await asyncio.gather(*(left for *_, left in in_flight), return_exceptions=True)

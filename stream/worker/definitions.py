@@ -195,7 +195,7 @@ class LiveDefinitions:
         (``SegmentStep.reevaluate``)."""
         seg = self.segmenting
         partition_of = seg.table.partition_of
-        ids = [c for c, _ in seg.table.stored() if partition_of.get(c) in parts]
+        ids = [c for c in seg.table.stored_ids() if partition_of.get(c) in parts]
         events, events_before = seg.effects.counters, seg.effects.counters.get("events", 0)
         started = time.monotonic()
         status: dict[str, Any] = {

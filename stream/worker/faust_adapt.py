@@ -565,6 +565,31 @@ class RecordBatches:
         return out
 
 
+class Touches:
+    """Which keys a table's states changed since a watch began, and when: ``seq`` counts the
+    changes, ``last[key]`` is the count at the key's newest one (``CustomerTable.watch``). A
+    reader that took a state at ``seq`` == s knows it is still the table's if
+    ``last.get(key, -1) < s``, without reading the state again.
+
+    >>> t = Touches(); s = t.seq; t.note(["a"]); t.changed_since("a", s), t.changed_since("b", s)
+    (True, False)
+    """
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.last: dict[str, int] = {}
+
+    def note(self, keys: Iterable[str]) -> None:
+        seq = self.seq
+        last = self.last
+        for key in keys:
+            last[key] = seq
+        self.seq = seq + 1
+
+    def changed_since(self, key: str, seq: int) -> bool:
+        return self.last.get(key, -1) >= seq
+
+
 class CustomerTable(faust.Table):  # type: ignore[type-arg]
     """The profile table: customer id to our own bytes (the worker encodes profiles itself).
 
@@ -600,6 +625,7 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
         self.value_serializer = "raw"
         self.end_markers = end_markers
         self.partition_of: dict[str, int] = {}
+        self._watches: list[Touches] = []
         self.batches = RecordBatches(lambda: self.app.producer._ensure_producer())  # type: ignore[attr-defined]
 
     def partition_for_key(self, key: Any) -> int | None:
@@ -612,6 +638,8 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
             key = event.key
             if isinstance(key, str) and key != END_MARKER_KEY:
                 self.partition_of[key] = event.message.partition
+        if self._watches:
+            self._touched(e.key for e in events if isinstance(e.key, str))
         super().apply_changelog_batch(events)
 
     @property
@@ -650,6 +678,41 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
                     self.partition_of[key] = partition
                     yield key, value
 
+    def stored_ids(self) -> list[str]:
+        """Every stored customer id of the active partitions (``stored`` without reading the
+        values: a backfill lists its customers before it reads each chunk's states)."""
+        rocks = self.rocks
+        if rocks is None:
+            return [key for key, value in self.data.items() if key != END_MARKER_KEY and value]
+        actives = {tp.partition for tp in self.app.assignor.assigned_actives()}
+        out: list[str] = []
+        partition_of = self.partition_of
+        decode = rocks._decode_key
+        for partition, db in list(rocks._dbs.items()):
+            if partition not in actives:
+                continue
+            for raw_key in rocks._visible_keys(db):
+                key = decode(raw_key)
+                if key != END_MARKER_KEY:
+                    partition_of[key] = partition
+                    out.append(key)
+        return out
+
+    def watch(self) -> Touches:
+        """A record of the keys this table's states change from now on (``Touches``), until
+        ``unwatch``."""
+        touches = Touches()
+        self._watches.append(touches)
+        return touches
+
+    def unwatch(self, touches: Touches) -> None:
+        if touches in self._watches:
+            self._watches.remove(touches)
+
+    def _touched(self, keys: Iterable[str]) -> None:
+        for touches in self._watches:
+            touches.note(keys)
+
     async def write(self, values: Mapping[str, bytes | None]) -> None:
         """Deliver these values' changelog records (None: delete), then the end markers, then
         keep the values in the local store. Returns once the broker has them all: only then
@@ -675,6 +738,7 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
             markers = [await self._send(END_MARKER_KEY, None, p) for p in partitions]
             for meta in await asyncio.gather(*markers):
                 newest[meta.partition] = max(newest.get(meta.partition, -1), meta.offset)
+        self._touched(values)
         rocks = self.rocks
         if rocks is None:
             for key, value in values.items():

@@ -260,7 +260,7 @@ class Segmenting:
             populated: set[int] = set()
             pending: list[str] = []
             partition_of = self.table.partition_of
-            for customer_id, _ in self.table.stored():
+            for customer_id in self.table.stored_ids():
                 partition = partition_of.get(customer_id)
                 if partition in owned:
                     populated.add(partition)
@@ -339,7 +339,7 @@ class Segmenting:
         if not self._unassigned or self.model is None or not self.ready():
             return
         async with self.lock:
-            ids = [c for c, _ in self.table.stored()]
+            ids = self.table.stored_ids()
         assigned = 0
         for i in range(0, len(ids), chunk):
             async with self.lock:

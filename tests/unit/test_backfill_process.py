@@ -19,6 +19,7 @@ from models.segments import SegmentCatalog
 from models.step import SegmentStep, SourceMessage, StepOutcome
 from stream.worker.backfill_process import ScoringProcess, rescore_in_child, score_chunk
 from stream.worker.effects import encode_profile
+from stream.worker.faust_adapt import Touches
 
 TS = 1795000000000
 
@@ -65,12 +66,28 @@ def test_the_child_scores_as_the_worker_would():
 
 
 class _Table:
+    """The table's part ``rescore_in_child`` uses: load, and the watch of changed states
+    (``put`` is a live batch's write; the real table's is tested in test_state_watch.py)."""
+
     def __init__(self, states: dict[str, bytes]) -> None:
         self.states = dict(states)
         self.partition_of = {c: 0 for c in states}
+        self.watches: list[Touches] = []
 
     def load(self, customer_id: str) -> bytes | None:
         return self.states.get(customer_id)
+
+    def put(self, customer_id: str, state: bytes) -> None:
+        for touches in self.watches:
+            touches.note([customer_id])
+        self.states[customer_id] = state
+
+    def watch(self) -> Touches:
+        self.watches.append(Touches())
+        return self.watches[-1]
+
+    def unwatch(self, touches: Touches) -> None:
+        self.watches.remove(touches)
 
 
 class _Profiles:
@@ -133,7 +150,7 @@ def test_a_customer_changed_while_their_chunk_is_in_the_child_is_scored_again_fr
     class _Interleaved:
         async def score(self, *args: Any) -> Any:
             result = await child.score(*args)  # type: ignore[union-attr]
-            seg.table.states["c-2"] = encode_profile(more.states["c-2"])  # a live batch
+            seg.table.put("c-2", encode_profile(more.states["c-2"]))  # a live batch
             return result
 
     done: list[int] = []
@@ -165,6 +182,7 @@ def test_a_customer_changed_while_their_chunk_is_in_the_child_is_scored_again_fr
     # The child's (stale) outcome for c-2 was left out: no state of it from the child.
     assert all("c-2" not in encoded for _, encoded in seg.applied)
     assert set(moved) == {f"c-{i}" for i in range(2, 12)}
+    assert seg.table.watches == []  # the backfill's watch ended with it
 
 
 def _run_in_child(seg: _Segmenting, ids: list[str], child: Any, current: Any) -> Any:
