@@ -47,10 +47,9 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import orjson
@@ -60,6 +59,7 @@ from models.features import CustomerProfile
 from models.schedule import DueSchedule
 from models.step import SegmentStep, StepOutcome
 from stream.worker.effects import encode_profile
+from stream.worker.rebuild import locked_when_ready
 
 if TYPE_CHECKING:
     from stream.worker.segmenting import Segmenting
@@ -225,23 +225,6 @@ class ChildFailed(Exception):
     """The backfill's scoring process could not start, died or hung."""
 
 
-@asynccontextmanager
-async def _locked_when_ready(seg: Segmenting, ready: Callable[[], bool]) -> AsyncIterator[None]:
-    """The segmenting lock, taken once partitions have settled and held only while they stay
-    settled (a rebalance may begin while a batch holds the lock: then wait again)."""
-    while True:
-        while not ready():
-            await asyncio.sleep(0.2)
-        await seg.lock.acquire()
-        if ready():
-            break
-        seg.lock.release()
-    try:
-        yield
-    finally:
-        seg.lock.release()
-
-
 async def rescore_in_child(
     seg: Segmenting,
     child: ScoringProcess,
@@ -274,7 +257,7 @@ async def rescore_in_child(
             if not await pace(sent):
                 stopped = True
                 return
-            async with _locked_when_ready(seg, ready):
+            async with locked_when_ready(seg, ready):
                 parts &= seg.owned()
                 if not parts:
                     stopped = True
@@ -307,7 +290,7 @@ async def rescore_in_child(
                 )
                 return parts, done
             await top_up()  # the next chunk goes to the child before this one's effects
-            async with _locked_when_ready(seg, ready):  # applied once partitions settle
+            async with locked_when_ready(seg, ready):  # applied once partitions settle
                 if not current():  # newer definitions in force: this was scored under older
                     return parts, done
                 parts &= seg.owned()

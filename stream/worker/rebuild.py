@@ -51,7 +51,8 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -66,7 +67,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["REBUILD_CHUNK", "Mark", "PartitionMarks", "StoreRebuild", "rescore_in_chunks"]
+__all__ = [
+    "REBUILD_CHUNK",
+    "Mark",
+    "PartitionMarks",
+    "StoreRebuild",
+    "locked_when_ready",
+    "rescore_in_chunks",
+]
 
 #: Customers rewritten per chunk, under the segmenting lock (a live batch waits at most one).
 REBUILD_CHUNK = 500
@@ -148,6 +156,23 @@ class PartitionMarks:
             del self.held[p]
 
 
+@asynccontextmanager
+async def locked_when_ready(seg: Segmenting, ready: Callable[[], bool]) -> AsyncIterator[None]:
+    """The segmenting lock, taken once partitions have settled and held only while they stay
+    settled (a rebalance may begin while a batch holds the lock: then wait again)."""
+    while True:
+        while not ready():
+            await asyncio.sleep(0.2)
+        await seg.lock.acquire()
+        if ready():
+            break
+        seg.lock.release()
+    try:
+        yield
+    finally:
+        seg.lock.release()
+
+
 async def rescore_in_chunks(
     seg: Segmenting,
     ids: list[str],
@@ -190,9 +215,7 @@ async def rescore_in_chunks(
     while i < len(ids):
         if pace is not None and not await pace(i):
             break
-        while not ready():  # partitions moving: wait until they settle
-            await asyncio.sleep(0.2)
-        async with seg.lock:
+        async with locked_when_ready(seg, ready):  # once partitions have settled
             parts &= seg.owned()
             if not parts:
                 break

@@ -280,3 +280,53 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:  # gone, perhaps while being read
         return False
+
+
+def test_a_chunk_waits_for_a_rebalance_that_began_while_a_batch_held_the_lock():
+    """The in-process backfill (``rescore_in_chunks``, what the worker falls back to) takes a
+    chunk's lock through ``locked_when_ready``, as the child's does: partitions were settled
+    when it began waiting for the lock, and started moving before it got it."""
+    from types import SimpleNamespace
+
+    from stream.worker.rebuild import rescore_in_chunks
+
+    settled = [True]
+    scored: list[bool] = []
+
+    async def apply(outcome: StepOutcome) -> None:
+        pass
+
+    def score(ids: list[str]) -> StepOutcome:
+        scored.append(settled[0])
+        return StepOutcome(0)
+
+    async def run() -> None:
+        seg = SimpleNamespace(
+            lock=asyncio.Lock(),
+            table=SimpleNamespace(partition_of={"c-1": 0}),
+            owned=lambda: {0},
+            apply=apply,
+        )
+        await seg.lock.acquire()  # a live batch holds the lock
+        task = asyncio.ensure_future(
+            rescore_in_chunks(
+                seg,  # type: ignore[arg-type]
+                ["c-1"],
+                {0},
+                10,
+                lambda: settled[0],
+                lambda d, _: None,
+                score,
+            )
+        )
+        await asyncio.sleep(0.05)  # the chunk saw settled partitions; it waits for the lock
+        settled[0] = False  # a rebalance begins
+        seg.lock.release()
+        await asyncio.sleep(0.5)
+        assert scored == [] and not seg.lock.locked()  # not while partitions move; lock let go
+        settled[0] = True
+        assert await asyncio.wait_for(task, 10) == {0}
+        assert not seg.lock.locked()
+
+    asyncio.run(run())
+    assert scored == [True]
