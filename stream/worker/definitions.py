@@ -194,8 +194,7 @@ class LiveDefinitions:
         """Re-evaluate every customer of these partitions under definitions ``version``
         (``SegmentStep.reevaluate``)."""
         seg = self.segmenting
-        partition_of = seg.table.partition_of
-        ids = [c for c in seg.table.stored_ids() if partition_of.get(c) in parts]
+        ids = seg.table.stored_ids(parts)
         events, events_before = seg.effects.counters, seg.effects.counters.get("events", 0)
         started = time.monotonic()
         status: dict[str, Any] = {

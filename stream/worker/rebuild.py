@@ -372,8 +372,7 @@ class StoreRebuild:
             self.waiting = "model"
             return
         self.waiting = None
-        partition_of = seg.table.partition_of
-        ids = [c for c in seg.table.stored_ids() if partition_of.get(c) in parts]
+        ids = seg.table.stored_ids(parts)
         reasons = sorted(set(stale.values()))
         self.partitions, self.reason = sorted(parts), "; ".join(reasons)
         self.done, self.total, self.finished_at = 0, len(ids), None

@@ -72,8 +72,9 @@ class Table:
     def stored(self) -> Iterator[tuple[str, bytes]]:
         yield from ((k, v) for k, v in list(self.data.items()) if v)
 
-    def stored_ids(self) -> list[str]:
-        return [k for k, _ in self.stored()]
+    def stored_ids(self, partitions: Any = None) -> list[str]:
+        wanted = partitions
+        return [k for k, _ in self.stored() if wanted is None or self.partition_of.get(k) in wanted]
 
     def load(self, key: str) -> bytes | None:
         return self.data.get(key)
