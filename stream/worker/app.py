@@ -342,9 +342,14 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
     async def check_store() -> None:
         await unless_redis_is_down("store check", rebuild.check)
 
-    @app.timer(settings.definitions_refresh_interval)  # type: ignore[untyped-decorator]
+    @app.task  # type: ignore[untyped-decorator]
     async def refresh_definitions() -> None:
-        await definitions.refresh()
+        # A loop rather than a Faust timer: a check that takes longer than the short interval
+        # (the switch waits for a batch's lock; a slow broker) is not an overlap to warn of.
+        while not app.should_stop:
+            await app.sleep(settings.definitions_refresh_interval)
+            if not app.should_stop:
+                await definitions.refresh()
 
     @app.timer(SegmenterConsumer.stall_after / 4)  # type: ignore[untyped-decorator]
     async def check_stalled() -> None:

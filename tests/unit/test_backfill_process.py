@@ -179,8 +179,11 @@ def test_a_customer_changed_while_their_chunk_is_in_the_child_is_scored_again_fr
     assert sorted(written) == sorted(set(written))  # each customer once
     moved = {w.customer_id: w for out, _ in seg.applied for w in out.writes}
     assert "c-2" in moved and moved["c-2"].record["rule_segments"] == ["big"]
-    # The child's (stale) outcome for c-2 was left out: no state of it from the child.
+    # The child's (stale) outcome for c-2 was left out: no state of it from the child; the
+    # others' states are the child's.
     assert all("c-2" not in encoded for _, encoded in seg.applied)
+    from_child = {c for _, encoded in seg.applied for c in encoded}
+    assert from_child == {f"c-{i}" for i in range(3, 12)}
     assert set(moved) == {f"c-{i}" for i in range(2, 12)}
     assert seg.table.watches == []  # the backfill's watch ended with it
 
