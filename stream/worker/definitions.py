@@ -67,8 +67,24 @@ __all__ = ["LiveDefinitions"]
 BACKFILL_CHUNK = 100
 BACKFILL_SLICE = 0.1
 #: Customers a chunk carries to the backfill's child process (``rescore_in_child``): about
-#: 0.1 s of its scoring; ``backfill_process.IN_FLIGHT`` are sent ahead.
+#: 0.1 s of its scoring; ``backfill_process.IN_FLIGHT`` are sent ahead. Fewer under a rate
+#: limit below ``CHILD_CHUNK / RATE_SLICE`` a second (``child_chunk``).
 CHILD_CHUNK = 2_000
+#: Seconds of the rate limit one chunk to the child may take up at most: the limit holds
+#: over a fraction of a second, not only over the whole backfill.
+RATE_SLICE = 0.1
+
+
+def child_chunk(rate: float) -> int:
+    """Customers per chunk to the child under ``SEGMENTER_BACKFILL_RATE`` ``rate`` (0: none).
+
+    >>> child_chunk(0), child_chunk(20_000), child_chunk(300), child_chunk(1)
+    (2000, 2000, 30, 1)
+    """
+    if rate <= 0:
+        return CHILD_CHUNK
+    return max(1, min(CHILD_CHUNK, int(rate * RATE_SLICE)))
+
 
 #: Builds the catalog of a set in force (the settings' files for a kind not published).
 Compile = Callable[[dict[str, PublishedDefinitions]], SegmentCatalog]
@@ -251,7 +267,7 @@ class LiveDefinitions:
                     child,
                     ids,
                     parts,
-                    CHILD_CHUNK,
+                    child_chunk(self.rate),
                     ready,
                     progress,
                     pace,

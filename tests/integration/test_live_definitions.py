@@ -82,13 +82,9 @@ def test_apply_switches_backfills_and_keeps_live_traffic_flowing(stack, tmp_path
         assert "revenue_totl" in message
         assert read_definitions(settings) == {}
 
-        good = tmp_path / "segments-v2.yaml"
-        good.write_text(NEW_SEGMENTS)
-        applied = run_cli(settings, "segments", "apply", str(good))
-        assert applied.returncode == 0, applied.stderr
-        assert "definitions version 1" in applied.stderr
-
-        # Live traffic while the worker re-evaluates everyone (300 customers a second here).
+        # Live traffic while the worker re-evaluates everyone (300 customers a second here),
+        # flowing before the apply, so that it is there when the backfill begins however slow
+        # the machine is to start the sender.
         live = TrafficGenerator(customers=20, seed=9, start_ms=START + 3_600_000)
         stop = threading.Event()
         live_sent = [0]
@@ -112,6 +108,12 @@ def test_apply_switches_backfills_and_keeps_live_traffic_flowing(stack, tmp_path
         sender = threading.Thread(target=send_live)
         sender.start()
         try:
+            wait_until(lambda: client.stats().get("events", 0) > sent, 60, "the first live events")
+            good = tmp_path / "segments-v2.yaml"
+            good.write_text(NEW_SEGMENTS)
+            applied = run_cli(settings, "segments", "apply", str(good))
+            assert applied.returncode == 0, applied.stderr
+            assert "definitions version 1" in applied.stderr
             status = wait_until(
                 lambda: (s := definitions_status(client.workers()))["complete"] == 1 and s,
                 60,
