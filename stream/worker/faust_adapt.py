@@ -671,10 +671,7 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
                 if key != END_MARKER_KEY and value:
                     yield key, value
             return
-        actives = {tp.partition for tp in self.app.assignor.assigned_actives()}
-        for partition, db in list(rocks._dbs.items()):
-            if partition not in actives:
-                continue
+        for partition, db in self._active_databases(rocks):
             for raw_key, value in rocks._visible_items(db):
                 key = rocks._decode_key(raw_key)
                 if key != END_MARKER_KEY and value:
@@ -700,17 +697,25 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
                 and value
                 and (wanted is None or partition_of.get(key) in wanted)
             ]
-        actives = {tp.partition for tp in self.app.assignor.assigned_actives()}
         out: list[str] = []
-        for partition, db in list(rocks._dbs.items()):
-            if partition not in actives or (wanted is not None and partition not in wanted):
-                continue
+        for partition, db in self._active_databases(rocks, wanted):
             raws = db.keys()  # noqa: SIM118 (a rocksdict database, not a dict)
             keys = [orjson.loads(raw) for raw in raws if raw != rocks.offset_key]
             keys = [key for key in keys if key != END_MARKER_KEY]
             self.partition_of.update(dict.fromkeys(keys, partition))
             out.extend(keys)
         return out
+
+    def _active_databases(
+        self, rocks: RocksStore, wanted: set[int] | None = None
+    ) -> list[tuple[int, Any]]:
+        """The RocksDB databases of the active partitions (of ``wanted`` among them)."""
+        actives = {tp.partition for tp in self.app.assignor.assigned_actives()}
+        return [
+            (partition, db)
+            for partition, db in list(rocks._dbs.items())
+            if partition in actives and (wanted is None or partition in wanted)
+        ]
 
     def watch(self) -> Touches:
         """A record of the keys this table's states change from now on (``Touches``), until

@@ -295,6 +295,16 @@ def test_a_chunk_waits_for_a_rebalance_that_began_while_a_batch_held_the_lock():
 
     settled = [True]
     scored: list[bool] = []
+    answers: list[bool] = []  # what each readiness check answered
+
+    def ready() -> bool:
+        answers.append(settled[0])
+        return settled[0]
+
+    async def until(condition: Any) -> None:  # polled, with a deadline
+        deadline = asyncio.get_running_loop().time() + 10
+        while not condition() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0)
 
     async def apply(outcome: StepOutcome) -> None:
         pass
@@ -317,15 +327,16 @@ def test_a_chunk_waits_for_a_rebalance_that_began_while_a_batch_held_the_lock():
                 ["c-1"],
                 {0},
                 10,
-                lambda: settled[0],
+                ready,
                 lambda d, _: None,
                 score,
             )
         )
-        await asyncio.sleep(0.05)  # the chunk saw settled partitions; it waits for the lock
+        await until(lambda: answers)  # the chunk saw settled partitions; it waits for the lock
         settled[0] = False  # a rebalance begins
         seg.lock.release()
-        await asyncio.sleep(0.5)
+        # It takes the lock, sees partitions moving, lets the lock go and waits again.
+        await until(lambda: answers.count(False) >= 2 or scored)
         assert scored == [] and not seg.lock.locked()  # not while partitions move; lock let go
         settled[0] = True
         assert await asyncio.wait_for(task, 10) == {0}

@@ -61,13 +61,19 @@ def test_a_chunk_read_while_a_write_is_being_delivered_sees_that_write_as_newer(
         loop = asyncio.get_running_loop()
         delivery = loop.create_future()
 
+        handed: list[int] = []
+
         async def slow(records: Any) -> list[tuple[Any, int]]:
-            return [(delivery, len(list(records)))]
+            handed.append(len(list(records)))
+            return [(delivery, handed[-1])]
 
         table.batches.send = slow  # type: ignore[method-assign]
         touches = table.watch()
         writing = asyncio.ensure_future(table.write({"a": b"new"}))
-        await asyncio.sleep(0.01)  # the write waits for the broker
+        deadline = loop.time() + 10
+        while not handed and loop.time() < deadline:  # until the write waits for the broker
+            await asyncio.sleep(0)
+        assert handed and not writing.done()
         read_at, read = touches.seq, table.load("a")  # a chunk is read meanwhile
         delivery.set_result(SimpleNamespace(partition=0, offset=0))
         await writing
