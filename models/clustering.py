@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 from river import cluster
 
-from models.features import FEATURE_GROUPS, FEATURE_VECTOR
+from models.features import CATEGORY_SHARE, FEATURE_GROUPS, FEATURE_VECTOR
 
 __all__ = [
+    "CATEGORIES",
+    "CATEGORY_WEIGHT",
     "K_RANGE",
     "PERSONA_QUANTILES",
     "SNAPSHOT_SCHEMA",
@@ -56,6 +58,18 @@ _CLIP = 2.0
 _GROUP_SPREAD = math.sqrt(2.0)
 _SILHOUETTE_SAMPLE = 1000
 _KEY_SPACE = 1 << 63
+#: The categories whose shares the clustering space has, by default: the shop's most viewed,
+#: learned with the space (``ClusterTrainer``). A category past them counts in no dimension.
+CATEGORIES = 12
+#: How much more the category mix weighs than the device or daypart mix, by default: two
+#: customers with disjoint category mixes are 3 interquartile units apart, not 1. A customer's
+#: views spread over several categories, so real mixes are far closer than disjoint ones.
+CATEGORY_WEIGHT = 3.0
+
+#: A sample as the trainer keeps it: its point in the trainer's features, and its category
+#: mix (``category_share.*`` of the feature vector; None when the space has no categories),
+#: from which the point is made again when the space's categories change.
+_Entry = tuple[list[float], dict[str, float] | None]
 
 
 def population_key(customer_id: str) -> int:
@@ -85,13 +99,15 @@ class FeatureScaling:
     the personas differ most, against the device and daypart mixes.)
 
     Shares that describe one thing together (``FEATURE_GROUPS``: the device mix, the daypart
-    mix) are not scaled one by one: they share a unit already (a share of visits), and scaling
-    each would make a rare device weigh as much as the main split. The group is divided as a
-    whole by sqrt(2), the distance between two disjoint mixes, so that the largest difference
-    a group can make equals a scalar feature's interquartile spread: seven device and daypart
-    shares weigh like two features, not seven. (Dividing by sqrt(group size) would instead equalise
-    the group's summed variance; it makes the four dayparts weigh less than the three devices
-    for the same difference in behaviour, which is why the mix bound is used.)
+    mix; the trainer adds the category mix) are not scaled one by one: they share a unit
+    already (a share of visits), and scaling each would make a rare device weigh as much as
+    the main split. The group is divided as a whole by sqrt(2), the distance between two
+    disjoint mixes, so that the largest difference a group can make equals a scalar feature's
+    interquartile spread: seven device and daypart shares weigh like two features, not seven.
+    (Dividing by sqrt(group size) would instead equalise the group's summed variance; it makes
+    the four dayparts weigh less than the three devices for the same difference in behaviour,
+    which is why the mix bound is used.) ``weights`` multiply a group's: the category mix
+    weighs ``ClusterTrainer``'s ``category_weight`` (see there why).
 
     >>> s = FeatureScaling.learn([[v, 0.0] for v in range(101)], ("price", "x"))
     >>> s.centres, s.spreads
@@ -115,9 +131,14 @@ class FeatureScaling:
         features: Sequence[str],
         groups: Mapping[str, Sequence[str]] = FEATURE_GROUPS,
         quantiles: tuple[float, float] = _QUANTILES,
+        weights: Mapping[str, float] | None = None,
     ) -> FeatureScaling:
         """The space of ``points``; ``quantiles``: the percentiles whose distance is a scalar
-        feature's unit (p25-p75 for the clusters, ``PERSONA_QUANTILES`` for personas)."""
+        feature's unit (p25-p75 for the clusters, ``PERSONA_QUANTILES`` for personas);
+        ``weights``: group name -> how many times its distances count (default 1)."""
+        weights = weights or {}
+        if any(not w > 0 for w in weights.values()):
+            raise ValueError("a group's weight must be positive")
         data = np.asarray(points, dtype=float)
         if data.ndim != 2 or data.shape[1] != len(features) or not len(data):
             raise ValueError("scaling needs a non-empty 2-d array with one column per feature")
@@ -132,10 +153,11 @@ class FeatureScaling:
         spread = np.where(spread > 1e-9, spread, 1.0)
         centres, spreads = [float(v) for v in median], [float(v) for v in spread]
         index = {name: i for i, name in enumerate(features)}
-        for members in groups.values():
-            if all(m in index for m in members):
+        for name, members in groups.items():
+            if members and all(m in index for m in members):
+                unit = _GROUP_SPREAD / weights.get(name, 1.0)
                 for m in members:
-                    centres[index[m]], spreads[index[m]] = 0.0, _GROUP_SPREAD
+                    centres[index[m]], spreads[index[m]] = 0.0, unit
         return cls(tuple(centres), tuple(spreads))
 
     @cached_property
@@ -200,6 +222,10 @@ class ModelSnapshot:
     k_scores: dict[int, float] = field(default_factory=dict)
     k_mode: str = "fixed"
     persona_scaling: FeatureScaling | None = None
+    #: How many categories the trainer kept when it learned this space (its ``categories``;
+    #: the ones it found are the ``category_share.*`` of ``features``); None: a snapshot
+    #: stored before the category mix, which the trainer retrains from.
+    categories: int | None = None
 
     def point(self, x: Mapping[str, float]) -> list[float]:
         """A feature dict as a point of the clustering space."""
@@ -260,6 +286,7 @@ class ModelSnapshot:
             "persona_scaling": (
                 None if self.persona_scaling is None else self.persona_scaling.to_dict()
             ),
+            "categories": self.categories,
             "k": {
                 "mode": self.k_mode,
                 "chosen": len(self.centres),
@@ -287,6 +314,7 @@ class ModelSnapshot:
             k_scores={int(n): float(s) for n, s in (k.get("scores") or {}).items()},
             k_mode=str(k.get("mode", "fixed")),
             persona_scaling=None if personas is None else FeatureScaling.from_dict(personas),
+            categories=None if data.get("categories") is None else int(data["categories"]),
         )
 
 
@@ -302,6 +330,13 @@ class ClusterTrainer:
     never less than ``halflife``. The space stays fixed between re-fits, so successive
     snapshots are comparable; a re-fit (``min_share``) learns it again from the recent window.
     Only one trainer runs in a deployment, so every worker sees the same clusters.
+
+    **The category mix.** Beside ``features``, the space has the shares of the ``categories``
+    most viewed categories of the customers it was learned from (``category_share.<name>``,
+    :func:`models.features.feature_vector`), one group weighing like one feature
+    (:class:`FeatureScaling`). A shop's categories are its own, so they are chosen with the
+    space (the first fit, a fit from scratch) and kept in the snapshot's ``features``; a
+    worker reads the ones the snapshot names. ``categories=0``: no category mix.
 
     **The population, not the activity.** Samples come as customers act, so an active
     customer sends many and a lapsed one none: a model fitted to the sample stream describes
@@ -342,6 +377,8 @@ class ClusterTrainer:
         k_range: tuple[int, int] = K_RANGE,
         groups: Mapping[str, Sequence[str]] = FEATURE_GROUPS,
         population: int = 20_000,
+        categories: int = CATEGORIES,
+        category_weight: float = CATEGORY_WEIGHT,
     ) -> None:
         if n_clusters is not None and n_clusters < 1:
             raise ValueError("n_clusters must be at least 1")
@@ -349,12 +386,21 @@ class ClusterTrainer:
             raise ValueError("k_range must be (low, high) with 2 <= low <= high")
         if warmup < (n_clusters or k_range[0] + 1):
             raise ValueError("warmup must be at least n_clusters (auto: more than k_range's low)")
+        if categories < 0:
+            raise ValueError("categories must be 0 (no category mix) or more")
+        if not category_weight > 0:
+            raise ValueError("category_weight must be positive")
         self.n_clusters = n_clusters
         self.auto = n_clusters is None
         self.halflife = halflife
         self.warmup = warmup
         self.seed = seed
-        self.features = tuple(features)
+        self.base = tuple(features)
+        self.categories = categories
+        self.category_weight = category_weight
+        #: The categories the space has (``category_share.<name>``), in name order.
+        self.vocabulary: tuple[str, ...] = ()
+        self.features = self.base
         self.min_share = min_share
         self.window = window
         self.check_every = check_every
@@ -363,7 +409,7 @@ class ClusterTrainer:
         self.population = population
         self.refits = 0
         self.settles = 0
-        self._members: dict[int, list[float]] = {}  # customer key -> newest point
+        self._members: dict[int, _Entry] = {}  # customer key -> newest sample
         self._cut = _KEY_SPACE  # keys at or above are not kept (a bottom-k sample by hash)
         self._fitted_population = 0  # the population's size at its last fit from scratch
         # Customers needed before the population drives the model: after a restart, enough
@@ -377,9 +423,9 @@ class ClusterTrainer:
         #: that holds still between fits (a space re-learned every snapshot would move
         #: customers near a boundary from one persona to another with no event of theirs).
         self._persona_due = True
-        self._recent: deque[list[float]] = deque(maxlen=window)
+        self._recent: deque[_Entry] = deque(maxlen=window)
         self._model: cluster.KMeans | None = None
-        self._buffer: list[list[float]] = []
+        self._buffer: list[_Entry] = []
         self._counts: list[int] = []
         self._previous: ModelSnapshot | None = None  # a model to retrain from (ids to keep)
         self._ready = False
@@ -401,20 +447,25 @@ class ClusterTrainer:
 
     def learn_one(self, x: Mapping[str, float], key: int | None = None) -> None:
         """Learn from one sample; ``key``: its customer's :func:`population_key`, if known."""
-        point = [float(x.get(name, 0.0)) for name in self.features]
+        point = [float(x.get(name, 0.0)) for name in self.base]
+        mix = None
+        if self.categories:
+            mix = {name: float(v) for name, v in x.items() if name.startswith(CATEGORY_SHARE)}
+            point += [mix.get(name, 0.0) for name in self.vocabulary]
+        entry = (point, mix)
         self._samples += 1
-        self._recent.append(point)
+        self._recent.append(entry)
         if key is not None and key < self._cut:
-            self._remember(key, point)
+            self._remember(key, entry)
         if not self._ready:
-            self._buffer.append(point)
+            self._buffer.append(entry)
             if len(self._buffer) >= self.warmup:
                 self._seed_from_buffer()
             return
         if self.population_mode:
             if self._samples % self.check_every == 0:
                 if len(self._members) >= 2 * self._fitted_population:
-                    self._refit(self._data())
+                    self._refit(list(self._members.values()))
                     self._fitted_population = len(self._members)
                 self._settle()
             return
@@ -429,18 +480,61 @@ class ClusterTrainer:
         if self.min_share > 0 and self._samples % self.check_every == 0:
             self._guard_small_segments()
 
-    def _remember(self, key: int, point: list[float]) -> None:
+    def _remember(self, key: int, entry: _Entry) -> None:
         members = self._members
-        members[key] = point
+        members[key] = entry
         if len(members) > self.population:  # keep the smallest keys: a uniform sample
             self._cut = sorted(members)[self.population * 3 // 4]
             self._members = {k: p for k, p in members.items() if k < self._cut}
 
     def _data(self) -> np.ndarray:
         """What the model describes: the population, else the recent samples."""
-        if self.population_mode:
-            return np.asarray(list(self._members.values()))
-        return np.asarray(self._recent)
+        entries = self._members.values() if self.population_mode else self._recent
+        return np.asarray([point for point, _ in entries])
+
+    def _vocabulary_of(self, entries: Sequence[_Entry]) -> tuple[str, ...]:
+        """The ``categories`` categories with the largest summed share over ``entries``."""
+        if not self.categories:
+            return ()
+        totals: dict[str, float] = {}
+        for _, mix in entries:
+            for name, share in (mix or {}).items():
+                totals[name] = totals.get(name, 0.0) + share
+        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+        return tuple(sorted(name for name, _ in ranked[: self.categories]))
+
+    def _rows(self, entries: Sequence[_Entry], vocabulary: tuple[str, ...]) -> np.ndarray:
+        """``entries`` as points of the base features and ``vocabulary``."""
+        if vocabulary == self.vocabulary:
+            return np.asarray([point for point, _ in entries])
+        n = len(self.base)
+        return np.asarray([_with(point[:n], mix, vocabulary) for point, mix in entries])
+
+    def _set_vocabulary(self, vocabulary: tuple[str, ...]) -> None:
+        """Use these categories from now on: every kept sample's point is made again."""
+        if vocabulary == self.vocabulary:
+            return
+        n = len(self.base)
+        for key, (point, mix) in self._members.items():
+            self._members[key] = (_with(point[:n], mix, vocabulary), mix)
+        for kept in (self._recent, self._buffer):
+            rebuilt = [(_with(point[:n], mix, vocabulary), mix) for point, mix in kept]
+            kept.clear()
+            kept.extend(rebuilt)
+        self.vocabulary = vocabulary
+        self.features = self.base + vocabulary
+
+    def _groups(self, vocabulary: tuple[str, ...]) -> dict[str, Sequence[str]]:
+        return {**self.groups, "category": vocabulary} if vocabulary else self.groups
+
+    def _learn_space(self, data: np.ndarray, vocabulary: tuple[str, ...]) -> FeatureScaling:
+        """The clusters' space of ``data`` (points of the base features and ``vocabulary``)."""
+        return FeatureScaling.learn(
+            data,
+            self.base + vocabulary,
+            self._groups(vocabulary),
+            weights={"category": self.category_weight},
+        )
 
     def _settle(self, passes: int = 100) -> None:
         """Lloyd passes over the population from the current centres, to convergence (on data
@@ -488,20 +582,27 @@ class ClusterTrainer:
         """
         if len(self._recent) < self.window // 2 or min(self.shares()) >= self.min_share:
             return
-        self._refit(np.asarray(self._recent), self.min_share)
+        self._refit(list(self._recent), self.min_share)
 
-    def _refit(self, data: np.ndarray, min_share: float = 0.0) -> None:
-        """k-means from scratch on ``data`` in a space learned again from it, the new centres
-        taking the old ids by least total distance; not applied if a segment would still hold
-        less than ``min_share``."""
+    def _refit(self, entries: Sequence[_Entry], min_share: float = 0.0) -> None:
+        """k-means from scratch on ``entries`` in a space (and categories) learned again from
+        them, the new centres taking the old ids by least total distance; not applied if a
+        segment would still hold less than ``min_share``."""
         assert self.scaling is not None
-        scaling = FeatureScaling.learn(data, self.features, self.groups)
+        vocabulary = self._vocabulary_of(entries)
+        features = self.base + vocabulary
+        data = self._rows(entries, vocabulary)
+        scaling = self._learn_space(data, vocabulary)
         rng = np.random.default_rng(self.seed + self._samples)
         centres, counts, _ = _best_of(scaling.transform_many(data), len(self._counts), rng)
         if min(counts) / max(1, sum(counts)) < min_share:
             return  # the data itself has a small group: keep the model as it is
-        old = [scaling.transform(self.scaling.inverse(c)) for c in self._centres()]
+        old = [
+            scaling.transform(_named(self.features, self.scaling.inverse(c), features))
+            for c in self._centres()
+        ]
         order = match_ids(old, centres.tolist())
+        self._set_vocabulary(vocabulary)
         self.scaling = scaling
         self._persona_due = True
         self._set_centres([centres[order.index(i)].tolist() for i in range(len(old))])
@@ -523,8 +624,8 @@ class ClusterTrainer:
         data = self._data()
         due = self._persona_due or self._persona_scaling is None
         if due and len(data):  # else (just restored) the restored snapshot's
-            self._persona_scaling = FeatureScaling.learn(
-                data, self.features, self.groups, PERSONA_QUANTILES
+            self._persona_scaling = FeatureScaling.learn(  # personas read the base features
+                data[:, : len(self.base)], self.base, self.groups, PERSONA_QUANTILES
             )
             self._persona_due = False
         return ModelSnapshot(
@@ -537,6 +638,7 @@ class ClusterTrainer:
             k_scores=dict(self.k_scores),
             k_mode="auto" if self.auto else "fixed",
             persona_scaling=self._persona_scaling,
+            categories=self.categories,
         )
 
     def restore(self, snapshot: ModelSnapshot) -> bool:
@@ -544,7 +646,9 @@ class ClusterTrainer:
 
         Returns False, and warms up again (retrains) instead, when the snapshot cannot be
         continued: one without a learned space (schema 1, stored before spaces were learned),
-        other features, or another number of clusters than a fixed ``n_clusters``. Versions
+        other features or another number of categories (``categories``; a snapshot from
+        before the category mix has none), or another number of clusters
+        than a fixed ``n_clusters``. Versions
         continue from it, and the retrained model keeps its segment ids where it has as many
         centres (matched by nearest centre), so workers scoring with it switch smoothly.
         """
@@ -552,14 +656,18 @@ class ClusterTrainer:
         self._samples = snapshot.trained_samples
         self._persona_scaling = snapshot.persona_scaling
         self._persona_due = snapshot.persona_scaling is None
+        vocabulary = tuple(f for f in snapshot.features if f.startswith(CATEGORY_SHARE))
+        same_base = snapshot.features == self.base + vocabulary  # categories come last
         fits = (
             snapshot.scaling is not None
-            and snapshot.features == self.features
+            and same_base
+            and snapshot.categories == self.categories
             and (self.auto or len(snapshot.centres) == self.n_clusters)
         )
         if not fits:
-            self._previous = snapshot if snapshot.features == self.features else None
+            self._previous = snapshot if same_base else None
             return False
+        self._set_vocabulary(vocabulary)
         k = len(snapshot.centres)
         known = sum(snapshot.counts)  # the population it was fitted on (or samples taken)
         self._fitted_population = known
@@ -576,9 +684,13 @@ class ClusterTrainer:
     def _seed_from_buffer(self) -> None:
         # The customers' newest vectors when there are enough of them: each customer once.
         enough = max(2 * self.k_range[1], self.warmup // 4)
-        members = list(self._members.values())
-        data = np.asarray(members if len(members) >= enough else self._buffer)
-        self.scaling = FeatureScaling.learn(data, self.features, self.groups)
+        population = len(self._members) >= enough
+        self._set_vocabulary(
+            self._vocabulary_of(list(self._members.values()) if population else self._buffer)
+        )
+        entries = list(self._members.values()) if population else self._buffer
+        data = np.asarray([point for point, _ in entries])
+        self.scaling = self._learn_space(data, self.vocabulary)
         self._persona_due = True
         z = self.scaling.transform_many(data)
         rng = np.random.default_rng(self.seed)
@@ -591,7 +703,12 @@ class ClusterTrainer:
         centres, counts = fits[k]
         previous = self._previous
         if previous is not None and len(previous.centres) == k:
-            old = [self.scaling.transform(previous.base_centre(i)) for i in range(k)]
+            old = [
+                self.scaling.transform(
+                    _named(previous.features, previous.base_centre(i), self.features)
+                )
+                for i in range(k)
+            ]
             order = match_ids(old, centres.tolist())
             centres = np.asarray([centres[order.index(i)] for i in range(k)])
             counts = [counts[order.index(i)] for i in range(k)]
@@ -676,6 +793,23 @@ def silhouette(
         (own > 1) & (denominator > 0), (b - a) / np.where(denominator > 0, denominator, 1), 0
     )
     return round(float(s.mean()), 6)
+
+
+def _with(
+    base: list[float], mix: Mapping[str, float] | None, vocabulary: Sequence[str]
+) -> list[float]:
+    """A point of the base features and these categories' shares."""
+    return (
+        base + [mix.get(name, 0.0) for name in vocabulary]
+        if mix
+        else base + [0.0] * len(vocabulary)
+    )
+
+
+def _named(features: Sequence[str], values: Sequence[float], wanted: Sequence[str]) -> list[float]:
+    """``values`` (one per ``features``) as a point of ``wanted``; a feature missing is 0."""
+    by_name = dict(zip(features, values, strict=True))
+    return [by_name.get(name, 0.0) for name in wanted]
 
 
 def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -770,6 +904,9 @@ def _sq(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 # Plain-language words for a centre: (feature, threshold above which the phrase applies).
+#: A category a centre's customers give this share of their views or more names the cluster
+#: (the two largest at most).
+_CATEGORY_CUT = 0.25
 _HIGH_PHRASES = (
     ("monetary", 0.75, "high spend"),
     ("frequency", 0.35, "buys often"),
@@ -795,10 +932,21 @@ def describe_centre(centre: Mapping[str, float]) -> str:
 
     >>> describe_centre({"monetary": 0.9, "desktop_share": 0.8, "conversion": 0.1})
     'high spend, desktop, rarely buys'
+    >>> describe_centre({"monetary": 0.5, "conversion": 0.6, "category_share.shoes": 0.4})
+    'converts, shoes'
     """
     words = [phrase for name, cut, phrase in _HIGH_PHRASES if centre.get(name, 0.0) >= cut]
     if centre.get("monetary", 0.0) < 0.35 and centre.get("conversion", 0.0) >= 0.2:
         words.insert(0, "low spend")
     if centre.get("conversion", 1.0) < 0.2:
         words.append("rarely buys")
+    mix = sorted(
+        (
+            (share, name[len(CATEGORY_SHARE) :])
+            for name, share in centre.items()
+            if name.startswith(CATEGORY_SHARE) and share >= _CATEGORY_CUT
+        ),
+        reverse=True,
+    )
+    words += [category for _, category in mix[:2]]
     return ", ".join(words) if words else "mixed behavior"

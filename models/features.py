@@ -18,6 +18,7 @@ from models.session import Session, follow
 __all__ = [
     "CANONICAL_FEATURES",
     "COUNTRY_ZONES",
+    "CATEGORY_SHARE",
     "FEATURE_GROUPS",
     "FEATURE_VECTOR",
     "MAX_MERGED_IDS",
@@ -64,6 +65,11 @@ FEATURE_VECTOR = (
 
 #: Shares that describe one thing together (a mix summing to 1): the model weighs each group
 #: like one feature (``models.clustering.FeatureScaling``).
+#: The prefix of the category mix in :func:`feature_vector`: ``category_share.<category>``,
+#: the customer's views (and cart adds, searches) in that category over all with one, the
+#: same share as the ``category_share.*`` facts. Categories are a shop's own names, so the
+#: model learns which of them its space has (``models.clustering.ClusterTrainer``).
+CATEGORY_SHARE = "category_share."
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "device": ("mobile_share", "desktop_share", "tablet_share"),
     "daypart": ("night_share", "morning_share", "afternoon_share", "evening_share"),
@@ -602,13 +608,21 @@ def feature_vector(profile: CustomerProfile) -> dict[str, float]:
     Every key of :data:`FEATURE_VECTOR` is present (River's KMeans mutates itself on unseen
     keys); shares lie in [0, 1], amounts on a fixed log transform (:func:`squash`), identical
     on every worker. Dayparts are in the customer's local time (:attr:`CustomerProfile.dayparts`).
+    Beside them, the category mix: ``category_share.<category>`` for each category the profile
+    counts (:data:`CATEGORY_SHARE`); a model reads the categories its space has and takes a
+    missing one as 0.
+
+    >>> p = CustomerProfile("c", categories={"shoes": 3.0, "bags": 1.0})
+    >>> x = feature_vector(p)
+    >>> x["category_share.shoes"], x["category_share.bags"], len(x) - len(FEATURE_VECTOR)
+    (0.75, 0.25, 2)
     """
     clicks = sum(profile.counts.values())
     views = profile.counts.get("page_view", 0) + profile.counts.get("product_view", 0)
     sessions = max(profile.sessions, 1)
     at = profile.last_seen_ts or 0
     dayparts = profile.dayparts
-    return {
+    x = {
         "monetary": squash(profile.order_value.get(), 1000.0),
         "frequency": squash(profile.frequency_decayed.value_at(at), 20.0),
         "conversion": min(1.0, profile.orders_total / sessions),
@@ -624,3 +638,10 @@ def feature_vector(profile: CustomerProfile) -> dict[str, float]:
         "afternoon_share": _share(dayparts, ("afternoon",)),
         "evening_share": _share(dayparts, ("evening",)),
     }
+    categories = profile.categories
+    if categories:
+        total = sum(categories.values())
+        if total > 0:
+            for name, n in categories.items():
+                x[CATEGORY_SHARE + name] = n / total
+    return x

@@ -154,7 +154,12 @@ class PersonaCatalog:
 
     def _space_of(self, model: ModelSnapshot | None) -> _Space:
         scaling = None if model is None else model.persona_scaling
-        if scaling is None or model is None or model.features != FEATURE_VECTOR:
+        if (
+            scaling is None
+            or model is None
+            or model.features[: len(FEATURE_VECTOR)] != FEATURE_VECTOR
+            or len(scaling.centres) != len(FEATURE_VECTOR)
+        ):
             return self._fixed
         space = self._learned.get(id(scaling))
         if space is None or space.scaling is not scaling:

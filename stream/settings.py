@@ -152,6 +152,16 @@ class Settings(BaseSettings):
         description="behavioral clusters: a number, or auto (the best silhouette for k from 2 "
         "to 10 on the warm-up samples); the scores per k are kept either way",
     )
+    cluster_categories: Annotated[int, Field(ge=0, le=64)] = Field(
+        12,
+        description="categories whose shares the clusters' space has: the most viewed of the "
+        "customers it is learned from, chosen with the space (0: no category mix)",
+    )
+    cluster_category_weight: Annotated[float, Field(gt=0, le=100)] = Field(
+        3.0,
+        description="how many times the category mix counts in the clusters' distances, "
+        "against the device or daypart mix (README, Quality)",
+    )
     warmup_samples: Annotated[int, Field(ge=2)] = Field(
         1000, description="samples before first model"
     )

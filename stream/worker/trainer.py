@@ -32,6 +32,8 @@ def cluster_trainer(settings: Settings) -> ClusterTrainer:
         warmup=settings.warmup_samples,
         seed=settings.seed,
         min_share=settings.min_segment_share,
+        categories=settings.cluster_categories,
+        category_weight=settings.cluster_category_weight,
     )
 
 

@@ -100,7 +100,10 @@ def test_a_stranded_centre_is_refitted_and_the_others_keep_their_ids():
     )
     # Centre 2 is stranded far from every blob; centres 0 and 1 sit on blobs 0 and 1.
     stranded = ((0.1, 0.1), (0.9, 0.1), (5.0, 5.0))
-    assert t.restore(ModelSnapshot(1, FEATURES, stranded, (1, 1, 1), scaling=IDENTITY))
+    snap = ModelSnapshot(
+        1, FEATURES, stranded, (1, 1, 1), scaling=IDENTITY, categories=t.categories
+    )
+    assert t.restore(snap)
     for _, x in blob_stream(600, seed=4):
         t.learn_one(x)
     assert t.refits >= 1

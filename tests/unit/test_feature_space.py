@@ -2,6 +2,7 @@
 
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -114,6 +115,58 @@ def test_a_group_of_shares_weighs_like_one_feature():
     night, evening = [0.0] * len(order), [0.0] * len(order)
     night[order.index("night_share")] = evening[order.index("evening_share")] = 1.0
     assert math.dist(s.transform(night), s.transform(evening)) == pytest.approx(1.0)
+
+
+def test_a_group_weight_multiplies_its_distances():
+    """The category mix weighs ``category_weight`` times a device or daypart mix: the
+    distance between two customers' mixes is that many times as large."""
+    rng = np.random.default_rng(3)
+    n = 500
+    scalar = rng.uniform(0, 1, (n, 1))
+    categories = rng.dirichlet(np.full(4, 0.3), n)
+    names = ["price_level", *(f"category_share.c{i}" for i in range(4))]
+    groups = {"category": tuple(names[1:])}
+    data = np.hstack([scalar, categories])
+    one, three = (
+        FeatureScaling.learn(data, names, groups, weights={"category": w}) for w in (1.0, 3.0)
+    )
+    a, b = [0.0, 0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.5, 0.5]  # each over two categories
+    assert math.dist(one.transform(a), one.transform(b)) == pytest.approx(math.sqrt(0.5))
+    assert math.dist(three.transform(a), three.transform(b)) == pytest.approx(3 * math.sqrt(0.5))
+    assert one.spreads[0] == three.spreads[0]  # a scalar keeps its unit
+    with pytest.raises(ValueError, match="weight"):
+        FeatureScaling.learn(data, names, groups, weights={"category": 0.0})
+
+
+def test_the_trainer_learns_the_shops_categories_with_its_space():
+    """The category mix: the most viewed categories are chosen with the space, kept in the
+    snapshot's features, scored by name; a restored trainer keeps them; a snapshot from
+    before the category mix is retrained from, with its ids."""
+    rng = np.random.default_rng(4)
+    base = {f: 0.5 for f in FEATURE_VECTOR}
+    trainer = ClusterTrainer(n_clusters=2, warmup=200, seed=1, categories=2)
+    for i in range(400):
+        group = i % 2  # two groups alike but for what they view
+        shares = {"category_share.shoes": 0.9, "category_share.bags": 0.1}
+        if group:
+            shares = {"category_share.servers": 0.8, "category_share.cables": 0.2}
+        x = {**base, **{k: v + rng.normal(0, 0.01) for k, v in shares.items()}}
+        x["category_share.rare"] = 0.01
+        trainer.learn_one(x, key=i)
+    snap = trainer.snapshot()
+    assert snap.categories == 2
+    assert snap.features == (*FEATURE_VECTOR, "category_share.servers", "category_share.shoes")
+    shoes = {**base, "category_share.shoes": 1.0}
+    servers = {**base, "category_share.servers": 1.0}
+    assert snap.predict(shoes)[0] != snap.predict(servers)[0]
+    assert "shoes" in snap.describe(snap.predict(shoes)[0])
+    again = ModelSnapshot.from_dict(snap.to_dict())
+    assert again == snap
+    restored = ClusterTrainer(n_clusters=2, warmup=200, seed=1, categories=2)
+    assert restored.restore(again) and restored.features == snap.features
+    old = replace(snap, categories=None)  # stored before the category mix
+    fresh = ClusterTrainer(n_clusters=2, warmup=200, seed=1, categories=2)
+    assert not fresh.restore(old) and not fresh.ready
 
 
 def visit(p: CustomerProfile, hour: int, n: int = 3, country: str | None = None) -> None:

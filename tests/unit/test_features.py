@@ -1,7 +1,15 @@
 import random
 
+import pytest
+
 from models.events import Event
-from models.features import FEATURE_VECTOR, STATE_VERSION, CustomerProfile, feature_vector
+from models.features import (
+    CATEGORY_SHARE,
+    FEATURE_VECTOR,
+    STATE_VERSION,
+    CustomerProfile,
+    feature_vector,
+)
 
 DAY = 86_400_000
 T0 = 1_795_000_000_000
@@ -100,10 +108,15 @@ def test_state_round_trip_is_lossless_and_plain():
 
 def test_feature_vector_is_fixed_and_shares_are_bounded():
     for events in ([], sample_events()):
-        x = feature_vector(profile_of(events))
-        assert tuple(x) == FEATURE_VECTOR
+        p = profile_of(events)
+        x = feature_vector(p)
+        assert tuple(x)[: len(FEATURE_VECTOR)] == FEATURE_VECTOR
+        mix = {k: v for k, v in x.items() if k.startswith(CATEGORY_SHARE)}
+        assert tuple(x)[len(FEATURE_VECTOR) :] == tuple(mix)  # the category mix comes last
+        assert {k[len(CATEGORY_SHARE) :] for k in mix} == set(p.categories)
+        assert sum(mix.values()) == pytest.approx(1.0 if mix else 0.0)
         assert all(v >= 0.0 for v in x.values())  # amounts are not clipped at a fixed scale
-        assert all(v <= 1.0 for k, v in x.items() if k.endswith("_share"))
+        assert all(v <= 1.0 for k, v in x.items() if k.endswith("_share") or k in mix)
 
 
 def test_state_keeps_source_positions_for_redelivery():
