@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from river import stats
 
 from models.features import DAY_MS, CustomerProfile, _top
-from models.session import SESSION_FACTS, SessionPolicy, session_facts
+from models.session import SESSION_FACTS, SessionPolicy, checkout_abandoned, session_facts
 
 __all__ = [
     "LIFECYCLE_STAGES",
@@ -289,7 +289,9 @@ def customer_facts(
             }
         )
     if "session" in parts:
-        facts.update(session_facts(p.session, now if now >= watermark else watermark, sessions))
+        at = now if now >= watermark else watermark
+        facts.update(session_facts(p.session, at, sessions))
+        facts["checkout_abandoned"] = checkout_abandoned(p.session, at, sessions)
     if only is not None:
         dynamic = [name for name in only if is_dynamic_fact(name)]
         if not dynamic:
@@ -337,7 +339,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     ),
     "lifecycle": ("lifecycle",),
     "mix": ("search_share", "conversion", "region", "age_band", "top_category"),
-    "session": SESSION_FACTS,
+    "session": (*SESSION_FACTS, "checkout_abandoned"),
 }
 _ALL_PARTS = frozenset(_PARTS)
 _PART_OF: dict[str, str] = {name: part for part, names in _PARTS.items() for name in names}
@@ -378,10 +380,12 @@ def is_known_fact(name: str) -> bool:
 #: on them change on the watermark: ``lifecycle`` by :meth:`LifecyclePolicy.next_change`, the
 #: rest by :class:`TimeWatch` (``days_since_*`` and the decayed values from a rule's own
 #: thresholds; ``rfm_*``, ``rfm_score`` and ``value_tier`` from the RFM cut points in force),
-#: ``session.*`` at the session's end (``models.session.SessionPolicy.ends_at``).
+#: ``session.*`` and ``checkout_abandoned`` at the session's end
+#: (``models.session.SessionPolicy.ends_at``).
 TIME_FACTS = frozenset(
     {
         *SESSION_FACTS,
+        "checkout_abandoned",
         "days_since_last_purchase",
         "days_since_first_seen",
         "days_since_last_seen",

@@ -13,6 +13,7 @@ __all__ = [
     "SESSION_FACTS",
     "Session",
     "SessionPolicy",
+    "checkout_abandoned",
     "follow",
     "session_facts",
     "session_record",
@@ -31,6 +32,7 @@ NO_SESSION: dict[str, Any] = {
     "session.cart_items": 0,
     "session.cart_value": 0.0,
     "session.purchases": 0,
+    "session.checkouts": 0,
     "session.top_category": None,
     "session.top_category_views": 0,
     "session.minutes": 0.0,
@@ -65,6 +67,7 @@ class Session:
     last_add: int = 0
     last_purchase: int = 0
     categories: dict[str, int] = field(default_factory=dict)
+    checkouts: int = 0  # checkout_start clicks
 
     def count(self, event: Event) -> None:
         """Fold one event of this visit into its counts."""
@@ -90,6 +93,8 @@ class Session:
                     del cats[min(cats, key=lambda k: (cats[k], k))]
         elif kind == "search":
             self.searches += 1
+        elif kind == "checkout_start":
+            self.checkouts += 1
         elif kind == "add_to_cart":
             self.cart_adds += 1
             if ts > self.last_purchase:
@@ -122,12 +127,14 @@ class Session:
             self.last_add,
             self.last_purchase,
             self.categories,
+            self.checkouts,
         ]
 
     @classmethod
     def from_state(cls, state: Sequence[Any]) -> Session:
+        """A session ``to_state`` gave; one stored before ``checkouts`` (14 values) has 0."""
         (id_, start, last, channel, page_views, product_views, searches, cart_adds, cart_items,
-         cart_value, purchases, last_add, last_purchase, categories) = state  # fmt: skip
+         cart_value, purchases, last_add, last_purchase, categories) = state[:14]  # fmt: skip
         return cls(
             id_,
             start,
@@ -143,6 +150,7 @@ class Session:
             last_add,
             last_purchase,
             dict(categories),
+            state[14] if len(state) > 14 else 0,
         )
 
     def merged(self, other: Session, timeout_ms: int) -> Session:
@@ -188,6 +196,7 @@ class Session:
             max(self.last_add, other.last_add),
             last_purchase,
             categories,
+            self.checkouts + other.checkouts,
         )
 
 
@@ -274,11 +283,34 @@ def session_facts(session: Session | None, at: int, policy: SessionPolicy) -> di
         "session.cart_items": session.cart_items,
         "session.cart_value": round(session.cart_value, 2),
         "session.purchases": session.purchases,
+        "session.checkouts": session.checkouts,
         "session.top_category": top,
         "session.top_category_views": cats[top] if top is not None else 0,
         "session.minutes": round((session.last - session.start) / _MINUTE_MS, 1),
         "session.entry_channel": session.channel,
     }
+
+
+def checkout_abandoned(session: Session | None, at: int, policy: SessionPolicy) -> bool:
+    """The ``checkout_abandoned`` fact: the customer's latest visit is over at event time
+    ``at``, and in it they started a checkout and bought nothing. It holds from the visit's
+    end (its timeout, a due time of every customer) until their next visit starts, or a
+    purchase of that visit arrives late.
+
+    >>> s = Session("s1", 0, 60_000, cart_adds=1, checkouts=1)
+    >>> policy = SessionPolicy(30)
+    >>> checkout_abandoned(s, 60_000, policy), checkout_abandoned(s, 60_000 + 1_800_000, policy)
+    (False, True)
+    >>> s.purchases = 1
+    >>> checkout_abandoned(s, 60_000 + 1_800_000, policy)
+    False
+    """
+    return (
+        session is not None
+        and session.checkouts > 0
+        and session.purchases == 0
+        and at >= session.last + policy.timeout_ms
+    )
 
 
 def session_record(facts: dict[str, Any], session: Session | None) -> dict[str, Any] | None:

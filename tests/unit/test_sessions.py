@@ -13,11 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.events import Event
-from models.facts import customer_facts, is_known_fact
+from models.facts import TIME_FACTS, customer_facts, is_known_fact
 from models.features import CustomerProfile
 from models.identity import absorb
 from models.rules import RuleSegment
-from models.segments import SegmentCatalog
+from models.segments import SegmentCatalog, assign
 from models.session import NO_SESSION, SESSION_FACTS, Session, SessionPolicy, follow
 from models.step import StepOutcome
 from stream.catalog import CatalogError, load_segments
@@ -27,6 +27,7 @@ from tests.unit.test_time_rules import Run
 T0 = 1_795_000_000_000
 MIN = 60_000
 TIMEOUT = 30 * MIN
+HOUR = 60 * MIN
 
 
 _IDS = itertools.count()
@@ -72,6 +73,7 @@ def test_a_visit_gives_views_top_category_cart_searches_minutes_and_entry_channe
         "session.cart_items": 1,
         "session.cart_value": 80.0,
         "session.purchases": 0,
+        "session.checkouts": 0,
         "session.top_category": "shoes",
         "session.top_category_views": 2,
         "session.minutes": 7.0,
@@ -192,7 +194,45 @@ def test_rules_can_name_session_facts_and_a_typo_names_the_segment(tmp_path: Pat
         load_segments(path)
     builtin = {s.name: s for s in load_segments()}
     assert {"browsing_category_now", "cart_open_now", "searching_now"} <= set(builtin)
-    assert len(builtin) == 31
+    assert len(builtin) == 32
+
+
+def test_an_abandoned_checkout_holds_from_the_visits_end_until_the_next_visit() -> None:
+    """``checkout_abandoned``: the latest visit is over, it has a checkout and no purchase.
+    The visit's end is a due time, so the built-in segment is entered there with no event of
+    the customer's; a late purchase of that visit, or the next visit, ends it."""
+    catalog = SegmentCatalog(
+        rules=tuple(s for s in load_segments() if s.name == "checkout_abandoned")
+    )
+    p = visit(
+        ev("add_to_cart", T0, session_id="s1", category="shoes", price=80.0),
+        ev("checkout_start", T0 + MIN, session_id="s1"),
+        ev("checkout_start", T0 + 2 * MIN, session_id="s1"),
+    )
+    assert session_of(p, T0 + 2 * MIN)["session.checkouts"] == 2
+    assert catalog.facts(p, T0 + 2 * MIN)["checkout_abandoned"] is False  # still in the visit
+    end = T0 + 2 * MIN + TIMEOUT
+    assert catalog.next_change(p, T0 + 2 * MIN) == end
+    assert assign(p, None, catalog, now=end - 1).rule_segments == ()
+    assert assign(p, None, catalog, now=end).rule_segments == ("checkout_abandoned",)
+    assert "checkout_abandoned" in TIME_FACTS
+    # the state keeps the count; a state stored before it (14 values) reads as none
+    again = CustomerProfile.from_state(p.to_state())
+    assert again.session is not None and again.session.checkouts == 2
+    assert Session.from_state(p.session.to_state()[:14]).checkouts == 0
+    # a purchase of that visit, arriving late, ends it
+    late = CustomerProfile.from_state(p.to_state())
+    late.apply(Event("buy", "c", "purchase", T0 + 3 * MIN, amount=80.0, session_id="s1"))
+    assert assign(late, None, catalog, now=end + MIN).rule_segments == ()
+    # so does the next visit
+    p.apply(ev("page_view", end + HOUR, session_id="s2"))
+    assert assign(p, None, catalog, now=end + HOUR).rule_segments == ()
+    # a visit with a purchase is no abandoned checkout
+    bought = visit(
+        ev("checkout_start", T0, session_id="s1"),
+        Event("b2", "c", "purchase", T0 + MIN, amount=5.0, session_id="s1"),
+    )
+    assert catalog.facts(bought, T0 + MIN + TIMEOUT)["checkout_abandoned"] is False
 
 
 def cart_rule() -> RuleSegment:
