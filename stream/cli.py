@@ -692,6 +692,9 @@ def evaluate_incidents(
     seeds: Annotated[str, typer.Option(help="traffic seeds, comma-separated")] = "1,2,3",
     days: Annotated[int, typer.Option(help="days of event time per stream")] = 120,
     sessions_per_day: Annotated[int, typer.Option(help="sessions a day")] = 1000,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="streams (two a seed) run in this many processes")
+    ] = 2,
 ) -> None:
     """Segment-flow drift against generator incidents (payment outage, visitor spike, checkout
     loop) and on the same stream without them; median and worst over the seeds.
@@ -715,6 +718,7 @@ def evaluate_incidents(
             picked,
             scenario,
             on_progress=lambda label, n: status.update(f"replaying ({label})... {n:,} events"),
+            jobs=jobs,
         )
     console.print(
         f"{len(runs)} seeds, {scenario.days} days each ({scenario.burn_in_days} of burn-in), "

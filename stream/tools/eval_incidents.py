@@ -20,8 +20,10 @@ the seeds.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import statistics
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,6 +144,28 @@ def _traffic(scenario: Scenario, seed: int, with_incidents: bool) -> tuple[Incid
     return traffic, start
 
 
+def run_stream(
+    settings: Settings,
+    seed: int,
+    with_incidents: bool,
+    scenario: Scenario,
+    catalog: SegmentCatalog | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> tuple[list[DriftAlert], int, list[Incident], int]:
+    """One of a seed's two streams: its alerts, events sent, incidents and first event time."""
+    traffic, start = _traffic(scenario, seed, with_incidents)
+    label = "incidents" if with_incidents else "stationary"
+    alerts, events = replay_flows(
+        settings,
+        traffic,
+        start + scenario.days * DAY_MS,
+        flow_monitor(settings),
+        catalog,
+        functools.partial(on_progress, f"seed {seed}, {label}") if on_progress else None,
+    )
+    return alerts, events, list(traffic.incidents), start
+
+
 def run_seed(
     settings: Settings,
     seed: int,
@@ -151,25 +175,11 @@ def run_seed(
 ) -> IncidentRun:
     """One seed's incident stream and stationary stream."""
     scenario = scenario or Scenario()
-    results = {}
-    for with_incidents in (True, False):
-        traffic, start = _traffic(scenario, seed, with_incidents)
-        label = "incidents" if with_incidents else "stationary"
-        results[with_incidents] = (
-            *replay_flows(
-                settings,
-                traffic,
-                start + scenario.days * DAY_MS,
-                flow_monitor(settings),
-                catalog,
-                functools.partial(on_progress, label) if on_progress else None,
-            ),
-            traffic,
-            start,
-        )
-    alerts, events, traffic, start = results[True]
-    quiet, quiet_events, _, _ = results[False]
-    return judge(seed, scenario, start, traffic.incidents, (alerts, events), (quiet, quiet_events))
+    alerts, events, incidents, start = run_stream(
+        settings, seed, True, scenario, catalog, on_progress
+    )
+    quiet, quiet_events, _, _ = run_stream(settings, seed, False, scenario, catalog, on_progress)
+    return judge(seed, scenario, start, incidents, (alerts, events), (quiet, quiet_events))
 
 
 def judge(
@@ -222,9 +232,40 @@ def eval_incidents(
     scenario: Scenario | None = None,
     catalog: SegmentCatalog | None = None,
     on_progress: Callable[[str, int], None] | None = None,
+    jobs: int = 1,
 ) -> list[IncidentRun]:
-    """Every seed's run (see the module's docstring); ``report_rows`` makes the table."""
-    return [run_seed(settings, seed, scenario, catalog, on_progress) for seed in seeds]
+    """Every seed's run (see the module's docstring); ``report_rows`` makes the table.
+
+    ``jobs`` above 1: the streams (two a seed) run in that many processes of their own, each
+    reported to ``on_progress`` as it ends (with the events it sent) rather than as it goes;
+    ``catalog`` must then be None (the settings' own)."""
+    scenario = scenario or Scenario()
+    if jobs <= 1:
+        return [run_seed(settings, seed, scenario, catalog, on_progress) for seed in seeds]
+    if catalog is not None:
+        raise ValueError("streams in processes of their own use the settings' catalog")
+    tasks = [(seed, flag) for seed in seeds for flag in (True, False)]
+    done: dict[tuple[int, bool], tuple[list[DriftAlert], int, list[Incident], int]] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {
+            pool.submit(run_stream, settings, seed, flag, scenario): (seed, flag)
+            for seed, flag in tasks
+        }
+        for future in as_completed(futures):
+            seed, flag = futures[future]
+            done[seed, flag] = future.result()
+            if on_progress:
+                label = "incidents" if flag else "stationary"
+                on_progress(f"seed {seed}, {label}: done", done[seed, flag][1])
+    runs = []
+    for seed in seeds:
+        alerts, events, incidents, start = done[seed, True]
+        quiet, quiet_events, _, _ = done[seed, False]
+        runs.append(
+            judge(seed, scenario, start, incidents, (alerts, events), (quiet, quiet_events))
+        )
+    return runs
 
 
 def report_rows(runs: Sequence[IncidentRun]) -> list[tuple[str, str, str, bool]]:

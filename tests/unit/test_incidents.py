@@ -138,3 +138,29 @@ def test_the_report_gives_median_and_worst_and_judges_every_target() -> None:
     assert quiet[1] == "median 0.67, worst 2.00" and quiet[3] is False
     missed = report_rows([run(1, False, 0)])
     assert missed[0][1] == "0 of 1 seeds" and missed[0][3] is False
+
+
+def test_streams_in_processes_of_their_own_give_the_same_runs() -> None:
+    """``eval-incidents --jobs 2`` runs each seed's two streams in processes of their own
+    (a stream of the full scenario takes about 25 minutes): the same figures as one by one."""
+    from stream.settings import Settings
+    from stream.tools.eval_incidents import eval_incidents
+
+    scenario = Scenario(
+        days=12,
+        burn_in_days=4,
+        baseline_days=2,
+        sessions_per_day=60,
+        arrivals_per_day=10.0,
+        lifetime_days=20.0,
+        incidents=(("visitor_spike", 6.0, 2.0, 1.0),),
+    )
+    ended: list[str] = []
+    alone = eval_incidents(Settings(), [5], scenario)
+    apart = eval_incidents(
+        Settings(), [5], scenario, on_progress=lambda label, n: ended.append(label), jobs=2
+    )
+    assert apart == alone and alone[0].events > 0
+    assert sorted(ended) == ["seed 5, incidents: done", "seed 5, stationary: done"]
+    with pytest.raises(ValueError, match="catalog"):
+        eval_incidents(Settings(), [5], scenario, catalog=object(), jobs=2)  # type: ignore[arg-type]
