@@ -647,10 +647,10 @@ class ClusterTrainer:
         Returns False, and warms up again (retrains) instead, when the snapshot cannot be
         continued: one without a learned space (schema 1, stored before spaces were learned),
         other features or another number of categories (``categories``; a snapshot from
-        before the category mix has none), or another number of clusters
-        than a fixed ``n_clusters``. Versions
-        continue from it, and the retrained model keeps its segment ids where it has as many
-        centres (matched by nearest centre), so workers scoring with it switch smoothly.
+        before the category mix has none), or another number of clusters than a fixed
+        ``n_clusters``. Versions continue from it, and the retrained model keeps its segment
+        ids where it has as many centres (matched by nearest centre, by feature name), so
+        workers scoring with it switch smoothly.
         """
         self._version = max(self._version, snapshot.version)
         self._samples = snapshot.trained_samples
