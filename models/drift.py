@@ -587,7 +587,10 @@ class FlowMonitor:
                 # neither lifts nor lowers it (nor makes its own end look like a change).
                 expected *= statistics.median(series.days) / daily
         if expected > 0:
-            residual = (count - expected) ** 2 / expected
+            # Pearson residuals, with the expectation floored at one change: a flow that rises
+            # from nothing (none entered for weeks) would otherwise read as wildly overdispersed
+            # in the very buckets that show its rise, and hide it for days.
+            residual = (count - expected) ** 2 / max(expected, 1.0)
             series.dispersion += self._decay * (residual - series.dispersion)
         scale = max(1.0, series.dispersion)
         found = None

@@ -118,18 +118,39 @@ def test_stationary_poisson_flows_over_months_raise_at_most_one_alert_a_month(se
 
 
 def test_tiny_segments_do_not_alert_on_noise_nor_on_a_small_jump() -> None:
-    """A segment of a few changes a day, with bursts of three or four at once and a tripling
-    of its rate: never ``min_count`` changes in a run, so no alert."""
-    rng = random.Random(5)
+    """A segment of a few changes a day, with bursts of three or four at once: no alert on
+    its noise, nor when its rate rises by half; a tripling, kept up for weeks, is a change
+    (about 6 a day instead of 2: alerted once ``min_count`` changes came in its run)."""
+    for after, alerted in ((0.08, False), (0.12, False), (0.24, True)):
+        rng = random.Random(5)
+        monitor = FlowMonitor()
+        alerts = []
+        for hour in range(24 * 90):
+            rate = 0.08 if hour < 24 * 60 else after
+            n = _poisson(rng, rate)
+            if rng.random() < 0.003:
+                n += rng.randint(3, 4)
+            alerts += monitor.add({("rule:enterprise", "entered"): n}, hour * HOUR)
+        assert bool(alerts) == alerted, (after, [a.message for a in alerts])
+        if alerted:
+            assert alerts[0].since >= 58 * DAY and alerts[0].samples >= monitor.min_count
+
+
+def test_a_flow_that_rises_from_nothing_is_alerted_within_hours() -> None:
+    """Abandoned checkouts, none for weeks, then two an hour (a payment outage): the buckets
+    that show the rise must not read as overdispersion and hide it (they did, for five
+    days, when a residual was divided by an expectation near zero)."""
+    rng = random.Random(2)
     monitor = FlowMonitor()
     alerts = []
-    for hour in range(24 * 90):
-        rate = 0.08 if hour < 24 * 60 else 0.24
-        n = _poisson(rng, rate)
-        if rng.random() < 0.003:
-            n += rng.randint(3, 4)
-        alerts += monitor.add({("rule:enterprise", "entered"): n}, hour * HOUR)
-    assert alerts == []
+    for hour in range(24 * 80):
+        flows = {("rule:vip", "entered"): _poisson(rng, 8.0)}
+        if hour >= 24 * 66:
+            flows[("rule:checkout_abandoned", "entered")] = _poisson(rng, 2.2)
+        alerts += monitor.add(flows, hour * HOUR)
+    first = alerts[0]
+    assert (first.segment, first.flow) == ("rule:checkout_abandoned", "entered")
+    assert first.detected_at - 66 * DAY <= DAY // 2 and abs(first.since - 66 * DAY) <= 2 * HOUR
 
 
 def test_a_flow_that_appears_from_nothing_is_alerted_and_a_new_flow_waits_for_history() -> None:
