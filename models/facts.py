@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from river import stats
 
 from models.features import DAY_MS, CustomerProfile, _top
-from models.session import SESSION_FACTS, SessionPolicy, checkout_abandoned, session_facts
+from models.session import SESSION_FACTS, SessionPolicy, session_facts
 
 __all__ = [
     "LIFECYCLE_STAGES",
@@ -217,6 +217,36 @@ def _value_estimate(monetary: float) -> float:
     return round(monetary * 365 / _DECAY_WINDOW_DAYS, 2)
 
 
+def checkout_abandoned(p: CustomerProfile, at: int, sessions: SessionPolicy) -> bool:
+    """The ``checkout_abandoned`` fact at event time ``at``: the customer's newest checkout has
+    no purchase after it, and they left: their visit is over (no visit event for the session
+    timeout), and its last event came within the timeout after that checkout (a later visit
+    without a checkout ends it).
+
+    Read from the newest checkout and purchase times and the newest visit's last event, so
+    the same events give the same answer in any order of arrival (a purchase on its own topic
+    may come after the next visit's clicks). It turns true at the visit's end, a due time of
+    every customer (``SegmentCatalog.next_change``).
+
+    >>> from models.session import Session
+    >>> p = CustomerProfile("c", session=Session("s1", 0, 60_000), last_checkout_ts=60_000)
+    >>> policy = SessionPolicy(30)
+    >>> checkout_abandoned(p, 60_000, policy), checkout_abandoned(p, 60_000 + 1_800_000, policy)
+    (False, True)
+    >>> p.last_purchase_ts = 70_000  # a purchase after it
+    >>> checkout_abandoned(p, 60_000 + 1_800_000, policy)
+    False
+    """
+    checkout, visit = p.last_checkout_ts, p.session
+    if checkout is None or visit is None:
+        return False
+    last = visit.last
+    if p.last_purchase_ts is not None and p.last_purchase_ts >= checkout:
+        return False
+    timeout = sessions.timeout_ms
+    return at >= last + timeout and last < checkout + timeout
+
+
 def customer_facts(
     p: CustomerProfile,
     now: int,
@@ -291,7 +321,7 @@ def customer_facts(
     if "session" in parts:
         at = now if now >= watermark else watermark
         facts.update(session_facts(p.session, at, sessions))
-        facts["checkout_abandoned"] = checkout_abandoned(p.session, at, sessions)
+        facts["checkout_abandoned"] = checkout_abandoned(p, at, sessions)
     if only is not None:
         dynamic = [name for name in only if is_dynamic_fact(name)]
         if not dynamic:

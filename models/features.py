@@ -270,6 +270,8 @@ class CustomerProfile:
     merged_into: str | None = None
     # The current (or last) visit, in event time (models.session): the ``session.*`` facts.
     session: Session | None = None
+    # The newest checkout_start's event time (``checkout_abandoned``, models.facts).
+    last_checkout_ts: int | None = None
 
     def seen_position(self, log: str, position: int) -> bool:
         """Mark the message at ``position`` of source ``log`` applied; True if it already was.
@@ -345,6 +347,9 @@ class CustomerProfile:
             return True
         counts = self.counts
         counts[kind] = counts.get(kind, 0) + 1
+        if kind == "checkout_start":
+            last = self.last_checkout_ts
+            self.last_checkout_ts = ts if last is None or ts > last else last
         if event.category:
             bump(self.categories, event.category)
         if kind == "product_view" and event.price is not None:
@@ -483,6 +488,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "ask": p.merge_asked,
         "into": p.merged_into,
         "ss": None if p.session is None else p.session.to_state(),
+        "ck": p.last_checkout_ts,
     }
 
 
@@ -552,6 +558,7 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         merge_asked=merge_asked,
         merged_into=state["into"],
         session=None if session is None else Session.from_state(session),
+        last_checkout_ts=state.get("ck"),  # absent in a state stored before it: none known
     )
 
 

@@ -13,7 +13,6 @@ __all__ = [
     "SESSION_FACTS",
     "Session",
     "SessionPolicy",
-    "checkout_abandoned",
     "follow",
     "session_facts",
     "session_record",
@@ -289,28 +288,6 @@ def session_facts(session: Session | None, at: int, policy: SessionPolicy) -> di
         "session.minutes": round((session.last - session.start) / _MINUTE_MS, 1),
         "session.entry_channel": session.channel,
     }
-
-
-def checkout_abandoned(session: Session | None, at: int, policy: SessionPolicy) -> bool:
-    """The ``checkout_abandoned`` fact: the customer's latest visit is over at event time
-    ``at``, and in it they started a checkout and bought nothing. It holds from the visit's
-    end (its timeout, a due time of every customer) until their next visit starts, or a
-    purchase of that visit arrives late.
-
-    >>> s = Session("s1", 0, 60_000, cart_adds=1, checkouts=1)
-    >>> policy = SessionPolicy(30)
-    >>> checkout_abandoned(s, 60_000, policy), checkout_abandoned(s, 60_000 + 1_800_000, policy)
-    (False, True)
-    >>> s.purchases = 1
-    >>> checkout_abandoned(s, 60_000 + 1_800_000, policy)
-    False
-    """
-    return (
-        session is not None
-        and session.checkouts > 0
-        and session.purchases == 0
-        and at >= session.last + policy.timeout_ms
-    )
 
 
 def session_record(facts: dict[str, Any], session: Session | None) -> dict[str, Any] | None:

@@ -224,15 +224,52 @@ def test_an_abandoned_checkout_holds_from_the_visits_end_until_the_next_visit() 
     late = CustomerProfile.from_state(p.to_state())
     late.apply(Event("buy", "c", "purchase", T0 + 3 * MIN, amount=80.0, session_id="s1"))
     assert assign(late, None, catalog, now=end + MIN).rule_segments == ()
-    # so does the next visit
+    # so does the next visit, and its end brings no second entry (its visit had no checkout)
     p.apply(ev("page_view", end + HOUR, session_id="s2"))
     assert assign(p, None, catalog, now=end + HOUR).rule_segments == ()
+    assert assign(p, None, catalog, now=end + HOUR + TIMEOUT).rule_segments == ()
+    assert CustomerProfile.from_state(p.to_state()).last_checkout_ts == T0 + 2 * MIN
     # a visit with a purchase is no abandoned checkout
     bought = visit(
         ev("checkout_start", T0, session_id="s1"),
         Event("b2", "c", "purchase", T0 + MIN, amount=5.0, session_id="s1"),
     )
     assert catalog.facts(bought, T0 + MIN + TIMEOUT)["checkout_abandoned"] is False
+
+
+def test_an_abandoned_checkout_does_not_depend_on_the_order_events_arrive_in() -> None:
+    """A purchase comes on its own topic: applied before or after the next visit's clicks,
+    and with or without its session id, the customer's checkout is not abandoned; the next
+    visit's checkout, with no purchase, is."""
+    first = [
+        ev("add_to_cart", T0, session_id="s1", price=5.0),
+        ev("checkout_start", T0 + MIN, session_id="s1"),
+    ]
+    at = T0 + 5 * MIN + TIMEOUT
+    for kind, abandoned in (("page_view", False), ("checkout_start", True)):
+        second = [ev(kind, T0 + 5 * MIN, session_id="s2")]
+        for with_id in (True, False):
+            extra = {"session_id": "s1"} if with_id else {}
+            buy = Event(f"b{kind}{with_id}", "c", "purchase", T0 + 2 * MIN, amount=5.0, **extra)
+            answers = set()
+            for events in ([*first, buy, *second], [*first, *second, buy], [buy, *second, *first]):
+                profile = CustomerProfile("c")
+                for e in events:
+                    profile.apply(e)
+                answers.add(customer_facts(profile, at)["checkout_abandoned"])
+            assert answers == {abandoned}, (kind, with_id)
+    bought = CustomerProfile("c")
+    for e in [*first, Event("b3", "c", "purchase", T0 + 9 * MIN, amount=5.0)]:
+        bought.apply(e)
+    assert customer_facts(bought, T0 + 9 * MIN + TIMEOUT)["checkout_abandoned"] is False
+
+
+def test_merging_keeps_the_newest_checkout() -> None:
+    anonymous = visit(ev("checkout_start", T0 + MIN, session_id="s1"))
+    known = CustomerProfile("k")
+    known.apply(Event("k1", "k", "page_view", T0, session_id="s0"))
+    absorb(known, anonymous)
+    assert known.last_checkout_ts == T0 + MIN
 
 
 def cart_rule() -> RuleSegment:
