@@ -33,7 +33,13 @@ from models.step import StepOutcome
 from stream.settings import Settings
 from stream.tools.evaluate import Replay
 from stream.tools.generator import TrafficGenerator
-from stream.tools.incidents import DAY_MS, Incident, IncidentTraffic, SteadyPopulation
+from stream.tools.incidents import (
+    DAY_MS,
+    Incident,
+    IncidentTraffic,
+    InEventTimeOrder,
+    SteadyPopulation,
+)
 from stream.worker.trainer import flow_monitor
 
 __all__ = ["IncidentRun", "Scenario", "eval_incidents", "judge", "replay_flows", "report_rows"]
@@ -57,6 +63,9 @@ class Scenario:
     sessions_per_day: int = 1000
     arrivals_per_day: float = 40.0
     lifetime_days: float = 75.0
+    #: Sessions arrive in event-time order, as a live shop's visits do (True), or each up to
+    #: a day late, as the generator dates them (False: a day of lag before any alert).
+    in_order: bool = True
     incidents: tuple[tuple[str, float, float, float], ...] = (
         ("payment_outage", 66.3, 21.0, 0.5),
         ("visitor_spike", 95.6, 3.0, 1.0),
@@ -92,7 +101,7 @@ class IncidentRun:
 
 def replay_flows(
     settings: Settings,
-    traffic: IncidentTraffic,
+    traffic: IncidentTraffic | InEventTimeOrder,
     end_ms: int,
     monitor: FlowMonitor,
     catalog: SegmentCatalog | None = None,
@@ -123,7 +132,9 @@ def replay_flows(
     return alerts, replay.sent
 
 
-def _traffic(scenario: Scenario, seed: int, with_incidents: bool) -> tuple[IncidentTraffic, int]:
+def _traffic(
+    scenario: Scenario, seed: int, with_incidents: bool
+) -> tuple[IncidentTraffic | InEventTimeOrder, int]:
     customers = round(
         scenario.arrivals_per_day * (scenario.lifetime_days + scenario.days) * 1.1 + 100
     )
@@ -141,7 +152,7 @@ def _traffic(scenario: Scenario, seed: int, with_incidents: bool) -> tuple[Incid
     traffic = IncidentTraffic(
         generator, incidents if with_incidents else [], seed=seed + 1, pick=population.pick
     )
-    return traffic, start
+    return (InEventTimeOrder(traffic) if scenario.in_order else traffic), start
 
 
 def run_stream(

@@ -44,7 +44,7 @@ from typing import Any
 
 from stream.tools.generator import Message, TrafficGenerator
 
-__all__ = ["INCIDENT_KINDS", "Incident", "IncidentTraffic", "SteadyPopulation"]
+__all__ = ["INCIDENT_KINDS", "InEventTimeOrder", "Incident", "IncidentTraffic", "SteadyPopulation"]
 
 DAY_MS = 86_400_000
 INCIDENT_KINDS = ("payment_outage", "visitor_spike", "checkout_loop")
@@ -258,6 +258,30 @@ class IncidentTraffic:
 def _events(message: Message) -> list[dict[str, Any]]:
     value = message.value
     return value if isinstance(value, list) else [value]
+
+
+class InEventTimeOrder:
+    """``traffic``'s sessions in the event-time order of their first events, as a live shop's
+    visits arrive. The generator dates each session at its customer's preferred hour in the day
+    before its clock, so its sessions come up to a day late and out of order; this holds each
+    back until the clock is ``horizon_ms`` past it (every later session is dated after it)."""
+
+    def __init__(self, traffic: IncidentTraffic, horizon_ms: int = DAY_MS) -> None:
+        self.traffic = traffic
+        self.generator = traffic.generator
+        self.incidents = traffic.incidents
+        self.horizon_ms = horizon_ms
+        self._held: list[tuple[int, int, list[Message]]] = []
+        self._order = 0
+
+    def session(self) -> list[Message]:
+        """The held session that comes first in event time, once no later one can precede it."""
+        held, clock = self._held, self.generator
+        while not held or held[0][0] > clock.clock - self.horizon_ms:
+            messages = self.traffic.session()
+            self._order += 1
+            heapq.heappush(held, (_first_ts(messages), self._order, messages))
+        return heapq.heappop(held)[2]
 
 
 def _first_ts(messages: Sequence[Message]) -> int:

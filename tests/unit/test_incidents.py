@@ -164,3 +164,26 @@ def test_streams_in_processes_of_their_own_give_the_same_runs() -> None:
     assert sorted(ended) == ["seed 5, incidents: done", "seed 5, stationary: done"]
     with pytest.raises(ValueError, match="catalog"):
         eval_incidents(Settings(), [5], scenario, catalog=object(), jobs=2)  # type: ignore[arg-type]
+
+
+def test_in_event_time_order_the_sessions_come_sorted_and_none_is_lost() -> None:
+    """The generator dates a session up to a day before its clock, so its sessions come out
+    of order; held back a day, they come in the order of their first events, and they are
+    the generator's own sessions."""
+    from stream.tools.incidents import InEventTimeOrder
+
+    def traffic() -> IncidentTraffic:
+        g = TrafficGenerator(customers=200, seed=8, session_gap_ms=DAY_MS // 300)
+        return IncidentTraffic(g, [], seed=1)
+
+    def first(session):  # type: ignore[no-untyped-def]
+        return min(e["ts"] for e in _events(session))
+
+    plain_traffic, ordered = traffic(), InEventTimeOrder(traffic())
+    plain = [plain_traffic.session() for _ in range(1500)]
+    ordered_sessions = [ordered.session() for _ in range(1000)]
+    assert [first(s) for s in plain] != sorted(first(s) for s in plain)
+    firsts = [first(s) for s in ordered_sessions]
+    assert firsts == sorted(firsts)
+    ids = {e["event_id"] for s in plain for e in _events(s)}
+    assert {e["event_id"] for s in ordered_sessions for e in _events(s)} <= ids
