@@ -217,6 +217,12 @@ def _value_estimate(monetary: float) -> float:
     return round(monetary * 365 / _DECAY_WINDOW_DAYS, 2)
 
 
+def checkout_pending(p: CustomerProfile) -> bool:
+    """Whether the customer's newest checkout has no purchase after it (yet)."""
+    checkout, bought = p.last_checkout_ts, p.last_purchase_ts
+    return checkout is not None and (bought is None or bought < checkout)
+
+
 def checkout_abandoned(p: CustomerProfile, at: int, sessions: SessionPolicy) -> bool:
     """The ``checkout_abandoned`` fact at event time ``at``: the customer's newest checkout has
     no purchase after it, and they left: their visit is over (no visit event for the session
@@ -238,11 +244,9 @@ def checkout_abandoned(p: CustomerProfile, at: int, sessions: SessionPolicy) -> 
     False
     """
     checkout, visit = p.last_checkout_ts, p.session
-    if checkout is None or visit is None:
+    if checkout is None or visit is None or not checkout_pending(p):
         return False
     last = visit.last
-    if p.last_purchase_ts is not None and p.last_purchase_ts >= checkout:
-        return False
     timeout = sessions.timeout_ms
     return at >= last + timeout and last < checkout + timeout
 
@@ -321,7 +325,10 @@ def customer_facts(
     if "session" in parts:
         at = now if now >= watermark else watermark
         facts.update(session_facts(p.session, at, sessions))
-        facts["checkout_abandoned"] = checkout_abandoned(p, at, sessions)
+        # As of the customer's own time, not the watermark: a visit that arrives after it
+        # ended (late data, its purchase still on its way on the other topic) is judged at
+        # the next due time (``SegmentCatalog.next_change``), not abandoned on arrival.
+        facts["checkout_abandoned"] = checkout_abandoned(p, now, sessions)
     if only is not None:
         dynamic = [name for name in only if is_dynamic_fact(name)]
         if not dynamic:

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.clustering import ModelSnapshot
-from models.facts import LifecyclePolicy, RfmCuts, TimeWatch, customer_facts, is_dynamic_fact
+from models.facts import (
+    LifecyclePolicy,
+    RfmCuts,
+    TimeWatch,
+    checkout_pending,
+    customer_facts,
+    is_dynamic_fact,
+)
 from models.features import CANONICAL_FEATURES, CustomerProfile, feature_vector
 from models.personas import PersonaCatalog
 from models.rules import RuleSegment, compile_rules
@@ -190,8 +197,14 @@ class SegmentCatalog:
         """
         due = self.lifecycle.next_change(profile, now)
         end = self.sessions.ends_at(profile.session)
-        if end is not None and end > now and end > watermark and (due is None or end < due):
-            due = end
+        if end is not None and end > now:
+            if end <= watermark and checkout_pending(profile):
+                # A visit that arrived after its end with a checkout not (yet) paid for:
+                # ``checkout_abandoned`` is judged at the next batch, its purchase given the
+                # time to arrive from the other topic.
+                end = watermark + 1
+            if end > watermark and (due is None or end < due):
+                due = end
         return self.watch.next_change(profile, now, self.rfm, due) if self.watch else due
 
 

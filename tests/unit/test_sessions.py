@@ -264,6 +264,26 @@ def test_an_abandoned_checkout_does_not_depend_on_the_order_events_arrive_in() -
     assert customer_facts(bought, T0 + 9 * MIN + TIMEOUT)["checkout_abandoned"] is False
 
 
+def test_a_late_visit_is_not_abandoned_on_arrival_but_at_the_next_batch() -> None:
+    """Late data: the visit ended before its events arrive (other customers moved the
+    watermark on). On arrival its checkout is not abandoned yet (its purchase may be on its
+    way on the other topic); the customer is due at the next batch, and abandoned then if
+    no purchase came."""
+    catalog = SegmentCatalog(
+        rules=tuple(s for s in load_segments() if s.name == "checkout_abandoned")
+    )
+    watermark = T0 + 2 * HOUR
+    p = visit(ev("checkout_start", T0 + MIN, session_id="s1"))
+    assert catalog.facts(p, T0 + MIN, watermark)["checkout_abandoned"] is False
+    assert catalog.next_change(p, T0 + MIN, watermark) == watermark + 1
+    assert catalog.facts(p, watermark + 1, watermark + 1)["checkout_abandoned"] is True
+    paid = visit(ev("checkout_start", T0 + MIN, session_id="s1"))
+    paid.apply(Event("late-buy", "c", "purchase", T0 + 2 * MIN, amount=3.0, session_id="s1"))
+    assert catalog.facts(paid, watermark + 1, watermark + 1)["checkout_abandoned"] is False
+    # no checkout pending: a late visit's end is not a due time, as before
+    assert catalog.next_change(paid, T0 + 2 * MIN, watermark) != watermark + 1
+
+
 def test_merging_keeps_the_newest_checkout() -> None:
     anonymous = visit(ev("checkout_start", T0 + MIN, session_id="s1"))
     known = CustomerProfile("k")
