@@ -33,7 +33,7 @@ test-slow: $(STAMP)
 ## against an offline k-means (scikit-learn, the eval extra), seeds 1 to 5; exit 1 if a target is
 ## missed. About 22 minutes of CPU for the draws. ARGS="--quick" for a smoke run,
 ## ARGS="--markdown eval.md" to write the table for the README, ARGS="--seed 7" for one draw.
-## Then segment-flow drift against the generator's incidents, seeds 1 to 3 (about 12 minutes of
+## Then segment-flow drift against the generator's incidents, seeds 1 to 3 (about 8 minutes of
 ## CPU; INCIDENT_ARGS for segmenter eval-incidents); exit 1 if either misses a target.
 eval: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,eval]'

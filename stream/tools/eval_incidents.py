@@ -10,6 +10,9 @@ step's changes feeding the flow monitor the worker's trainer runs (``flow_monito
   checkout that loops mobile users back to the cart;
 - the stationary stream: the same seed without the incidents.
 
+Sessions reach the step in event-time order (``Scenario.in_order``, ``InEventTimeOrder``), as
+a live shop's visits do.
+
 Per incident: alerted within a day of event time of its start (an alert detected at most a
 day after the start and dated within a day of it); per stationary stream: flow alerts a month
 after the burn-in (the first weeks of a stream are not stationary: every customer is first

@@ -142,7 +142,7 @@ def test_the_report_gives_median_and_worst_and_judges_every_target() -> None:
 
 def test_streams_in_processes_of_their_own_give_the_same_runs() -> None:
     """``eval-incidents --jobs 2`` runs each seed's two streams in processes of their own
-    (a stream of the full scenario takes about 25 minutes): the same figures as one by one."""
+    (a stream of the full scenario takes a minute or two): the same figures as one by one."""
     from stream.settings import Settings
     from stream.tools.eval_incidents import eval_incidents
 
