@@ -61,9 +61,10 @@ _KEY_SPACE = 1 << 63
 #: The categories whose shares the clustering space has, by default: the shop's most viewed,
 #: learned with the space (``ClusterTrainer``). A category past them counts in no dimension.
 CATEGORIES = 12
-#: How much more the category mix weighs than the device or daypart mix, by default: two
-#: customers with disjoint category mixes are 3 interquartile units apart, not 1. A customer's
-#: views spread over several categories, so real mixes are far closer than disjoint ones.
+#: How much more the category mix weighs than the device or daypart mix, by default: the
+#: distance between two customers' category mixes counts 3 times a device mix's. A customer's
+#: views spread over several categories, so real mixes are far closer than disjoint ones. (A
+#: share is clipped at two units like every feature: at 3, past a share of 0.94.)
 CATEGORY_WEIGHT = 3.0
 
 #: A sample as the trainer keeps it: its point in the trainer's features, and its category
@@ -662,7 +663,7 @@ class ClusterTrainer:
         fits = (
             snapshot.scaling is not None
             and same_base
-            and snapshot.categories == self.categories
+            and (snapshot.categories or 0) == self.categories  # None: before categories
             and (self.auto or len(snapshot.centres) == self.n_clusters)
         )
         if not fits:

@@ -223,6 +223,7 @@ class DriftMonitor:
         self.feature_detectors = {f: self._detector() for f in self.features}
         self.distance = self._detector()
         self.reference: tuple[int, Sequence[Sequence[float]], int] | None = None
+        self._space: object = None  # what the reference's centres are points of
         self.alerts = 0
         self.warmup = warmup
         self.cooldown = cooldown
@@ -297,9 +298,13 @@ class DriftMonitor:
         )
 
     def model_moved(
-        self, version: int, centres: Sequence[Sequence[float]], ts: int
+        self, version: int, centres: Sequence[Sequence[float]], ts: int, space: object = None
     ) -> list[DriftAlert]:
         """Compare a new model version's centres with the reference; alert on big moves.
+
+        ``space``: what the centres are points of (the snapshot's features and scaling); a
+        version in another space (a refit learned a new one, other categories) becomes the
+        reference: centres of two spaces are not comparable, nor always of one length.
 
         >>> m = DriftMonitor(centre_threshold=0.1)
         >>> m.model_moved(1, [[0.0, 0.0], [1.0, 1.0]], ts=10)
@@ -307,8 +312,14 @@ class DriftMonitor:
         >>> [(a.subject, a.magnitude) for a in m.model_moved(2, [[0.0, 0.05], [1.0, 1.5]], ts=20)]
         [('cluster:1', 0.5)]
         """
-        if self.reference is None or (self.warmup and self.n <= self.warmup):
+        if (
+            self.reference is None
+            or (self.warmup and self.n <= self.warmup)
+            or space != self._space
+            or any(len(c) != len(r) for c, r in zip(centres, self.reference[1], strict=False))
+        ):
             self.reference = (version, [list(c) for c in centres], ts)
+            self._space = space
             return []
         _, reference, since = self.reference
         out = []

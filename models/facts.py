@@ -223,11 +223,15 @@ def checkout_pending(p: CustomerProfile) -> bool:
     return checkout is not None and (bought is None or bought < checkout)
 
 
+def checkout_judged(p: CustomerProfile) -> bool:
+    """Whether an evaluation already found the newest checkout abandoned."""
+    return p.abandoned_checkout_ts is not None and p.abandoned_checkout_ts == p.last_checkout_ts
+
+
 def checkout_abandoned(p: CustomerProfile, at: int, sessions: SessionPolicy) -> bool:
     """The ``checkout_abandoned`` fact at event time ``at``: the customer's newest checkout has
-    no purchase after it, and they left: their visit is over (no visit event for the session
-    timeout), and its last event came within the timeout after that checkout (a later visit
-    without a checkout ends it).
+    no purchase after it, and they left: the visit it came in, still their newest, is over (no
+    visit event for the session timeout). A later visit ends it.
 
     Read from the newest checkout and purchase times and the newest visit's last event, so
     the same events give the same answer in any order of arrival (a purchase on its own topic
@@ -246,9 +250,7 @@ def checkout_abandoned(p: CustomerProfile, at: int, sessions: SessionPolicy) -> 
     checkout, visit = p.last_checkout_ts, p.session
     if checkout is None or visit is None or not checkout_pending(p):
         return False
-    last = visit.last
-    timeout = sessions.timeout_ms
-    return at >= last + timeout and last < checkout + timeout
+    return checkout >= visit.start and at >= visit.last + sessions.timeout_ms
 
 
 def customer_facts(
@@ -325,10 +327,13 @@ def customer_facts(
     if "session" in parts:
         at = now if now >= watermark else watermark
         facts.update(session_facts(p.session, at, sessions))
-        # As of the customer's own time, not the watermark: a visit that arrives after it
-        # ended (late data, its purchase still on its way on the other topic) is judged at
-        # the next due time (``SegmentCatalog.next_change``), not abandoned on arrival.
-        facts["checkout_abandoned"] = checkout_abandoned(p, now, sessions)
+        # A checkout not judged yet is judged as of the customer's own time, not the
+        # watermark: a visit that arrives after it ended (late data, its purchase still on
+        # its way on the other topic) is judged at the next due time
+        # (``SegmentCatalog.next_change``), not abandoned on arrival. Once judged abandoned,
+        # as of the watermark: a late event of an older order does not take it back.
+        judged = checkout_judged(p)
+        facts["checkout_abandoned"] = checkout_abandoned(p, at if judged else now, sessions)
     if only is not None:
         dynamic = [name for name in only if is_dynamic_fact(name)]
         if not dynamic:

@@ -270,8 +270,11 @@ class CustomerProfile:
     merged_into: str | None = None
     # The current (or last) visit, in event time (models.session): the ``session.*`` facts.
     session: Session | None = None
-    # The newest checkout_start's event time (``checkout_abandoned``, models.facts).
+    # The newest checkout_start's event time (``checkout_abandoned``, models.facts), and the
+    # checkout (its time) an evaluation last found abandoned: judged once, it stays abandoned
+    # until a purchase after it or a later visit, whatever arrives late meanwhile.
     last_checkout_ts: int | None = None
+    abandoned_checkout_ts: int | None = None
 
     def seen_position(self, log: str, position: int) -> bool:
         """Mark the message at ``position`` of source ``log`` applied; True if it already was.
@@ -489,6 +492,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "into": p.merged_into,
         "ss": None if p.session is None else p.session.to_state(),
         "ck": p.last_checkout_ts,
+        "ak": p.abandoned_checkout_ts,
     }
 
 
@@ -559,6 +563,7 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         merged_into=state["into"],
         session=None if session is None else Session.from_state(session),
         last_checkout_ts=state.get("ck"),  # absent in a state stored before it: none known
+        abandoned_checkout_ts=state.get("ak"),
     )
 
 

@@ -240,6 +240,7 @@ def absorb(
     into.last_seen_ts = _latest(into.last_seen_ts, other.last_seen_ts)
     into.last_purchase_ts = _latest(into.last_purchase_ts, other.last_purchase_ts)
     into.last_checkout_ts = _latest(into.last_checkout_ts, other.last_checkout_ts)
+    into.abandoned_checkout_ts = _latest(into.abandoned_checkout_ts, other.abandoned_checkout_ts)
     into.applied += max(0, other.applied - duplicates)
 
     for kind, n in other.counts.items():

@@ -13,6 +13,7 @@ from models.facts import (
     LifecyclePolicy,
     RfmCuts,
     TimeWatch,
+    checkout_judged,
     checkout_pending,
     customer_facts,
     is_dynamic_fact,
@@ -101,6 +102,9 @@ class SegmentCatalog:
     #: model brings). A profile keeps the one it was evaluated under (``evaluated_under``).
     #: None if a rule is a bare predicate (its condition unknown).
     fingerprint: str | None = field(init=False, repr=False, compare=False)
+    #: Whether a rule reads ``checkout_abandoned`` (or may: a bare predicate): only then is a
+    #: late visit's pending checkout judged at the next batch.
+    reads_checkouts: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "evaluate", compile_rules(self.rules))
@@ -113,6 +117,8 @@ class SegmentCatalog:
             (pair for rule in self.rules for pair in rule.thresholds),
         )
         object.__setattr__(self, "watch", watch)
+        reads = opaque or any("checkout_abandoned" in rule.fields for rule in self.rules)
+        object.__setattr__(self, "reads_checkouts", reads)
 
     def facts(
         self,
@@ -198,7 +204,12 @@ class SegmentCatalog:
         due = self.lifecycle.next_change(profile, now)
         end = self.sessions.ends_at(profile.session)
         if end is not None and end > now:
-            if end <= watermark and checkout_pending(profile):
+            if (
+                end <= watermark
+                and self.reads_checkouts
+                and checkout_pending(profile)
+                and not checkout_judged(profile)
+            ):
                 # A visit that arrived after its end with a checkout not (yet) paid for:
                 # ``checkout_abandoned`` is judged at the next batch, its purchase given the
                 # time to arrive from the other topic.
@@ -600,3 +611,5 @@ def remember(profile: CustomerProfile, now: SegmentAssignment) -> None:
     profile.evaluated_under = now.definitions
     profile.persona = now.persona
     profile.lifecycle = now.lifecycle
+    if now.facts.get("checkout_abandoned"):
+        profile.abandoned_checkout_ts = profile.last_checkout_ts

@@ -157,10 +157,10 @@ class Settings(BaseSettings):
         description="categories whose shares the clusters' space has: the most viewed of the "
         "customers it is learned from, chosen with the space (0: no category mix)",
     )
-    cluster_category_weight: Annotated[float, Field(gt=0, le=100)] = Field(
+    cluster_category_weight: Annotated[float, Field(gt=0, le=4)] = Field(
         3.0,
         description="how many times the category mix counts in the clusters' distances, "
-        "against the device or daypart mix (README, Quality)",
+        "against the device or daypart mix, at most 4 (README, Measured quality)",
     )
     warmup_samples: Annotated[int, Field(ge=2)] = Field(
         1000, description="samples before first model"

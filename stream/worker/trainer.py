@@ -187,7 +187,10 @@ class Trainer:
         await (await self.send(self.topics["snapshots"], None, orjson.dumps(snapshot)))
         self.dirty = False
         self.pending_alerts += self.drift.model_moved(
-            snapshot["version"], snapshot["centres"], self.drift.clock
+            snapshot["version"],
+            snapshot["centres"],
+            self.drift.clock,
+            orjson.dumps([snapshot["features"], snapshot.get("scaling")]),
         )
         await self._publish_alerts()
 

@@ -91,3 +91,14 @@ def test_centre_movement_is_measured_against_a_reference_that_moves_on_alert() -
     assert (alert.subject, alert.since, alert.detected_at) == ("cluster:0", 1, 3)
     assert alert.magnitude == pytest.approx(0.12)
     assert monitor.model_moved(4, [[0.15, 0.0]], ts=4) == []  # the reference moved on
+
+
+def test_a_model_in_another_space_becomes_the_reference_instead_of_a_move() -> None:
+    """A refit learns a new space (and maybe other categories: centres of another length):
+    its centres are not compared with the old ones, and nothing raises."""
+    monitor = DriftMonitor(centre_threshold=0.1)
+    assert monitor.model_moved(1, [[0.0, 0.0], [1.0, 1.0]], 10, space="a") == []
+    assert monitor.model_moved(2, [[0.0, 0.0, 0.5], [1.0, 1.0, 0.5]], 20, space="b") == []
+    assert monitor.model_moved(3, [[0.0, 0.0, 0.0], [1.0, 1.0, 0.5]], 30, space="c") == []
+    moved = monitor.model_moved(4, [[0.0, 0.0, 0.9], [1.0, 1.0, 0.5]], 40, space="c")
+    assert [a.subject for a in moved] == ["cluster:0"]

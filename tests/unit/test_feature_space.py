@@ -169,6 +169,43 @@ def test_the_trainer_learns_the_shops_categories_with_its_space():
     assert not fresh.restore(old) and not fresh.ready
 
 
+def test_a_refit_that_finds_other_categories_rebuilds_the_kept_points() -> None:
+    """The categories are chosen again at each fit from scratch: when the shop's most viewed
+    category changes, every kept sample is a point of the new categories, the centres too,
+    and the snapshot scores by the new names."""
+    rng = np.random.default_rng(6)
+    base = {f: 0.5 for f in FEATURE_VECTOR}
+    trainer = ClusterTrainer(n_clusters=2, warmup=60, seed=1, categories=1, check_every=50)
+
+    def sample(i: int, category: str) -> None:
+        x = {**base, "monetary": float(i % 2) + rng.normal(0, 0.01)}
+        trainer.learn_one({**x, f"category_share.{category}": 1.0}, key=i)
+
+    for i in range(60):
+        sample(i, "shoes")
+    assert trainer.features[-1:] == ("category_share.shoes",)
+    for i in range(60, 400):  # the population doubles, now mostly servers
+        sample(i, "servers")
+    assert trainer.refits >= 1 and trainer.features[-1:] == ("category_share.servers",)
+    assert trainer._data().shape[1] == len(trainer.features)
+    snap = trainer.snapshot()
+    assert snap.features == trainer.features and all(
+        len(c) == len(snap.features) for c in snap.centres
+    )
+    assert snap.predict({**base, "monetary": 0.0, "category_share.servers": 1.0})[0] in (0, 1)
+
+
+def test_a_snapshot_from_before_the_category_mix_continues_without_one() -> None:
+    """``categories=0``: a snapshot stored before the category mix (``categories`` None) is
+    the same space, continued, not retrained."""
+    trainer = ClusterTrainer(n_clusters=2, warmup=20, seed=1, categories=0)
+    for i in range(40):
+        trainer.learn_one({f: float(i % 2) for f in FEATURE_VECTOR}, key=i)
+    old = replace(trainer.snapshot(), categories=None)
+    assert ClusterTrainer(n_clusters=2, warmup=20, seed=1, categories=0).restore(old)
+    assert not ClusterTrainer(n_clusters=2, warmup=20, seed=1).restore(old)
+
+
 def visit(p: CustomerProfile, hour: int, n: int = 3, country: str | None = None) -> None:
     for i in range(n):
         ts = T0 + hour * HOUR + i * 60_000

@@ -17,7 +17,7 @@ from models.facts import TIME_FACTS, customer_facts, is_known_fact
 from models.features import CustomerProfile
 from models.identity import absorb
 from models.rules import RuleSegment
-from models.segments import SegmentCatalog, assign
+from models.segments import SegmentCatalog, assign, remember
 from models.session import NO_SESSION, SESSION_FACTS, Session, SessionPolicy, follow
 from models.step import StepOutcome
 from stream.catalog import CatalogError, load_segments
@@ -282,6 +282,46 @@ def test_a_late_visit_is_not_abandoned_on_arrival_but_at_the_next_batch() -> Non
     assert catalog.facts(paid, watermark + 1, watermark + 1)["checkout_abandoned"] is False
     # no checkout pending: a late visit's end is not a due time, as before
     assert catalog.next_change(paid, T0 + 2 * MIN, watermark) != watermark + 1
+
+
+def test_a_judged_checkout_stays_abandoned_when_an_older_order_arrives_late() -> None:
+    """Once found abandoned (and remembered), a late event that does not touch the checkout
+    (a purchase of an older order) leaves the customer in the segment: no exit, no second
+    entry, no extra due time."""
+    catalog = SegmentCatalog(
+        rules=tuple(s for s in load_segments() if s.name == "checkout_abandoned")
+    )
+    p = visit(
+        Event("old-buy", "c", "purchase", T0 - HOUR, amount=9.0, session_id="s0"),
+        ev("checkout_start", T0 + MIN, session_id="s1"),
+    )
+    end = T0 + MIN + TIMEOUT
+    first = assign(p, None, catalog, now=end)
+    assert first.rule_segments == ("checkout_abandoned",)
+    remember(p, first)
+    p.apply(Event("older-buy", "c", "purchase", T0 - 2 * HOUR, amount=4.0, session_id="s-1"))
+    watermark = end + HOUR
+    again = assign(p, None, catalog, watermark=watermark)
+    assert again.rule_segments == ("checkout_abandoned",)
+    assert catalog.next_change(p, again.now, watermark) != watermark + 1
+
+
+def test_a_long_visit_is_abandoned_at_its_end_and_a_new_visit_is_not() -> None:
+    catalog = SegmentCatalog(
+        rules=tuple(s for s in load_segments() if s.name == "checkout_abandoned")
+    )
+    long_visit = visit(
+        ev("checkout_start", T0, session_id="s1"),
+        *(ev("page_view", T0 + k * 10 * MIN, session_id="s1") for k in range(1, 5)),
+    )
+    assert assign(long_visit, None, catalog, now=T0 + 40 * MIN + TIMEOUT).rule_segments == (
+        "checkout_abandoned",
+    )
+    came_back = visit(
+        ev("checkout_start", T0, session_id="s1"),
+        ev("page_view", T0 + 10 * MIN, session_id="s2"),  # another visit, soon after
+    )
+    assert assign(came_back, None, catalog, now=T0 + 10 * MIN + TIMEOUT).rule_segments == ()
 
 
 def test_merging_keeps_the_newest_checkout() -> None:
