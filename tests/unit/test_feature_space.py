@@ -145,6 +145,7 @@ def test_the_trainer_learns_the_shops_categories_with_its_space():
     rng = np.random.default_rng(4)
     base = {f: 0.5 for f in FEATURE_VECTOR}
     trainer = ClusterTrainer(n_clusters=2, warmup=200, seed=1, categories=2)
+    samples: list[dict[str, float]] = []
     for i in range(400):
         group = i % 2  # two groups alike but for what they view
         shares = {"category_share.shoes": 0.9, "category_share.bags": 0.1}
@@ -152,6 +153,7 @@ def test_the_trainer_learns_the_shops_categories_with_its_space():
             shares = {"category_share.servers": 0.8, "category_share.cables": 0.2}
         x = {**base, **{k: v + rng.normal(0, 0.01) for k, v in shares.items()}}
         x["category_share.rare"] = 0.01
+        samples.append(x)
         trainer.learn_one(x, key=i)
     snap = trainer.snapshot()
     assert snap.categories == 2
@@ -165,8 +167,14 @@ def test_the_trainer_learns_the_shops_categories_with_its_space():
     restored = ClusterTrainer(n_clusters=2, warmup=200, seed=1, categories=2)
     assert restored.restore(again) and restored.features == snap.features
     old = replace(snap, categories=None)  # stored before the category mix
-    fresh = ClusterTrainer(n_clusters=2, warmup=200, seed=1, categories=2)
+    fresh = ClusterTrainer(n_clusters=2, warmup=200, seed=2, categories=2)
     assert not fresh.restore(old) and not fresh.ready
+    for i, x in enumerate(reversed(samples)):  # retrained: its ids are the old snapshot's
+        fresh.learn_one(x, key=i)
+    again_snap = fresh.snapshot()
+    assert again_snap.version > old.version
+    for point in (shoes, servers):
+        assert again_snap.predict(point)[0] == old.predict(point)[0]
 
 
 def test_a_refit_that_finds_other_categories_rebuilds_the_kept_points() -> None:
