@@ -7,10 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
+
+from stream.store import SegmentClient
 
 from .conftest import wait_until
 
@@ -35,6 +37,20 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def _collect(proc: subprocess.Popen[str], lines: list[str]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append(line)
+
+
+def _redis_url(lines: list[str]) -> str | None:
+    for line in list(lines):
+        found = re.search(r"redis\s+(redis://127\.0\.0\.1:\d+/\d+)", line)
+        if found:
+            return found.group(1)
+    return None
 
 
 def _demo(*args: str) -> subprocess.Popen[str]:
@@ -72,11 +88,19 @@ def test_sigterm_stops_the_demo_and_every_process_it_started():
             60,
             "the demo to start its children",
         )
-        time.sleep(2)
+        # Running, not starting: its worker has processed the generator's first events (the
+        # demo prints its Redis address on stderr, read here as it comes).
+        lines: list[str] = []
+        reader = threading.Thread(target=_collect, args=(proc, lines), daemon=True)
+        reader.start()
+        url = wait_until(lambda: _redis_url(lines), 60, "the demo to print its Redis address")
+        client = SegmentClient(url)
+        wait_until(lambda: client.stats().get("events", 0) > 0, 60, "the demo's first events")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "interrupted" in proc.stderr.read()  # type: ignore[union-attr]
+    assert "interrupted" in "".join(lines)
     assert [pid for pid in kids if _alive(pid)] == []  # type: ignore[union-attr]

@@ -201,7 +201,12 @@ def test_a_worker_whose_broker_vanished_stops_within_its_shutdown_timeout(tmp_pa
         workers.wait_joined(1)
         broker.kill()
         broker.wait(timeout=20)
-        time.sleep(3)
+        # Stopped while its consumer is failing to fetch from the vanished broker.
+        wait_until(
+            lambda: "Failed fetch messages" in workers.log(worker_id, 200),
+            30,
+            "the worker to find the broker gone",
+        )
         proc = workers.procs[worker_id]
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
