@@ -690,8 +690,10 @@ class ClusterTrainer:
         self._set_vocabulary(
             self._vocabulary_of(list(self._members.values()) if population else self._buffer)
         )
-        entries = list(self._members.values()) if population else self._buffer
-        data = np.asarray([point for point, _ in entries])
+        # the entries again: setting the categories made their points anew
+        data = self._rows(
+            list(self._members.values()) if population else self._buffer, self.vocabulary
+        )
         self.scaling = self._learn_space(data, self.vocabulary)
         self._persona_due = True
         z = self.scaling.transform_many(data)

@@ -158,6 +158,10 @@ def _traffic(
     return (InEventTimeOrder(traffic) if scenario.in_order else traffic), start
 
 
+#: One stream's alerts, events sent, incidents and first event time (``run_stream``).
+_Stream = tuple[list[DriftAlert], int, list[Incident], int]
+
+
 def run_stream(
     settings: Settings,
     seed: int,
@@ -165,7 +169,7 @@ def run_stream(
     scenario: Scenario,
     catalog: SegmentCatalog | None = None,
     on_progress: Callable[[str, int], None] | None = None,
-) -> tuple[list[DriftAlert], int, list[Incident], int]:
+) -> _Stream:
     """One of a seed's two streams: its alerts, events sent, incidents and first event time."""
     traffic, start = _traffic(scenario, seed, with_incidents)
     label = "incidents" if with_incidents else "stationary"
@@ -189,10 +193,20 @@ def run_seed(
 ) -> IncidentRun:
     """One seed's incident stream and stationary stream."""
     scenario = scenario or Scenario()
-    alerts, events, incidents, start = run_stream(
-        settings, seed, True, scenario, catalog, on_progress
+    return _judge_streams(
+        seed,
+        scenario,
+        run_stream(settings, seed, True, scenario, catalog, on_progress),
+        run_stream(settings, seed, False, scenario, catalog, on_progress),
     )
-    quiet, quiet_events, _, _ = run_stream(settings, seed, False, scenario, catalog, on_progress)
+
+
+def _judge_streams(
+    seed: int, scenario: Scenario, incident: _Stream, stationary: _Stream
+) -> IncidentRun:
+    """``judge`` on a seed's two streams as ``run_stream`` returns them."""
+    alerts, events, incidents, start = incident
+    quiet, quiet_events, _, _ = stationary
     return judge(seed, scenario, start, incidents, (alerts, events), (quiet, quiet_events))
 
 
@@ -259,7 +273,7 @@ def eval_incidents(
     if catalog is not None:
         raise ValueError("streams in processes of their own use the settings' catalog")
     tasks = [(seed, flag) for seed in seeds for flag in (True, False)]
-    done: dict[tuple[int, bool], tuple[list[DriftAlert], int, list[Incident], int]] = {}
+    done: dict[tuple[int, bool], _Stream] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {
@@ -272,14 +286,7 @@ def eval_incidents(
             if on_progress:
                 label = "incidents" if flag else "stationary"
                 on_progress(f"seed {seed}, {label}: done", done[seed, flag][1])
-    runs = []
-    for seed in seeds:
-        alerts, events, incidents, start = done[seed, True]
-        quiet, quiet_events, _, _ = done[seed, False]
-        runs.append(
-            judge(seed, scenario, start, incidents, (alerts, events), (quiet, quiet_events))
-        )
-    return runs
+    return [_judge_streams(seed, scenario, done[seed, True], done[seed, False]) for seed in seeds]
 
 
 def report_rows(runs: Sequence[IncidentRun]) -> list[tuple[str, str, str, bool]]:
