@@ -51,3 +51,20 @@ def test_compose_runs_kafka_kraft_redis_two_workers_and_the_generator():
 def test_container_image_runs_as_non_root():
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "\nUSER " in dockerfile and "USER root" not in dockerfile
+
+
+def test_the_shell_runs_numpys_blas_on_one_thread():
+    # In a fresh process, as the worker and the CLI start: numpy loaded after the shell.
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    code = (
+        "import stream, models.clustering\n"
+        "from threadpoolctl import threadpool_info\n"
+        "print(sorted({pool['num_threads'] for pool in threadpool_info()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[1]"
