@@ -339,20 +339,20 @@ def customer_facts(
         if not dynamic:
             return facts
     # Each dynamic family: the profile's values and the total a share divides by (None: the
-    # value itself). A fact is present exactly when the profile has its key.
-    dayparts = p.dayparts  # a property (local time): computed once here
-    families: dict[str, tuple[Mapping[str, Any], float | None]] = {
-        "traits": (p.traits, None),
-        "device_share": (p.devices, sum(p.devices.values())),
-        "category_share": (p.categories, sum(p.categories.values())),
-        "spend_share": (p.category_spend, sum(p.category_spend.values())),
-        "daypart_share": (dayparts, sum(dayparts.values())),
-    }
+    # value itself), taken only for the families asked for (the rules usually read one or
+    # two: the dayparts, a property in local time, and the sums are not paid for the others).
+    # A fact is present exactly when the profile has its key.
+    families: dict[str, tuple[Mapping[str, Any], float | None]] = {}
     if dynamic is None:
+        for family in _FAMILIES:
+            families[family] = _family(p, family)
         dynamic = [f"{family}.{key}" for family, (found, _) in families.items() for key in found]
     for fact in dynamic:
         family, _, key = fact.partition(".")
-        found, total = families.get(family, ({}, None))
+        taken = families.get(family)
+        if taken is None:
+            taken = families[family] = _family(p, family)
+        found, total = taken
         if key in found:
             value = found[key]
             if family == "traits":
@@ -360,6 +360,29 @@ def customer_facts(
             else:
                 facts[fact] = round(value / total, 4) if total else 0.0
     return facts
+
+
+#: The dynamic families of :func:`customer_facts`, in the order it lists them (``dynamic``
+#: None).
+_FAMILIES = ("traits", "device_share", "category_share", "spend_share", "daypart_share")
+_NO_FAMILY: tuple[Mapping[str, Any], float | None] = ({}, None)
+
+
+def _family(p: CustomerProfile, family: str) -> tuple[Mapping[str, Any], float | None]:
+    """A dynamic family's values in the profile and the total a share divides by (None: the
+    value itself, as ``traits``); no values for a family not known."""
+    if family == "traits":
+        return p.traits, None
+    if family == "device_share":
+        return p.devices, sum(p.devices.values())
+    if family == "category_share":
+        return p.categories, sum(p.categories.values())
+    if family == "spend_share":
+        return p.category_spend, sum(p.category_spend.values())
+    if family == "daypart_share":
+        dayparts = p.dayparts  # a property (local time): computed once per call
+        return dayparts, sum(dayparts.values())
+    return _NO_FAMILY
 
 
 #: The parts of :func:`customer_facts`, in the order it computes them, and the static facts
