@@ -47,7 +47,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from models.events import DecodeError
-from models.features import MAX_MERGED_IDS, SESSION_TIMEOUT_MS, CustomerProfile, bump
+from models.features import (
+    MAX_MERGED_IDS,
+    RECENT_HALF_VISITS,
+    SESSION_TIMEOUT_MS,
+    CustomerProfile,
+    bump,
+)
 
 __all__ = [
     "IDENTITY",
@@ -245,6 +251,7 @@ def absorb(
 
     for kind, n in other.counts.items():
         into.counts[kind] = into.counts.get(kind, 0) + n
+    _merge_recent(into, other)
     into.sessions += other.sessions
     into.cart_sessions += other.cart_sessions
     if into.last_session_id is None:
@@ -311,6 +318,26 @@ def _unite_windows(
                 into.purchase_amounts = amounts[-len(united) :]
             else:  # only this customer's own newest amounts stay aligned
                 into.purchase_amounts = into.purchase_amounts[-len(united) :]
+
+
+def _merge_recent(into: CustomerProfile, other: CustomerProfile) -> None:
+    """Both customers' recent category weights (``recent_categories``) added on the scale of
+    the merged customer's visits (``into.sessions`` + ``other.sessions``; call before adding
+    those): each side's newest visit weighs as the merged customer's newest (a merge unites
+    two ids of one person active until now), and a new visit weighs more than it again. The
+    sum is kept with the shift that puts the newest visit's weight between 1 and 2."""
+    after = (into.sessions + other.sessions) / RECENT_HALF_VISITS
+    shift = int(after)
+    merged: dict[str, float] = {}
+    for side in (into, other):
+        # a view of ``side``'s newest visit weighs 2 ** (side.sessions / R - side.shift)
+        factor = 2.0 ** (after - side.sessions / RECENT_HALF_VISITS + side.recent_shift - shift)
+        for key, n in side.recent_categories.items():
+            if n * factor > 1e-300:
+                bump(merged, key, n * factor)
+    into.recent_categories.clear()
+    into.recent_categories.update(merged)
+    into.recent_shift = shift
 
 
 def _add_counts(mine: dict[str, float], theirs: dict[str, float]) -> None:

@@ -6,6 +6,7 @@ from models.events import Event
 from models.features import (
     CATEGORY_SHARE,
     FEATURE_VECTOR,
+    RECENT_HALF_VISITS,
     STATE_VERSION,
     CustomerProfile,
     feature_vector,
@@ -137,3 +138,62 @@ def test_a_purchase_is_remembered_however_many_clicks_follow_it():
     p = profile_of([purchase, *clicks])
     assert not p.apply(purchase)
     assert p.orders_total == 1
+
+
+def visits(customer, categories_by_visit, start=0):
+    """Events of one view per category, one visit per list entry."""
+    events = []
+    for v, categories in enumerate(categories_by_visit):
+        for i, category in enumerate(categories):
+            ts = T0 + (start + v) * DAY + i * 1000
+            events.append(
+                Event(
+                    f"{customer}-{start + v}-{i}",
+                    customer,
+                    "product_view",
+                    ts,
+                    session_id=f"{customer}-s{start + v}",
+                    category=category,
+                )
+            )
+    return events
+
+
+def test_the_clusters_category_mix_follows_the_recent_visits():
+    # five visits of shoes, then three of bags: the views lean to shoes 10 to 6, the mix the
+    # clusters read to bags; the facts' shares weigh every view alike
+    p = profile_of(visits("c", [["shoes", "shoes"]] * 5 + [["bags", "bags"]] * 3))
+    x = feature_vector(p)
+    assert p.categories == {"shoes": 10.0, "bags": 6.0}
+    assert x[CATEGORY_SHARE + "bags"] > 0.6 > x[CATEGORY_SHARE + "shoes"]
+    # two visits later the same views weigh half: the share of bags at one visit per half
+    w = [2.0 ** (n / RECENT_HALF_VISITS) for n in range(1, 9)]
+    assert x[CATEGORY_SHARE + "bags"] == pytest.approx(sum(w[5:]) / sum(w))
+
+
+def test_the_recent_mix_is_kept_in_the_state_and_rescaled_for_a_long_history():
+    p = profile_of(visits("c", [["shoes"], ["bags"]]))
+    restored = CustomerProfile.from_state(p.to_state())
+    assert restored.recent_categories == p.recent_categories
+    assert feature_vector(restored) == feature_vector(p)
+    # thousands of visits: the weights stay finite, the mix as before
+    p.sessions = 5_000
+    q = CustomerProfile.from_state(p.to_state())
+    p.apply(Event("late-1", "c", "product_view", T0 + 9 * DAY, session_id="x", category="hats"))
+    assert p.recent_shift > 0 and all(v < 2.0**600 for v in p.recent_categories.values())
+    assert p.recent_categories == {"hats": pytest.approx(2.0 ** (5_001 / 2 - p.recent_shift))}
+    q.apply(Event("late-1", "c", "product_view", T0 + 9 * DAY, session_id="x", category="hats"))
+    assert feature_vector(q) == pytest.approx(feature_vector(p))
+
+
+def test_a_state_from_before_the_recent_mix_weighs_its_views_alike():
+    p = profile_of(visits("c", [["shoes"] * 3, ["bags"]] * 3))
+    state = p.to_state()
+    del state["rc"]
+    old = CustomerProfile.from_state(state)
+    x = feature_vector(old)
+    assert x[CATEGORY_SHARE + "shoes"] == pytest.approx(0.75)
+    old.apply(Event("n", "c", "product_view", T0 + 9 * DAY, session_id="new", category="bags"))
+    # a new visit weighs 2 ** (1 / RECENT_HALF_VISITS) as much as each view before it
+    new = 2.0 ** (1 / RECENT_HALF_VISITS)
+    assert feature_vector(old)[CATEGORY_SHARE + "bags"] == pytest.approx((3 + new) / (12 + new))
