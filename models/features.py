@@ -32,7 +32,7 @@ __all__ = [
     "squash",
 ]
 
-STATE_VERSION = 5
+STATE_VERSION = 6
 #: Anonymous ids merged into one customer that are remembered (``CustomerProfile.merged_ids``);
 #: past this the oldest are dropped, and a late request for one of them is merged again.
 MAX_MERGED_IDS = 100
@@ -245,10 +245,14 @@ class CustomerProfile:
     session_has_cart: bool = False
     categories: dict[str, float] = field(default_factory=dict)
     # The same views weighed by visit (RECENT_HALF_VISITS): each counts
-    # 2 ** (sessions / RECENT_HALF_VISITS - recent_shift) as the visit it came in was counted,
-    # the shift keeping the numbers finite for a customer of thousands of visits.
+    # 2 ** (recent_visits / RECENT_HALF_VISITS - recent_shift) as the visit it came in was
+    # counted, the shift keeping the numbers finite for a customer of thousands of visits.
+    # recent_visits counts the visits models.session.follow opened in event-time order (a
+    # late event of an earlier visit opens none), so a purchase read before the clicks of
+    # its visit, or a straggler, does not age the mix as a new visit would.
     recent_categories: dict[str, float] = field(default_factory=dict)
     recent_shift: int = 0
+    recent_visits: int = 0
     category_spend: dict[str, float] = field(default_factory=dict)
     devices: dict[str, float] = field(default_factory=dict)
     # Visits' events by hour of day in UTC ("0".."23"); dayparts are read from them in the
@@ -345,7 +349,10 @@ class CustomerProfile:
         if kind == "identify":  # not a visit: a login, or a back office's update
             self._merge_traits(event.traits, ts)
             return True
-        self.session = follow(self.session, event, session_timeout_ms)
+        before = self.session
+        self.session = follow(before, event, session_timeout_ms)
+        if self.session is not before and (before is None or self.session.start >= before.start):
+            self.recent_visits += 1  # a new visit, not a late one's straggler
         bump(self.hours, str((ts // 3_600_000) % 24))
         if kind == "purchase":
             amount = event.amount or 0.0
@@ -383,7 +390,7 @@ class CustomerProfile:
         """The weight of a view in the current visit in ``recent_categories``; past 2 ** 512
         every weight is first divided by the largest power of two below it (exact; the
         shares do not change), so the newest weighs between 1 and 2."""
-        exponent = self.sessions / RECENT_HALF_VISITS - self.recent_shift
+        exponent = self.recent_visits / RECENT_HALF_VISITS - self.recent_shift
         if exponent > _RECENT_RESCALE:
             self.rescale_recent(int(exponent))
             exponent -= int(exponent)
@@ -505,7 +512,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "c": p.counts,
         "s": [p.sessions, p.cart_sessions, p.last_session_id, p.session_has_cart],
         "cat": p.categories,
-        "rc": [p.recent_categories, p.recent_shift],
+        "rc": [p.recent_categories, p.recent_shift, p.recent_visits],
         "cs": p.category_spend,
         "dev": p.devices,
         "hr": p.hours,
@@ -537,11 +544,13 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
 def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfile:
     version = state.get("v")
     if version == 2:
-        state = _from_v4(_from_v3(_from_v2(state)))
+        state = _from_v5(_from_v4(_from_v3(_from_v2(state))))
     elif version == 3:
-        state = _from_v4(_from_v3(state))
+        state = _from_v5(_from_v4(_from_v3(state)))
     elif version == 4:
-        state = _from_v4(state)
+        state = _from_v5(_from_v4(state))
+    elif version == 5:
+        state = _from_v5(state)
     elif version != STATE_VERSION:
         raise ValueError(f"unsupported profile state version {version!r}")
     sessions, cart_sessions, last_session, has_cart = state["s"]
@@ -550,23 +559,19 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
     session = state.get("ss")
     if owned:  # the state's dicts and lists become the profile's own
         counts, categories, category_spend = state["c"], state["cat"], state["cs"]
-        recent = state.get("rc")
+        recent, recent_shift, recent_visits = _recent_of(state["rc"])
         devices, hours, traits, traits_ts = state["dev"], state["hr"], state["t"], state["tt"]
         recent_ids, positions, rule_segments = state["ids"], state["pos"], state["rs"]
         purchase_amounts, merged_ids, merge_asked = state["pa"], state["mid"], state["ask"]
     else:
         counts, categories, category_spend = dict(state["c"]), dict(state["cat"]), dict(state["cs"])
-        recent = state.get("rc")
-        recent = None if recent is None else [dict(recent[0]), recent[1]]
+        recent, recent_shift, recent_visits = _recent_of(state["rc"])
+        recent = dict(recent)
         devices, hours, traits = dict(state["dev"]), dict(state["hr"]), dict(state["t"])
         traits_ts, positions = dict(state["tt"]), dict(state["pos"])
         recent_ids = {k: list(v) for k, v in state["ids"].items()}
         rule_segments, purchase_amounts = list(state["rs"]), list(state["pa"])
         merged_ids, merge_asked = list(state["mid"]), list(state["ask"])
-    if recent is None:  # a state from before the recent mix: every view as of now
-        shift = int(sessions / RECENT_HALF_VISITS)
-        weight = 2.0 ** (sessions / RECENT_HALF_VISITS - shift)
-        recent = [{k: n * weight for k, n in categories.items()}, shift]
     return CustomerProfile(
         customer_id=state["id"],
         orders_total=state["o"],
@@ -581,8 +586,9 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         last_session_id=last_session,
         session_has_cart=has_cart,
         categories=categories,
-        recent_categories=recent[0],
-        recent_shift=recent[1],
+        recent_categories=recent,
+        recent_shift=recent_shift,
+        recent_visits=recent_visits,
         category_spend=category_spend,
         devices=devices,
         hours=hours,
@@ -633,6 +639,27 @@ def _from_v3(state: Mapping[str, Any]) -> dict[str, Any]:
                 hours[str(hour)] = float(n) / 6
     out = {k: v for k, v in state.items() if k != "dp"}
     return {**out, "v": 4, "hr": hours}
+
+
+def _recent_of(value: Any) -> tuple[dict[str, float], int, int]:
+    """The ``rc`` entry of a state: the recent category weights, their shift, the visits."""
+    weights, shift, visits = value  # ValueError (a state message's) on another shape
+    if not isinstance(weights, dict) or not isinstance(shift, int) or not isinstance(visits, int):
+        raise TypeError("rc is not [weights, shift, visits]")
+    return weights, shift, visits
+
+
+def _from_v5(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A version 5 state as version 6: the recent category weights (``rc``) start from the
+    counts, every view as of now; the checkout times (added within version 5) default to
+    none."""
+    return {
+        **state,
+        "v": 6,
+        "rc": [dict(state["cat"]), 0, 0],
+        "ck": state.get("ck"),
+        "ak": state.get("ak"),
+    }
 
 
 def _from_v4(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -243,6 +243,7 @@ def absorb(
     into.orders_total += other.orders_total - duplicate_orders
     into.revenue_total += other.revenue_total - duplicate_revenue
     into.first_seen_ts = _earliest(into.first_seen_ts, other.first_seen_ts)
+    _merge_recent(into, other)  # before the times below: it reads which side was seen last
     into.last_seen_ts = _latest(into.last_seen_ts, other.last_seen_ts)
     into.last_purchase_ts = _latest(into.last_purchase_ts, other.last_purchase_ts)
     into.last_checkout_ts = _latest(into.last_checkout_ts, other.last_checkout_ts)
@@ -251,7 +252,6 @@ def absorb(
 
     for kind, n in other.counts.items():
         into.counts[kind] = into.counts.get(kind, 0) + n
-    _merge_recent(into, other)
     into.sessions += other.sessions
     into.cart_sessions += other.cart_sessions
     if into.last_session_id is None:
@@ -321,23 +321,30 @@ def _unite_windows(
 
 
 def _merge_recent(into: CustomerProfile, other: CustomerProfile) -> None:
-    """Both customers' recent category weights (``recent_categories``) added on the scale of
-    the merged customer's visits (``into.sessions`` + ``other.sessions``; call before adding
-    those): each side's newest visit weighs as the merged customer's newest (a merge unites
-    two ids of one person active until now), and a new visit weighs more than it again. The
-    sum is kept with the shift that puts the newest visit's weight between 1 and 2."""
-    after = (into.sessions + other.sessions) / RECENT_HALF_VISITS
+    """Both customers' recent category weights (``recent_categories``) on the merged
+    customer's visits (``recent_visits``, the two sides' added): the side seen last keeps its
+    visits newest, the other's come before them, as if that id's visits had all come first (the
+    older id's newest visit weighs as the merged customer's newest less the newer id's visits).
+    The sum is kept on the shift that puts the merged newest visit's weight between 1 and 2."""
+    newer, older = (
+        (other, into) if (other.last_seen_ts or 0) > (into.last_seen_ts or 0) else (into, other)
+    )
+    visits = into.recent_visits + other.recent_visits
+    after = visits / RECENT_HALF_VISITS
     shift = int(after)
     merged: dict[str, float] = {}
-    for side in (into, other):
-        # a view of ``side``'s newest visit weighs 2 ** (side.sessions / R - side.shift)
-        factor = 2.0 ** (after - side.sessions / RECENT_HALF_VISITS + side.recent_shift - shift)
+    for side, before in ((older, newer.recent_visits), (newer, 0)):
+        # a view of ``side``'s newest visit weighs 2 ** (side.visits / R - side.shift); there
+        # it is to weigh 2 ** ((visits - before) / R - shift)
+        exponent = (visits - before - side.recent_visits) / RECENT_HALF_VISITS
+        factor = 2.0 ** (exponent + side.recent_shift - shift)
         for key, n in side.recent_categories.items():
             if n * factor > 1e-300:
                 bump(merged, key, n * factor)
     into.recent_categories.clear()
     into.recent_categories.update(merged)
     into.recent_shift = shift
+    into.recent_visits = visits
 
 
 def _add_counts(mine: dict[str, float], theirs: dict[str, float]) -> None:

@@ -117,9 +117,10 @@ def _traits(p: CustomerProfile) -> list[float]:
 def spaces(draw: CeilingDraw) -> dict[str, np.ndarray]:
     """The feature spaces compared, one row per scored customer."""
     raw = np.asarray([[feature_vector(p)[f] for f in FEATURE_VECTOR] for p in draw.profiles])
-    categories = sorted({c for p in draw.profiles for c in p.categories})
+    # the category mix as the model's vector has it: recent visits weighing more
+    categories = sorted({c for p in draw.profiles for c in p.recent_categories})
     channels = sorted({p.channel for p in draw.profiles if p.channel})
-    cats = np.asarray([_shares(p.categories, categories) for p in draw.profiles])
+    cats = np.asarray([_shares(p.recent_categories, categories) for p in draw.profiles])
     chan = np.asarray([[float(p.channel == c) for c in channels] for p in draw.profiles])
     hours = np.asarray([_local_hours(p) for p in draw.profiles])
     traits = np.asarray([_traits(p) for p in draw.profiles])

@@ -176,20 +176,25 @@ def test_the_recent_mix_is_kept_in_the_state_and_rescaled_for_a_long_history():
     restored = CustomerProfile.from_state(p.to_state())
     assert restored.recent_categories == p.recent_categories
     assert feature_vector(restored) == feature_vector(p)
-    # thousands of visits: the weights stay finite, the mix as before
-    p.sessions = 5_000
-    q = CustomerProfile.from_state(p.to_state())
+    # thousands of visits: the weights stay finite, the shares exact
+    long = profile_of(visits("c", [["shoes"], ["bags"], ["bags"]] * 400))
+    assert long.recent_visits == 1_200 and long.recent_shift > 0
+    assert all(1e-300 < v < 2.0**514 for v in long.recent_categories.values())
+    w = {n: 2.0 ** ((n - 1_200) / RECENT_HALF_VISITS) for n in range(1, 1_201)}  # newest: 1
+    bags = sum(x for n, x in w.items() if n % 3 != 1)
+    share = bags / sum(w.values())
+    assert feature_vector(long)[CATEGORY_SHARE + "bags"] == pytest.approx(share, rel=1e-9)
+    # a visit that jumps far ahead (a merge of two long histories) stays finite too
+    p.recent_visits = 5_000
     p.apply(Event("late-1", "c", "product_view", T0 + 9 * DAY, session_id="x", category="hats"))
-    assert p.recent_shift > 0 and all(v < 2.0**600 for v in p.recent_categories.values())
     assert p.recent_categories == {"hats": pytest.approx(2.0 ** (5_001 / 2 - p.recent_shift))}
-    q.apply(Event("late-1", "c", "product_view", T0 + 9 * DAY, session_id="x", category="hats"))
-    assert feature_vector(q) == pytest.approx(feature_vector(p))
 
 
 def test_a_state_from_before_the_recent_mix_weighs_its_views_alike():
     p = profile_of(visits("c", [["shoes"] * 3, ["bags"]] * 3))
     state = p.to_state()
     del state["rc"]
+    state["v"] = 5
     old = CustomerProfile.from_state(state)
     x = feature_vector(old)
     assert x[CATEGORY_SHARE + "shoes"] == pytest.approx(0.75)
@@ -197,3 +202,29 @@ def test_a_state_from_before_the_recent_mix_weighs_its_views_alike():
     # a new visit weighs 2 ** (1 / RECENT_HALF_VISITS) as much as each view before it
     new = 2.0 ** (1 / RECENT_HALF_VISITS)
     assert feature_vector(old)[CATEGORY_SHARE + "bags"] == pytest.approx((3 + new) / (12 + new))
+
+
+def test_the_recent_mix_counts_visits_in_event_time_not_the_order_of_arrival():
+    # a purchase of visit 1 read after visit 2's first click (its own topic), and a late click
+    # of visit 1: neither is a new visit, so the mix is as in order
+    events = visits("c", [["shoes", "shoes"], ["bags", "bags"]])
+    s1, s2 = events[:2], events[2:]
+    late_click = Event("late", "c", "product_view", s1[0].ts + 5000, session_id="c-s0")
+    purchase = Event("buy", "c", "purchase", s1[1].ts + 1000, session_id="c-s0", amount=5.0)
+    in_order = profile_of([*s1, late_click, purchase, *s2])
+    shuffled = profile_of([*s1, s2[0], purchase, late_click, s2[1]])
+    assert in_order.recent_visits == shuffled.recent_visits == 2
+
+    def mix(p):
+        return {k: v for k, v in feature_vector(p).items() if k.startswith(CATEGORY_SHARE)}
+
+    assert mix(shuffled) == pytest.approx(mix(in_order))
+    assert mix(in_order)[CATEGORY_SHARE + "bags"] == pytest.approx(2**0.5 / (1 + 2**0.5))
+
+
+@pytest.mark.parametrize("rc", [[], [{}], [{"x": 1.0}, "3", 0], [[], 0, 0], None])
+def test_a_state_with_a_malformed_recent_mix_is_refused(rc):
+    state = profile_of(sample_events()).to_state()
+    state["rc"] = rc
+    with pytest.raises((ValueError, TypeError)):
+        CustomerProfile.from_state(state)

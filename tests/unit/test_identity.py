@@ -406,32 +406,33 @@ def test_a_merge_into_a_customer_with_a_long_history_is_exact() -> None:
     assert mesh.canonical("u-1")["orders_total"] == 400
 
 
-def test_a_merge_weighs_each_sides_newest_visit_as_the_merged_customers_newest() -> None:
+def test_a_merge_puts_the_id_seen_last_at_the_newest_visits_of_the_recent_mix() -> None:
     from models.events import Event
     from models.features import CATEGORY_SHARE, RECENT_HALF_VISITS, feature_vector
 
-    def browse(p: CustomerProfile, categories: list[str]) -> None:
-        for i, category in enumerate(categories):  # one visit each
+    def browse(p: CustomerProfile, categories: list[str], start: int) -> None:
+        for i, category in enumerate(categories):  # one visit each, a day apart
             event_id, visit = f"{p.customer_id}{i}", f"{p.customer_id}-s{i}"
-            p.apply(
-                Event(
-                    event_id, p.customer_id, "product_view", T0 + i * MIN, visit, category=category
-                )
-            )
+            ts = T0 + (start + i) * 86_400_000
+            p.apply(Event(event_id, p.customer_id, "product_view", ts, visit, category=category))
 
-    known, anonymous = CustomerProfile("k"), CustomerProfile("a")
-    browse(known, ["shoes"] * 4)
-    browse(anonymous, ["bags"])
-    known.rescale_recent(1)  # sides on different shifts: the shares do not change
-    absorb(known, anonymous)
-    # shoes: visits 1-4 of the known id; bags: the anonymous id's only visit, as recent as
-    # the known id's newest (visit 4)
-    w = [2.0 ** (n / RECENT_HALF_VISITS) for n in range(1, 5)]
-    assert feature_vector(known)[CATEGORY_SHARE + "bags"] == pytest.approx(w[3] / (sum(w) + w[3]))
-    # kept on the shift that puts the merged customer's newest visit between 1 and 2
-    assert known.sessions == 5
-    assert 1.0 <= 2.0 ** (known.sessions / RECENT_HALF_VISITS - known.recent_shift) < 2.0
-    # the next visit weighs more than the merged newest by one visit's step
-    bags = known.recent_categories["bags"]
-    known.apply(Event("n", "k", "product_view", T0 + 9 * MIN, "new", category="hats"))
-    assert known.recent_categories["hats"] == pytest.approx(2.0 ** (1 / RECENT_HALF_VISITS) * bags)
+    w = [2.0 ** (n / RECENT_HALF_VISITS) for n in range(1, 6)]  # the merged visits 1..5
+    for anonymous_last in (True, False):
+        known, anonymous = CustomerProfile("k"), CustomerProfile("a")
+        browse(known, ["shoes"] * 4, start=0)
+        browse(anonymous, ["bags"], start=10 if anonymous_last else -10)
+        known.rescale_recent(1)  # the sides on different shifts: the shares do not change
+        absorb(known, anonymous)
+        bags = w[4] if anonymous_last else w[0]  # the newest visit, else the first
+        share = feature_vector(known)[CATEGORY_SHARE + "bags"]
+        assert share == pytest.approx(bags / sum(w))
+        # kept on the shift that puts the merged customer's newest visit between 1 and 2
+        assert known.recent_visits == 5
+        assert 1.0 <= 2.0 ** (known.recent_visits / RECENT_HALF_VISITS - known.recent_shift) < 2.0
+    # the next visit weighs more than the merged newest (the known id's last) by one step
+    shoes = known.recent_categories["shoes"]
+    known.apply(Event("n", "k", "product_view", T0 + 20 * 86_400_000, "new", category="hats"))
+    newest = shoes / sum(2.0 ** (n / RECENT_HALF_VISITS) for n in range(2, 6)) * w[4]
+    assert known.recent_categories["hats"] == pytest.approx(
+        2.0 ** (1 / RECENT_HALF_VISITS) * newest
+    )
