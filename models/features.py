@@ -350,9 +350,10 @@ class CustomerProfile:
             self._merge_traits(event.traits, ts)
             return True
         before = self.session
-        self.session = follow(before, event, session_timeout_ms)
-        if self.session is not before and (before is None or self.session.start >= before.start):
-            self.recent_visits += 1  # a new visit, not a late one's straggler
+        after = self.session = follow(before, event, session_timeout_ms)
+        if after is not None and after is not before:
+            if before is None or after.start >= before.start:
+                self.recent_visits += 1  # a new visit, not a late one's straggler
         bump(self.hours, str((ts // 3_600_000) % 24))
         if kind == "purchase":
             amount = event.amount or 0.0
