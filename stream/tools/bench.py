@@ -76,6 +76,9 @@ def run_bench(
     """Run every phase (or those whose name holds ``only``), write ``out`` (Markdown) and its
     chart; return the figures."""
     started = time.monotonic()
+    # The report's directory first: a path that cannot be written fails now, not after the
+    # whole run (a directory that did not exist lost a finished run's report).
+    out.parent.mkdir(parents=True, exist_ok=True)
     report = Report()
     stack = EmbeddedStack()
     stack.start()

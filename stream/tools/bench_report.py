@@ -85,6 +85,7 @@ def fmt(value: float, unit: str) -> str:
 
 
 def write_report(report: Report, out: Path, command: str, elapsed: float) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
     chart = out.with_suffix(".png")
     draw_chart(report, chart)
     lines = [

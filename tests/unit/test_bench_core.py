@@ -139,9 +139,10 @@ def test_stage_clock_counts_each_stage_without_the_stages_inside_it():
 def test_the_section_goes_into_the_report_and_prints(result: CoreResult, tmp_path: Path):
     report = Report()
     add_to_report(result, report)
-    out = tmp_path / "bench.md"
+    out = tmp_path / "reports" / "bench.md"  # a directory that does not exist yet
     write_report(report, out, "segmenter bench", 1.0)
     text = out.read_text()
+    assert out.with_suffix(".png").exists()
     assert f"| {CORE_SECTION} | one event per message (median of 2 runs" in text
     assert ">= 25,000 events/s" in text and ">= 120,000 events/s" in text
     assert "## Where the step's time goes (in-process)" in text
