@@ -22,6 +22,7 @@ __all__ = [
     "FEATURE_GROUPS",
     "FEATURE_VECTOR",
     "MAX_MERGED_IDS",
+    "RECENT_FLOOR",
     "RECENT_HALF_VISITS",
     "SESSION_TIMEOUT_MS",
     "STATE_VERSION",
@@ -118,6 +119,8 @@ _HALFLIFE_MS = 30 * DAY_MS  # decayed frequency and monetary value forget half i
 _DEDUPE_WINDOW = {"purchase": 64, "identify": 16, "click": 64}
 _MAX_CATEGORIES = 24  # category counters kept per customer; the smallest is dropped past this
 _RECENT_RESCALE = 512  # recent category weights are halved this many times past 2 ** this
+#: A recent category weight below this is dropped (a rescale or a merge took it to nothing).
+RECENT_FLOOR = 1e-300
 _DAYPARTS = ("night", "morning", "afternoon", "evening")
 
 
@@ -351,9 +354,12 @@ class CustomerProfile:
             return True
         before = self.session
         after = self.session = follow(before, event, session_timeout_ms)
-        if after is not None and after is not before:
-            if before is None or after.start >= before.start:
-                self.recent_visits += 1  # a new visit, not a late one's straggler
+        if (
+            after is not None
+            and after is not before
+            and (before is None or after.start >= before.start)
+        ):
+            self.recent_visits += 1  # a new visit, not a late one's straggler
         bump(self.hours, str((ts // 3_600_000) % 24))
         if kind == "purchase":
             amount = event.amount or 0.0
@@ -403,7 +409,7 @@ class CustomerProfile:
         recent = self.recent_categories
         for key in list(recent):
             recent[key] = math.ldexp(recent[key], -halvings)  # 0.0 when far below
-            if recent[key] < 1e-300:
+            if recent[key] < RECENT_FLOOR:
                 del recent[key]
         self.recent_shift += halvings
 
@@ -616,8 +622,8 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         merge_asked=merge_asked,
         merged_into=state["into"],
         session=None if session is None else Session.from_state(session),
-        last_checkout_ts=state.get("ck"),  # absent in a state stored before it: none known
-        abandoned_checkout_ts=state.get("ak"),
+        last_checkout_ts=state["ck"],  # a version 5 state without them: _from_v5
+        abandoned_checkout_ts=state["ak"],
     )
 
 

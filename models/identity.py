@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 from models.events import DecodeError
 from models.features import (
     MAX_MERGED_IDS,
+    RECENT_FLOOR,
     RECENT_HALF_VISITS,
     SESSION_TIMEOUT_MS,
     CustomerProfile,
@@ -339,7 +340,7 @@ def _merge_recent(into: CustomerProfile, other: CustomerProfile) -> None:
         exponent = (visits - before - side.recent_visits) / RECENT_HALF_VISITS
         factor = 2.0 ** (exponent + side.recent_shift - shift)
         for key, n in side.recent_categories.items():
-            if n * factor > 1e-300:
+            if n * factor > RECENT_FLOOR:
                 bump(merged, key, n * factor)
     into.recent_categories.clear()
     into.recent_categories.update(merged)
