@@ -204,9 +204,9 @@ def follow(current: Session | None, event: Event, timeout_ms: int) -> Session | 
 
     A session ends after ``timeout_ms`` of event time without events, or at an event with
     another ``session_id`` than its own; a click then starts the next one, and so does a
-    purchase that carries a session id (one without joins an open session, or none). An event
-    older than the current session (another id, or ``timeout_ms`` before its start) belongs to
-    an earlier visit and leaves it as it is.
+    purchase that carries a session id (one without joins an open session it is not older
+    than, or none). An event older than the current session (another id, or ``timeout_ms``
+    before its start) belongs to an earlier visit and leaves it as it is.
 
     >>> s = follow(None, Event("1", "c", "page_view", 0, session_id="s1", channel="email"), 60_000)
     >>> s = follow(s, Event("2", "c", "add_to_cart", 30_000, price=9.5), 60_000)
@@ -218,15 +218,25 @@ def follow(current: Session | None, event: Event, timeout_ms: int) -> Session | 
     0
     """
     ts, session_id = event.ts, event.session_id
+    anonymous_purchase = event.kind == "purchase" and not session_id
     if current is not None:
         if session_id and current.id and session_id != current.id:
             if ts < current.start:
                 return current  # a late event of an earlier visit
         elif ts < current.last + timeout_ms:
-            if ts + timeout_ms > current.start or (session_id and session_id == current.id):
+            if anonymous_purchase:
+                # Purchases come last in a visit: one older than the session's first click is
+                # an earlier visit's (and must not move the session's start: whether a click of
+                # another visit is late would then depend on which topic was read first).
+                joins = ts >= current.start
+            else:
+                joins = ts + timeout_ms > current.start or (
+                    bool(session_id) and session_id == current.id
+                )
+            if joins:
                 current.count(event)
             return current
-    if event.kind == "purchase" and not session_id:
+    if anonymous_purchase:
         return current
     opened = Session(session_id, ts, ts)
     opened.count(event)

@@ -125,6 +125,20 @@ def test_a_purchase_without_a_session_id_joins_an_open_visit_and_opens_none() ->
     assert session_of(p, T0 + MIN)["session.cart_items"] == 0
 
 
+def test_a_purchase_without_a_session_id_older_than_the_visit_is_an_earlier_visits() -> None:
+    # Read before an earlier visit's late clicks (the topics are consumed independently), it
+    # must not pull the current visit's start back: that made the earlier visit's click look
+    # like a new visit in one order of arrival and a late one in the other (CI, stop 26).
+    current = follow(None, ev("product_view", T0, session_id="s2"), TIMEOUT)
+    assert current is not None
+    same = follow(current, ev("purchase", T0 - 3 * MIN, amount=5.0), TIMEOUT)
+    assert same is current and current.start == T0 and current.purchases == 0
+    late = follow(current, ev("product_view", T0 - 2 * MIN, session_id="s1"), TIMEOUT)
+    assert late is current  # a late click of visit s1, not a new visit
+    joined = follow(current, ev("purchase", T0 + MIN, amount=5.0), TIMEOUT)
+    assert joined is current and current.purchases == 1
+
+
 def test_session_facts_are_as_of_the_watermark_when_it_is_later() -> None:
     p = visit(ev("add_to_cart", T0, session_id="s1", price=10.0))
     assert customer_facts(p, T0, watermark=T0 + TIMEOUT - 1)["session.cart_items"] == 1
