@@ -3,7 +3,7 @@
 - ``base``: ``SegmentStore``, what the worker needs of a store.
 - ``keys``: every Redis key name (``Keys``) and the key layout.
 - ``connect``: the redis-py clients for a ``SEGMENTER_REDIS_URL``, one Redis or a Redis Cluster.
-- ``codec``: a record as Redis holds it (header line, deflated JSON).
+- ``codec``: a record as Redis holds it (header line, zstd-compressed JSON).
 - ``scripts``: the Lua scripts that write and forget atomically.
 - ``redis_store``: ``RedisSegmentStore``, the worker's store in Redis; ``retry_forever``.
 - ``memory``: ``InMemorySegmentStore``, the same contract over dicts.

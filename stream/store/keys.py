@@ -7,8 +7,8 @@ counter shard, ``shard_of(customer_id)``: the CRC-32 of the UTF-8 customer id, z
 - ``P c:{S}<customer_id>``: a header line ``<ts> <n> <seg> <segments>`` (event time of the
   newest applied event in epoch ms, events applied, cluster id or ``-``, every segment the
   customer is in as a JSON list such as ``["cluster:3","rule:vip"]``), a newline, then the
-  record deflated with a preset dictionary (``record_value``, ``encode_record`` in
-  ``stream.store.codec``).
+  record compressed with zstd and a trained dictionary (``record_value``, ``encode_record``
+  in ``stream.store.codec``).
 - ``P m:{S}<merged_id>``: the id of the customer an id was merged into (identity stitching,
   ``models.identity``; plain UTF-8). A merged id has no record of its own: a read of it
   answers that customer's record.

@@ -244,7 +244,7 @@ DECODE = "decode events (the step's decoder)"
 SHELL_PARTS: tuple[tuple[str, str], ...] = (
     ("messages in (SourceMessage, key's partition)", "messages_in"),
     ("profile in (live, else orjson.loads, from_state)", "profile_in"),
-    ("record encode (record_value: JSON, deflate)", "encode_record"),
+    ("record encode (record_value: JSON, zstd)", "encode_record"),
     ("changes and samples to JSON", "encode_json"),
     ("profile state out (encode_profile)", "encode_state"),
     ("live profiles kept (TableProfiles.saved)", "keep_live"),

@@ -119,7 +119,7 @@ def test_a_record_is_one_string_whose_first_line_any_reader_can_parse(store):
     ts, n, seg, members = head.decode().split(" ", 3)
     assert (int(ts), int(n), seg) == (RECORD["event_ts"], 16, "2")
     assert orjson.loads(members) == sorted(MEMBERS)
-    assert body.startswith(b"z1:")
+    assert body.startswith(b"z2:")
     assert client.get(cid) == RECORD
     # A typical record, with its key, in well under 1 KB (issue 5's target).
     assert raw.memory_usage(KEYS.record(cid)) < 1024

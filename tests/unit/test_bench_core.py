@@ -75,7 +75,7 @@ def test_a_tiny_run_gives_positive_rates_for_both_runs_and_every_stage(result: C
             "scoring: facts (customer_facts)",
             "profile in (live, else orjson.loads, from_state)",
             "live profiles kept (TableProfiles.saved)",
-            "record encode (record_value: JSON, deflate)",
+            "record encode (record_value: JSON, zstd)",
             "profile state out (encode_profile)",
         ):
             assert stages[stage] > 0, stage
