@@ -23,8 +23,9 @@ test: $(STAMP)
 	$(BIN)/pytest -m "not slow" $(ARGS)
 
 ## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker, a short soak,
-## RocksDB state across a restart, the wrong-credentials cases of the security test, and the
-## fault tests the soak also covers (Redis down 30 s, the broker cut, three workers stopped and killed).
+## RocksDB state across a restart, the wrong-credentials cases of the security test, the fault
+## tests the soak also covers (Redis down 30 s, the broker cut, three workers stopped and killed),
+## and a live definitions apply with the backfill in the worker (SEGMENTER_BACKFILL_PROCESS=false).
 test-slow: $(STAMP)
 	$(BIN)/pytest -m slow $(ARGS) || [ $$? -eq 5 ]
 

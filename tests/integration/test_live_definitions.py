@@ -56,7 +56,14 @@ def _facts(record: dict) -> dict:
     return {**record["features"], **{k: v for k, v in record["facts"].items() if v is not None}}
 
 
-@pytest.mark.parametrize("child", [True, False], ids=["child-process", "in-worker"])
+@pytest.mark.parametrize(
+    "child",
+    [
+        pytest.param(True, id="child-process"),  # the default
+        # SEGMENTER_BACKFILL_PROCESS=false: the same checks, in make test-slow (make test's time)
+        pytest.param(False, id="in-worker", marks=pytest.mark.slow),
+    ],
+)
 def test_apply_switches_backfills_and_keeps_live_traffic_flowing(stack, tmp_path, child):
     settings = make_settings(stack, partitions=2, backfill_rate=300.0, backfill_process=child)
     workers = Workers(settings, tmp_path)
