@@ -26,6 +26,7 @@ __all__ = [
     "RECENT_HALF_VISITS",
     "SESSION_TIMEOUT_MS",
     "STATE_VERSION",
+    "VISIT_WINDOW",
     "CustomerProfile",
     "bump",
     "feature_vector",
@@ -33,7 +34,7 @@ __all__ = [
     "squash",
 ]
 
-STATE_VERSION = 6
+STATE_VERSION = 7
 #: Anonymous ids merged into one customer that are remembered (``CustomerProfile.merged_ids``);
 #: past this the oldest are dropped, and a late request for one of them is merged again.
 MAX_MERGED_IDS = 100
@@ -118,6 +119,10 @@ _HALFLIFE_MS = 30 * DAY_MS  # decayed frequency and monetary value forget half i
 # before the clicks around it, and those clicks must not push its id out of the window.
 _DEDUPE_WINDOW = {"purchase": 64, "identify": 16, "click": 64}
 _MAX_CATEGORIES = 24  # category counters kept per customer; the smallest is dropped past this
+#: Session ids of clicks a profile remembers (the newest to arrive), each with its visit's
+#: number and whether it had a cart add: a click of an id among them is not a new visit. A
+#: click more than this many visits late counts its visit again.
+VISIT_WINDOW = 4
 _RECENT_RESCALE = 512  # recent category weights are halved this many times past 2 ** this
 #: A recent category weight below this is dropped (a rescale or a merge took it to nothing).
 RECENT_FLOOR = 1e-300
@@ -244,15 +249,18 @@ class CustomerProfile:
     counts: dict[str, int] = field(default_factory=dict)
     sessions: int = 0
     cart_sessions: int = 0
-    last_session_id: str | None = None
-    session_has_cart: bool = False
+    # The newest VISIT_WINDOW session ids of clicks -> [the visit's number (recent_visits when
+    # its first click came), 1 if it had a cart add]. sessions counts the ids and cart_sessions
+    # those with a cart add, each once: clicks are one topic, read in order, so a purchase
+    # read before or after them changes nothing (a purchase's session id is not counted).
+    visits: dict[str, list[int]] = field(default_factory=dict)
     categories: dict[str, float] = field(default_factory=dict)
     # The same views weighed by visit (RECENT_HALF_VISITS): each counts
-    # 2 ** (recent_visits / RECENT_HALF_VISITS - recent_shift) as the visit it came in was
-    # counted, the shift keeping the numbers finite for a customer of thousands of visits.
-    # recent_visits counts the visits models.session.follow opened in event-time order (a
-    # late event of an earlier visit opens none), so a purchase read before the clicks of
-    # its visit, or a straggler, does not age the mix as a new visit would.
+    # 2 ** (n / RECENT_HALF_VISITS - recent_shift) for its visit's number n, the shift keeping
+    # the numbers finite for a customer of thousands of visits. recent_visits counts the
+    # visits with clicks: by session id (``visits``), numbered as their first click arrives
+    # (the clicks are one topic, in order), so a purchase read before or after the clicks
+    # changes nothing; clicks without a session id by models.session.follow's visits.
     recent_categories: dict[str, float] = field(default_factory=dict)
     recent_shift: int = 0
     recent_visits: int = 0
@@ -343,23 +351,30 @@ class CustomerProfile:
             self.channel = event.channel
         if event.device:
             bump(self.devices, event.device)
-        session_id = event.session_id
-        if session_id and session_id != self.last_session_id:
-            self.sessions += 1
-            self.last_session_id = session_id
-            self.session_has_cart = False
-
         if kind == "identify":  # not a visit: a login, or a back office's update
             self._merge_traits(event.traits, ts)
             return True
         before = self.session
+        adds = 0 if before is None else before.cart_adds
         after = self.session = follow(before, event, session_timeout_ms)
-        if (
-            after is not None
-            and after is not before
-            and (before is None or after.start >= before.start)
-        ):
-            self.recent_visits += 1  # a new visit, not a late one's straggler
+        visit = None
+        if kind != "purchase":  # visits are counted on clicks: one topic, read in order
+            session_id = event.session_id
+            if session_id:
+                visits = self.visits
+                visit = visits.get(session_id)
+                if visit is None:  # a new visit (or one more than VISIT_WINDOW visits late)
+                    self.sessions += 1
+                    self.recent_visits += 1
+                    visit = visits[session_id] = [self.recent_visits, 0]
+                    if len(visits) > VISIT_WINDOW:
+                        del visits[next(iter(visits))]  # the id that arrived first
+            elif (
+                after is not None
+                and after is not before
+                and (before is None or after.start >= before.start)
+            ):
+                self.recent_visits += 1  # no session id: a new visit by time, not a straggler
         bump(self.hours, str((ts // 3_600_000) % 24))
         if kind == "purchase":
             amount = event.amount or 0.0
@@ -385,19 +400,24 @@ class CustomerProfile:
             self.last_checkout_ts = ts if last is None or ts > last else last
         if event.category:
             bump(self.categories, event.category)
-            bump(self.recent_categories, event.category, self._recent_weight())
+            number = self.recent_visits if visit is None else visit[0]
+            bump(self.recent_categories, event.category, self._recent_weight(number))
         if kind == "product_view" and event.price is not None:
             self.viewed_price.update(event.price)
-        if kind == "add_to_cart" and not self.session_has_cart:
-            self.cart_sessions += 1
-            self.session_has_cart = True
+        if kind == "add_to_cart":
+            if visit is not None:
+                if not visit[1]:
+                    self.cart_sessions += 1
+                    visit[1] = 1
+            elif after is not None and after.cart_adds == 1 and (after is not before or not adds):
+                self.cart_sessions += 1  # no session id: the first cart add of a visit by time
         return True
 
-    def _recent_weight(self) -> float:
-        """The weight of a view in the current visit in ``recent_categories``; past 2 ** 512
+    def _recent_weight(self, number: int) -> float:
+        """The weight of a view of visit ``number`` in ``recent_categories``; past 2 ** 512
         every weight is first divided by the largest power of two below it (exact; the
         shares do not change), so the newest weighs between 1 and 2."""
-        exponent = self.recent_visits / RECENT_HALF_VISITS - self.recent_shift
+        exponent = number / RECENT_HALF_VISITS - self.recent_shift
         if exponent > _RECENT_RESCALE:
             self.rescale_recent(int(exponent))
             exponent -= int(exponent)
@@ -517,7 +537,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "lp": p.last_purchase_ts,
         "n": p.applied,
         "c": p.counts,
-        "s": [p.sessions, p.cart_sessions, p.last_session_id, p.session_has_cart],
+        "s": [p.sessions, p.cart_sessions, p.visits],
         "cat": p.categories,
         "rc": [p.recent_categories, p.recent_shift, p.recent_visits],
         "cs": p.category_spend,
@@ -551,16 +571,18 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
 def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfile:
     version = state.get("v")
     if version == 2:
-        state = _from_v5(_from_v4(_from_v3(_from_v2(state))))
+        state = _from_v6(_from_v5(_from_v4(_from_v3(_from_v2(state)))))
     elif version == 3:
-        state = _from_v5(_from_v4(_from_v3(state)))
+        state = _from_v6(_from_v5(_from_v4(_from_v3(state))))
     elif version == 4:
-        state = _from_v5(_from_v4(state))
+        state = _from_v6(_from_v5(_from_v4(state)))
     elif version == 5:
-        state = _from_v5(state)
+        state = _from_v6(_from_v5(state))
+    elif version == 6:
+        state = _from_v6(state)
     elif version != STATE_VERSION:
         raise ValueError(f"unsupported profile state version {version!r}")
-    sessions, cart_sessions, last_session, has_cart = state["s"]
+    sessions, cart_sessions, visits = _visits_of(state["s"])
     country, country_ts, channel = state["geo"]
     segment_since, persona_since = state["since"]
     session = state.get("ss")
@@ -571,6 +593,7 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         recent_ids, positions, rule_segments = state["ids"], state["pos"], state["rs"]
         purchase_amounts, merged_ids, merge_asked = state["pa"], state["mid"], state["ask"]
     else:
+        visits = {k: list(v) for k, v in visits.items()}
         counts, categories, category_spend = dict(state["c"]), dict(state["cat"]), dict(state["cs"])
         recent, recent_shift, recent_visits = _recent_of(state["rc"])
         recent = dict(recent)
@@ -590,8 +613,7 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         counts=counts,
         sessions=sessions,
         cart_sessions=cart_sessions,
-        last_session_id=last_session,
-        session_has_cart=has_cart,
+        visits=visits,
         categories=categories,
         recent_categories=recent,
         recent_shift=recent_shift,
@@ -654,6 +676,26 @@ def _recent_of(value: Any) -> tuple[dict[str, float], int, int]:
     if not isinstance(weights, dict) or not isinstance(shift, int) or not isinstance(visits, int):
         raise TypeError("rc is not [weights, shift, visits]")
     return weights, shift, visits
+
+
+def _visits_of(value: Any) -> tuple[int, int, dict[str, list[int]]]:
+    """The ``s`` entry of a state: sessions, cart sessions, the session id window."""
+    sessions, cart_sessions, visits = value  # ValueError (a state message's) on another shape
+    if not isinstance(visits, dict) or not all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) for n in v)
+        for v in visits.values()
+    ):
+        raise TypeError("s is not [sessions, cart sessions, {session id: [visit, cart]}]")
+    return sessions, cart_sessions, visits
+
+
+def _from_v6(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A version 6 state (the last session id and whether it had a cart) as version 7 (a
+    window of session ids): the last id as the newest visit, so its other events are not
+    counted again."""
+    sessions, cart_sessions, last_session, has_cart = state["s"]
+    visits = {} if not last_session else {last_session: [state["rc"][2], int(bool(has_cart))]}
+    return {**state, "v": 7, "s": [sessions, cart_sessions, visits]}
 
 
 def _from_v5(state: Mapping[str, Any]) -> dict[str, Any]:

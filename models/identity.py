@@ -52,6 +52,7 @@ from models.features import (
     RECENT_FLOOR,
     RECENT_HALF_VISITS,
     SESSION_TIMEOUT_MS,
+    VISIT_WINDOW,
     CustomerProfile,
     bump,
 )
@@ -244,7 +245,8 @@ def absorb(
     into.orders_total += other.orders_total - duplicate_orders
     into.revenue_total += other.revenue_total - duplicate_revenue
     into.first_seen_ts = _earliest(into.first_seen_ts, other.first_seen_ts)
-    _merge_recent(into, other)  # before the times below: it reads which side was seen last
+    _merge_visits(into, other)  # before the two below: they read the sides' own numbers
+    _merge_recent(into, other)  # and before the times: it reads which side was seen last
     into.last_seen_ts = _latest(into.last_seen_ts, other.last_seen_ts)
     into.last_purchase_ts = _latest(into.last_purchase_ts, other.last_purchase_ts)
     into.last_checkout_ts = _latest(into.last_checkout_ts, other.last_checkout_ts)
@@ -253,10 +255,6 @@ def absorb(
 
     for kind, n in other.counts.items():
         into.counts[kind] = into.counts.get(kind, 0) + n
-    into.sessions += other.sessions
-    into.cart_sessions += other.cart_sessions
-    if into.last_session_id is None:
-        into.last_session_id, into.session_has_cart = other.last_session_id, other.session_has_cart
     for mine_counter, their_counter in (
         (into.categories, other.categories),
         (into.category_spend, other.category_spend),
@@ -321,15 +319,44 @@ def _unite_windows(
                 into.purchase_amounts = into.purchase_amounts[-len(united) :]
 
 
+def _newer_older(
+    into: CustomerProfile, other: CustomerProfile
+) -> tuple[CustomerProfile, CustomerProfile]:
+    """The side seen last, then the other (``into`` on a tie)."""
+    if (other.last_seen_ts or 0) > (into.last_seen_ts or 0):
+        return other, into
+    return into, other
+
+
+def _merge_visits(into: CustomerProfile, other: CustomerProfile) -> None:
+    """Both ids' sessions, cart sessions and session id windows: a visit seen under both ids
+    (a login mid-visit) counts once; the visits are numbered as :func:`_merge_recent` orders
+    them (the side seen last's after the other's), and the window keeps the newest ids."""
+    newer, older = _newer_older(into, other)
+    shared = into.visits.keys() & other.visits.keys()
+    into.sessions += other.sessions - len(shared)
+    both_carts = sum(1 for sid in shared if into.visits[sid][1] and other.visits[sid][1])
+    into.cart_sessions += other.cart_sessions - both_carts
+    offset = older.recent_visits
+    merged = {sid: list(visit) for sid, visit in older.visits.items()}
+    for sid, (number, cart) in newer.visits.items():
+        renumbered = number + offset
+        was = merged.pop(sid, None)  # the shared visit goes in as the newer side's
+        merged[sid] = (
+            [renumbered, cart] if was is None else [max(renumbered, was[0]), cart | was[1]]
+        )
+    while len(merged) > VISIT_WINDOW:
+        del merged[next(iter(merged))]
+    into.visits = merged
+
+
 def _merge_recent(into: CustomerProfile, other: CustomerProfile) -> None:
     """Both customers' recent category weights (``recent_categories``) on the merged
     customer's visits (``recent_visits``, the two sides' added): the side seen last keeps its
     visits newest, the other's come before them, as if that id's visits had all come first (the
     older id's newest visit weighs as the merged customer's newest less the newer id's visits).
     The sum is kept on the shift that puts the merged newest visit's weight between 1 and 2."""
-    newer, older = (
-        (other, into) if (other.last_seen_ts or 0) > (into.last_seen_ts or 0) else (into, other)
-    )
+    newer, older = _newer_older(into, other)
     visits = into.recent_visits + other.recent_visits
     after = visits / RECENT_HALF_VISITS
     shift = int(after)

@@ -239,9 +239,9 @@ def test_profile_state_v3_migrates_its_utc_dayparts():
     p = CustomerProfile("c")
     visit(p, 8, n=6)
     state = p.to_state()
-    assert state["v"] == STATE_VERSION == 6 and sum(state["hr"].values()) == 6
+    assert state["v"] == STATE_VERSION == 7 and sum(state["hr"].values()) == 6
     v3 = {k: v for k, v in state.items() if k not in ("hr", "ev")}
-    v3 |= {"v": 3, "dp": {"morning": 6, "night": 3}}
+    v3 |= {"v": 3, "dp": {"morning": 6, "night": 3}, "s": [*state["s"][:2], None, False]}
     migrated = CustomerProfile.from_state(v3)
     assert migrated.dayparts == pytest.approx({"morning": 6.0, "night": 3.0})
     assert CustomerProfile.from_state(migrated.to_state()).hours == migrated.hours
@@ -251,7 +251,7 @@ def test_profile_state_v4_migrates_with_its_definitions_not_known():
     p = CustomerProfile("c", evaluated_under="0123456789abcdef")
     state = p.to_state()
     assert CustomerProfile.from_state(state).evaluated_under == "0123456789abcdef"
-    v4 = {k: v for k, v in state.items() if k != "ev"} | {"v": 4}
+    v4 = {k: v for k, v in state.items() if k != "ev"} | {"v": 4, "s": [0, 0, None, False]}
     assert CustomerProfile.from_state(v4).evaluated_under is None
 
 

@@ -365,6 +365,7 @@ def test_a_state_of_the_previous_version_still_loads() -> None:
     for key in ("pa", "mid", "ask", "into"):
         del state[key]
     state["v"] = 2
+    state["s"] = [0, 0, None, False]
     profile = CustomerProfile.from_state(state)
     assert profile.orders_total == 2 and profile.merged_ids == [] and profile.merged_into is None
 

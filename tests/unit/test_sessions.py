@@ -151,6 +151,7 @@ def test_the_profile_state_keeps_the_session_and_a_version_2_state_has_none() ->
     again = CustomerProfile.from_state(state)
     assert again.session == p.session and again.to_state() == state
     v2 = {k: v for k, v in state.items() if k not in ("pa", "mid", "ask", "into", "ss")}
+    v2["s"] = [1, 0, "s1", False]
     assert CustomerProfile.from_state({**v2, "v": 2}).session is None
 
 
@@ -181,6 +182,8 @@ def test_a_login_mid_visit_keeps_the_anonymous_cart_in_one_session() -> None:
     assert (facts["session.cart_items"], facts["session.cart_value"]) == (1, 30.0)
     assert (facts["session.product_views"], facts["session.page_views"]) == (1, 1)
     assert facts["session.minutes"] == 2.0 and facts["session.top_category"] == "shoes"
+    # one visit under both ids: one session, one cart session
+    assert (known.sessions, known.cart_sessions, list(known.visits)) == (1, 1, ["s1"])
 
 
 def test_two_different_visits_merge_to_the_one_with_the_newer_event() -> None:
