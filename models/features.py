@@ -369,6 +369,8 @@ class CustomerProfile:
                     visit = visits[session_id] = [self.recent_visits, 0]
                     if len(visits) > VISIT_WINDOW:
                         del visits[next(iter(visits))]  # the id that arrived first
+            elif after is not None and after.id and after.id in self.visits:
+                visit = self.visits[after.id]  # no session id, in a visit that has one
             elif (
                 after is not None
                 and after is not before
@@ -694,7 +696,10 @@ def _from_v6(state: Mapping[str, Any]) -> dict[str, Any]:
     window of session ids): the last id as the newest visit, so its other events are not
     counted again."""
     sessions, cart_sessions, last_session, has_cart = state["s"]
-    visits = {} if not last_session else {last_session: [state["rc"][2], int(bool(has_cart))]}
+    if last_session is not None and not isinstance(last_session, str):
+        raise TypeError("a version 6 state's last session id is not a string")
+    number = _recent_of(state["rc"])[2]
+    visits = {} if not last_session else {last_session: [number, int(bool(has_cart))]}
     return {**state, "v": 7, "s": [sessions, cart_sessions, visits]}
 
 

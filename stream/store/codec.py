@@ -1,4 +1,4 @@
-"""What Redis holds for a record, both ways: the header line, the deflated record, and the
+"""What Redis holds for a record, both ways: the header line, the compressed record, and the
 counter hashes read back.
 
 A record is one Redis string: ``<event_ts> <events applied> <cluster id or -> <segments JSON>``,
@@ -126,8 +126,9 @@ _PACKER = zlib.compressobj(6, zlib.DEFLATED, -12, 4, zlib.Z_DEFAULT_STRATEGY, _Z
 #: readable, so a new dictionary needs a new prefix (``z3:``), never an edit.
 _ZSTD_DICT_V2 = zstd.ZstdDict(Path(__file__).with_name("record-v2.zdict").read_bytes())
 _RECORD_PREFIX = b"z2:"
-# Level 3 (zstd's default): on held-out generator records 4 µs and 165 B against level 1's
-# 3.7 µs and 177 B; level 6 took 15 µs for 147 B (stream.tools.record_dict, README).
+# Level 3 (zstd's default): on records of the dictionary's own traffic 4.0 µs and 165 B
+# against level 1's 3.7 µs and 177 B and level 6's 15 µs and 147 B (a first measurement); on
+# held-out records 190 B (stream.tools.record_dict compare, README).
 _COMPRESSOR = zstd.ZstdCompressor(level=3, zstd_dict=_ZSTD_DICT_V2)
 
 
@@ -148,8 +149,8 @@ def encode_record(record: Mapping[str, Any]) -> bytes:
     """A record as Redis holds it: ``z2:`` and its JSON compressed with zstd and a trained
     dictionary of typical records.
 
-    About 4 µs and 165 B for a generator record of 1.5 KB, against 20-40 µs and 393 B deflated
-    (``z1:``; README, "Output contracts"). ``decode_record`` reverses it.
+    About 4 µs and 190 B for a held-out generator record of 1.5 KB, against about 30 µs and
+    385 B deflated (``z1:``; README, "Output contracts"). ``decode_record`` reverses it.
 
     >>> decode_record(encode_record({"customer_id": "c-1", "segment": 3}))
     {'customer_id': 'c-1', 'segment': 3}

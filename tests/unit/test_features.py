@@ -208,7 +208,7 @@ def test_a_state_from_before_the_recent_mix_weighs_its_views_alike():
     assert feature_vector(old)[CATEGORY_SHARE + "bags"] == pytest.approx((3 + new) / (12 + new))
 
 
-def test_the_recent_mix_counts_visits_in_event_time_not_the_order_of_arrival():
+def test_the_recent_mix_counts_a_visit_once_whatever_is_read_between_its_clicks():
     # a purchase of visit 1 read after visit 2's first click (its own topic), and a late click
     # of visit 1: neither is a new visit, so the mix is as in order
     events = visits("c", [["shoes", "shoes"], ["bags", "bags"]])
@@ -278,6 +278,15 @@ def test_sessions_count_session_ids_of_clicks_once_in_any_order():
     assert len(p.visits) == VISIT_WINDOW and "s1" not in p.visits and p.sessions == 2 + VISIT_WINDOW
 
 
+def test_a_cart_add_without_a_session_id_in_a_visit_with_one_is_that_visits():
+    view = Event("v", "c", "product_view", T0, session_id="s1", category="shoes")
+    bare = Event("a", "c", "add_to_cart", T0 + 1000, price=5.0)  # a server-side event
+    tagged = Event("b", "c", "add_to_cart", T0 + 2000, session_id="s1", price=5.0)
+    for events in ([view, bare, tagged], [view, tagged, bare]):
+        p = profile_of(events)
+        assert (p.sessions, p.cart_sessions, p.recent_visits) == (1, 1, 1)
+
+
 def test_a_version_6_state_keeps_its_last_session_id_as_a_visit():
     p = profile_of(visits("c", [["shoes"], ["bags"]]))
     state = p.to_state()
@@ -294,6 +303,13 @@ def test_a_version_6_state_keeps_its_last_session_id_as_a_visit():
 def test_a_state_with_a_malformed_session_window_is_refused(s):
     state = profile_of(sample_events()).to_state()
     state["s"] = s
+    with pytest.raises((ValueError, TypeError)):
+        CustomerProfile.from_state(state)
+
+
+@pytest.mark.parametrize(("s", "rc"), [([1, 0, "s1", False], []), ([1, 0, 7, False], [{}, 0, 1])])
+def test_a_malformed_version_6_state_is_refused(s, rc):
+    state = profile_of(sample_events()).to_state() | {"v": 6, "s": s, "rc": rc}
     with pytest.raises((ValueError, TypeError)):
         CustomerProfile.from_state(state)
 

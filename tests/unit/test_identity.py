@@ -332,6 +332,37 @@ def test_a_malformed_identity_message_is_a_dead_letter(value: Any, reason: str) 
     assert len(out.dead) == 1 and reason in out.dead[0].reason, out.dead
 
 
+def test_absorb_numbers_the_later_ids_visits_after_the_others_and_counts_a_shared_one_once() -> (
+    None
+):
+    from models.events import Event
+
+    def clicks(p: CustomerProfile, sids: list[str], start: int, cart: bool = False) -> None:
+        for i, sid in enumerate(sids):
+            ts = T0 + (start + i) * 60 * MIN
+            p.apply(Event(f"{p.customer_id}{sid}", p.customer_id, "page_view", ts, session_id=sid))
+            if cart:
+                p.apply(
+                    Event(
+                        f"{p.customer_id}{sid}c",
+                        p.customer_id,
+                        "add_to_cart",
+                        ts + 1,
+                        session_id=sid,
+                        price=1.0,
+                    )
+                )
+
+    anon, known = CustomerProfile("anon"), CustomerProfile("known")
+    clicks(anon, ["a1", "a2", "shared"], 0, cart=True)
+    clicks(known, ["shared", "k1", "k2"], 2, cart=True)  # seen last: its visits come after
+    absorb(known, anon)
+    # six ids, one visit under both: five sessions, five cart sessions; the newest four kept,
+    # the later id's numbered after the earlier id's three
+    assert (known.sessions, known.cart_sessions) == (5, 5)
+    assert known.visits == {"a2": [2, 1], "shared": [4, 1], "k1": [5, 1], "k2": [6, 1]}
+
+
 def test_absorb_combines_decayed_sums_in_event_time_and_traits_newest_wins() -> None:
     from models.events import Event
 
