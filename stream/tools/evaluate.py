@@ -101,6 +101,18 @@ class Replay:
         self._offsets[log] = offset + 1
         self.queues.setdefault(log, deque()).append(SourceMessage(source, log, offset, key, value))
 
+    def feed(self, generator: TrafficGenerator, events: float) -> None:
+        """Send ``generator``'s picked customers' sessions until ``events`` events are sent,
+        consuming them a fetch's worth (1,000 events) at a time, then the rest."""
+        drained = 0
+        while self.sent < events:
+            for message in generator.session(generator.pick()):
+                self.send(message)
+            if self.sent - drained >= 1000:
+                self.drain()
+                drained = self.sent
+        self.drain()
+
     def drain(self, per_fetch: int = 50) -> None:
         """Consume everything sent so far, in batches of ``SEGMENTER_BATCH_SIZE`` made of
         fetches of up to ``per_fetch`` records from each partition in turn."""
@@ -387,14 +399,7 @@ def persona_catalog(
         realism=realism,
     )
     replay = Replay(settings, SegmentCatalog())
-    drained = 0
-    while replay.sent < events / scale:
-        for message in generator.session(generator.pick()):
-            replay.send(message)
-        if replay.sent - drained >= 1000:
-            replay.drain()
-            drained = replay.sent
-    replay.drain()
+    replay.feed(generator, events / scale)
     sums: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
     for customer_id, profile in replay.profiles.items():

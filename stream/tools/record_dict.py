@@ -44,15 +44,7 @@ def records(seed: int, events: int = 30_000, customers: int = 2_000) -> list[byt
     """The JSON of every record the step writes over ``events`` generated events (the last
     write of each customer, as Redis holds it)."""
     replay = Replay(Settings(warmup_samples=200))
-    generator = TrafficGenerator(customers=customers, seed=seed, session_gap_ms=60_000)
-    drained = 0
-    while replay.sent < events:
-        for message in generator.session(generator.pick()):
-            replay.send(message)
-        if replay.sent - drained >= 1000:
-            replay.drain()
-            drained = replay.sent
-    replay.drain()
+    replay.feed(TrafficGenerator(customers=customers, seed=seed, session_gap_ms=60_000), events)
     return [orjson.dumps(dict(w.record)) for w in replay.records.values()]
 
 
