@@ -158,7 +158,7 @@ class BenchContext:
         """Until every worker scores with a model (its heartbeat's model version); False if
         none came within ``timeout`` seconds."""
         client = self.client(settings)
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
                 _check_alive(procs)
