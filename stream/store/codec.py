@@ -177,11 +177,12 @@ def record_value(write: RecordWrite) -> tuple[bytes, bytes]:
     return head + members + b"\n" + encode_record(write.record), members
 
 
-def write_args(write: RecordWrite, changes_kept: int, examples_kept: int) -> tuple[Any, ...]:
-    """The write script's ARGV for one write (``stream.store.scripts.WRITE``).
+def write_args(write: RecordWrite) -> tuple[Any, ...]:
+    """One write's arguments in the write script's ARGV (``stream.store.scripts.WRITE``:
+    ``WRITE_ARGS`` of them).
 
-    >>> write_args(RecordWrite("c-1", 5, 2, None, {"evaluated_at": 9}, ("rule:a",)), 20, 3)[5:]
-    (9, 'c-1', 20, 3)
+    >>> write_args(RecordWrite("c-1", 5, 2, None, {"evaluated_at": 9}, ("rule:a",)))[5:]
+    (9, 'c-1')
     """
     value, segments = record_value(write)
     evaluated_at = int(write.record.get("evaluated_at") or write.event_ts)
@@ -193,8 +194,6 @@ def write_args(write: RecordWrite, changes_kept: int, examples_kept: int) -> tup
         segments,
         evaluated_at,
         write.customer_id,
-        changes_kept,
-        examples_kept,
     )
 
 

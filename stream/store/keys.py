@@ -137,6 +137,21 @@ class Keys:
         """One shard's example members per segment."""
         return f"{self.prefix}examples:{{{shard}}}"
 
+    def shard_keys(self, shard: int) -> tuple[str, str, str, str, str]:
+        """A counter shard's hashes, as the write script takes them first: sizes, members,
+        changes, flows, examples (one hash slot, with the shard's records).
+
+        >>> Keys("p:").shard_keys(53)
+        ('p:sizes:{53}', 'p:members:{53}', 'p:changes:{53}', 'p:flows:{53}', 'p:examples:{53}')
+        """
+        return (
+            self.sizes(shard),
+            self.members(shard),
+            self.changes(shard),
+            self.flows(shard),
+            self.examples(shard),
+        )
+
     def script_keys(self, customer_id: str) -> tuple[str, str, str, str, str, str]:
         """The keys the write and forget scripts take for a customer: record, sizes, members,
         changes, flows, examples (one hash slot).
@@ -145,15 +160,7 @@ class Keys:
         ('p:c:{53}c-42', 'p:sizes:{53}', 'p:members:{53}', 'p:changes:{53}', 'p:flows:{53}',
          'p:examples:{53}')
         """
-        shard = shard_of(customer_id)
-        return (
-            self.record(customer_id),
-            self.sizes(shard),
-            self.members(shard),
-            self.changes(shard),
-            self.flows(shard),
-            self.examples(shard),
-        )
+        return (self.record(customer_id), *self.shard_keys(shard_of(customer_id)))
 
     @property
     def all_sizes(self) -> tuple[str, ...]:

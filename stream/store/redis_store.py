@@ -164,15 +164,24 @@ class RedisSegmentStore(_Reads):
     ) -> int:
         if not writes and not counters and not marks:
             return 0
-        calls: list[_Call] = []
+        # One call per counter shard, its customers' writes in the batch's order (a customer's
+        # writes stay in order: they share a shard).
+        by_shard: dict[int, list[RecordWrite]] = {}
         for w in writes:
-            args = write_args(w, self.changes_kept, EXAMPLES_KEPT)
-            calls.append((self._write, self.keys.script_keys(w.customer_id), args))
+            by_shard.setdefault(shard_of(w.customer_id), []).append(w)
+        calls: list[_Call] = []
+        for shard, shard_writes in by_shard.items():
+            keys = [*self.keys.shard_keys(shard)]
+            args: list[EncodableT] = [self.changes_kept, EXAMPLES_KEPT]
+            for w in shard_writes:
+                keys.append(self.keys.record(w.customer_id))
+                args.extend(write_args(w))
+            calls.append((self._write, keys, args))
         for m in marks:
             key = self.keys.partition_mark(m.app_id, m.partition)
             calls.append((self._mark, (key,), (m.expected, m.value)))
         results = await self._run_script(calls, counters)
-        return sum(1 for r in results[: len(writes)] if r == 1)
+        return sum(sum(1 for r in written if r == 1) for written in results[: len(by_shard)])
 
     async def forget_many(self, customer_ids: Sequence[str]) -> int:
         if not customer_ids:

@@ -180,3 +180,34 @@ def test_a_server_that_lost_the_scripts_gets_them_again_and_applies_each_write_o
     store.raw.script_flush()
     assert store.forget(*ids[:10]) == 10
     assert store.client.customers() == 30
+
+
+def test_a_shards_writes_in_one_call_are_judged_one_by_one_in_order(store):
+    # The store sends a batch's writes of one counter shard as one script call: each record is
+    # still judged against what is stored when its turn comes, a customer twice in a batch
+    # included, and only the accepted writes move the counters.
+    a, b, c = "cust-00051", "cust-00109", "cust-00177"  # all three in shard 7
+    assert {Keys(PREFIX).script_keys(x)[1] for x in (a, b, c)} == {KEYS.sizes(7)}
+
+    def w(cid: str, ts: int, seg: int, rule: str) -> RecordWrite:
+        return RecordWrite(cid, ts, ts, seg, {"customer_id": cid, "ts": ts}, (rule,))
+
+    assert store.write(w(a, 10, 1, "rule:x"), w(b, 10, 1, "rule:x")) == 2
+    written = store.write(
+        w(a, 5, 2, "rule:y"),  # older than a's record: refused
+        w(b, 20, 2, "rule:y"),  # newer: written
+        w(b, 15, 3, "rule:z"),  # older than the write just before it in the same call: refused
+        w(c, 1, 1, "rule:x"),  # a new customer
+        w(c, 2, 2, "rule:y"),  # and newer again in the same call
+    )
+    assert written == 3
+    got = {r["customer_id"]: r["ts"] for r in store.client.iter_records()}
+    assert got == {a: 10, b: 20, c: 2}
+    assert store.client.sizes() == {"1": 1, "2": 2}
+    assert store.client.members() == {"rule:x": 1, "rule:y": 2}
+    changes = store.loop.run_until_complete(store.store.changes(c))
+    assert [(ch["at"], ch["segment"], ch["change"]) for ch in changes] == [
+        (2, "rule:x", "exited"),
+        (2, "rule:y", "entered"),
+        (1, "rule:x", "entered"),
+    ]
