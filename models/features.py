@@ -13,9 +13,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from river import stats
 
 from models.events import Event
-from models.session import Session, follow
+from models.session import Session, adopt, belongs, follow
 
 __all__ = [
+    "PENDING_PURCHASES",
     "CANONICAL_FEATURES",
     "COUNTRY_ZONES",
     "CATEGORY_SHARE",
@@ -34,7 +35,7 @@ __all__ = [
     "squash",
 ]
 
-STATE_VERSION = 7
+STATE_VERSION = 8
 #: Anonymous ids merged into one customer that are remembered (``CustomerProfile.merged_ids``);
 #: past this the oldest are dropped, and a late request for one of them is merged again.
 MAX_MERGED_IDS = 100
@@ -119,6 +120,8 @@ _HALFLIFE_MS = 30 * DAY_MS  # decayed frequency and monetary value forget half i
 # before the clicks around it, and those clicks must not push its id out of the window.
 _DEDUPE_WINDOW = {"purchase": 64, "identify": 16, "click": 64}
 _MAX_CATEGORIES = 24  # category counters kept per customer; the smallest is dropped past this
+#: Purchases a profile keeps waiting for the visit they belong to (``pending_purchases``).
+PENDING_PURCHASES = 8
 #: Session ids of clicks a profile remembers (the newest to arrive), each with its visit's
 #: number and whether it had a cart add: a click of an id among them is not a new visit. A
 #: click more than this many visits late counts its visit again.
@@ -301,6 +304,10 @@ class CustomerProfile:
     merged_into: str | None = None
     # The current (or last) visit, in event time (models.session): the ``session.*`` facts.
     session: Session | None = None
+    # Purchases read when they belonged to no current visit, as [event time, session id or
+    # None]: a visit their clicks open or grow later counts them (models.session.adopt), so
+    # the session.* facts do not depend on which topic was read first.
+    pending_purchases: list[list[Any]] = field(default_factory=list)
     # The newest checkout_start's event time (``checkout_abandoned``, models.facts), and the
     # checkout (its time) an evaluation last found abandoned: judged once, it stays abandoned
     # until a purchase after it or a later visit, whatever arrives late meanwhile.
@@ -354,9 +361,14 @@ class CustomerProfile:
         if kind == "identify":  # not a visit: a login, or a back office's update
             self._merge_traits(event.traits, ts)
             return True
+        if kind == "purchase":
+            self._session_purchase(ts, event.session_id, session_timeout_ms)
         before = self.session
         adds = 0 if before is None else before.cart_adds
-        after = self.session = follow(before, event, session_timeout_ms)
+        after = before if kind == "purchase" else follow(before, event, session_timeout_ms)
+        self.session = after
+        if after is not None and self.pending_purchases and kind != "purchase":
+            adopt(after, self.pending_purchases, session_timeout_ms)
         visit = None
         if kind != "purchase":  # visits are counted on clicks: one topic, read in order
             session_id = event.session_id
@@ -414,6 +426,20 @@ class CustomerProfile:
             elif after is not None and after.cart_adds == 1 and (after is not before or not adds):
                 self.cart_sessions += 1  # no session id: the first cart add of a visit by time
         return True
+
+    def _session_purchase(self, ts: int, session_id: str | None, timeout_ms: int) -> None:
+        """A purchase joins the current visit if it belongs to it (``models.session.belongs``),
+        else waits among the pending purchases (the newest ``PENDING_PURCHASES`` by event
+        time) for a visit it belongs to, opened or grown by clicks read later."""
+        session = self.session
+        if session is not None and belongs(session, ts, session_id, timeout_ms):
+            session.purchase(ts)
+            return
+        pending = self.pending_purchases
+        pending.append([ts, session_id])
+        if len(pending) > PENDING_PURCHASES:
+            pending.sort(key=lambda entry: entry[0])
+            del pending[0]
 
     def _recent_weight(self, number: int) -> float:
         """The weight of a view of visit ``number`` in ``recent_categories``; past 2 ** 512
@@ -565,6 +591,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "ask": p.merge_asked,
         "into": p.merged_into,
         "ss": None if p.session is None else p.session.to_state(),
+        "pp": p.pending_purchases,
         "ck": p.last_checkout_ts,
         "ak": p.abandoned_checkout_ts,
     }
@@ -573,18 +600,21 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
 def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfile:
     version = state.get("v")
     if version == 2:
-        state = _from_v6(_from_v5(_from_v4(_from_v3(_from_v2(state)))))
+        state = _from_v7(_from_v6(_from_v5(_from_v4(_from_v3(_from_v2(state))))))
     elif version == 3:
-        state = _from_v6(_from_v5(_from_v4(_from_v3(state))))
+        state = _from_v7(_from_v6(_from_v5(_from_v4(_from_v3(state)))))
     elif version == 4:
-        state = _from_v6(_from_v5(_from_v4(state)))
+        state = _from_v7(_from_v6(_from_v5(_from_v4(state))))
     elif version == 5:
-        state = _from_v6(_from_v5(state))
+        state = _from_v7(_from_v6(_from_v5(state)))
     elif version == 6:
-        state = _from_v6(state)
+        state = _from_v7(_from_v6(state))
+    elif version == 7:
+        state = _from_v7(state)
     elif version != STATE_VERSION:
         raise ValueError(f"unsupported profile state version {version!r}")
     sessions, cart_sessions, visits = _visits_of(state["s"])
+    pending = _pending_of(state["pp"])
     country, country_ts, channel = state["geo"]
     segment_since, persona_since = state["since"]
     session = state.get("ss")
@@ -596,6 +626,7 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         purchase_amounts, merged_ids, merge_asked = state["pa"], state["mid"], state["ask"]
     else:
         visits = {k: list(v) for k, v in visits.items()}
+        pending = [list(entry) for entry in pending]
         counts, categories, category_spend = dict(state["c"]), dict(state["cat"]), dict(state["cs"])
         recent, recent_shift, recent_visits = _recent_of(state["rc"])
         recent = dict(recent)
@@ -646,6 +677,7 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         merge_asked=merge_asked,
         merged_into=state["into"],
         session=None if session is None else Session.from_state(session),
+        pending_purchases=pending,
         last_checkout_ts=state["ck"],  # a version 5 state without them: _from_v5
         abandoned_checkout_ts=state["ak"],
     )
@@ -689,6 +721,25 @@ def _visits_of(value: Any) -> tuple[int, int, dict[str, list[int]]]:
     ):
         raise TypeError("s is not [sessions, cart sessions, {session id: [visit, cart]}]")
     return sessions, cart_sessions, visits
+
+
+def _pending_of(value: Any) -> list[list[Any]]:
+    """The ``pp`` entry of a state: pending purchases, each [event time, session id or None]."""
+    if not isinstance(value, list) or not all(
+        isinstance(e, list)
+        and len(e) == 2
+        and isinstance(e[0], int)
+        and (e[1] is None or isinstance(e[1], str))
+        for e in value
+    ):
+        raise TypeError("pp is not [[event time, session id or null], ...]")
+    return value
+
+
+def _from_v7(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A version 7 state (purchases opened and joined visits as they came) as version 8: no
+    purchase waits for its visit (its current session keeps the purchases it counted)."""
+    return {**state, "v": 8, "pp": []}
 
 
 def _from_v6(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 from models.events import DecodeError
 from models.features import (
     MAX_MERGED_IDS,
+    PENDING_PURCHASES,
     RECENT_FLOOR,
     RECENT_HALF_VISITS,
     SESSION_TIMEOUT_MS,
@@ -56,6 +57,7 @@ from models.features import (
     CustomerProfile,
     bump,
 )
+from models.session import adopt
 
 __all__ = [
     "IDENTITY",
@@ -281,6 +283,16 @@ def absorb(
             if mine_session is None
             else mine_session.merged(other.session, session_timeout_ms)
         )
+    # Purchases waiting for their visit under either id (one sent under both waits once),
+    # then those the merged visit has
+    pending = into.pending_purchases
+    for entry in other.pending_purchases:
+        if entry not in pending:
+            pending.append(list(entry))
+    if len(pending) > PENDING_PURCHASES:
+        pending.sort(key=lambda entry: entry[0])
+        del pending[: len(pending) - PENDING_PURCHASES]
+    adopt(into.session, pending, session_timeout_ms)
     into.frequency_decayed.add(other.frequency_decayed.value, other.frequency_decayed.ref_ts)
     into.monetary_decayed.add(other.monetary_decayed.value, other.monetary_decayed.ref_ts)
     _unite_windows(into, other, mine, theirs)

@@ -13,6 +13,8 @@ __all__ = [
     "SESSION_FACTS",
     "Session",
     "SessionPolicy",
+    "adopt",
+    "belongs",
     "follow",
     "session_facts",
     "session_record",
@@ -69,8 +71,11 @@ class Session:
     checkouts: int = 0  # checkout_start clicks
 
     def count(self, event: Event) -> None:
-        """Fold one event of this visit into its counts."""
+        """Fold one click of this visit into its counts (a purchase: :meth:`purchase`)."""
         kind, ts = event.kind, event.ts
+        if kind == "purchase":
+            self.purchase(ts)
+            return
         if ts < self.start:
             self.start = ts
         elif ts > self.last:
@@ -100,15 +105,18 @@ class Session:
                 self.cart_items += 1
                 self.cart_value += event.price or 0.0
             self.last_add = max(self.last_add, ts)
-        elif kind == "remove_from_cart":
-            if ts > self.last_purchase and self.cart_items:
-                self.cart_items -= 1
-                self.cart_value = max(0.0, self.cart_value - (event.price or 0.0))
-        elif kind == "purchase":
-            self.purchases += 1
-            if ts >= self.last_add:
-                self.cart_items, self.cart_value = 0, 0.0
-            self.last_purchase = max(self.last_purchase, ts)
+        elif kind == "remove_from_cart" and ts > self.last_purchase and self.cart_items:
+            self.cart_items -= 1
+            self.cart_value = max(0.0, self.cart_value - (event.price or 0.0))
+
+    def purchase(self, ts: int) -> None:
+        """Count a purchase of this visit at ``ts``: what was added before it is bought. The
+        visit's times are its clicks' (purchases come on their own topic: a purchase moving
+        them would make whether a later click joins depend on which topic was read first)."""
+        self.purchases += 1
+        if ts >= self.last_add:
+            self.cart_items, self.cart_value = 0, 0.0
+        self.last_purchase = max(self.last_purchase, ts)
 
     def to_state(self) -> list[Any]:
         return [
@@ -200,13 +208,15 @@ class Session:
 
 
 def follow(current: Session | None, event: Event, timeout_ms: int) -> Session | None:
-    """The customer's current session after one of their clicks or purchases.
+    """The customer's current session after one of their clicks.
 
-    A session ends after ``timeout_ms`` of event time without events, or at an event with
-    another ``session_id`` than its own; a click then starts the next one, and so does a
-    purchase that carries a session id (one without joins an open session it is not older
-    than, or none). An event older than the current session (another id, or ``timeout_ms``
-    before its start) belongs to an earlier visit and leaves it as it is.
+    A session ends after ``timeout_ms`` of event time without events, or at a click with
+    another ``session_id`` than its own; that click then starts the next one. A click older
+    than the current session (another id, or ``timeout_ms`` before its start) belongs to an
+    earlier visit and leaves it as it is. Purchases do not open or end sessions (they come on
+    their own topic, read independently: which visit is current would depend on which topic
+    was read first); a purchase joins the current session if it belongs to it
+    (:func:`belongs`), on arrival or when a later click makes it so (:func:`adopt`).
 
     >>> s = follow(None, Event("1", "c", "page_view", 0, session_id="s1", channel="email"), 60_000)
     >>> s = follow(s, Event("2", "c", "add_to_cart", 30_000, price=9.5), 60_000)
@@ -218,29 +228,59 @@ def follow(current: Session | None, event: Event, timeout_ms: int) -> Session | 
     0
     """
     ts, session_id = event.ts, event.session_id
-    anonymous_purchase = event.kind == "purchase" and not session_id
+    if event.kind == "purchase":  # joins, or not: CustomerProfile keeps it for a later visit
+        if current is not None and belongs(current, ts, session_id, timeout_ms):
+            current.purchase(ts)
+        return current
     if current is not None:
         if session_id and current.id and session_id != current.id:
             if ts < current.start:
                 return current  # a late event of an earlier visit
         elif ts < current.last + timeout_ms:
-            if anonymous_purchase:
-                # Purchases come last in a visit: one older than the session's first click is
-                # an earlier visit's (and must not move the session's start: whether a click of
-                # another visit is late would then depend on which topic was read first).
-                joins = ts >= current.start
-            else:
-                joins = ts + timeout_ms > current.start or (
-                    bool(session_id) and session_id == current.id
-                )
-            if joins:
+            if ts + timeout_ms > current.start or (bool(session_id) and session_id == current.id):
                 current.count(event)
             return current
-    if anonymous_purchase:
-        return current
     opened = Session(session_id, ts, ts)
     opened.count(event)
     return opened
+
+
+def belongs(session: Session, ts: int, session_id: str | None, timeout_ms: int) -> bool:
+    """Whether a purchase at ``ts`` (with ``session_id``, if it carries one) is this visit's.
+
+    With ids on both: the same id, within the visit's time (from ``timeout_ms`` before its
+    first click to ``timeout_ms`` after its last). Else by time: not before the visit's first
+    click (purchases come last in a visit; an older one is an earlier visit's) and within
+    ``timeout_ms`` of its last. A visit only grows as its clicks come, so once a purchase
+    belongs it always does: whether it joins does not depend on when it is read.
+
+    >>> s = Session("s1", 60_000, 120_000)
+    >>> belongs(s, 130_000, "s1", 60_000), belongs(s, 130_000, "s2", 60_000)
+    (True, False)
+    >>> belongs(s, 30_000, None, 60_000), belongs(s, 150_000, None, 60_000)
+    (False, True)
+    """
+    if session_id and session.id:
+        return (
+            session_id == session.id and session.start - timeout_ms < ts < session.last + timeout_ms
+        )
+    return session.start <= ts < session.last + timeout_ms
+
+
+def adopt(session: Session | None, pending: list[list[Any]], timeout_ms: int) -> None:
+    """Count into ``session`` the pending purchases (``[ts, session id]``: read when they
+    belonged to no current visit) that belong to it now, and take them off ``pending``; drop
+    those too old for it (a later visit never starts before it does)."""
+    if session is None or not pending:
+        return
+    kept = []
+    for entry in pending:
+        ts, session_id = entry
+        if belongs(session, ts, session_id, timeout_ms):
+            session.purchase(ts)
+        elif ts + timeout_ms > session.start:  # else no visit from now on can have it
+            kept.append(entry)
+    pending[:] = kept
 
 
 @dataclass(frozen=True)

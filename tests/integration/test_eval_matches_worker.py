@@ -1,11 +1,10 @@
 """`segmenter eval` runs the worker's step: for the same input and model, its replay writes the
 same records as a worker on the real broker and Redis.
 
-The input is generator traffic over three topics. Purchases are sent without their
-``session_id`` here: the worker's interleaving of the topics is the broker's, the replay's its
-own, and the current session's facts still depend on it (a purchase with a session id read
-before its visit's clicks opens that visit itself; README, Not done yet); visits and the
-features counted from them do not. Hysteresis is 0 so a customer's
+The input is generator traffic over three topics, purchases with their visit's ``session_id``:
+the worker's interleaving of the topics is the broker's, the replay's its own, and neither the
+visits, the features counted from them nor the current visit's facts depend on it (a purchase
+read before its visit's clicks waits for them). Hysteresis is 0 so a customer's
 cluster and persona depend on their final behavior, not on where batches happened to end.
 Customers are all in one time zone here: with several, a customer's session often ends (comes
 due) while other customers' events move the watermark, and the step re-evaluates it at the
@@ -70,10 +69,7 @@ def _input() -> list[Message]:
     messages = []
     for _ in range(6):
         for customer_id in generator.customer_ids:
-            for m in generator.session(customer_id):
-                if m.source == "purchases":
-                    m.value.pop("session_id", None)  # type: ignore[union-attr]
-                messages.append(m)
+            messages.extend(generator.session(customer_id))
     return messages
 
 

@@ -239,7 +239,7 @@ def test_profile_state_v3_migrates_its_utc_dayparts():
     p = CustomerProfile("c")
     visit(p, 8, n=6)
     state = p.to_state()
-    assert state["v"] == STATE_VERSION == 7 and sum(state["hr"].values()) == 6
+    assert state["v"] == STATE_VERSION == 8 and sum(state["hr"].values()) == 6
     v3 = {k: v for k, v in state.items() if k not in ("hr", "ev")}
     v3 |= {"v": 3, "dp": {"morning": 6, "night": 3}, "s": [*state["s"][:2], None, False]}
     migrated = CustomerProfile.from_state(v3)

@@ -14,11 +14,18 @@ from hypothesis import strategies as st
 
 from models.events import Event
 from models.facts import TIME_FACTS, customer_facts, is_known_fact
-from models.features import CustomerProfile
+from models.features import PENDING_PURCHASES, CustomerProfile
 from models.identity import absorb
 from models.rules import RuleSegment
 from models.segments import SegmentCatalog, assign, remember
-from models.session import NO_SESSION, SESSION_FACTS, Session, SessionPolicy, follow
+from models.session import (
+    NO_SESSION,
+    SESSION_FACTS,
+    Session,
+    SessionPolicy,
+    belongs,
+    follow,
+)
 from models.step import StepOutcome
 from stream.catalog import CatalogError, load_segments
 from stream.settings import Settings
@@ -111,7 +118,7 @@ def test_a_purchase_closes_the_cart_in_either_order_of_arrival() -> None:
         facts = session_of(p, T0 + 3 * MIN)
         assert (facts["session.cart_adds"], facts["session.cart_items"]) == (1, 0)
         assert (facts["session.purchases"], facts["session.cart_value"]) == (1, 0.0)
-        assert facts["session.minutes"] == 2.0
+        assert facts["session.minutes"] == 1.0  # the visit's clicks' times, not the purchase's
     # An add after the purchase opens the cart again.
     in_order.apply(ev("add_to_cart", T0 + 4 * MIN, session_id="s1", price=5.0))
     assert session_of(in_order, T0 + 4 * MIN)["session.cart_items"] == 1
@@ -133,6 +140,7 @@ def test_a_purchase_without_a_session_id_older_than_the_visit_is_an_earlier_visi
     assert current is not None
     same = follow(current, ev("purchase", T0 - 3 * MIN, amount=5.0), TIMEOUT)
     assert same is current and current.start == T0 and current.purchases == 0
+    assert not belongs(current, T0 - 3 * MIN, None, TIMEOUT)
     late = follow(current, ev("product_view", T0 - 2 * MIN, session_id="s1"), TIMEOUT)
     assert late is current  # a late click of visit s1, not a new visit
     joined = follow(current, ev("purchase", T0 + MIN, amount=5.0), TIMEOUT)
@@ -444,3 +452,54 @@ def test_follow_starts_no_session_for_an_identify() -> None:
     p.apply(ev("identify", T0, traits={"plan": "pro"}))
     assert p.session is None
     assert follow(None, ev("page_view", T0), TIMEOUT) == Session(None, T0, T0, page_views=1)
+
+
+def test_a_purchase_read_before_its_visits_clicks_waits_for_them() -> None:
+    # The purchases topic read ahead of the clicks: with or without the visit's session id, the
+    # purchase waits and the visit counts it when its clicks come, as if read after them.
+    for sid in ("s1", None):
+        buy = ev("purchase", T0 + 2 * MIN, session_id=sid, amount=25.0)
+        clicks = [
+            ev("page_view", T0, session_id="s1", channel="ads"),
+            ev("add_to_cart", T0 + MIN, session_id="s1", price=25.0),
+        ]
+        first = visit(buy)
+        assert first.session is None and first.pending_purchases == [[T0 + 2 * MIN, sid]]
+        for e in clicks:
+            first.apply(e)
+        after = visit(*clicks, buy)
+        assert first.pending_purchases == after.pending_purchases == []
+        assert first.session == after.session
+        facts = session_of(first, T0 + 3 * MIN)
+        assert (facts["session.purchases"], facts["session.cart_items"]) == (1, 0)
+        assert facts["session.entry_channel"] == "ads"
+    # Another visit's purchase stays waiting; an older one than the visit never joins it.
+    p = visit(ev("purchase", T0 + MIN, session_id="s9", amount=1.0), ev("purchase", T0 - MIN))
+    p.apply(ev("page_view", T0, session_id="s1"))
+    assert p.session is not None and p.session.purchases == 0
+    assert sorted(p.pending_purchases) == [[T0 - MIN, None], [T0 + MIN, "s9"]]
+    assert belongs(p.session, T0 + MIN, "s1", TIMEOUT)
+    # A visit starting a timeout after a waiting purchase: no visit from then on can have it.
+    p.apply(ev("page_view", T0 - MIN + TIMEOUT + MIN, session_id="s2"))
+    assert p.pending_purchases == [[T0 + MIN, "s9"]]
+
+
+def test_pending_purchases_are_bounded_kept_in_the_state_and_merged() -> None:
+    p = visit(*(ev("purchase", T0 + i * MIN, session_id=f"x{i}") for i in range(12)))
+    assert len(p.pending_purchases) == PENDING_PURCHASES  # the newest by event time
+    assert min(ts for ts, _ in p.pending_purchases) == T0 + (12 - PENDING_PURCHASES) * MIN
+    state = orjson.loads(orjson.dumps(p.to_state()))
+    assert CustomerProfile.from_state(state).pending_purchases == p.pending_purchases
+    for bad in ([[T0]], [["t", None]], [[T0, 5]], {"x": 1}):
+        with pytest.raises((TypeError, ValueError)):
+            CustomerProfile.from_state({**state, "pp": bad})
+    v7 = {k: v for k, v in state.items() if k != "pp"} | {"v": 7}
+    assert CustomerProfile.from_state(v7).pending_purchases == []
+    # A login mid-visit: the purchase came under the known id, the visit's clicks under the
+    # anonymous one; once merged, the visit counts the purchase.
+    known = visit(ev("purchase", T0 + 2 * MIN, session_id="s1", amount=5.0))
+    anon = CustomerProfile("anon")
+    anon.apply(Event("v", "anon", "page_view", T0, session_id="s1"))
+    absorb(known, anon)
+    assert known.session is not None and known.session.purchases == 1
+    assert known.pending_purchases == []

@@ -89,7 +89,7 @@ def test_a_batch_gives_records_changes_states_and_due_times() -> None:
     assert "rule:buyer" in write.members
     assert [(c.segment, c.change) for c in out.changes] == [("rule:buyer", "entered")]
     assert out.states["a"].orders_total == 1
-    assert out.due["a"] == T0 + 1000 + 30 * 60_000  # the visit's end, before the lifecycle's
+    assert out.due["a"] == T0 + 30 * 60_000  # its visit's end (its clicks'), before the lifecycle's
     assert out.events == {"clickstream": 1, "purchases": 1}
     assert out.counters == {"events": 2, "messages": 2, "records": 1}
 
