@@ -49,7 +49,7 @@ from models.schedule import DueSchedule
 from models.step import SegmentStep, SourceMessage, StepOutcome
 from stream.settings import Settings
 from stream.store.codec import record_value
-from stream.tools.bench_report import STEP_ALONE, Figure, Report
+from stream.tools.bench_report import STEP_ALONE, Figure, Floor, Report
 from stream.tools.bench_traffic import as_arrays, as_singles, click_streams
 from stream.tools.generator import Message, TrafficGenerator
 from stream.worker.app import build_step, tune_gc
@@ -542,6 +542,9 @@ def add_to_report(result: CoreResult, report: Report) -> None:
                 target=f">= {run.target:,.0f} events/s",
                 met=run.met,
                 note=note,
+                floor=Floor.STEP,
+                run=run.label,
+                extra={"needs": run.target},
             )
         )
         report.rates.setdefault(run.label, {})[STEP_ALONE] = run.median

@@ -14,7 +14,7 @@ from stream.kafka import make_producer
 from stream.serving.report import definitions_status
 from stream.tools.bench_context import BenchContext
 from stream.tools.bench_freshness import Freshness
-from stream.tools.bench_report import Figure
+from stream.tools.bench_report import Figure, Floor
 from stream.tools.bench_traffic import percentile
 from stream.tools.generator import TrafficGenerator
 from stream.tools.producer import send_messages
@@ -23,6 +23,8 @@ __all__ = ["LiveDefinitionsBench", "changed_segments"]
 
 #: Live traffic of known customers during the backfill, events a second (beside the probes).
 LIVE_RATE = 1_000.0
+#: Seconds from the apply to every customer re-evaluated, the target (at 100,000 customers).
+TARGET_SECONDS = 10.0
 
 
 def changed_segments() -> str:
@@ -129,9 +131,16 @@ class LiveDefinitionsBench:
                 "apply published to every customer re-evaluated",
                 total,
                 "s",
-                target="<= 10 s" if self.n >= 100_000 else "",
-                met=total <= 10 if self.n >= 100_000 else None,
+                target=f"<= {TARGET_SECONDS:.0f} s" if self.n >= 100_000 else "",
+                met=total <= TARGET_SECONDS if self.n >= 100_000 else None,
                 note=note,
+                floor=Floor.DEFINITIONS,
+                extra={
+                    "customers": backfill["done"],
+                    "backfill seconds": backfill["seconds"],
+                    "rate cap": self.settings.backfill_rate,
+                    "seconds allowed": TARGET_SECONDS,
+                },
             )
         )
         sent, seen = self.probes.sent, self.probes.seen

@@ -1,17 +1,37 @@
-"""The bench's figures and its report: a Markdown table, the floors, the profiles, a chart."""
+"""The bench's figures and its report: a Markdown table, what stops each missed target, the
+floors, the profiles, a chart."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
-__all__ = ["STEP_ALONE", "Figure", "Report", "draw_chart", "fmt", "write_report"]
+__all__ = ["STEP_ALONE", "Figure", "Floor", "Report", "draw_chart", "fmt", "write_report"]
 
 #: The floors table's row of the step alone, in-process (``bench_core``).
 STEP_ALONE = "our step alone, in-process (no Kafka, no Redis, no Faust)"
+#: ... and our worker's, and a bare Faust agent's taking batches (``bench_throughput``'s).
+OURS = "our worker"
+BARE_TAKE = "bare Faust agent, batches"
+
+
+class Floor(StrEnum):
+    """What stops a figure's target when it is missed (``Figure.floor``): the report's "What
+    stops each missed target" names it with numbers measured in the same run. ``NO_QUEUE``
+    marks a figure that is itself a floor: freshness well under one worker's capacity."""
+
+    WORKER = "the step alone, and what the worker adds to it"
+    STEP = "the step's own stages"
+    FRESHNESS = "the load against one worker's capacity"
+    NO_QUEUE = "freshness without queueing"
+    READ = "a bare GET on the same server"
+    SCALE = "the machine's cores"
+    DEFINITIONS = "the backfill's re-evaluations per second"
 
 
 @dataclass
@@ -28,6 +48,13 @@ class Figure:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    #: What stops its target when missed (None: no floor measured), the traffic shape it was
+    #: measured on (a key of ``Report.rates``), and the numbers its floor reads, filled where
+    #: the figure is made: "needs" (events/s its target asks for), "rate" (events/s offered),
+    #: "p50", "busy" (cores) ... (see ``what_stops``).
+    floor: Floor | None = None
+    run: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -110,6 +137,7 @@ def write_report(report: Report, out: Path, command: str, elapsed: float) -> Non
             f"| {f.section} | {what} | {fmt(f.ours, f.unit)} | {base} | {ratio} | {f.target} "
             f"| {met} |"
         )
+    lines += what_stops(report)
     if report.rates:
         lines += [
             "",
@@ -134,7 +162,7 @@ def write_report(report: Report, out: Path, command: str, elapsed: float) -> Non
                 for name, rate in rates.items()
                 if rate > 0 and name != STEP_ALONE
             ]
-            ours, bare = rates.get("our worker", 0), rates.get("bare Faust agent, batches", 0)
+            ours, bare = rates.get(OURS, 0), rates.get(BARE_TAKE, 0)
             if ours > 0 and bare > 0:
                 lines.append(
                     f"| {label} | our logic (our worker less bare Faust with batches) | | "
@@ -168,6 +196,207 @@ def write_report(report: Report, out: Path, command: str, elapsed: float) -> Non
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
     out.write_text("\n".join(lines) + "\n")
+
+
+def what_stops(report: Report) -> list[str]:
+    """The section after the main table: a bullet per figure whose target was missed, naming
+    its floor in numbers of this run (or saying that none was measured)."""
+    lines = ["", "## What stops each missed target", ""]
+    missed = [f for f in report.figures if f.met is False]
+    if not missed:
+        return [*lines, "Every target measured in this run was met."]
+    lines += [
+        "Each missed target beside what stops it, in numbers measured in this run.",
+        "",
+    ]
+    told: set[str] = set()  # runs whose worker's floor is told in full already
+    for f in missed:
+        got = fmt(f.ours, f.unit)
+        if f.ratio is not None and f.baseline is not None:
+            got += f" = {f.ratio:.2f} x {fmt(f.baseline, f.unit)}"
+        if f.floor is Floor.WORKER:
+            why = _worker(report, f, told=f.run in told)
+            told.add(f.run)
+        else:
+            why = _WHAT_STOPS.get(f.floor, _no_floor)(report, f)
+        lines.append(f"- **{f.section}: {f.what}** ({got}; target {f.target}): {why}")
+    return lines
+
+
+def _no_floor(report: Report, f: Figure) -> str:
+    return "no floor is measured for it in this bench."
+
+
+def _worker(report: Report, f: Figure, told: bool = False) -> str:
+    """The step alone against the rate the target needs; what the worker adds beyond it
+    (``told``: said already, for another target on the same run)."""
+    needs = f.extra.get("needs", math.nan)
+    rates = report.rates.get(f.run, {})
+    step, ours = rates.get(STEP_ALONE, math.nan), f.ours  # our worker's rate, in each figure
+    if not needs > 0:
+        return "the rate its target needs was not recorded in this run."
+    text = f"it needs {needs:,.0f} events/s ({1e6 / needs:,.1f} µs per event)."
+    if not step > 0:
+        return text + " The step alone was not measured in this run: its floor is not known."
+    text += (
+        f" The step alone, in-process, ran {step:,.0f} events/s ({1e6 / step:,.1f} µs per event)"
+    )
+    if ours > step:
+        return text + (
+            f", yet our worker ran faster ({1e6 / ours:,.1f} µs per event): the two did not do "
+            "the same work in this run (their customers and batches differ) or the machine was "
+            "busier while the step ran, so this run does not say what stops the worker."
+        )
+    if step < needs:
+        text += (
+            ": below that, so the worker cannot pass it whatever its I/O costs (the step's time "
+            'by stage is in "Where the step\'s time goes").'
+        )
+    else:
+        text += ": above that, so what stops it is what the worker adds to the step."
+    if told:
+        return text + " What the worker adds beyond the step: as for the target above."
+    bare = rates.get(BARE_TAKE, math.nan)
+    text += (
+        f" The worker adds {1e6 / ours - 1e6 / step:,.1f} µs per event beyond the step "
+        f"({1e6 / ours:,.1f} µs against {1e6 / step:,.1f}: Faust, Kafka, the Redis client, "
+        "the trainer)"
+        + (f"; a bare Faust agent taking batches costs {1e6 / bare:,.1f} µs" if bare > 0 else "")
+        + "."
+    )
+    profile = report.profiles.get(f.run)
+    if not profile:
+        return text + " No profile of the worker was taken in this run."
+    top = sorted(profile[0], key=lambda stage: -stage[1])[:3]
+    return (
+        text + " Its profile's largest stages: " + "; ".join(f"{n} {s:.1%}" for n, s in top) + "."
+    )
+
+
+def _step(report: Report, f: Figure) -> str:
+    """The step's µs per event against the target's budget, and its largest stages."""
+    needs = f.extra.get("needs", math.nan)
+    if not (needs > 0 and f.ours > 0):
+        return "its rate, or the rate its target needs, was not measured in this run."
+    budget, took = 1e6 / needs, 1e6 / f.ours
+    text = (
+        f"at {needs:,.0f} events/s its budget is {budget:,.1f} µs per event; it took "
+        f"{took:,.1f} µs, {took / budget:.1f}x the budget."
+    )
+    stages = report.core_stages.get(f.run)
+    if not stages:
+        return text + " Its time by stage was not measured in this run."
+    top = sorted(stages, key=lambda stage: -stage[1])[:3]
+    total = report.core_totals.get(f.run, (math.nan, math.nan))[0]
+    return (
+        text
+        + f" Its three largest stages (the instrumented run, {total:,.1f} µs per event in all): "
+        + "; ".join(f"{name} {us:,.1f} µs" for name, us in top)
+        + "."
+    )
+
+
+def _freshness(report: Report, f: Figure) -> str:
+    """The offered rate against one worker's throughput on the same traffic shape."""
+    rate, p50 = f.extra.get("rate", math.nan), f.extra.get("p50", math.nan)
+    capacity = report.rates.get(f.run, {}).get(OURS, math.nan)
+    if capacity > 0:
+        load = rate / capacity
+        text = (
+            f"the offered {rate:,.0f} events/s is {load:.2f} of one worker's throughput on "
+            f"{f.run} in this run ({capacity:,.0f} events/s): "
+            + (
+                "above its capacity, the probes queue behind a growing backlog"
+                if load >= 1
+                else "near its capacity, the probes queue behind the load"
+                if load >= 0.8
+                else "well under its capacity, so the load alone does not explain it"
+            )
+            + f" (p50 {fmt(p50, 'ms')})."
+        )
+    else:
+        text = (
+            f"our worker's throughput on {f.run} was not measured in this run, so the load "
+            f"against its capacity is not known (p50 {fmt(p50, 'ms')})."
+        )
+    floor = next((g for g in report.figures if g.floor is Floor.NO_QUEUE), None)
+    if floor is None:
+        return text + " The floor without queueing was not measured in this run."
+    return text + f" The floor without queueing, {floor.what}: {fmt(floor.ours, floor.unit)}."
+
+
+def _read(report: Report, f: Figure) -> str:
+    """Our client's read against a bare GET of the same keys, interleaved."""
+    bare = f.baseline if f.baseline is not None else math.nan
+    if math.isnan(bare):
+        return "the bare redis-py GET was not measured in this run."
+    text = f"a bare redis-py GET's p99, in the same reads, was {fmt(bare, 'ms')}"
+    if bare > 1:
+        return (
+            text + f", itself above 1 ms: the machine ({os.cpu_count()} cores shared by the "
+            "broker, Redis, the producer and the worker, under ingest) is the floor."
+        )
+    if f.ours > 1.5 * bare:
+        return text + f": our client adds {f.ours - bare:,.3f} ms over it at p99."
+    return text + f", leaving {1 - bare:,.3f} ms of the 1 ms to our client."
+
+
+def _scale(report: Report, f: Figure) -> str:
+    """The whole machine's busy cores, and the workers' own, during the two runs
+    (``bench_scale``)."""
+    cores, busy, workers = (f.extra.get(k, math.nan) for k in ("cores", "busy", "by workers"))
+    one, by_one = (f.extra.get(k, math.nan) for k in ("busy with one", "by the one worker"))
+    if math.isnan(busy):
+        return "the machine's CPU use was not measured in this run: no floor to name."
+    text = (
+        f"the machine's cores were {busy:.1f} of {cores:.0f} busy during the two-worker run "
+        f"and {one:.1f} during the one-worker run; the two workers themselves used {workers:.1f} "
+        f"cores, the one worker {by_one:.1f}"
+        + (f" (two had {workers / by_one:.2f}x the CPU of one)" if by_one > 0 else "")
+    )
+    if busy >= 0.9 * cores:
+        return text + (
+            ". With the cores full, the workers get what the broker, Redis, the producer (it "
+            "loads the topic during the run) and anything else on the machine leave them: the "
+            "machine's cores are the floor."
+        )
+    return text + ". The cores were not all busy, so they alone do not stop it."
+
+
+def _definitions(report: Report, f: Figure) -> str:
+    """The worker's own backfill: customers re-evaluated per second, and its rate cap."""
+    n, seconds = f.extra.get("customers", math.nan), f.extra.get("backfill seconds", math.nan)
+    cap, allowed = f.extra.get("rate cap", 0.0), f.extra.get("seconds allowed", math.nan)
+    if not seconds > 0:
+        return "the worker's own backfill time was not measured in this run."
+    text = (
+        f"the worker's own backfill took {seconds:.1f} s of it: {n:,.0f} customers re-evaluated "
+        f"at {n / seconds:,.0f} a second (the rest, {f.ours - seconds:.1f} s, is from the "
+        f"publish to the backfill's start); {allowed:.0f} s would need {n / allowed:,.0f} a "
+        "second."
+    )
+    if cap > 0 and n / cap > allowed:
+        return text + (
+            f" Its rate cap alone (SEGMENTER_BACKFILL_RATE {cap:,.0f}/s) makes the target "
+            f"impossible: {n / cap:.1f} s at least."
+        )
+    return text + (
+        " The floor is the re-evaluation itself: "
+        + (
+            f"the rate cap (SEGMENTER_BACKFILL_RATE {cap:,.0f}/s) allows {n / cap:.1f} s."
+            if cap > 0
+            else "the backfill has no rate cap (SEGMENTER_BACKFILL_RATE 0)."
+        )
+    )
+
+
+_WHAT_STOPS: dict[Floor | None, Callable[[Report, Figure], str]] = {
+    Floor.STEP: _step,
+    Floor.FRESHNESS: _freshness,
+    Floor.READ: _read,
+    Floor.SCALE: _scale,
+    Floor.DEFINITIONS: _definitions,
+}
 
 
 def _core_stages(report: Report) -> list[str]:

@@ -22,19 +22,18 @@ from stream.tools.bench_profile import (
     summarize_profile,
     summarize_stages,
 )
-from stream.tools.bench_report import Figure
+from stream.tools.bench_report import BARE_TAKE, OURS, Figure, Floor
 from stream.tools.bench_traffic import as_arrays, as_singles, click_streams
 from stream.tools.process import spawn
 from stream.topology import topology
 
 __all__ = ["Throughput", "bare_faust", "raw_consumer"]
 
-#: The floors table's readers (``Report.rates``), by the key write_report reads.
+#: The floors table's readers (``Report.rates``), by the key write_report reads (``OURS`` and
+#: ``BARE_TAKE`` are read by name there too).
 RAW = "plain aiokafka consumer (read + parse)"
 BARE = "bare Faust agent, per message"
-BARE_TAKE = "bare Faust agent, batches"
 PEER = "Quix Streams peer (the minimal job: state + RedisSink)"
-OURS = "our worker"
 
 
 def raw_consumer(settings: Settings, messages: int) -> float:
@@ -184,6 +183,9 @@ class Throughput:
                 "events/s",
                 target=f">= {floor:,} events/s",
                 met=ours >= floor,
+                floor=Floor.WORKER,  # the report names what stops it, if missed
+                run=self.label,
+                extra={"needs": floor},  # events/s of our worker that meet the target
             )
         )
         report.add(
@@ -206,6 +208,9 @@ class Throughput:
                 "aiokafka consumer (read + parse)",
                 f">= {ratio}",
                 ours / raw >= ratio,
+                floor=Floor.WORKER,
+                run=self.label,
+                extra={"needs": ratio * raw},
             )
         )
         report.add(
@@ -257,6 +262,9 @@ class Throughput:
                 "Quix Streams peer",
                 ">= 1.0",
                 ours / peer.rate >= 1.0 if measured else None,
+                floor=Floor.WORKER,
+                run=self.label,
+                extra={"needs": peer.rate},
             )
         )
         if measured:

@@ -35,6 +35,7 @@ def test_quick_bench_runs_every_phase_and_writes_the_report(tmp_path):
         "Memory per customer",
         "Recovery",
         "Scale-out",
+        "## What stops each missed target",
     ):
         assert section in text, section
     assert out.with_suffix(".png").exists()
