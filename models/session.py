@@ -248,11 +248,11 @@ def follow(current: Session | None, event: Event, timeout_ms: int) -> Session | 
 def belongs(session: Session, ts: int, session_id: str | None, timeout_ms: int) -> bool:
     """Whether a purchase at ``ts`` (with ``session_id``, if it carries one) is this visit's.
 
-    With ids on both: the same id, within the visit's time (from ``timeout_ms`` before its
-    first click to ``timeout_ms`` after its last). Else by time: not before the visit's first
-    click (purchases come last in a visit; an older one is an earlier visit's) and within
-    ``timeout_ms`` of its last. A visit only grows as its clicks come, so once a purchase
-    belongs it always does: whether it joins does not depend on when it is read.
+    Not before the visit's first click (purchases come last in a visit; an older one is an
+    earlier visit's, and a visit reopened under the same id after a timeout does not share the
+    purchases of the visit before it) and within ``timeout_ms`` of its last; with session ids
+    on both, the same id. A visit only grows as its clicks come, so once a purchase belongs it
+    always does: whether it joins does not depend on when it is read.
 
     >>> s = Session("s1", 60_000, 120_000)
     >>> belongs(s, 130_000, "s1", 60_000), belongs(s, 130_000, "s2", 60_000)
@@ -260,17 +260,16 @@ def belongs(session: Session, ts: int, session_id: str | None, timeout_ms: int) 
     >>> belongs(s, 30_000, None, 60_000), belongs(s, 150_000, None, 60_000)
     (False, True)
     """
-    if session_id and session.id:
-        return (
-            session_id == session.id and session.start - timeout_ms < ts < session.last + timeout_ms
-        )
+    if session_id and session.id and session_id != session.id:
+        return False
     return session.start <= ts < session.last + timeout_ms
 
 
 def adopt(session: Session | None, pending: list[list[Any]], timeout_ms: int) -> None:
     """Count into ``session`` the pending purchases (``[ts, session id]``: read when they
-    belonged to no current visit) that belong to it now, and take them off ``pending``; drop
-    those too old for it (a later visit never starts before it does)."""
+    belonged to no current visit) that belong to it now, and take them off ``pending`` (the
+    profile keeps the newest few by event time: a visit's start can move back under a late
+    click, so none is too old to wait)."""
     if session is None or not pending:
         return
     kept = []
@@ -278,7 +277,7 @@ def adopt(session: Session | None, pending: list[list[Any]], timeout_ms: int) ->
         ts, session_id = entry
         if belongs(session, ts, session_id, timeout_ms):
             session.purchase(ts)
-        elif ts + timeout_ms > session.start:  # else no visit from now on can have it
+        else:
             kept.append(entry)
     pending[:] = kept
 

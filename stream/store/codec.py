@@ -181,8 +181,10 @@ def write_args(write: RecordWrite) -> tuple[Any, ...]:
     """One write's arguments in the write script's ARGV (``stream.store.scripts.WRITE``:
     ``WRITE_ARGS`` of them).
 
-    >>> write_args(RecordWrite("c-1", 5, 2, None, {"evaluated_at": 9}, ("rule:a",)))[5:]
-    (9, 'c-1')
+    >>> from stream.store.scripts import WRITE_ARGS
+    >>> args = write_args(RecordWrite("c-1", 5, 2, None, {"evaluated_at": 9}, ("rule:a",)))
+    >>> args[5:], len(args) == WRITE_ARGS
+    ((9, 'c-1'), True)
     """
     value, segments = record_value(write)
     evaluated_at = int(write.record.get("evaluated_at") or write.event_ts)

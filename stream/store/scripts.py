@@ -122,13 +122,13 @@ local function write(rk, ts_text, n_text, seg, value, segs, at, id)
 end
 local out = {}
 for i = 6, #KEYS do
-  local a = 2 + (i - 6) * 7
+  local a = 2 + (i - 6) * WRITE_ARGS
   out[#out + 1] = write(KEYS[i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
     ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
 end
 return out
 """
-)
+).replace("WRITE_ARGS", str(WRITE_ARGS))
 
 # Erases one customer's record and takes them out of the size counters.
 FORGET = (

@@ -364,28 +364,42 @@ def _scale(report: Report, f: Figure) -> str:
 
 
 def _definitions(report: Report, f: Figure) -> str:
-    """The worker's own backfill: customers re-evaluated per second, and its rate cap."""
+    """The worker's own backfill: customers re-evaluated per second, against what the target
+    leaves it after the time from the publish to its start, and its rate cap."""
     n, seconds = f.extra.get("customers", math.nan), f.extra.get("backfill seconds", math.nan)
     cap, allowed = f.extra.get("rate cap", 0.0), f.extra.get("seconds allowed", math.nan)
     if not seconds > 0:
         return "the worker's own backfill time was not measured in this run."
+    lead = f.ours - seconds
+    rate = n / seconds
     text = (
         f"the worker's own backfill took {seconds:.1f} s of it: {n:,.0f} customers re-evaluated "
-        f"at {n / seconds:,.0f} a second (the rest, {f.ours - seconds:.1f} s, is from the "
-        f"publish to the backfill's start); {allowed:.0f} s would need {n / allowed:,.0f} a "
-        "second."
+        f"at {rate:,.0f} a second; the rest, {lead:.1f} s, is from the publish to the "
+        "backfill's start."
     )
-    if cap > 0 and n / cap > allowed:
+    budget = allowed - lead
+    if not budget > 0:
         return text + (
-            f" Its rate cap alone (SEGMENTER_BACKFILL_RATE {cap:,.0f}/s) makes the target "
-            f"impossible: {n / cap:.1f} s at least."
+            f" That alone is {allowed:.0f} s or more: the floor is the time before the "
+            "backfill starts."
+        )
+    text += f" {allowed:.0f} s leaves the backfill {budget:.1f} s: {n / budget:,.0f} a second."
+    if cap > 0 and n / cap > budget:
+        return text + (
+            f" Its rate cap (SEGMENTER_BACKFILL_RATE {cap:,.0f}/s) forbids that: "
+            f"{n / cap:.1f} s at least."
+        )
+    if cap > 0 and rate >= 0.95 * cap:
+        return text + (
+            f" It ran at its rate cap (SEGMENTER_BACKFILL_RATE {cap:,.0f}/s): the cap is the "
+            "floor in this run."
         )
     return text + (
-        " The floor is the re-evaluation itself: "
+        " The floor is the re-evaluation itself"
         + (
-            f"the rate cap (SEGMENTER_BACKFILL_RATE {cap:,.0f}/s) allows {n / cap:.1f} s."
+            f" (below its rate cap, SEGMENTER_BACKFILL_RATE {cap:,.0f}/s)."
             if cap > 0
-            else "the backfill has no rate cap (SEGMENTER_BACKFILL_RATE 0)."
+            else " (no rate cap, SEGMENTER_BACKFILL_RATE 0)."
         )
     )
 

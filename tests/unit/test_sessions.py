@@ -479,9 +479,24 @@ def test_a_purchase_read_before_its_visits_clicks_waits_for_them() -> None:
     assert p.session is not None and p.session.purchases == 0
     assert sorted(p.pending_purchases) == [[T0 - MIN, None], [T0 + MIN, "s9"]]
     assert belongs(p.session, T0 + MIN, "s1", TIMEOUT)
-    # A visit starting a timeout after a waiting purchase: no visit from then on can have it.
-    p.apply(ev("page_view", T0 - MIN + TIMEOUT + MIN, session_id="s2"))
-    assert p.pending_purchases == [[T0 + MIN, "s9"]]
+
+
+def test_a_waiting_purchase_joins_when_a_late_click_moves_its_visit_back() -> None:
+    # (a reviewer's cases) the visit's start moves back under a late click of its own: a
+    # purchase older than the visit's first click read so far waits, and joins then
+    clicks = [ev("page_view", T0 + 10 * MIN, session_id="s1"), ev("page_view", T0, session_id="s1")]
+    for buy in (ev("purchase", T0 + 2 * MIN, session_id="s1"), ev("purchase", T0 + 2 * MIN)):
+        first = visit(buy, *clicks)
+        after = visit(*clicks, buy)
+        assert first.session == after.session and after.session is not None
+        assert after.session.purchases == 1 and first.pending_purchases == []
+    # a visit reopened under the same id after a timeout does not share the purchases before it
+    old = [ev("page_view", T0, session_id="s1"), ev("add_to_cart", T0 + MIN, session_id="s1")]
+    reopened = ev("page_view", T0 + MIN + TIMEOUT + 5 * MIN, session_id="s1")
+    buy = ev("purchase", T0 + MIN + TIMEOUT - MIN, session_id="s1")
+    a, b, c = visit(*old, buy, reopened), visit(buy, *old, reopened), visit(*old, reopened, buy)
+    assert a.session == b.session == c.session and c.session is not None
+    assert c.session.purchases == 0
 
 
 def test_pending_purchases_are_bounded_kept_in_the_state_and_merged() -> None:
