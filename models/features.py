@@ -33,6 +33,7 @@ __all__ = [
     "feature_vector",
     "local_offset_hours",
     "squash",
+    "trim_pending",
 ]
 
 STATE_VERSION = 8
@@ -435,11 +436,8 @@ class CustomerProfile:
         if session is not None and belongs(session, ts, session_id, timeout_ms):
             session.purchase(ts)
             return
-        pending = self.pending_purchases
-        pending.append([ts, session_id])
-        if len(pending) > PENDING_PURCHASES:
-            pending.sort(key=lambda entry: entry[0])
-            del pending[0]
+        self.pending_purchases.append([ts, session_id])
+        trim_pending(self.pending_purchases)
 
     def _recent_weight(self, number: int) -> float:
         """The weight of a view of visit ``number`` in ``recent_categories``; past 2 ** 512
@@ -721,6 +719,13 @@ def _visits_of(value: Any) -> tuple[int, int, dict[str, list[int]]]:
     ):
         raise TypeError("s is not [sessions, cart sessions, {session id: [visit, cart]}]")
     return sessions, cart_sessions, visits
+
+
+def trim_pending(pending: list[list[Any]]) -> None:
+    """Keep the newest ``PENDING_PURCHASES`` of the pending purchases, by event time."""
+    if len(pending) > PENDING_PURCHASES:
+        pending.sort(key=lambda entry: entry[0])
+        del pending[: len(pending) - PENDING_PURCHASES]
 
 
 def _pending_of(value: Any) -> list[list[Any]]:

@@ -49,13 +49,13 @@ from typing import Any, NamedTuple
 from models.events import DecodeError
 from models.features import (
     MAX_MERGED_IDS,
-    PENDING_PURCHASES,
     RECENT_FLOOR,
     RECENT_HALF_VISITS,
     SESSION_TIMEOUT_MS,
     VISIT_WINDOW,
     CustomerProfile,
     bump,
+    trim_pending,
 )
 from models.session import adopt
 
@@ -289,9 +289,7 @@ def absorb(
     for entry in other.pending_purchases:
         if entry not in pending:
             pending.append(list(entry))
-    if len(pending) > PENDING_PURCHASES:
-        pending.sort(key=lambda entry: entry[0])
-        del pending[: len(pending) - PENDING_PURCHASES]
+    trim_pending(pending)
     adopt(into.session, pending, session_timeout_ms)
     into.frequency_decayed.add(other.frequency_decayed.value, other.frequency_decayed.ref_ts)
     into.monetary_decayed.add(other.monetary_decayed.value, other.monetary_decayed.ref_ts)
