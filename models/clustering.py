@@ -173,6 +173,21 @@ class FeatureScaling:
             out = [-_CLIP if v < -_CLIP else _CLIP if v > _CLIP else v for v in out]
         return out
 
+    def transform_named(self, x: Mapping[str, float], names: Sequence[str]) -> list[float]:
+        """``transform`` of ``[x.get(name, 0.0) for name in names]``, in one pass (every
+        scoring does it twice: the clusters' space and the personas')."""
+        terms = self._named.get(names)
+        if terms is None:
+            terms = self._named[names] = tuple(zip(names, self._terms, strict=True))
+        out = [(x.get(name, 0.0) - c) * inv for name, (c, inv) in terms]
+        if min(out, default=0.0) < -_CLIP or max(out, default=0.0) > _CLIP:
+            out = [-_CLIP if v < -_CLIP else _CLIP if v > _CLIP else v for v in out]
+        return out
+
+    @cached_property
+    def _named(self) -> dict[Sequence[str], tuple[tuple[str, tuple[float, float]], ...]]:
+        return {}
+
     def transform_many(self, points: np.ndarray) -> np.ndarray:
         scaled = (points - np.asarray(self.centres)) / np.asarray(self.spreads)
         return np.asarray(np.clip(scaled, -_CLIP, _CLIP))
@@ -231,8 +246,9 @@ class ModelSnapshot:
 
     def point(self, x: Mapping[str, float]) -> list[float]:
         """A feature dict as a point of the clustering space."""
-        point = [x.get(name, 0.0) for name in self.features]
-        return point if self.scaling is None else self.scaling.transform(point)
+        if self.scaling is None:
+            return [x.get(name, 0.0) for name in self.features]
+        return self.scaling.transform_named(x, self.features)
 
     def predict(self, x: Mapping[str, float]) -> tuple[int, float, float]:
         """Return ``(segment_id, distance, confidence)`` for one feature dict.

@@ -779,7 +779,13 @@ def _from_v4(state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _top(counter: Mapping[str, float], n: int) -> list[str]:
-    return [k for k, _ in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+    """The ``n`` keys with the largest values, ties by name (two sorts without a Python key
+    function: the second, by value, is stable, also in reverse).
+
+    >>> _top({"b": 2.0, "a": 2.0, "c": 5.0, "d": 1.0}, 3)
+    ['c', 'a', 'b']
+    """
+    return sorted(sorted(counter), key=counter.__getitem__, reverse=True)[:n]
 
 
 def _share(counter: Mapping[str, float], keys: Iterable[str]) -> float:
@@ -796,6 +802,11 @@ def squash(value: float, scale: float) -> float:
     (0.0, 1.0, 2.0)
     """
     return math.log1p(max(0.0, value)) / math.log1p(scale)
+
+
+_log1p = math.log1p
+#: ``squash``'s divisors for the vector's fixed scales, once.
+_LOG_1000, _LOG_20, _LOG_30 = math.log1p(1000.0), math.log1p(20.0), math.log1p(30.0)
 
 
 def feature_vector(profile: CustomerProfile) -> dict[str, float]:
@@ -825,26 +836,34 @@ def feature_vector(profile: CustomerProfile) -> dict[str, float]:
     >>> round(x["category_share.bags"], 2), p.behavior()["top_categories"]
     (0.57, ['shoes', 'bags'])
     """
-    clicks = sum(profile.counts.values())
-    views = profile.counts.get("page_view", 0) + profile.counts.get("product_view", 0)
+    counts = profile.counts
+    clicks = sum(counts.values())
+    views = counts.get("page_view", 0) + counts.get("product_view", 0)
     sessions = max(profile.sessions, 1)
     at = profile.last_seen_ts or 0
+    # Each mix's total once (every scoring computes this vector; the same arithmetic as
+    # ``_share`` of one key, so the same floats).
+    devices = profile.devices
+    device_total = sum(devices.values())
     dayparts = profile.dayparts
+    daypart_total = sum(dayparts.values())
     x = {
-        "monetary": squash(profile.order_value.get(), 1000.0),
-        "frequency": squash(profile.frequency_decayed.value_at(at), 20.0),
+        "monetary": _log1p(max(0.0, profile.order_value.get())) / _LOG_1000,
+        "frequency": _log1p(max(0.0, profile.frequency_decayed.value_at(at))) / _LOG_20,
         "conversion": min(1.0, profile.orders_total / sessions),
-        "browse_depth": squash(views / sessions, 30.0),
-        "search_share": profile.counts.get("search", 0) / clicks if clicks else 0.0,
+        "browse_depth": _log1p(max(0.0, views / sessions)) / _LOG_30,
+        "search_share": counts.get("search", 0) / clicks if clicks else 0.0,
         "cart_abandonment": profile._abandonment(),
-        "mobile_share": _share(profile.devices, ("mobile",)),
-        "desktop_share": _share(profile.devices, ("desktop",)),
-        "tablet_share": _share(profile.devices, ("tablet",)),
-        "price_level": squash(profile.viewed_price.get(), 1000.0),
-        "night_share": _share(dayparts, ("night",)),
-        "morning_share": _share(dayparts, ("morning",)),
-        "afternoon_share": _share(dayparts, ("afternoon",)),
-        "evening_share": _share(dayparts, ("evening",)),
+        "mobile_share": devices.get("mobile", 0.0) / device_total if device_total else 0.0,
+        "desktop_share": devices.get("desktop", 0.0) / device_total if device_total else 0.0,
+        "tablet_share": devices.get("tablet", 0.0) / device_total if device_total else 0.0,
+        "price_level": _log1p(max(0.0, profile.viewed_price.get())) / _LOG_1000,
+        "night_share": dayparts.get("night", 0.0) / daypart_total if daypart_total else 0.0,
+        "morning_share": (dayparts.get("morning", 0.0) / daypart_total if daypart_total else 0.0),
+        "afternoon_share": (
+            dayparts.get("afternoon", 0.0) / daypart_total if daypart_total else 0.0
+        ),
+        "evening_share": (dayparts.get("evening", 0.0) / daypart_total if daypart_total else 0.0),
     }
     categories = profile.recent_categories
     if categories:

@@ -69,11 +69,12 @@ class _Space:
 
     scaling: FeatureScaling | None
     points: tuple[tuple[float, ...], ...]
-    fields: tuple[tuple[tuple[float, str, int, float, str], ...], ...]
+    fields: tuple[tuple[tuple[float, str, int, float, str, float | None], ...], ...]
 
     def point(self, x: Mapping[str, float]) -> list[float]:
-        point = [x.get(f, 0.0) for f in FEATURE_VECTOR]
-        return point if self.scaling is None else self.scaling.transform(point)
+        if self.scaling is None:
+            return [x.get(f, 0.0) for f in FEATURE_VECTOR]
+        return self.scaling.transform_named(x, FEATURE_VECTOR)
 
 
 class PersonaCatalog:
@@ -118,6 +119,7 @@ class PersonaCatalog:
         self._index = {p.name: i for i, p in enumerate(personas)}
         self._fixed = self._space(None)
         self._learned: dict[int, _Space] = {}  # by id() of a model's scaling (held in _Space)
+        self._last: tuple[ModelSnapshot | None, _Space] | None = None  # the last model's
 
     def match(
         self,
@@ -153,6 +155,14 @@ class PersonaCatalog:
         return PersonaMatch(self.personas[best].name, round(confidence, 4), reasons)
 
     def _space_of(self, model: ModelSnapshot | None) -> _Space:
+        last = self._last
+        if last is not None and last[0] is model:  # every scoring asks, for the same model
+            return last[1]
+        space = self._space_for(model)
+        self._last = (model, space)
+        return space
+
+    def _space_for(self, model: ModelSnapshot | None) -> _Space:
         scaling = None if model is None else model.persona_scaling
         if (
             scaling is None
@@ -178,7 +188,9 @@ class PersonaCatalog:
             row = []
             for name, value in persona.prototype.items():
                 i = _POSITION[PROTOTYPE_FIELDS[name][0]]
-                row.append((abs(at[i] - mean[i]), name, i, at[i], _fmt(value)))
+                scale = PROTOTYPE_FIELDS[name][1]
+                unsquash = math.log1p(scale) if scale else None
+                row.append((abs(at[i] - mean[i]), name, i, at[i], _fmt(value), unsquash))
             fields.append(tuple(row))
         return _Space(scaling, tuple(points), tuple(fields))
 
@@ -186,28 +198,26 @@ class PersonaCatalog:
     def _reasons(
         x: Mapping[str, float],
         point: Sequence[float],
-        fields: Sequence[tuple[float, str, int, float, str]],
+        fields: Sequence[tuple[float, str, int, float, str, float | None]],
         top: int = 3,
     ) -> tuple[str, ...]:
         """Features where this persona stands out from the others and the customer is close
-        (both measured in the matching space), shown in readable units."""
+        (both measured in the matching space), shown in readable units (``unsquash``: the
+        field's ``log1p(scale)``, None for a share)."""
         scored = sorted(
-            (
-                (distinct * (1.0 - abs(point[i] - at)), name, i, shown)
-                for distinct, name, i, at, shown in fields
-            ),
+            [
+                (distinct * (1.0 - abs(point[i] - at)), name, i, shown, unsquash)
+                for distinct, name, i, at, shown, unsquash in fields
+            ],
             reverse=True,
         )
-        return tuple(
-            f"{name} near {shown} (persona) vs "
-            f"{_fmt(_unsquash(name, x.get(FEATURE_VECTOR[i], 0.0)))}"
-            for _, name, i, shown in scored[:top]
-        )
-
-
-def _unsquash(name: str, value: float) -> float:
-    scale = PROTOTYPE_FIELDS[name][1]
-    return math.expm1(value * math.log1p(scale)) if scale else value
+        reasons = []
+        for _, name, i, shown, unsquash in scored[:top]:
+            value = x.get(FEATURE_VECTOR[i], 0.0)
+            if unsquash is not None:
+                value = math.expm1(value * unsquash)
+            reasons.append(f"{name} near {shown} (persona) vs {_fmt(value)}")
+        return tuple(reasons)
 
 
 def _fmt(value: float) -> str:
