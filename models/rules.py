@@ -145,6 +145,19 @@ class _Source:
 
     def leaf(self, name: str, op: str, value: Any, compiled: Predicate) -> str:
         symbol = _SYMBOLS.get(op)
+        if op in ("eq", "in") and value is not None:
+            # A plain fact (str, int, bool: ``==`` and set membership never raise on them)
+            # is tested inline; any other calls the compiled leaf. The same results.
+            key, call = self._const(name), self._const(compiled)
+            test = (
+                f"_f in {self._const(frozenset(value))}"
+                if op == "in"
+                else (f"_f == {self._const(value)}")
+            )
+            return (
+                f"((_f := _get({key})) is not None and "
+                f"({test} if type(_f) in _plain else {call}(facts)))"
+            )
         if symbol is None or not _number(value):
             return f"{self._const(compiled)}(facts)"
         key, number = self._const(name), self._const(value)
@@ -157,6 +170,8 @@ class _Source:
 
 
 _CONSTANTS = itertools.count()
+#: Fact types a rule's ``eq`` and ``in`` test inline (``_Source.leaf``).
+_PLAIN = frozenset({str, int, bool})
 _SYMBOLS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
@@ -171,7 +186,7 @@ def compile_rules(segments: Sequence[RuleSegment]) -> Callable[[Facts], list[str
     >>> evaluate({"revenue_total": 600.0, "country": "DE"}), evaluate({"revenue_total": "x"})
     (['vip', 'de'], [])
     """
-    env: dict[str, Any] = {"_number": _number}
+    env: dict[str, Any] = {"_number": _number, "_plain": _PLAIN}
     lines = ["def evaluate(facts):", "    _get = facts.get", "    out = []"]
     for i, segment in enumerate(segments):
         source = segment.source

@@ -171,7 +171,10 @@ _LEAVES = st.one_of(
     st.tuples(st.sampled_from(["lt", "lte", "gt", "gte"]), st.integers(-3, 3) | st.floats(-3, 3)),
     st.tuples(st.sampled_from(["lt", "gte"]), st.sampled_from(["x", "y"])),
     st.tuples(st.sampled_from(["eq", "ne"]), st.integers(-3, 3) | st.sampled_from(["x", "y"])),
-    st.tuples(st.sampled_from(["in", "not_in"]), st.lists(st.integers(-3, 3), min_size=1)),
+    st.tuples(
+        st.sampled_from(["in", "not_in"]),
+        st.lists(st.integers(-3, 3) | st.sampled_from(["x", "y"]), min_size=1),
+    ),
     st.tuples(st.just("between"), st.just([-1, 2])),
     st.tuples(st.just("contains"), st.sampled_from(["x", "y"])),
     st.tuples(st.just("exists"), st.booleans()),
