@@ -487,3 +487,29 @@ def test_a_partition_no_longer_read_is_sought_again(caplog: Any) -> None:
         assert await h.consumer.check_stalled() == []
 
     run(scenario())
+
+
+def test_a_seek_runs_in_the_consumers_thread() -> None:
+    """Faust calls aiokafka's ``seek`` from the app's thread; aiokafka's fetcher, draining a
+    fetch in the consumer's thread, then lost the partition's records mid-loop and crashed
+    (a worker restarted after a SIGKILL). The race itself cannot be driven here: a stand-in
+    for mode's ``call_thread`` runs the call in another thread, and the test checks that the
+    seek reaches aiokafka only through it."""
+    import threading
+
+    app = SegmenterApp("seek-test", broker="kafka://127.0.0.1:1")
+    consumer: Any = app.consumer
+    thread = consumer._thread
+    seen: list[tuple[str, TP, int]] = []
+    thread.seek = lambda tp, offset: seen.append((threading.current_thread().name, tp, offset))
+
+    async def call_thread(fun: Callable[[], Awaitable[Any]]) -> Any:
+        result: list[Any] = []
+        runner = threading.Thread(target=lambda: result.append(asyncio.run(fun())), name="kafka")
+        runner.start()
+        runner.join()
+        return result[0]
+
+    thread.call_thread = call_thread
+    asyncio.run(consumer.seek(TP(TOPIC, 0), 5))
+    assert seen == [("kafka", TP(TOPIC, 0), 5)]
