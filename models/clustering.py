@@ -173,19 +173,19 @@ class FeatureScaling:
             out = [-_CLIP if v < -_CLIP else _CLIP if v > _CLIP else v for v in out]
         return out
 
-    def transform_named(self, x: Mapping[str, float], names: Sequence[str]) -> list[float]:
+    def transform_named(self, x: Mapping[str, float], names: tuple[str, ...]) -> list[float]:
         """``transform`` of ``[x.get(name, 0.0) for name in names]``, in one pass (every
         scoring does it twice: the clusters' space and the personas')."""
-        terms = self._named.get(names)
+        terms = self._terms_by_names.get(names)
         if terms is None:
-            terms = self._named[names] = tuple(zip(names, self._terms, strict=True))
+            terms = self._terms_by_names[names] = tuple(zip(names, self._terms, strict=True))
         out = [(x.get(name, 0.0) - c) * inv for name, (c, inv) in terms]
         if min(out, default=0.0) < -_CLIP or max(out, default=0.0) > _CLIP:
             out = [-_CLIP if v < -_CLIP else _CLIP if v > _CLIP else v for v in out]
         return out
 
     @cached_property
-    def _named(self) -> dict[Sequence[str], tuple[tuple[str, tuple[float, float]], ...]]:
+    def _terms_by_names(self) -> dict[tuple[str, ...], tuple[tuple[str, tuple[float, float]], ...]]:
         return {}
 
     def transform_many(self, points: np.ndarray) -> np.ndarray:

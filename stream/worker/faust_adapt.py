@@ -10,7 +10,8 @@ worker needs, in one place; each says what it works around.
 - ``BatchFeed``: the input topics' messages go from the consumer's fetch straight to the
   worker in batches, past Faust's per-message dispatch (a task per message, a channel queue,
   a stream; about 245 µs per message here before any work).
-- ``DeadlineWorker``: a deadline on Faust's clean shutdown (60 s with the broker gone), and no
+- ``DeadlineWorker``: a deadline on any stop (Faust's clean shutdown waited 60 s with the
+  broker gone; after a crash it waited for good), and no
   terminal spinner (at log level warn and above it set the root logger to DEBUG, so every
   library built a debug record per message).
 
@@ -59,9 +60,10 @@ which are never compacted):
      worker read nothing: ``tests/integration/test_forget.py``).
    - **Only a fetch issued after a partition's last seek counts.** Each seek stamps the
      partition; a fetch whose records were drained while a seek of their partition was
-     pending or under way (``getmany`` runs in the consumer's thread, seeks in the app's) is
-     stale: its records of that partition are dropped, and the partition is sought again to
-     the expected offset, since draining them moved the fetch position. So a stale fetch
+     pending or under way (the fetch is drained in the consumer's thread, where the seek
+     runs too, and the stamp is set when the seek returns from it to the app) is stale:
+     its records of that partition are dropped, and the partition is sought again to the
+     expected offset, since draining them moved the fetch position. So a stale fetch
      never passes for the broker repeating a jump (rule 1's real gap, which counts the
      skipped records as done), and the first trusted fetch after a rebalance starts at the
      committed offset or is a jump, read again.
@@ -158,6 +160,8 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         #: is stale (module docstring).
         self._sought: dict[TP, int] = {}
         self._seeks = 0
+        #: Rebalances seen (``_unsettle``): a seek that waited across one sets no expectation.
+        self._rebalances = 0
         #: Records dropped from stale fetches (counted; the partition is read again).
         self.stale = 0
         #: Events skipped during a rebalance and left to be read again.
@@ -290,10 +294,12 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         await thread.call_thread(seek)
 
     async def seek(self, partition: TP, offset: int) -> None:
-        await super().seek(partition, offset)
+        rebalances = self._rebalances
+        await super().seek(partition, offset)  # waits on the consumer's thread
         if partition.topic in self.guarded_topics:
             self._stamp([partition])
-            self._expect(partition, offset)
+            if self._rebalances == rebalances:  # no expectation survives a rebalance
+                self._expect(partition, offset)
 
     def _stamp(self, tps: Iterable[TP]) -> None:
         now = self._clock()
@@ -308,6 +314,7 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
 
     def _unsettle(self) -> None:
         """A rebalance: no expectation from before it holds (module docstring)."""
+        self._rebalances += 1
         self._next.clear()
         self._reread.clear()
 
@@ -454,6 +461,8 @@ class SegmenterConsumer(faust_aiokafka.Consumer):
         flowing = self._flowing
         stalled: list[TP] = []
         for tp in late:
+            if self.app.rebalancing:
+                break  # began while an earlier partition's seek waited on the consumer's thread
             at = self._next.get(tp, self._committed_offset.get(tp))
             end = ends.get(tp)
             if at is None or end is None or end <= at or tp not in assigned:

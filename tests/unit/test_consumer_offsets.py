@@ -513,3 +513,26 @@ def test_a_seek_runs_in_the_consumers_thread() -> None:
     thread.call_thread = call_thread
     asyncio.run(consumer.seek(TP(TOPIC, 0), 5))
     assert seen == [("kafka", TP(TOPIC, 0), 5)]
+
+
+def test_a_seek_that_waits_across_a_rebalance_sets_no_expectation() -> None:
+    """A seek now waits on the consumer's thread. A rebalance that comes meanwhile forgets
+    every expectation; the seek, done, must not set one from before it: the partition's
+    records are dropped until the seek after the new assignment sets its expectation."""
+
+    async def scenario() -> None:
+        h = Harness()
+        consumer: Any = h.consumer
+
+        async def seek_across_a_rebalance(partition: Any, offset: int) -> None:
+            h.seeks.append(offset)
+            await asyncio.sleep(0)
+            await consumer.on_partitions_revoked({partition})  # while the seek waits
+
+        consumer._seek = seek_across_a_rebalance
+        await consumer.seek(h.partition, 12)
+        assert h.seeks == [12] and h.partition not in consumer._next
+        # Records are not delivered before the next seek sets the expectation.
+        assert await h.read([12, 13]) == []
+
+    run(scenario())
