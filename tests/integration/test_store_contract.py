@@ -324,7 +324,10 @@ def next_period(take: Any) -> Any:
 
 def test_a_size_snapshot_goes_to_the_first_caller_of_a_period(store):
     store.write_many([w("a", 1, 1, 1, "cluster:1", "rule:vip"), w("b", 1, 1, None)])
-    first = store.size_snapshot("w1", 12_345, 1_000, 2, 0.3)
+    # A period of 3 s: its lock (2.7 s) outlasts any pause before the call for the same
+    # period below on a busy machine (with 0.3 s, a 270 ms lock, a plain CI run once saw it
+    # expire in between).
+    first = store.size_snapshot("w1", 12_345, 1_000, 2, 3.0)
     assert first is not None
     assert {k: v for k, v in first.items() if k != "at"} == {
         "bucket": 12_000,
