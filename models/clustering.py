@@ -84,6 +84,13 @@ def population_key(customer_id: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
+def _clipped(out: list[float]) -> list[float]:
+    """A scaled point clipped at ``_CLIP`` spreads, copied only when a value needs it."""
+    if min(out, default=0.0) < -_CLIP or max(out, default=0.0) > _CLIP:
+        return [-_CLIP if v < -_CLIP else _CLIP if v > _CLIP else v for v in out]
+    return out
+
+
 @dataclass(frozen=True)
 class FeatureScaling:
     """The clustering space learned from one shop's customers: ``(x - centre) / spread``.
@@ -168,10 +175,7 @@ class FeatureScaling:
     def transform(self, point: Sequence[float]) -> list[float]:
         """One base-space point in the clustering space (the scoring path: plain Python; the
         clip is applied only when a value needs it, a third of the time of clipping each)."""
-        out = [(v - c) * inv for v, (c, inv) in zip(point, self._terms, strict=True)]
-        if min(out, default=0.0) < -_CLIP or max(out, default=0.0) > _CLIP:
-            out = [-_CLIP if v < -_CLIP else _CLIP if v > _CLIP else v for v in out]
-        return out
+        return _clipped([(v - c) * inv for v, (c, inv) in zip(point, self._terms, strict=True)])
 
     def transform_named(self, x: Mapping[str, float], names: tuple[str, ...]) -> list[float]:
         """``transform`` of ``[x.get(name, 0.0) for name in names]``, in one pass (every
@@ -179,10 +183,7 @@ class FeatureScaling:
         terms = self._terms_by_names.get(names)
         if terms is None:
             terms = self._terms_by_names[names] = tuple(zip(names, self._terms, strict=True))
-        out = [(x.get(name, 0.0) - c) * inv for name, (c, inv) in terms]
-        if min(out, default=0.0) < -_CLIP or max(out, default=0.0) > _CLIP:
-            out = [-_CLIP if v < -_CLIP else _CLIP if v > _CLIP else v for v in out]
-        return out
+        return _clipped([(x.get(name, 0.0) - c) * inv for name, (c, inv) in terms])
 
     @cached_property
     def _terms_by_names(self) -> dict[tuple[str, ...], tuple[tuple[str, tuple[float, float]], ...]]:

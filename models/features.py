@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -788,11 +788,6 @@ def _top(counter: Mapping[str, float], n: int) -> list[str]:
     return sorted(sorted(counter), key=counter.__getitem__, reverse=True)[:n]
 
 
-def _share(counter: Mapping[str, float], keys: Iterable[str]) -> float:
-    total = sum(counter.values())
-    return sum(counter.get(k, 0.0) for k in keys) / total if total else 0.0
-
-
 def squash(value: float, scale: float) -> float:
     """A fixed log transform: 0 at 0, 1 at ``scale``, and on past it (never clipped, so items
     of 5 and of 5,000 stay apart). It only tames long tails; what counts as large in a shop is
@@ -841,8 +836,8 @@ def feature_vector(profile: CustomerProfile) -> dict[str, float]:
     views = counts.get("page_view", 0) + counts.get("product_view", 0)
     sessions = max(profile.sessions, 1)
     at = profile.last_seen_ts or 0
-    # Each mix's total once (every scoring computes this vector; the same arithmetic as
-    # ``_share`` of one key, so the same floats).
+    # Each mix's total once (every scoring computes this vector; the same floats as a share
+    # of one key over the mix's total).
     devices = profile.devices
     device_total = sum(devices.values())
     dayparts = profile.dayparts
