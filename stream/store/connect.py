@@ -28,6 +28,7 @@ from redis.connection import parse_url
 from redis.retry import Retry
 
 from stream.store.errors import RedisConfigError, safe_url
+from stream.store.packing import use_fast_packing
 
 __all__ = [
     "AsyncClient",
@@ -120,14 +121,19 @@ def sync_client(url: str, **options: Any) -> SyncClient:
 
 
 def async_client(url: str, **options: Any) -> AsyncClient:
-    """The asyncio client for ``url`` (it connects on its first command)."""
+    """The asyncio client for ``url`` (it connects on its first command); its connections pack
+    commands in one join (``stream.store.packing``: the worker's writes are large pipelines)."""
     address = parse_redis_url(url)
+    client: AsyncClient
     if not address.cluster:
-        return aioredis.Redis.from_url(url, **options)
-    seeds = [AsyncClusterNode(host, port) for host, port in address.seeds[1:]]
-    return AsyncRedisCluster.from_url(
-        address.url, startup_nodes=seeds, **_cluster(options, AsyncRetry)
-    )
+        client = aioredis.Redis.from_url(url, **options)
+    else:
+        seeds = [AsyncClusterNode(host, port) for host, port in address.seeds[1:]]
+        client = AsyncRedisCluster.from_url(
+            address.url, startup_nodes=seeds, **_cluster(options, AsyncRetry)
+        )
+    use_fast_packing(client)
+    return client
 
 
 def _cluster(options: dict[str, Any], retry: type[Retry] | type[AsyncRetry]) -> dict[str, Any]:
