@@ -552,8 +552,8 @@ class RecordBatches:
     machine). A batch's changelog states and its changes are thousands of records in a
     backfill. A keyed record goes to the partition ``send`` would pick (the producer's own
     partitioner), so a customer's records stay on one partition, in order. Each batch is
-    closed before it is handed over: a record sent later with ``send`` (an end marker) never
-    joins it. ``send`` returns each batch's delivery future with its record count.
+    closed before it is handed over: a record sent in a later call (an end marker) never joins
+    it. ``send`` returns each batch's delivery future with its record count.
     """
 
     def __init__(self, producer: Callable[[], Any]) -> None:
@@ -641,9 +641,9 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
     - **End markers (Tansu).** Tansu answers "end offset" with the last batch's first offset
       + 1, so a recovery that trusts it stops before the rest of a many-record batch and
       restores older states (events lost). After the records, ``write`` sends a lone tombstone
-      of a reserved key to each partition written; it is always the last batch, and recovery
-      deletes that key again. Apache Kafka does not need it (``SEGMENTER_CHANGELOG_END_MARKERS``
-      false).
+      of a reserved key to each partition written, in a record batch of its own handed over
+      after theirs; it is always the last batch, and recovery deletes that key again. Apache
+      Kafka does not need it (``SEGMENTER_CHANGELOG_END_MARKERS`` false).
     """
 
     def __init__(self, *args: Any, end_markers: bool = True, **kwargs: Any) -> None:
@@ -770,6 +770,14 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
             (topic, codecs.dumps(self.key_serializer, key), value, self.partition_of[key])
             for key, value in values.items()
         )
+        if self.end_markers:
+            # Each marker in a record batch of its own, handed over after the values' batches
+            # (closed by then): the producer delivers a partition's batches in order, one
+            # request in flight per broker, so the marker is the partition's last batch
+            # without waiting for the values' delivery first (a round trip a batch).
+            marker = codecs.dumps(self.key_serializer, END_MARKER_KEY)
+            partitions = sorted({self.partition_of[key] for key in values})
+            sent += await self.batches.send((topic, marker, None, p) for p in partitions)
         newest: dict[int, int] = {}  # what a restart with this data directory need not read
         for meta, count in zip(
             await asyncio.gather(*(future for future, _ in sent)),
@@ -777,11 +785,6 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
             strict=True,
         ):
             newest[meta.partition] = max(newest.get(meta.partition, -1), meta.offset + count - 1)
-        if self.end_markers:
-            partitions = sorted({self.partition_of[key] for key in values})
-            markers = [await self._send(END_MARKER_KEY, None, p) for p in partitions]
-            for meta in await asyncio.gather(*markers):
-                newest[meta.partition] = max(newest.get(meta.partition, -1), meta.offset)
         self._touched(values)
         rocks = self.rocks
         if rocks is None:
@@ -799,18 +802,6 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
                 db.put(raw_key, value)
         for partition, offset in newest.items():
             rocks.set_persisted_offset(TP(topic, partition), offset)
-
-    async def _send(
-        self, key: str, value: bytes | None, partition: int | None = None
-    ) -> Awaitable[Any]:
-        return await self.app.producer.send(
-            self.changelog_topic.get_topic_name(),
-            codecs.dumps(self.key_serializer, key),
-            value,
-            self.partition_of[key] if partition is None else partition,
-            None,
-            None,
-        )
 
 
 class BatchFeed:
