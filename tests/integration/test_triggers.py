@@ -193,16 +193,25 @@ def test_every_change_is_delivered_in_order_with_retries_and_failures_dead_lette
 
 def test_a_segment_filter_delivers_only_that_segment(stack, producer, hook, tmp_path):
     settings = make_settings(stack)
-    changes = _changes([f"c-{i}" for i in range(10)], 4)
+    customers = [f"c-{i}" for i in range(10)]
+    changes = _changes(customers, 4)
     _publish(settings, producer, changes)
     proc = _start(settings, tmp_path, "filtered", "--webhook", hook.url, "--segment", "vip")
     try:
         vip = [c for c in changes if c.segment == "rule:vip"]
         wait_until(lambda: len(hook.delivered()) >= len(vip), 90, "the vip changes")
-        time.sleep(2)  # and nothing else arrives
+        # Then one more vip change per customer: delivered in order per customer, so once all
+        # have arrived every earlier change was judged, and nothing else may have arrived.
+        last = [
+            SegmentChange(c, "rule:vip", "exited", True, False, 9_000, "test", 1, 9, 9_000)
+            for c in customers
+        ]
+        _publish(settings, producer, last)
+        wait_until(lambda: len(hook.delivered()) >= len(vip) + len(last), 90, "the last ones")
     finally:
         _stop(proc)
-    assert sorted(d["change_id"] for d in hook.delivered()) == sorted(c.change_id for c in vip)
+    expected = sorted(c.change_id for c in [*vip, *last])
+    assert sorted(d["change_id"] for d in hook.delivered()) == expected
 
 
 def test_a_killed_trigger_process_loses_nothing(stack, producer, tmp_path):
