@@ -772,9 +772,11 @@ class CustomerTable(faust.Table):  # type: ignore[type-arg]
         )
         if self.end_markers:
             # Each marker in a record batch of its own, handed over after the values' batches
-            # (closed by then): the producer delivers a partition's batches in order, one
-            # request in flight per broker, so the marker is the partition's last batch
-            # without waiting for the values' delivery first (a round trip a batch).
+            # (closed by then), without waiting for their delivery (a round trip a batch).
+            # aiokafka keeps a partition's batches in order: ``send_batch`` queues a batch
+            # only once the partition's queue is empty, a partition stays muted while its
+            # request is in flight, and a retried batch goes back to the head of its queue.
+            # So the marker is the partition's last batch, and never shares one.
             marker = codecs.dumps(self.key_serializer, END_MARKER_KEY)
             partitions = sorted({self.partition_of[key] for key in values})
             sent += await self.batches.send((topic, marker, None, p) for p in partitions)
