@@ -39,9 +39,12 @@ import models.events
 import models.facts
 import models.features
 import models.segments
+import models.step
 import stream.store
 import stream.worker
 import stream.worker.decoding
+import stream.worker.effects
+import stream.worker.faust_adapt
 
 __all__ = [
     "LIBRARIES",
@@ -137,7 +140,9 @@ STAGES: tuple[tuple[str, tuple[Mark, ...]], ...] = (
     (
         "profile state to and from JSON",
         _marks(
-            models.features.CustomerProfile.from_state, models.features.CustomerProfile.to_state
+            models.features.CustomerProfile.from_state,
+            models.features.CustomerProfile.to_state,
+            stream.worker.effects.encode_profile,
         ),
     ),
     ("Redis writes (client side)", _marks(stream.store.RedisSegmentStore)),
@@ -156,6 +161,14 @@ STAGES: tuple[tuple[str, tuple[Mark, ...]], ...] = (
             models.drift.DriftMonitor,
             models.facts.PopulationQuantiles,
         ),
+    ),
+    (
+        "changelog to the table (CustomerTable.write: records, RocksDB)",
+        _marks(stream.worker.faust_adapt.CustomerTable.write),
+    ),
+    (
+        "the step's own work: due times, changes, samples, live profiles (models.step)",
+        _marks(models.step),
     ),
     ("our batching and the rest of the agent", _marks(stream.worker)),
 )

@@ -64,14 +64,22 @@ def test_stage_summary_counts_each_sample_for_the_innermost_stage_or_its_library
             "t;run (threading.py:1);PartitionRecords._unpack_records "
             "(aiokafka/consumer/fetcher.py:216) 30",
             "t;run_forever (asyncio/base_events.py:1);EpollSelector.select (selectors.py:468) 10",
+            # the step's own loop, called by the agent: the step's stage, not the agent's
+            "t;Segmenting._apply_batch (stream/worker/segmenting.py:200);"
+            "SegmentStep.run (models/step.py:350) 25",
+            # the profile's state encoded by the effects: a JSON stage
+            "t;Effects.apply (stream/worker/effects.py:100);"
+            "encode_profile (stream/worker/effects.py:38) 5",
         ]
     )
     stages = dict(summarize_stages(raw))
     assert stages == {
-        "scoring: clusters, personas, rules, facts": 0.4,
-        "our batching and the rest of the agent": 0.2,
-        "aiokafka and kafka-python: fetch, unpack, send": 0.3,
-        "asyncio event loop and sockets": 0.1,
+        "scoring: clusters, personas, rules, facts": 40 / 130,
+        "our batching and the rest of the agent": 20 / 130,
+        "aiokafka and kafka-python: fetch, unpack, send": 30 / 130,
+        "asyncio event loop and sockets": 10 / 130,
+        "the step's own work: due times, changes, samples, live profiles (models.step)": 25 / 130,
+        "profile state to and from JSON": 5 / 130,
     }
 
 
