@@ -180,9 +180,12 @@ class BenchContext:
         events: int,
         procs: Procs,
         on_tick: Callable[[int], None] | None = None,
+        on_first: Callable[[], None] | None = None,
     ) -> tuple[float, float]:
         """Wall time from the first processed event to the ``events``-th, read off the
-        workers' shared counter in Redis; (seconds, events per second)."""
+        workers' shared counter in Redis; (seconds, events per second). ``on_first`` is called
+        when the first processed event is seen (a profile then covers the processing, not the
+        worker's start-up)."""
         client = self.client(settings)
         first = None
         deadline = time.monotonic() + 900
@@ -193,6 +196,8 @@ class BenchContext:
                 now = time.monotonic()
                 if done and first is None:
                     first = now
+                    if on_first is not None:
+                        on_first()
                 if done >= events and first is not None:
                     span = max(now - first, 1e-6)
                     return span, events / span

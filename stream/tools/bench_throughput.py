@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -152,12 +153,22 @@ class Throughput:
         ctx = self.ctx
         procs = ctx.start_workers(settings, 1, f"tp{self.size}")
         profile_out = ctx.workdir / "worker-profile.txt"
-        profiler = start_profile(procs[0].pid, profile_out) if ctx.config.profile else None
+        profilers: list[subprocess.Popen[bytes] | None] = []
+
+        def profile() -> None:  # from the first event processed: not the worker's start-up
+            if ctx.config.profile:
+                profilers.append(start_profile(procs[0].pid, profile_out))
+
+        _, ours = ctx.worker_span(
+            settings,
+            events,
+            procs,
+            lambda n: ctx.say(f"  worker: {n:,}/{events:,} events"),
+            on_first=profile,
+        )
+        profiler = profilers[0] if profilers else None
         if ctx.config.profile and profiler is None:
             ctx.note("py-spy is not installed here: no profile taken.")
-        _, ours = ctx.worker_span(
-            settings, events, procs, lambda n: ctx.say(f"  worker: {n:,}/{events:,} events")
-        )
         if profiler is not None:
             raw = finish_profile(profiler, profile_out)
             if raw is None:
