@@ -122,7 +122,7 @@ def sync_client(url: str, **options: Any) -> SyncClient:
 
 def async_client(url: str, **options: Any) -> AsyncClient:
     """The asyncio client for ``url`` (it connects on its first command); its connections pack
-    commands in one join (``stream.store.packing``: the worker's writes are large pipelines)."""
+    commands with hiredis (``stream.store.packing``: the worker's writes are large pipelines)."""
     address = parse_redis_url(url)
     client: AsyncClient
     if not address.cluster:

@@ -2,8 +2,8 @@
 
 redis-py's asyncio ``Connection.pack_command`` is the oracle; no server is needed to pack. Each
 property runs on a connection with redis-py's default encoding (commands of bytes, str and int
-go through hiredis's packer) and on one that replaces encoding errors (every command packed
-in Python), so both paths are compared.
+go through hiredis's packer) and on one that replaces encoding errors (every command left to
+redis-py's own packer), so both paths are compared.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ _SMALL_ARG = st.one_of(
     st.floats(allow_nan=False),
 )
 _OPTIONS = pytest.mark.parametrize("options", [{}, {"encoding_errors": "replace"}])
-_NAME = st.sampled_from(["SET", "EVALSHA", "CONFIG GET", b"HINCRBY", b"CLIENT SETNAME"])
+_NAME = st.sampled_from(
+    ["SET", "EVALSHA", "CONFIG GET", "CLIENT\tLIST", b"HINCRBY", b"CLIENT SETNAME", b"A\tB"]
+)
 
 
 def _packed(conn: Connection, *args: object) -> bytes:
@@ -77,7 +79,7 @@ def test_what_redis_py_refuses_is_refused_alike(bad: object) -> None:
         fast_packing(Connection)().pack_command("SET", "k", bad)
 
 
-def test_the_workers_commands_go_to_hiredis_and_others_to_python(
+def test_the_workers_commands_go_to_hiredis_and_others_to_redis_py(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import stream.store.packing as packing
@@ -88,12 +90,12 @@ def test_the_workers_commands_go_to_hiredis_and_others_to_python(
     conn = fast_packing(Connection)()
     conn.pack_command("EVALSHA", "ab", 2, "k1", "k2", 5, b"\x28\xb5", '["rule:a"]')
     assert len(calls) == 1
-    conn.pack_command("SET", "k", 1.5)  # a float: redis-py's repr, packed in Python
+    conn.pack_command("SET", "k", 1.5)  # a float: packed by redis-py, with its repr
     conn.pack_command("SET", "k", memoryview(b"v"))
     assert len(calls) == 1
 
 
-def test_a_large_value_packed_in_python_is_its_own_chunk_not_copied() -> None:
+def test_a_large_value_left_to_redis_py_is_its_own_chunk_not_copied() -> None:
     value = b"x" * 10_000
     chunks = fast_packing(Connection)(encoding_errors="replace").pack_command("SET", "k", value)
     assert any(chunk is value for chunk in chunks)
