@@ -18,9 +18,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/segmenter demo $(ARGS)
 
-## Unit tests and integration tests on a real broker and Redis (slow tests excluded).
+## Unit tests and integration tests on a real broker and Redis (slow tests excluded), their
+## files shared out over TEST_JOBS processes (pytest-xdist; each process starts its own broker
+## and Redis): the integration tests mostly wait on workers, so two halve the time on 2 cores.
+## TEST_JOBS=0 runs them in this process, in order.
+TEST_JOBS ?= 2
 test: $(STAMP)
-	$(BIN)/pytest -m "not slow" $(ARGS)
+	$(BIN)/pytest -m "not slow" -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 ## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker, a short soak,
 ## RocksDB state across a restart, the wrong-credentials cases of the security test, the fault
