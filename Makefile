@@ -26,7 +26,8 @@ TEST_JOBS ?= 2
 test: $(STAMP)
 	$(BIN)/pytest -m "not slow" -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
-## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker, a short soak,
+## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker and a slice of
+## it against an offline k-means, two more seeds of the stationary flow-drift test, a short soak,
 ## RocksDB state across a restart, the wrong-credentials cases of the security test, the fault
 ## tests the soak also covers (Redis down 30 s, the broker cut, three workers stopped and killed),
 ## and a live definitions apply with the backfill in the worker (SEGMENTER_BACKFILL_PROCESS=false).
@@ -50,8 +51,10 @@ eval: $(STAMP)
 	esac; \
 	exit $$(( quality || incidents ))
 
-## Speed, freshness, memory, recovery and scale-out beside their baselines (about 10 minutes);
-## writes docs/benchmarks.md and docs/benchmarks.png. ARGS="--quick" for a smoke run.
+## The step alone in-process, throughput, freshness, read latency, memory, recovery, live
+## definitions, scale-out and a million customers beside their baselines (about 70 minutes on
+## 2 cores, 25 of them the million-customer phase); writes docs/benchmarks.md and
+## docs/benchmarks.png. ARGS="--quick" for a smoke run, ARGS="--core" for the step alone.
 bench: $(STAMP)
 	$(BIN)/segmenter bench $(ARGS)
 

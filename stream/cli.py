@@ -87,7 +87,7 @@ def demo(
         )
     except EmbeddedError as exc:
         console.print(f"[red]cannot start the embedded stack[/red]: {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(2) from None  # as every error the shell reports (stream.errors)
     console.print(
         f"\n[b]summary[/b] after {summary.seconds:.0f}s: sent {summary.sent:,} events, "
         f"processed {summary.processed:,} ({summary.rate:,.0f} ev/s average over the whole run, "

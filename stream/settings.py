@@ -136,7 +136,9 @@ class Settings(BaseSettings):
     heartbeat_interval: Annotated[float, Field(gt=0)] = Field(
         3.0, description="consumer heartbeat, s"
     )
-    log_level: str = Field("info", description="crit, error, warn, info or debug")
+    log_level: Literal["crit", "error", "warn", "info", "debug"] = Field(
+        "info", description="crit, error, warn, info or debug"
+    )
     shutdown_timeout: Annotated[float, Field(gt=0)] = Field(
         15.0, description="seconds a stopping worker may take before it exits regardless"
     )

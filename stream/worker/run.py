@@ -13,8 +13,6 @@ from stream.worker.faust_adapt import DeadlineWorker
 
 log = logging.getLogger(__name__)
 
-_LEVELS = {"crit", "error", "warn", "info", "debug"}
-
 
 def ping_redis(settings: Settings) -> None:
     """Fail fast, with the address, if Redis is not there (raises StoreUnavailable)."""
@@ -49,10 +47,6 @@ def follow_input_partitions(settings: Settings) -> Settings:
 
 
 def run_worker(settings: Settings) -> None:
-    if settings.log_level not in _LEVELS:
-        raise ValueError(
-            f"SEGMENTER_LOG_LEVEL must be one of {sorted(_LEVELS)}, got {settings.log_level!r}"
-        )
     wait_for_broker(settings)
     ping_redis(settings)
     settings = follow_input_partitions(settings)

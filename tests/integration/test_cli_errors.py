@@ -59,6 +59,7 @@ def test_get_without_redis_fails_fast():
         ({"SEGMENTER_HYSTERESIS": "1.5"}, "hysteresis"),
         ({"SEGMENTER_LIFECYCLE_AT_RISK_DAYS": "400"}, "lifecycle_at_risk_days"),
         ({"SEGMENTER_METRICS_PORT": "not-a-port"}, "metrics_port"),
+        ({"SEGMENTER_LOG_LEVEL": "verbose"}, "log_level"),
     ],
 )
 def test_invalid_settings_fail_at_start_up_naming_the_field(env, named):
