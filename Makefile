@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 ## Unit tests and integration tests on a real broker and Redis (slow tests excluded), their
 ## files shared out over TEST_JOBS processes (pytest-xdist; each process starts its own broker
-## and Redis): the integration tests mostly wait on workers, so two halve the time on 2 cores.
+## and Redis): the integration tests mostly wait on workers, so two take 0.6 of the time.
 ## TEST_JOBS=0 runs them in this process, in order.
 TEST_JOBS ?= 2
 test: $(STAMP)

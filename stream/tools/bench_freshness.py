@@ -1,6 +1,7 @@
 """The bench's freshness phase: send-to-readable latency in Redis of probe customers mixed
 into traffic at a given rate, and (with arrays, not at the floor rate) our client's read
-against a bare redis-py GET, from a process of its own, under that ingest."""
+against a bare redis-py GET, from a process of its own, under that ingest, in a window of its
+own after the probes'."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ import uuid
 from typing import Any
 
 import orjson
+import psutil
 from kafka import KafkaProducer
 
 from stream.kafka import make_producer
 from stream.store import Keys, SegmentClient, sync_client
 from stream.tools.bench_context import BenchContext
 from stream.tools.bench_report import Figure, Floor
+from stream.tools.bench_scale import cores_busy, cpu_seconds
 from stream.tools.bench_traffic import as_arrays, as_singles, click_streams, percentile
 from stream.tools.generator import Message
-from stream.tools.producer import send_messages
+from stream.tools.producer import ProduceStats, send_messages
 
 __all__ = ["Freshness", "read_probe"]
 
@@ -42,11 +45,17 @@ class Freshness:
         self.lock = threading.Lock()
         self.sent: dict[str, float] = {}  # probe customer -> sent at (perf_counter)
         self.seen: dict[str, float] = {}  # probe customer -> first seen in Redis at
+        self.traffic = ProduceStats()  # the load sent beside the probes
+        #: While the load and the probes were sent: events/s offered and applied by the
+        #: worker (its counter in Redis), the cores the worker process used, and the machine's
+        #: busy cores out of all.
+        self.window: dict[str, float] = {}
 
     def run(self) -> None:
         ctx, config, settings = self.ctx, self.ctx.config, self.settings
         seconds = config.fresh_seconds
-        per = click_streams(config.customers, int(self.rate * seconds * 1.3), seed=29)
+        windows = 2 if self.arrays and not self.floor else 1  # probes, then reads
+        per = click_streams(config.customers, int(self.rate * seconds * 1.3 * windows), seed=29)
         load = as_arrays(per, 10**9) if self.arrays else as_singles(per, 10**9)
         template = next(iter(per.values()))[: self.size]
         procs = ctx.start_workers(settings, 1, f"fresh{self.size}")
@@ -56,7 +65,7 @@ class Freshness:
         # worker's one-off scoring of the customers it saw before it, are start-up, not the
         # latency a shop sees). Warm-up traffic goes in tenths of the load until the model is
         # there (the trainer learns from a capped number of samples a second), three at most.
-        step, start = len(load) // 10, 0
+        step, start = len(load) // (10 * windows), 0
         while start < 3 * step:
             warm = load[start : start + step]
             start += step
@@ -68,49 +77,84 @@ class Freshness:
             ctx.note(f"freshness at {self.label}: no model after the warm-up")
         ctx.say(f"freshness at {self.label}: {seconds:.0f} s of traffic with probes")
         producer = make_producer(settings)
-        threads = [
-            threading.Thread(target=self._traffic, args=(load[start:], producer)),
-            threading.Thread(target=self._probes, args=(template, producer)),
-            threading.Thread(target=self._watch),
-        ]
-        for t in threads:
-            t.daemon = True
-        reader = results = None
+        self._probe_window(load[start:], template, producer, procs[0].pid)
+        self._figures()
         if self.arrays and not self.floor:
-            # reads from a process of its own: this one's threads would delay them
-            spawn = multiprocessing.get_context("spawn")
-            results = spawn.Queue()
-            reader = spawn.Process(
-                target=read_probe,
-                args=(
-                    settings.redis_url.get_secret_value(),
-                    settings.redis_prefix,
-                    list(per),
-                    seconds,
-                    results,
-                ),
-                daemon=True,
-            )
-            reader.start()
+            # Reads under the same ingest, in a window of their own after the probes': their
+            # process and the Redis it keeps busy would otherwise take the worker's cores
+            # while freshness is measured (on 2 cores the worker then fell behind at 10,000
+            # events/s, and the probes measured its backlog).
+            rest = load[start + self.traffic.messages :]
+            ctx.say(f"reads under ingest at {self.label}: {seconds:.0f} s")
+            self._read_figures(*self._read_window(rest, list(per), producer))
+        producer.close()
+        ctx.stop(procs)
+
+    def _probe_window(
+        self, load: list[Message], template: list[dict[str, Any]], producer: KafkaProducer, pid: int
+    ) -> None:
+        """The load at ``rate`` with a probe every 50 ms and their watch, for ``fresh_seconds``;
+        meanwhile what the worker applied and the cores it used (``window``)."""
+        threads = [
+            threading.Thread(target=self._traffic, args=(load, producer), daemon=True),
+            threading.Thread(target=self._probes, args=(template, producer), daemon=True),
+            threading.Thread(target=self._watch, daemon=True),
+        ]
+        client = self.ctx.client(self.settings)
+        worker = psutil.Process(pid)
+        applied_before = client.stats().get("events", 0)
+        cpu_before = sum(worker.cpu_times()[:2])
+        machine_before = cpu_seconds()
+        window_start = time.monotonic()
         for t in threads:
             t.start()
-        reads: tuple[list[float], list[float]] = ([], [])
-        if reader is not None and results is not None:
-            reads = results.get(timeout=seconds + 120)
-            reader.join(timeout=10)
         threads[0].join()
         self.stop_at = time.perf_counter()
         self.stop.set()
+        window = max(time.monotonic() - window_start, 1e-6)
+        applied = client.stats().get("events", 0) - applied_before
+        cores = (sum(worker.cpu_times()[:2]) - cpu_before) / window
+        busy = cores_busy(machine_before, cpu_seconds(), psutil.cpu_count() or 1)
+        client.close()
+        with self.lock:
+            probes = len(self.sent) * self.size
+        self.window = {
+            "offered": (self.traffic.events + probes) / window,
+            "applied": applied / window,
+            "cores": cores,
+            "busy": busy,
+            "machine": float(psutil.cpu_count() or 1),
+        }
         for t in threads[1:]:
             t.join(timeout=30)
-        producer.close()
-        ctx.stop(procs)
-        self._figures()
-        if reader is not None:
-            self._read_figures(*reads)
+
+    def _read_window(
+        self, load: list[Message], customers: list[str], producer: KafkaProducer
+    ) -> tuple[list[float], list[float]]:
+        """The load at ``rate`` again, while a process of its own reads (``read_probe``); the
+        two lists of read latencies."""
+        seconds = self.ctx.config.fresh_seconds
+        spawn = multiprocessing.get_context("spawn")  # not this process: its threads hold the GIL
+        results = spawn.Queue()
+        reader = spawn.Process(
+            target=read_probe,
+            args=(
+                self.settings.redis_url.get_secret_value(),
+                self.settings.redis_prefix,
+                customers,
+                seconds,
+                results,
+            ),
+            daemon=True,
+        )
+        reader.start()
+        send_messages(self.settings, iter(load), rate=self.rate, seconds=seconds, producer=producer)
+        reads: tuple[list[float], list[float]] = results.get(timeout=seconds + 120)
+        reader.join(timeout=10)
+        return reads
 
     def _traffic(self, messages: list[Message], producer: KafkaProducer) -> None:
-        send_messages(
+        self.traffic = send_messages(
             self.settings,
             iter(messages),
             rate=self.rate - self.size * 20,  # the probes make up the rest
@@ -180,7 +224,7 @@ class Freshness:
                 # the floor's own p99 (no queueing), else the load against one worker's rate
                 floor=Floor.NO_QUEUE if self.floor else Floor.FRESHNESS,
                 run="arrays of 10" if self.arrays else "one event per message",
-                extra={"rate": self.rate, "p50": p50},
+                extra={"rate": self.rate, "p50": p50, **self.window},
             )
         )
 

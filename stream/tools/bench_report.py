@@ -297,27 +297,51 @@ def _step(report: Report, f: Figure) -> str:
 
 
 def _freshness(report: Report, f: Figure) -> str:
-    """The offered rate against one worker's throughput on the same traffic shape."""
+    """The offered rate against one worker's throughput on the same traffic shape, and what
+    the worker applied while the probes were sent."""
     rate, p50 = f.extra.get("rate", math.nan), f.extra.get("p50", math.nan)
+    applied, offered = f.extra.get("applied", math.nan), f.extra.get("offered", math.nan)
+    window = applied > 0 and offered > 0
     capacity = report.rates.get(f.run, {}).get(OURS, math.nan)
     if capacity > 0:
         load = rate / capacity
         text = (
             f"the offered {rate:,.0f} events/s is {load:.2f} of one worker's throughput on "
-            f"{f.run} in this run ({capacity:,.0f} events/s): "
-            + (
-                "above its capacity, the probes queue behind a growing backlog"
-                if load >= 1
-                else "near its capacity, the probes queue behind the load"
-                if load >= 0.8
-                else "well under its capacity, so the load alone does not explain it"
-            )
-            + f" (p50 {fmt(p50, 'ms')})."
+            f"{f.run} in this run ({capacity:,.0f} events/s)"
         )
+        if window:
+            text += f" (p50 {fmt(p50, 'ms')})."
+        else:
+            text += (
+                ": "
+                + (
+                    "above its capacity, the probes queue behind a growing backlog"
+                    if load >= 1
+                    else "near its capacity, the probes queue behind the load"
+                    if load >= 0.8
+                    else "well under its capacity, so the load alone does not explain it"
+                )
+                + f" (p50 {fmt(p50, 'ms')})."
+            )
     else:
         text = (
             f"our worker's throughput on {f.run} was not measured in this run, so the load "
             f"against its capacity is not known (p50 {fmt(p50, 'ms')})."
+        )
+    if window:
+        # What the worker did while the probes were sent: the bench's producer threads, and
+        # with arrays the read test's process, ran beside it on the same cores.
+        text += (
+            f" While the probes were sent the worker applied {applied:,.0f} events/s of the "
+            f"{offered:,.0f} offered ({applied / offered:.2f}), on "
+            f"{f.extra.get('cores', math.nan):.2f} of a core, with the machine's "
+            f"{f.extra.get('machine', math.nan):.0f} cores {f.extra.get('busy', math.nan):.2f} "
+            "busy (the bench's producer and the broker beside it): "
+            + (
+                "it fell behind, and the probes queued behind the backlog."
+                if applied < 0.95 * offered
+                else "it kept up; each probe waited for the batch in progress, then its own."
+            )
         )
     floor = next((g for g in report.figures if g.floor is Floor.NO_QUEUE), None)
     if floor is None:

@@ -211,6 +211,30 @@ def test_freshness_names_the_load_against_the_workers_throughput_and_the_floor_w
     assert "is 0.25 of one worker's" in arrays and "the load alone does not explain it" in arrays
 
 
+def test_freshness_says_whether_the_worker_kept_up_while_the_probes_were_sent():
+    report = Report()
+    report.rates[ARRAYS] = {"our worker": 14_000.0}
+    report.rates[SINGLES] = {"our worker": 3_000.0}
+    behind = {"applied": 7_400.0, "offered": 10_150.0, "cores": 0.97, "busy": 1.96}
+    kept_up = {"applied": 1_990.0, "offered": 2_020.0, "cores": 0.71, "busy": 1.2}
+    for rate, run, window in ((10_000.0, ARRAYS, behind), (2_000.0, SINGLES, kept_up)):
+        window["machine"] = 2.0
+        freshness(report, rate, run, 1_400.0)
+        report.figures[-1].extra.update(window)
+    arrays = bullet(report, "p99 at 10,000 events/s")
+    assert "is 0.71 of one worker's throughput on arrays of 10 in this run (14,000" in arrays
+    assert "the load alone" not in arrays  # the window says what happened instead
+    assert (
+        "the worker applied 7,400 events/s of the 10,150 offered (0.73), on 0.97 of a core"
+        in arrays
+    )
+    assert "with the machine's 2 cores 1.96 busy" in arrays
+    assert "it fell behind, and the probes queued behind the backlog." in arrays
+    singles = bullet(report, "p99 at 2,000 events/s")
+    assert "applied 1,990 events/s of the 2,020 offered (0.99), on 0.71 of a core" in singles
+    assert "it kept up; each probe waited for the batch in progress" in singles
+
+
 def test_freshness_without_the_workers_throughput_says_so():
     report = Report()
     freshness(report, 2_000.0, SINGLES, 80.0)
