@@ -17,15 +17,16 @@ import psutil
 from kafka import KafkaProducer
 
 from stream.kafka import make_producer
+from stream.settings import Settings
 from stream.store import Keys, SegmentClient, sync_client
-from stream.tools.bench_context import BenchContext
+from stream.tools.bench_context import BenchContext, Procs
 from stream.tools.bench_report import Figure, Floor
 from stream.tools.bench_scale import cores_busy, cpu_seconds
 from stream.tools.bench_traffic import as_arrays, as_singles, click_streams, percentile
 from stream.tools.generator import Message
 from stream.tools.producer import ProduceStats, send_messages
 
-__all__ = ["Freshness", "read_probe"]
+__all__ = ["Freshness", "ReadsUnderIngest", "read_probe"]
 
 
 class Freshness:
@@ -46,6 +47,7 @@ class Freshness:
         self.sent: dict[str, float] = {}  # probe customer -> sent at (perf_counter)
         self.seen: dict[str, float] = {}  # probe customer -> first seen in Redis at
         self.traffic = ProduceStats()  # the load sent beside the probes
+        self.error: Exception | None = None  # the load's sending failed
         #: While the load and the probes were sent: events/s offered and applied by the
         #: worker (its counter in Redis), the cores the worker process used, and the machine's
         #: busy cores out of all.
@@ -59,109 +61,104 @@ class Freshness:
         load = as_arrays(per, 10**9) if self.arrays else as_singles(per, 10**9)
         template = next(iter(per.values()))[: self.size]
         procs = ctx.start_workers(settings, 1, f"fresh{self.size}")
-        ctx.wait_joined(settings, 1, procs)
-        # Warm up: the first messages create the customers and the model's first records.
-        # A worker in steady state: its first model is out (the trainer's seeding, then every
-        # worker's one-off scoring of the customers it saw before it, are start-up, not the
-        # latency a shop sees). Warm-up traffic goes in tenths of the load until the model is
-        # there (the trainer learns from a capped number of samples a second), three at most.
-        step, start = len(load) // (10 * windows), 0
-        while start < 3 * step:
-            warm = load[start : start + step]
-            start += step
-            send_messages(settings, iter(warm))
-            ctx.worker_span(settings, sum(m.events for m in warm), procs)
-            if ctx.wait_model(settings, procs, timeout=5.0):
-                break
-        if not ctx.wait_model(settings, procs, timeout=60.0):
-            ctx.note(f"freshness at {self.label}: no model after the warm-up")
-        ctx.say(f"freshness at {self.label}: {seconds:.0f} s of traffic with probes")
-        producer = make_producer(settings)
-        self._probe_window(load[start:], template, producer, procs[0].pid)
-        self._figures()
-        if self.arrays and not self.floor:
-            # Reads under the same ingest, in a window of their own after the probes': their
-            # process and the Redis it keeps busy would otherwise take the worker's cores
-            # while freshness is measured (on 2 cores the worker then fell behind at 10,000
-            # events/s, and the probes measured its backlog).
-            rest = load[start + self.traffic.messages :]
-            ctx.say(f"reads under ingest at {self.label}: {seconds:.0f} s")
-            self._read_figures(*self._read_window(rest, list(per), producer))
-        producer.close()
-        ctx.stop(procs)
+        producer = None
+        try:
+            ctx.wait_joined(settings, 1, procs)
+            start = warm_up(ctx, settings, load, windows, procs, self.label)
+            ctx.say(f"freshness at {self.label}: {seconds:.0f} s of traffic with probes")
+            producer = make_producer(settings)
+            self._probe_window(load[start:], template, producer, procs)
+            self._figures()
+            if self.arrays and not self.floor:
+                # Reads under the same ingest in a window of their own, after the probes':
+                # the reads' process and the Redis it keeps busy are not on the cores while
+                # freshness is measured.
+                rest = load[start + self.traffic.messages :]
+                ctx.say(f"reads under ingest at {self.label}: {seconds:.0f} s")
+                ReadsUnderIngest(ctx, settings, self.rate, self.label).run(
+                    rest, list(per), producer
+                )
+        finally:
+            if producer is not None:
+                producer.close()
+            ctx.stop(procs)
 
     def _probe_window(
-        self, load: list[Message], template: list[dict[str, Any]], producer: KafkaProducer, pid: int
+        self,
+        load: list[Message],
+        template: list[dict[str, Any]],
+        producer: KafkaProducer,
+        procs: Procs,
     ) -> None:
         """The load at ``rate`` with a probe every 50 ms and their watch, for ``fresh_seconds``;
-        meanwhile what the worker applied and the cores it used (``window``)."""
+        meanwhile (``window``) the events/s offered and applied over its second half (both
+        ends in steady state, so what is in flight at each end cancels out), the cores the
+        worker used and the machine's busy cores over the whole window."""
+        seconds = self.ctx.config.fresh_seconds
         threads = [
             threading.Thread(target=self._traffic, args=(load, producer), daemon=True),
             threading.Thread(target=self._probes, args=(template, producer), daemon=True),
             threading.Thread(target=self._watch, daemon=True),
         ]
         client = self.ctx.client(self.settings)
-        worker = psutil.Process(pid)
-        applied_before = client.stats().get("events", 0)
-        cpu_before = sum(worker.cpu_times()[:2])
-        machine_before = cpu_seconds()
-        window_start = time.monotonic()
-        for t in threads:
-            t.start()
-        threads[0].join()
-        self.stop_at = time.perf_counter()
-        self.stop.set()
-        window = max(time.monotonic() - window_start, 1e-6)
-        applied = client.stats().get("events", 0) - applied_before
-        cores = (sum(worker.cpu_times()[:2]) - cpu_before) / window
-        busy = cores_busy(machine_before, cpu_seconds(), psutil.cpu_count() or 1)
-        client.close()
-        with self.lock:
-            probes = len(self.sent) * self.size
+        try:
+            worker = psutil.Process(procs[0].pid)
+            cpu_before = sum(worker.cpu_times()[:2])
+            machine_before = cpu_seconds()
+            window_start = time.monotonic()
+            for t in threads:
+                t.start()
+            threads[0].join(timeout=seconds / 2)
+            middle = (time.monotonic(), client.stats().get("events", 0), self._offered())
+            threads[0].join()
+            self.stop_at = time.perf_counter()
+            self.stop.set()
+            end = (time.monotonic(), client.stats().get("events", 0), self._offered())
+            window = max(end[0] - window_start, 1e-6)
+            cores = (sum(worker.cpu_times()[:2]) - cpu_before) / window
+            busy = cores_busy(machine_before, cpu_seconds(), psutil.cpu_count() or 1)
+        finally:
+            client.close()
+        for t in threads[1:]:
+            t.join(timeout=30)
+        if self.error is not None:
+            raise RuntimeError(f"sending the load failed: {self.error}") from self.error
+        if any(proc.poll() is not None for proc in procs):
+            raise RuntimeError("the worker exited during the probes")
+        half = max(end[0] - middle[0], 1e-6)
         self.window = {
-            "offered": (self.traffic.events + probes) / window,
-            "applied": applied / window,
+            "offered": (end[2] - middle[2]) / half,
+            "applied": (end[1] - middle[1]) / half,
             "cores": cores,
             "busy": busy,
             "machine": float(psutil.cpu_count() or 1),
         }
-        for t in threads[1:]:
-            t.join(timeout=30)
 
-    def _read_window(
-        self, load: list[Message], customers: list[str], producer: KafkaProducer
-    ) -> tuple[list[float], list[float]]:
-        """The load at ``rate`` again, while a process of its own reads (``read_probe``); the
-        two lists of read latencies."""
-        seconds = self.ctx.config.fresh_seconds
-        spawn = multiprocessing.get_context("spawn")  # not this process: its threads hold the GIL
-        results = spawn.Queue()
-        reader = spawn.Process(
-            target=read_probe,
-            args=(
-                self.settings.redis_url.get_secret_value(),
-                self.settings.redis_prefix,
-                customers,
-                seconds,
-                results,
-            ),
-            daemon=True,
-        )
-        reader.start()
-        send_messages(self.settings, iter(load), rate=self.rate, seconds=seconds, producer=producer)
-        reads: tuple[list[float], list[float]] = results.get(timeout=seconds + 120)
-        reader.join(timeout=10)
-        return reads
+    def _offered(self) -> int:
+        """Events sent so far in the probe window: the load's and the probes'."""
+        with self.lock:
+            probes = len(self.sent) * self.size
+        return self.traffic.events + probes
 
     def _traffic(self, messages: list[Message], producer: KafkaProducer) -> None:
-        self.traffic = send_messages(
-            self.settings,
-            iter(messages),
-            rate=self.rate - self.size * 20,  # the probes make up the rest
-            seconds=self.ctx.config.fresh_seconds,
-            stop=self.stop,
-            producer=producer,
-        )
+        """The load beside the probes; its stats fill in as it goes (``_offered``), and a
+        failure is kept for the window to raise."""
+        try:
+            send_messages(
+                self.settings,
+                iter(messages),
+                rate=self.rate - self.size * 20,  # the probes make up the rest
+                seconds=self.ctx.config.fresh_seconds,
+                stop=self.stop,
+                on_progress=self._progress,
+                producer=producer,
+            )
+        except Exception as exc:  # noqa: BLE001 - raised by the window, in the bench's thread
+            self.error = exc
+            self.stop.set()
+
+    def _progress(self, stats: ProduceStats) -> None:
+        self.traffic = stats  # the same object, counting on, from the first report
 
     def _probes(self, template: list[dict[str, Any]], producer: KafkaProducer) -> None:
         """A new customer every 50 ms, its first message timed from the send."""
@@ -228,6 +225,83 @@ class Freshness:
             )
         )
 
+
+def warm_up(
+    ctx: BenchContext,
+    settings: Settings,
+    load: list[Message],
+    windows: int,
+    procs: Procs,
+    label: str,
+) -> int:
+    """Warm up: the first messages create the customers and the model's first records, so
+    the worker is in steady state: its first model is out (the trainer's seeding, then
+    every worker's one-off scoring of the customers it saw before it, are start-up, not
+    the latency a shop sees). Warm-up traffic goes in tenths of a window's load until the
+    model is there (the trainer learns from a capped number of samples a second), three at
+    most, each applied before the next; how many messages it took."""
+    step, start, events = len(load) // (10 * windows), 0, 0
+    while start < 3 * step:
+        warm = load[start : start + step]
+        start += step
+        send_messages(settings, iter(warm))
+        events += sum(m.events for m in warm)
+        ctx.worker_span(settings, events, procs)  # the worker's total: every step applied
+        if ctx.wait_model(settings, procs, timeout=5.0):
+            break
+    if not ctx.wait_model(settings, procs, timeout=60.0):
+        ctx.note(f"freshness at {label}: no model after the warm-up")
+    ctx.worker_span(settings, events, procs)  # nothing of the warm-up left to apply
+    return start
+
+
+class ReadsUnderIngest:
+    """Our client's read against a bare redis-py GET of the same keys, from a process of its
+    own, while the load goes on at ``rate`` (after the probes' window, on the same worker)."""
+
+    def __init__(self, ctx: BenchContext, settings: Settings, rate: float, label: str) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.rate = rate
+        self.label = label
+
+    def run(self, load: list[Message], customers: list[str], producer: KafkaProducer) -> None:
+        self._read_figures(*self._read_window(load, customers, producer))
+
+    def _read_window(
+        self, load: list[Message], customers: list[str], producer: KafkaProducer
+    ) -> tuple[list[float], list[float]]:
+        """The load at ``rate`` again, while a process of its own reads (``read_probe``, once
+        it is connected); the two lists of read latencies."""
+        seconds = self.ctx.config.fresh_seconds
+        spawn = multiprocessing.get_context("spawn")  # not this process: its threads hold the GIL
+        ready, results = spawn.Event(), spawn.Queue()
+        reader = spawn.Process(
+            target=read_probe,
+            args=(
+                self.settings.redis_url.get_secret_value(),
+                self.settings.redis_prefix,
+                customers,
+                seconds,
+                results,
+                ready,
+            ),
+            daemon=True,
+        )
+        reader.start()
+        try:
+            if not ready.wait(timeout=120):
+                raise RuntimeError("the read test's process did not start within 120 s")
+            send_messages(
+                self.settings, iter(load), rate=self.rate, seconds=seconds, producer=producer
+            )
+            reads: tuple[list[float], list[float]] = results.get(timeout=seconds + 120)
+        finally:
+            reader.join(timeout=10)
+            if reader.is_alive():
+                reader.kill()
+        return reads
+
     def _read_figures(self, ours: list[float], bare: list[float]) -> None:
         o50, o99 = percentile(ours, 0.5) * 1000, percentile(ours, 0.99) * 1000
         b50, b99 = percentile(bare, 0.5) * 1000, percentile(bare, 0.99) * 1000
@@ -254,12 +328,18 @@ class Freshness:
         )
 
 
-def read_probe(url: str, prefix: str, ids: list[str], seconds: float, results: Any) -> None:
+def read_probe(
+    url: str, prefix: str, ids: list[str], seconds: float, results: Any, ready: Any = None
+) -> None:
     """Our client's ``get`` and a bare redis-py GET of the same key, back to back in a random
     order, for ``seconds``; puts both lists of latencies (seconds) on ``results``. Runs in a
-    process of its own, so the bench's producer threads do not hold the GIL over a read."""
+    process of its own, so the bench's producer threads do not hold the GIL over a read.
+    ``ready`` (an event) is set once both clients are connected, as the reads begin."""
     ours = SegmentClient(url, prefix)
     bare = sync_client(url)
+    bare.ping()
+    if ready is not None:
+        ready.set()
     rng = random.Random(3)
     timings: tuple[list[float], list[float]] = ([], [])
     end = time.perf_counter() + seconds

@@ -301,7 +301,7 @@ def _freshness(report: Report, f: Figure) -> str:
     the worker applied while the probes were sent."""
     rate, p50 = f.extra.get("rate", math.nan), f.extra.get("p50", math.nan)
     applied, offered = f.extra.get("applied", math.nan), f.extra.get("offered", math.nan)
-    window = applied > 0 and offered > 0
+    window = offered > 0 and applied >= 0  # False for NaN: not measured
     capacity = report.rates.get(f.run, {}).get(OURS, math.nan)
     if capacity > 0:
         load = rate / capacity
@@ -329,10 +329,11 @@ def _freshness(report: Report, f: Figure) -> str:
             f"against its capacity is not known (p50 {fmt(p50, 'ms')})."
         )
     if window:
-        # What the worker did while the probes were sent: the bench's producer threads, and
-        # with arrays the read test's process, ran beside it on the same cores.
+        # What the worker did while the probes were sent (the rates over the window's second
+        # half), with the bench's producer threads and the broker beside it on the same cores.
         text += (
-            f" While the probes were sent the worker applied {applied:,.0f} events/s of the "
+            f" While the probes were sent (their window's second half) the worker applied "
+            f"{applied:,.0f} events/s of the "
             f"{offered:,.0f} offered ({applied / offered:.2f}), on "
             f"{f.extra.get('cores', math.nan):.2f} of a core, with the machine's "
             f"{f.extra.get('machine', math.nan):.0f} cores {f.extra.get('busy', math.nan):.2f} "

@@ -233,6 +233,20 @@ def test_freshness_says_whether_the_worker_kept_up_while_the_probes_were_sent():
     singles = bullet(report, "p99 at 2,000 events/s")
     assert "applied 1,990 events/s of the 2,020 offered (0.99), on 0.71 of a core" in singles
     assert "it kept up; each probe waited for the batch in progress" in singles
+    # the boundary: 0.95 of the offered is keeping up, a little less is not
+    for applied, verdict in ((0.95 * 2_000.0, "kept up"), (0.94 * 2_000.0, "fell behind")):
+        report.figures[-1].extra.update(applied=applied, offered=2_000.0)
+        assert verdict in bullet(report, "p99 at 2,000 events/s")
+
+
+def test_freshness_of_a_worker_that_applied_nothing_says_it_fell_behind():
+    report = Report()
+    report.rates[SINGLES] = {"our worker": 3_000.0}
+    freshness(report, 2_000.0, SINGLES, 9_000.0)
+    report.figures[-1].extra.update(applied=0.0, offered=2_000.0, cores=0.1, busy=1.0, machine=2)
+    text = bullet(report, "p99 at 2,000 events/s")
+    assert "applied 0 events/s of the 2,000 offered (0.00)" in text and "fell behind" in text
+    assert "the load alone" not in text
 
 
 def test_freshness_without_the_workers_throughput_says_so():
