@@ -27,8 +27,9 @@ test: $(STAMP)
 	$(BIN)/pytest -m "not slow" -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 ## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker and a slice of
-## it against an offline k-means, two more seeds of the stationary flow-drift test, a short soak,
-## RocksDB state across a restart, the wrong-credentials cases of the security test, the fault
+## it against an offline k-means, two more seeds of the stationary flow-drift test, a visitor
+## spike through the step against the flow monitor, a short soak, RocksDB state across a restart
+## and across partitions taken over and given back, the wrong-credentials cases of the security test, the fault
 ## tests the soak also covers (Redis down 30 s, the broker cut, three workers stopped and killed),
 ## and a live definitions apply with the backfill in the worker (SEGMENTER_BACKFILL_PROCESS=false).
 test-slow: $(STAMP)
@@ -53,7 +54,7 @@ eval: $(STAMP)
 
 ## The step alone in-process, throughput, freshness, read latency, memory, recovery, live
 ## definitions, scale-out and a million customers beside their baselines (about 70 minutes on
-## 2 cores, 25 of them the million-customer phase); writes docs/benchmarks.md and
+## 2 cores, most of them the million-customer phase); writes docs/benchmarks.md and
 ## docs/benchmarks.png. ARGS="--quick" for a smoke run, ARGS="--core" for the step alone.
 bench: $(STAMP)
 	$(BIN)/segmenter bench $(ARGS)

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, FilePath, SecretStr, model_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.events import DecodeLimits
@@ -317,6 +317,11 @@ class Settings(BaseSettings):
     max_message_bytes: Annotated[int, Field(ge=64)] = 1_000_000
     max_events_per_message: Annotated[int, Field(ge=1)] = 1_000
     max_id_length: Annotated[int, Field(ge=8)] = 256
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _kafka_security_complete(self) -> Settings:

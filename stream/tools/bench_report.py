@@ -344,6 +344,15 @@ def _freshness(report: Report, f: Figure) -> str:
                 else "it kept up; each probe waited for the batch in progress, then its own."
             )
         )
+    broker, worker = f.extra.get("to_broker_p50", math.nan), f.extra.get("to_redis_p50", math.nan)
+    if broker >= 0 and worker >= 0:
+        text += (
+            f" Of a probe's time, the send until the broker acknowledged it (the bench's "
+            f"producer beside its load, and the broker) took p50 {fmt(broker, 'ms')}, p99 "
+            f"{fmt(f.extra.get('to_broker_p99', math.nan), 'ms')}; from there until it was "
+            f"readable in Redis (the worker) p50 {fmt(worker, 'ms')}, p99 "
+            f"{fmt(f.extra.get('to_redis_p99', math.nan), 'ms')}."
+        )
     floor = next((g for g in report.figures if g.floor is Floor.NO_QUEUE), None)
     if floor is None:
         return text + " The floor without queueing was not measured in this run."

@@ -229,6 +229,16 @@ def test_freshness_says_whether_the_worker_kept_up_while_the_probes_were_sent():
         in arrays
     )
     assert "with the machine's 2 cores 1.96 busy" in arrays
+    assert "Of a probe's time" not in arrays  # no split measured
+    report.figures[0].extra.update(
+        to_broker_p50=1_800.0, to_broker_p99=2_900.0, to_redis_p50=210.0, to_redis_p99=380.0
+    )
+    arrays = bullet(report, "p99 at 10,000 events/s")
+    assert (
+        "acknowledged it (the bench's producer beside its load, and the broker) took p50 "
+        "1,800 ms, p99 2,900 ms; from there until it was readable in Redis (the worker) p50 "
+        "210 ms, p99 380 ms." in arrays
+    )
     assert "it fell behind, and the probes queued behind the backlog." in arrays
     singles = bullet(report, "p99 at 2,000 events/s")
     assert "applied 1,990 events/s of the 2,020 offered (0.99), on 0.71 of a core" in singles

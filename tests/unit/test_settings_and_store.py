@@ -30,6 +30,14 @@ def test_invalid_settings_name_the_field(monkeypatch):
         Settings()
 
 
+def test_the_log_level_is_one_of_five_in_any_case(monkeypatch):
+    monkeypatch.setenv("SEGMENTER_LOG_LEVEL", "WARN")
+    assert Settings().log_level == "warn"
+    monkeypatch.setenv("SEGMENTER_LOG_LEVEL", "verbose")
+    with pytest.raises(ValidationError, match="log_level"):
+        Settings()
+
+
 def test_safe_url_hides_the_password():
     assert safe_url("redis://:pw@host:6379/0") == "redis://***@host:6379/0"
     assert safe_url("redis://host:6379/0") == "redis://host:6379/0"
