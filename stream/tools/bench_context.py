@@ -140,7 +140,7 @@ class BenchContext:
         deadline = time.monotonic() + 180
         try:
             while time.monotonic() < deadline:
-                _check_alive(procs)
+                check_alive(procs)
                 beats = client.workers()
                 owned = sum(len(b["partitions"]) for b in beats)
                 if (
@@ -161,7 +161,7 @@ class BenchContext:
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                _check_alive(procs)
+                check_alive(procs)
                 beats = client.workers()
                 if beats and all(b.get("model_version") for b in beats):
                     return True
@@ -204,7 +204,7 @@ class BenchContext:
                 if on_tick and now - last_tick > 2:
                     last_tick = now
                     on_tick(done)
-                _check_alive(procs)
+                check_alive(procs)
                 time.sleep(0.01)
         finally:
             client.close()
@@ -217,7 +217,7 @@ class BenchContext:
         self.redis.close()
 
 
-def _check_alive(procs: Procs) -> None:
+def check_alive(procs: Procs) -> None:
     for proc in procs:
         if proc.poll() is not None:
             raise RuntimeError(f"a bench worker exited with {proc.returncode}")

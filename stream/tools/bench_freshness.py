@@ -19,9 +19,9 @@ from kafka import KafkaProducer
 from stream.kafka import make_producer
 from stream.settings import Settings
 from stream.store import Keys, SegmentClient, sync_client
-from stream.tools.bench_context import BenchContext, Procs
+from stream.tools.bench_context import BenchContext, Procs, check_alive
 from stream.tools.bench_report import Figure, Floor
-from stream.tools.bench_scale import cores_busy, cpu_seconds
+from stream.tools.bench_scale import cores_busy, cpu_seconds, process_seconds
 from stream.tools.bench_traffic import as_arrays, as_singles, click_streams, percentile
 from stream.tools.generator import Message
 from stream.tools.producer import ProduceStats, send_messages
@@ -39,6 +39,7 @@ class Freshness:
         self.arrays = arrays
         self.floor = floor
         self.size = 10 if arrays else 1
+        self.reads = arrays and not floor  # reads under ingest too, after the probes' window
         self.label = f"{rate:,.0f} events/s, " + ("arrays of 10" if arrays else "one per message")
         self.settings = ctx.settings()
         self.stop = threading.Event()
@@ -57,7 +58,7 @@ class Freshness:
     def run(self) -> None:
         ctx, config, settings = self.ctx, self.ctx.config, self.settings
         seconds = config.fresh_seconds
-        windows = 2 if self.arrays and not self.floor else 1  # probes, then reads
+        windows = 2 if self.reads else 1  # probes, then reads
         per = click_streams(config.customers, int(self.rate * seconds * 1.3 * windows), seed=29)
         load = as_arrays(per, 10**9) if self.arrays else as_singles(per, 10**9)
         template = next(iter(per.values()))[: self.size]
@@ -70,7 +71,7 @@ class Freshness:
             producer = make_producer(settings)
             self._probe_window(load[start:], template, producer, procs)
             self._figures()
-            if self.arrays and not self.floor:
+            if self.reads:
                 # Reads under the same ingest in a window of their own, after the probes':
                 # the reads' process and the Redis it keeps busy are not on the cores while
                 # freshness is measured.
@@ -102,9 +103,9 @@ class Freshness:
             threading.Thread(target=self._watch, daemon=True),
         ]
         client = self.ctx.client(self.settings)
+        machine = psutil.cpu_count() or 1
         try:
-            worker = psutil.Process(procs[0].pid)
-            cpu_before = sum(worker.cpu_times()[:2])
+            cpu_before = process_seconds(procs)
             machine_before = cpu_seconds()
             window_start = time.monotonic()
             for t in threads:
@@ -116,23 +117,22 @@ class Freshness:
             self.stop.set()
             end = (time.monotonic(), client.stats().get("events", 0), self._offered())
             window = max(end[0] - window_start, 1e-6)
-            cores = (sum(worker.cpu_times()[:2]) - cpu_before) / window
-            busy = cores_busy(machine_before, cpu_seconds(), psutil.cpu_count() or 1)
+            cores = (process_seconds(procs) - cpu_before) / window
+            busy = cores_busy(machine_before, cpu_seconds(), machine)
         finally:
             client.close()
         for t in threads[1:]:
             t.join(timeout=30)
         if self.error is not None:
             raise RuntimeError(f"sending the load failed: {self.error}") from self.error
-        if any(proc.poll() is not None for proc in procs):
-            raise RuntimeError("the worker exited during the probes")
+        check_alive(procs)  # a worker that died during the probes fails the phase
         half = max(end[0] - middle[0], 1e-6)
         self.window = {
             "offered": (end[2] - middle[2]) / half,
             "applied": (end[1] - middle[1]) / half,
             "cores": cores,
             "busy": busy,
-            "machine": float(psutil.cpu_count() or 1),
+            "machine": float(machine),
         }
 
     def _offered(self) -> int:

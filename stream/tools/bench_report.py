@@ -309,20 +309,15 @@ def _freshness(report: Report, f: Figure) -> str:
             f"the offered {rate:,.0f} events/s is {load:.2f} of one worker's throughput on "
             f"{f.run} in this run ({capacity:,.0f} events/s)"
         )
-        if window:
-            text += f" (p50 {fmt(p50, 'ms')})."
-        else:
-            text += (
-                ": "
-                + (
-                    "above its capacity, the probes queue behind a growing backlog"
-                    if load >= 1
-                    else "near its capacity, the probes queue behind the load"
-                    if load >= 0.8
-                    else "well under its capacity, so the load alone does not explain it"
-                )
-                + f" (p50 {fmt(p50, 'ms')})."
+        if not window:  # else what the worker applied says it, below
+            text += ": " + (
+                "above its capacity, the probes queue behind a growing backlog"
+                if load >= 1
+                else "near its capacity, the probes queue behind the load"
+                if load >= 0.8
+                else "well under its capacity, so the load alone does not explain it"
             )
+        text += f" (p50 {fmt(p50, 'ms')})."
     else:
         text = (
             f"our worker's throughput on {f.run} was not measured in this run, so the load "
