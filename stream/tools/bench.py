@@ -40,6 +40,7 @@ from stream.tools.bench_report import Figure, Report, fmt, write_report
 from stream.tools.bench_scale import scale_out
 from stream.tools.bench_throughput import Throughput
 from stream.tools.embedded import EmbeddedStack
+from stream.tools.process import signals_as_interrupt
 
 __all__ = ["BenchConfig", "Figure", "phases", "run_bench"]
 
@@ -80,6 +81,19 @@ def run_bench(
     # The report's directory first: a path that cannot be written fails now, not after the
     # whole run (a directory that did not exist lost a finished run's report).
     out.parent.mkdir(parents=True, exist_ok=True)
+    with signals_as_interrupt():  # a SIGTERM stops the broker, Redis and workers too
+        report = _run_phases(config, console, only)
+    write_report(report, out, command, time.monotonic() - started)
+    console.print(f"[b]written[/b] {out} and {out.with_suffix('.png')}")
+    for f in report.figures:
+        ratio = f" = {f.ratio:.2f} x {f.baseline_name}" if f.ratio is not None else ""
+        met = "" if f.met is None else ("  [green]met[/green]" if f.met else "  [red]not met[/red]")
+        console.print(f"  {f.section}: {f.what}: {fmt(f.ours, f.unit)}{ratio}{met}")
+    return report
+
+
+def _run_phases(config: BenchConfig, console: Console, only: str | None) -> Report:
+    """The stack started, the phases run, the stack stopped (whatever happens); the figures."""
     report = Report()
     stack = EmbeddedStack()
     stack.start()
@@ -103,10 +117,4 @@ def run_bench(
     finally:
         ctx.close()
         stack.stop()
-    write_report(report, out, command, time.monotonic() - started)
-    console.print(f"[b]written[/b] {out} and {out.with_suffix('.png')}")
-    for f in report.figures:
-        ratio = f" = {f.ratio:.2f} x {f.baseline_name}" if f.ratio is not None else ""
-        met = "" if f.met is None else ("  [green]met[/green]" if f.met else "  [red]not met[/red]")
-        console.print(f"  {f.section}: {f.what}: {fmt(f.ours, f.unit)}{ratio}{met}")
     return report

@@ -116,7 +116,9 @@ class MemoryAndRecovery:
             )
         if applied is not None:
             ctx.report.add(Figure(section, "start to a new event applied", applied, "s"))
-        ctx.say(f"  ready after {ready} s, first new event applied after {applied} s")
+        ctx.say(
+            f"  ready after {_seconds(ready)}, first new event applied after {_seconds(applied)}"
+        )
 
     def _first_new_event(self, settings: Settings, started: float) -> float | None:
         """Seconds from ``started`` until a new session of a known customer is applied."""
@@ -132,3 +134,8 @@ class MemoryAndRecovery:
             time.sleep(0.05)
         client.close()
         return applied
+
+
+def _seconds(t: float | None) -> str:
+    """A time for the console, or "never" (the worker did not get there)."""
+    return "never" if t is None else f"{t:,.1f} s"

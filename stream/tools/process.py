@@ -6,16 +6,19 @@ parent, which then stops each child it started, by its own handle, cleanly first
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 from stream.settings import Settings
 
-__all__ = ["spawn", "start_worker", "stop_process"]
+__all__ = ["signals_as_interrupt", "spawn", "start_worker", "stop_process"]
 
 
 def spawn(
@@ -58,3 +61,26 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` meanwhile, even where the parent ignored
+    SIGINT (a background job), so that every way out of a long tool (the soak, the bench)
+    runs its clean-up and stops each child it started. The main thread only; elsewhere, the
+    handlers stay as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = {
+        signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

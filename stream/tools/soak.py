@@ -24,17 +24,15 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 from stream.kafka import ensure_topics, make_producer, wait_for_broker
 from stream.settings import Settings
@@ -42,7 +40,7 @@ from stream.store import SegmentClient, StoreUnavailable
 from stream.tools.cdnow import cdnow_purchases
 from stream.tools.embedded import free_port
 from stream.tools.faults import CuttableProxy, OwnRedis, listening, own_broker, wait_until
-from stream.tools.process import start_worker, stop_process
+from stream.tools.process import signals_as_interrupt, start_worker, stop_process
 from stream.tools.soak_checks import Findings, check, uncommitted
 from stream.tools.soak_report import SoakResult, print_result
 from stream.tools.soak_traffic import Sender, SoakTraffic
@@ -360,7 +358,7 @@ class Soak:
 def run_soak(config: SoakConfig, say: Callable[[str], None], out: Path | None = None) -> SoakResult:
     """Run the soak; print its result; with ``out``, write it into that file's soak section.
     SIGTERM stops it like Ctrl-C, and either way every process it started is stopped."""
-    with _sigterm_as_interrupt():
+    with signals_as_interrupt():
         soak = Soak(config, say)
         try:
             result = soak.run()
@@ -376,19 +374,3 @@ def run_soak(config: SoakConfig, say: Callable[[str], None], out: Path | None = 
     else:
         say(f"logs kept in {result.workdir}")
     return result
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(_signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
