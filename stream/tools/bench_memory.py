@@ -109,7 +109,9 @@ class MemoryAndRecovery:
         scheduled = [line for line in text.splitlines() if "lifecycle schedule:" in line]
         ctx.stop(procs)
         section = f"Recovery after a restart ({n:,} customers)"
-        note = scheduled[-1].split("]: ", 1)[-1] if scheduled else ""
+        note = ""
+        if scheduled:  # the worker's log line, less its time, pid and level
+            note = "lifecycle schedule:" + scheduled[-1].split("lifecycle schedule:", 1)[1].rstrip()
         if ready is not None:
             ctx.report.add(
                 Figure(section, "start to 'Worker ready' (table recovered)", ready, "s", note=note)
