@@ -96,13 +96,14 @@ def _run_phases(config: BenchConfig, console: Console, only: str | None) -> Repo
     """The stack started, the phases run, the stack stopped (whatever happens); the figures."""
     report = Report()
     stack = EmbeddedStack()
-    stack.start()
-    ctx = BenchContext(stack, console, report, config)
-    console.print(
-        f"[b]segmenter bench[/b]: broker {stack.kafka_url}, redis {stack.redis_url}, "
-        f"logs in {stack.workdir}"
-    )
+    ctx: BenchContext | None = None
     try:
+        stack.start()
+        ctx = BenchContext(stack, console, report, config)
+        console.print(
+            f"[b]segmenter bench[/b]: broker {stack.kafka_url}, redis {stack.redis_url}, "
+            f"logs in {stack.workdir}"
+        )
         wait_for_broker(Settings(kafka_url=stack.kafka_url))
         todo = [(n, p) for n, p in phases(ctx) if only is None or only.lower() in n.lower()]
         if not todo:
@@ -115,6 +116,7 @@ def _run_phases(config: BenchConfig, console: Console, only: str | None) -> Repo
                 console.print(f"[red]  {name} failed: {exc}[/red]")
                 report.notes.append(f"Phase '{name}' failed: {exc}")
     finally:
-        ctx.close()
+        if ctx is not None:
+            ctx.close()
         stack.stop()
     return report

@@ -66,21 +66,25 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
 @contextlib.contextmanager
 def signals_as_interrupt() -> Iterator[None]:
     """SIGINT and SIGTERM raise ``KeyboardInterrupt`` meanwhile, even where the parent ignored
-    SIGINT (a background job), so that every way out of a long tool (the soak, the bench)
-    runs its clean-up and stops each child it started. The main thread only; elsewhere, the
-    handlers stay as they are."""
+    SIGINT (a background job, ``trap '' INT``), so that every way out of a long tool (the soak,
+    the bench) runs its clean-up and stops each child it started. The first signal only: the
+    next ones are ignored until the block ends, so that a second Ctrl-C, or a SIGTERM after a
+    SIGINT, cannot cut that clean-up short. The main thread only; elsewhere, the handlers
+    stay as they are."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    signals = (signal.SIGINT, signal.SIGTERM)
 
     def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        for signum in signals:
+            signal.signal(signum, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = {
-        signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = {signum: signal.signal(signum, interrupt) for signum in signals}
     try:
         yield
     finally:
         for signum, handler in previous.items():
-            signal.signal(signum, handler)
+            # None: a handler installed from C, which Python cannot put back; the default then
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)

@@ -47,7 +47,7 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_a_terminated_bench_stops_every_process_it_started(tmp_path):
     log = tmp_path / "bench.log"
     with open(log, "wb") as out:
@@ -58,6 +58,7 @@ def test_a_terminated_bench_stops_every_process_it_started(tmp_path):
             cwd=tmp_path,
             env={**os.environ, "SEGMENTER_KEEP_LOGS": ""},
         )
+    started: set[int] = set()
     try:
         # Until its broker and Redis run and a phase has begun (the stack is up).
         deadline = time.monotonic() + 120
@@ -73,7 +74,10 @@ def test_a_terminated_bench_stops_every_process_it_started(tmp_path):
         while any(alive(p) for p in started) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [p for p in started if alive(p)], log.read_text(errors="replace")[-2000:]
-    finally:
+    finally:  # whatever failed, nothing of the bench's is left running
         if bench.poll() is None:
             bench.kill()
             bench.wait()
+        for pid in started | children_of(bench.pid):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
