@@ -21,7 +21,12 @@ from stream.settings import Settings
 from stream.store import SegmentClient
 from stream.tools.embedded import EmbeddedStack, free_port
 from stream.tools.generator import TrafficGenerator
-from stream.tools.process import start_worker, stop_process
+from stream.tools.process import (
+    interrupt_on_signals,
+    restore_signals,
+    start_worker,
+    stop_process,
+)
 from stream.tools.producer import ProduceStats, generated_messages, send_messages
 
 __all__ = ["DemoSummary", "run_demo"]
@@ -141,7 +146,7 @@ def run_demo(
     console.print(
         "[b]segmenter demo[/b]: starting a Tansu broker and redis-server on free ports..."
     )
-    previous = _interrupt_on_signals()
+    previous = interrupt_on_signals()
     stack.start()
     assert stack.workdir is not None
     try:
@@ -238,8 +243,7 @@ def run_demo(
                 stop_process(proc)
             stack.stop()
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            restore_signals(previous)
     return summary
 
 
@@ -253,20 +257,6 @@ def _port_or_free(port: int) -> int:
         except OSError:
             return free_port()
     return port
-
-
-def _interrupt_on_signals() -> dict[int, Any]:
-    """Turn SIGINT and SIGTERM into KeyboardInterrupt, even where the parent ignored SIGINT
-    (background jobs), so every way out of the demo runs its clean-up."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous: dict[int, Any] = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.getsignal(signum)
-        signal.signal(signum, interrupt)
-    return previous
 
 
 def _drain(

@@ -15,10 +15,18 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from stream.settings import Settings
 
-__all__ = ["signals_as_interrupt", "spawn", "start_worker", "stop_process"]
+__all__ = [
+    "interrupt_on_signals",
+    "restore_signals",
+    "signals_as_interrupt",
+    "spawn",
+    "start_worker",
+    "stop_process",
+]
 
 
 def spawn(
@@ -63,28 +71,43 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
             proc.wait()
 
 
+#: The signals a long tool turns into ``KeyboardInterrupt`` (``interrupt_on_signals``).
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def interrupt_on_signals(once: bool = False) -> dict[int, Any]:
+    """Turn SIGINT and SIGTERM into ``KeyboardInterrupt``, even where the parent ignored
+    SIGINT (a background job, ``trap '' INT``), so that every way out of a long tool runs its
+    clean-up and stops each child it started; returns the handlers before, for
+    ``restore_signals``. ``once``: the first signal only, the next ones ignored (until
+    restored), so that a second Ctrl-C, or a SIGTERM after a SIGINT, cannot cut that clean-up
+    short. The main thread only."""
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        if once:
+            for signum in SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    return {signum: signal.signal(signum, interrupt) for signum in SIGNALS}
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    """Put back the handlers ``interrupt_on_signals`` replaced (None, a handler installed
+    from C that Python cannot put back: the default)."""
+    for signum, handler in previous.items():
+        signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
 @contextlib.contextmanager
 def signals_as_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` meanwhile, even where the parent ignored
-    SIGINT (a background job, ``trap '' INT``), so that every way out of a long tool (the soak,
-    the bench) runs its clean-up and stops each child it started. The first signal only: the
-    next ones are ignored until the block ends, so that a second Ctrl-C, or a SIGTERM after a
-    SIGINT, cannot cut that clean-up short. The main thread only; elsewhere, the handlers
-    stay as they are."""
+    """``interrupt_on_signals(once=True)`` for the block (the soak, the bench); outside the
+    main thread, the handlers stay as they are."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signals = (signal.SIGINT, signal.SIGTERM)
-
-    def interrupt(_signum: int, _frame: FrameType | None) -> None:
-        for signum in signals:
-            signal.signal(signum, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    previous = {signum: signal.signal(signum, interrupt) for signum in signals}
+    previous = interrupt_on_signals(once=True)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            # None: a handler installed from C, which Python cannot put back; the default then
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        restore_signals(previous)

@@ -403,9 +403,16 @@ def test_the_machines_busy_cores_count_a_core_kept_busy():
 
 
 def test_a_processs_cpu_seconds_count_while_it_runs_and_not_once_it_is_gone():
-    spin = "import time\nend = time.monotonic() + 0.5\nwhile time.monotonic() < end: pass"
-    proc = subprocess.Popen([sys.executable, "-c", spin])
-    time.sleep(0.4)
-    assert process_seconds([proc]) > 0.1
-    proc.wait()
+    # 0.3 s of its own CPU time, however busy the machine, then it waits for its input to end
+    spin = "import sys, time\nwhile time.process_time() < 0.3: pass\nsys.stdin.read()"
+    proc = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while process_seconds([proc]) <= 0.1:  # counted while it runs
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=60)
     assert process_seconds([proc]) == 0.0
