@@ -12,7 +12,7 @@ import psutil
 from stream.settings import Settings
 from stream.store import Keys
 from stream.tools.bench_context import BenchContext
-from stream.tools.bench_report import Figure
+from stream.tools.bench_report import Figure, fmt
 from stream.tools.generator import TrafficGenerator
 from stream.tools.producer import send_messages
 
@@ -118,9 +118,12 @@ class MemoryAndRecovery:
             )
         if applied is not None:
             ctx.report.add(Figure(section, "start to a new event applied", applied, "s"))
-        ctx.say(
-            f"  ready after {_seconds(ready)}, first new event applied after {_seconds(applied)}"
+        nan = float("nan")  # not measured: the worker did not get there
+        ready_s, applied_s = (
+            fmt(nan if ready is None else ready, "s"),
+            fmt(nan if applied is None else applied, "s"),
         )
+        ctx.say(f"  ready after {ready_s}, first new event applied after {applied_s}")
 
     def _first_new_event(self, settings: Settings, started: float) -> float | None:
         """Seconds from ``started`` until a new session of a known customer is applied."""
@@ -136,8 +139,3 @@ class MemoryAndRecovery:
             time.sleep(0.05)
         client.close()
         return applied
-
-
-def _seconds(t: float | None) -> str:
-    """A time for the console, or "never" (the worker did not get there)."""
-    return "never" if t is None else f"{t:,.1f} s"
