@@ -36,7 +36,7 @@ __all__ = [
     "trim_pending",
 ]
 
-STATE_VERSION = 8
+STATE_VERSION = 9
 #: Anonymous ids merged into one customer that are remembered (``CustomerProfile.merged_ids``);
 #: past this the oldest are dropped, and a late request for one of them is merged again.
 MAX_MERGED_IDS = 100
@@ -295,6 +295,11 @@ class CustomerProfile:
     # The definitions (models.segments.SegmentCatalog.fingerprint) the segments above were
     # evaluated under: a definitions backfill re-evaluates only the rules edited since.
     evaluated_under: str | None = None
+    # The watermark (event time) the segments above were last evaluated as of. An evaluation
+    # is never as of an earlier time (models.step): a worker behind in event time (one that
+    # took the partition over, or restarted) does not take back a session's end, a lifecycle
+    # stage or another threshold that time had moved.
+    evaluated_through: int = 0
     # Identity (models.identity): the amounts of the recent purchases, aligned with
     # recent_ids["purchase"] (a purchase sent under two ids is counted once when they merge);
     # the ids merged into this customer; ids asked to merge, not merged yet; and, for an id
@@ -584,6 +589,7 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
         "lc": p.lifecycle,
         "since": [p.segment_since, p.persona_since],
         "ev": p.evaluated_under,
+        "et": p.evaluated_through,
         "pa": p.purchase_amounts,
         "mid": p.merged_ids,
         "ask": p.merge_asked,
@@ -597,20 +603,8 @@ def _state_of(p: CustomerProfile) -> dict[str, Any]:
 
 def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfile:
     version = state.get("v")
-    if version == 2:
-        state = _from_v7(_from_v6(_from_v5(_from_v4(_from_v3(_from_v2(state))))))
-    elif version == 3:
-        state = _from_v7(_from_v6(_from_v5(_from_v4(_from_v3(state)))))
-    elif version == 4:
-        state = _from_v7(_from_v6(_from_v5(_from_v4(state))))
-    elif version == 5:
-        state = _from_v7(_from_v6(_from_v5(state)))
-    elif version == 6:
-        state = _from_v7(_from_v6(state))
-    elif version == 7:
-        state = _from_v7(state)
-    elif version != STATE_VERSION:
-        raise ValueError(f"unsupported profile state version {version!r}")
+    if version != STATE_VERSION:
+        state = _migrated(state, version)
     sessions, cart_sessions, visits = _visits_of(state["s"])
     pending = _pending_of(state["pp"])
     country, country_ts, channel = state["geo"]
@@ -670,6 +664,7 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         segment_since=segment_since,
         persona_since=persona_since,
         evaluated_under=state["ev"],
+        evaluated_through=state["et"],
         purchase_amounts=purchase_amounts,
         merged_ids=merged_ids,
         merge_asked=merge_asked,
@@ -679,6 +674,30 @@ def _profile_of(state: Mapping[str, Any], owned: bool = False) -> CustomerProfil
         last_checkout_ts=state["ck"],  # a version 5 state without them: _from_v5
         abandoned_checkout_ts=state["ak"],
     )
+
+
+def _migrated(state: Mapping[str, Any], version: Any) -> Mapping[str, Any]:
+    """A state of an earlier version as the current one, one version at a time.
+
+    >>> _migrated({"v": 8}, 8)
+    {'v': 9, 'et': 0}
+    >>> _migrated({"v": 1}, 1)
+    Traceback (most recent call last):
+    ...
+    ValueError: unsupported profile state version 1
+    """
+    steps = (_from_v2, _from_v3, _from_v4, _from_v5, _from_v6, _from_v7, _from_v8)
+    if not isinstance(version, int) or not 2 <= version < STATE_VERSION:
+        raise ValueError(f"unsupported profile state version {version!r}")
+    for upgrade in steps[version - 2 :]:
+        state = upgrade(state)
+    return state
+
+
+def _from_v8(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A version 8 state as version 9: the time its segments were evaluated as of is not
+    known (its next evaluation is as of the evaluating worker's watermark, as before)."""
+    return {**state, "v": 9, "et": 0}
 
 
 def _from_v2(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -217,7 +217,7 @@ def absorb(
     The current session: one visit if both ids' sessions are the same one (``Session.merged``:
     a visitor who logs in mid-visit keeps their cart), else the one with the newer event.
     What ``into`` last published (segments, persona, lifecycle) and its message positions are
-    its own and stay.
+    its own and stay; the merged profile is evaluated as of no earlier time than either was.
 
     >>> from models.events import Event
     >>> a, b = CustomerProfile("anon"), CustomerProfile("c-1")
@@ -254,6 +254,7 @@ def absorb(
     into.last_checkout_ts = _latest(into.last_checkout_ts, other.last_checkout_ts)
     into.abandoned_checkout_ts = _latest(into.abandoned_checkout_ts, other.abandoned_checkout_ts)
     into.applied += max(0, other.applied - duplicates)
+    into.evaluated_through = max(into.evaluated_through, other.evaluated_through)
 
     for kind, n in other.counts.items():
         into.counts[kind] = into.counts.get(kind, 0) + n

@@ -537,7 +537,8 @@ class SegmentStep:
             profile = profiles.get(customer_id)
             if profile is None or profile.merged_into is not None:
                 continue  # a merged id has no record: its customer's is the one
-            at = max(profile.last_seen_ts or 0, watermark)
+            as_of = _as_of(profile, watermark)
+            at = max(profile.last_seen_ts or 0, as_of)
             under = profile.evaluated_under
             if under not in since:
                 before = self._used.get(under)  # type: ignore[arg-type]
@@ -548,12 +549,12 @@ class SegmentStep:
                 if not edits.rules and not edits.removed:
                     out.due[customer_id] = due  # nothing edited: nothing moves
                     continue
-                facts = catalog.facts(profile, at, watermark, edits.facts)
+                facts = catalog.facts(profile, at, as_of, edits.facts)
                 if edits.reads_own:
                     _add_own(facts, profile)
                 if not edits.moves(profile.rule_segments, facts):
                     if not edits.same_due:
-                        due = catalog.next_change(profile, at, watermark)
+                        due = catalog.next_change(profile, at, as_of)
                         schedule.set(customer_id, due)
                     out.due[customer_id] = due
                 else:
@@ -571,7 +572,7 @@ class SegmentStep:
                     )
                     out.states[customer_id] = profile
                 continue
-            facts = catalog.facts(profile, at, watermark)
+            facts = catalog.facts(profile, at, as_of)
             moved = facts["lifecycle"] != profile.lifecycle
             if personas is not None and not moved:
                 held = at - profile.persona_since < stability.min_dwell_ms  # as ``assign``
@@ -602,7 +603,7 @@ class SegmentStep:
                 )
                 out.states[customer_id] = profile
             else:
-                due = catalog.next_change(profile, at, watermark)
+                due = catalog.next_change(profile, at, as_of)
                 out.due[customer_id] = due
                 schedule.set(customer_id, due)
         if out.writes:
@@ -868,20 +869,25 @@ def _score(
     of its segments (published segments, lifecycle stage) changed. ``due``: the customer's
     next due time, if known (the time thresholds are as when it was computed).
 
+    The evaluation is as of the watermark, or of the time the customer was last evaluated
+    as of if that is later (``_as_of``).
+
     Every evaluation writes the record, a time-driven one (``trigger`` watermark) too: it
     is due because something the record shows changes then (a rule or the lifecycle stage,
     and with them ``evaluated_at``, ``days_since_*`` and the decayed values), and due
     times come only at threshold crossings (``SegmentCatalog.next_change``), a finite
     number between two events of the customer, never every batch.
     """
-    assignment = assign(profile, model, catalog, at, watermark=out.watermark, facts=facts)
+    watermark = _as_of(profile, out.watermark)
+    if at is not None and at < watermark:
+        at = watermark
+    assignment = assign(profile, model, catalog, at, watermark=watermark, facts=facts)
     found = changes_between(profile, assignment, trigger)
     out.changes.extend(found)
     moved = bool(found) or assignment.lifecycle != profile.lifecycle
     remember(profile, assignment)
-    next_due = (
-        catalog.next_change(profile, assignment.now, out.watermark) if due is None else due[0]
-    )
+    profile.evaluated_through = watermark
+    next_due = catalog.next_change(profile, assignment.now, watermark) if due is None else due[0]
     out.due[profile.customer_id] = next_due
     schedule.set(profile.customer_id, next_due)
     record = assignment.record(profile, now_ms)
@@ -897,6 +903,22 @@ def _score(
         )
     )
     return moved
+
+
+def _as_of(profile: CustomerProfile, watermark: int) -> int:
+    """The event time to evaluate a customer as of: the watermark, or the time of their last
+    evaluation if that is later. A worker's watermark is the newest event time it applied;
+    one that took the customer's partition over (or restarted) can be behind the worker
+    that evaluated them last, and an evaluation as of its watermark would take back what
+    time had moved (a session's end, a lifecycle stage) in a record whose events are the
+    same, which the store accepts as equal.
+
+    >>> p = CustomerProfile("c", evaluated_through=50)
+    >>> _as_of(p, 20), _as_of(p, 80)
+    (50, 80)
+    """
+    through = profile.evaluated_through
+    return watermark if watermark >= through else through
 
 
 def _sample(profile: CustomerProfile) -> dict[str, Any]:

@@ -308,7 +308,7 @@ class Segmenting:
                         profile = profiles.get(customer_id)
                     # A merged id: merged into another customer, nothing of its own comes due.
                     if profile is not None and profile.merged_into is None:
-                        at = max(since, profile.last_seen_ts or 0)
+                        at = max(since, profile.last_seen_ts or 0, profile.evaluated_through)
                         schedule.set(customer_id, catalog.next_change(profile, at))
                     if time.perf_counter() >= deadline:
                         break

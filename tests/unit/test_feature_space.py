@@ -239,8 +239,8 @@ def test_profile_state_v3_migrates_its_utc_dayparts():
     p = CustomerProfile("c")
     visit(p, 8, n=6)
     state = p.to_state()
-    assert state["v"] == STATE_VERSION == 8 and sum(state["hr"].values()) == 6
-    v3 = {k: v for k, v in state.items() if k not in ("hr", "ev")}
+    assert state["v"] == STATE_VERSION == 9 and sum(state["hr"].values()) == 6
+    v3 = {k: v for k, v in state.items() if k not in ("hr", "ev", "et")}
     v3 |= {"v": 3, "dp": {"morning": 6, "night": 3}, "s": [*state["s"][:2], None, False]}
     migrated = CustomerProfile.from_state(v3)
     assert migrated.dayparts == pytest.approx({"morning": 6.0, "night": 3.0})
@@ -251,8 +251,19 @@ def test_profile_state_v4_migrates_with_its_definitions_not_known():
     p = CustomerProfile("c", evaluated_under="0123456789abcdef")
     state = p.to_state()
     assert CustomerProfile.from_state(state).evaluated_under == "0123456789abcdef"
-    v4 = {k: v for k, v in state.items() if k != "ev"} | {"v": 4, "s": [0, 0, None, False]}
+    v4 = {k: v for k, v in state.items() if k not in ("ev", "et")}
+    v4 |= {"v": 4, "s": [0, 0, None, False]}
     assert CustomerProfile.from_state(v4).evaluated_under is None
+
+
+def test_profile_state_v8_migrates_evaluated_as_of_no_time_yet():
+    p = CustomerProfile("c", evaluated_through=1_795_000_000_000)
+    state = p.to_state()
+    assert CustomerProfile.from_state(state).evaluated_through == 1_795_000_000_000
+    v8 = {k: v for k, v in state.items() if k != "et"} | {"v": 8}
+    assert CustomerProfile.from_state(v8).evaluated_through == 0
+    with pytest.raises(ValueError, match="unsupported profile state version 10"):
+        CustomerProfile.from_state(state | {"v": 10})
 
 
 def mixture(k: int, n: int, dims: int = 6, seed: int = 0) -> tuple[list[dict], list[int]]:

@@ -17,6 +17,7 @@ from models.facts import TIME_FACTS, customer_facts, is_known_fact
 from models.features import PENDING_PURCHASES, CustomerProfile
 from models.identity import absorb
 from models.rules import RuleSegment
+from models.schedule import DueSchedule
 from models.segments import SegmentCatalog, assign, remember
 from models.session import (
     NO_SESSION,
@@ -26,7 +27,7 @@ from models.session import (
     belongs,
     follow,
 )
-from models.step import StepOutcome
+from models.step import SegmentStep, StepOutcome
 from stream.catalog import CatalogError, load_segments
 from stream.settings import Settings
 from tests.unit.test_time_rules import Run
@@ -426,6 +427,41 @@ def test_cart_open_now_exits_on_the_watermark_with_no_event_of_the_customer() ->
     assert change.reason == "rule no longer holds as event time passed a threshold"
     assert out.due["shopper"] != T0 + MIN + TIMEOUT  # the session is over: no second end
     assert run.profiles["shopper"].rule_segments == []
+
+
+def test_a_worker_behind_in_event_time_does_not_take_a_session_end_back() -> None:
+    """The worker that took the partition over (or restarted) has applied less event time
+    than the one that ended the visit. Its evaluations of the same events (a first model's
+    assignment, new definitions, a merge) are as of the time the customer was evaluated as
+    of, not its own watermark: the store accepts a write of equal events, so an earlier one
+    would put the customer back in the visit's segments."""
+    run = Run([cart_rule()])
+    click(run, "shopper", T0, "add_to_cart", session_id="s1", price=19.5)
+    click(run, "other", T0 + TIMEOUT)  # the visit ends
+    assert run.rules_of("shopper") == []
+    ended = run.profiles["shopper"]
+    assert ended.evaluated_through == T0 + TIMEOUT
+    taken_over = {"shopper": CustomerProfile.from_state(ended.to_state())}  # the changelog's
+    behind = T0 + MIN  # the new owner's watermark
+    step = SegmentStep(run.catalog)
+    for out in (
+        step.rescore(["shopper"], taken_over, None, behind, DueSchedule(), 0),
+        step.rescore(["shopper"], taken_over, None, behind, DueSchedule(), 0, rewrite=True),
+    ):
+        (write,) = out.writes
+        assert write.record["rule_segments"] == [] and write.record["session"] is None
+        assert (write.event_ts, write.applied) == (T0, 1)
+        assert write.record["evaluated_at"] == T0 + TIMEOUT
+        assert out.changes == []
+    flagged = RuleSegment.compile("any_visit", "behavioral", "", {"session.page_views": {"gte": 0}})
+    step.use_catalog(SegmentCatalog(rules=(cart_rule(), flagged), version=2))
+    out = step.reevaluate(["shopper"], taken_over, None, behind, DueSchedule(), 0)
+    assert [w.record["rule_segments"] for w in out.writes] == [["any_visit"]]
+    assert out.writes[0].record["session"] is None
+    # Merged into a customer evaluated as of an earlier time: the later one holds.
+    known = CustomerProfile("known", evaluated_through=T0)
+    absorb(known, taken_over["shopper"])
+    assert known.evaluated_through == T0 + TIMEOUT
 
 
 def test_the_session_end_rewrites_the_record_with_no_session_rule_too() -> None:
