@@ -269,6 +269,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         settings.profile_cache,
         ready=lambda: not app.rebalancing,
     )
+    segmenting.live_waiting = lambda: len(feed) > 0
     trainer = Trainer(settings, store, send, names, metrics, lambda: segmenting.model)
     rebuild = StoreRebuild(
         segmenting,

@@ -92,8 +92,18 @@ class TableProfiles:
 
 
 #: Seconds of work a slice of the schedule's computation after a rebalance takes under the
-#: segmenting lock (``Segmenting.schedule_pending``).
+#: segmenting lock (``Segmenting.schedule_pending``), and a chunk of a first model's
+#: assignments (``Segmenting.assign_unassigned``).
 SCHEDULE_SLICE = 0.05
+
+#: Customers of the first chunk of a first model's assignments; later chunks are sized to take
+#: about ``SCHEDULE_SLICE`` (at most ``ASSIGN_CHUNK_MAX``).
+ASSIGN_CHUNK = 50
+ASSIGN_CHUNK_MAX = 5_000
+
+#: Longest a chunk of background work waits for the live batch whose messages wait in the
+#: feed to take the segmenting lock first (``Segmenting.yield_to_live``), in seconds.
+LIVE_FIRST = 0.1
 
 
 class _Passing:
@@ -129,6 +139,9 @@ class Segmenting:
         self.metrics = metrics
         #: False while partitions move (a rebalance, the table's recovery): nothing is applied.
         self.ready = ready
+        #: Whether input messages wait to be taken (the app's feed sets it): background work
+        #: lets their batch go first (``yield_to_live``).
+        self.live_waiting: Callable[[], bool] = lambda: False
         self._unassigned = False  # the first model came: customers seen before it to assign
         self.model: ModelSnapshot | None = None
         self.watermark = 0  # the newest event time this worker has applied
@@ -169,6 +182,24 @@ class Segmenting:
             outcome = await self._apply_batch(batch)
         self._observe(batch, outcome, time.perf_counter() - started)
         return list(batch)
+
+    async def yield_to_live(self) -> None:
+        """Before a chunk of background work (a first model's assignments, the schedule after
+        a rebalance, a store rebuild, a definitions backfill) takes the lock: let the live
+        batch whose messages wait in the feed take it first, waiting at most ``LIVE_FIRST``.
+
+        The lock serves its waiters in turn, but the segmenting loop asks for it only once it
+        has taken its batch from the feed (after up to ``batch_idle`` for more): a background
+        loop that took the lock again as soon as it let it go held live events off for a
+        second chunk, and more (a first model's 1,018 assignments in two chunks of 500 held
+        them 0.75 s, the freshness bench's p99 at 200 events/s 0.4 s). Once that batch holds
+        the lock, the chunk waits its turn behind it.
+        """
+        deadline = time.monotonic() + LIVE_FIRST
+        while self.live_waiting() and not self.lock.locked():
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.001)
 
     async def expire_due(self) -> None:
         """Due times left to compute since a rebalance first (``schedule_pending``); then, with
@@ -296,6 +327,7 @@ class Segmenting:
             return
         profiles = self.profiles.passing()
         while self._to_schedule and self.ready():
+            await self.yield_to_live()
             async with self.lock:
                 self._owned()  # partitions moved meanwhile: the list starts again
                 catalog = self.step.catalog_for(self.model)
@@ -332,22 +364,27 @@ class Segmenting:
         )
         self._unassigned = self._unassigned or first
 
-    async def assign_unassigned(self, chunk: int = 500) -> None:
-        """After the first model: score the customers seen before it, ``chunk`` at a time
-        under the lock (live batches run between the chunks), and only while no partition
-        moves (else on a later call)."""
+    async def assign_unassigned(
+        self, chunk: int = ASSIGN_CHUNK, budget: float = SCHEDULE_SLICE
+    ) -> None:
+        """After the first model: score the customers seen before it, a chunk at a time under
+        the lock (``chunk`` first, then sized to take about ``budget`` seconds with its
+        effects; live batches run between the chunks, ``yield_to_live``), and only while no
+        partition moves (else on a later call)."""
         if not self._unassigned or self.model is None or not self.ready():
             return
         async with self.lock:
             ids = self.table.stored_ids()
-        assigned = 0
-        for i in range(0, len(ids), chunk):
+        assigned, i, size = 0, 0, chunk
+        while i < len(ids):
+            await self.yield_to_live()
             async with self.lock:
                 if not self.ready():
                     return  # partitions move: again on a later call
                 self._owned()
+                started = time.perf_counter()
                 outcome = self.step.rescore(
-                    ids[i : i + chunk],
+                    ids[i : i + size],
                     self.profiles,
                     self.model,
                     self.watermark,
@@ -358,5 +395,9 @@ class Segmenting:
                 if outcome.writes:
                     await self.apply(outcome)
                     assigned += len(outcome.writes)
+                spent = time.perf_counter() - started
+            i += size
+            if spent > 0:
+                size = max(chunk, min(ASSIGN_CHUNK_MAX, int(size * budget / spent)))
         self._unassigned = False
         log.info("first model: assigned %d customers seen before it", assigned)
