@@ -296,9 +296,10 @@ class CustomerProfile:
     # evaluated under: a definitions backfill re-evaluates only the rules edited since.
     evaluated_under: str | None = None
     # The watermark (event time) the segments above were last evaluated as of. An evaluation
-    # is never as of an earlier time (models.step): a worker behind in event time (one that
-    # took the partition over, or restarted) does not take back a session's end, a lifecycle
-    # stage or another threshold that time had moved.
+    # of this profile is never as of an earlier time (models.step): a worker behind in event
+    # time (one that took the partition over, or restarted) does not take back a session's
+    # end, a lifecycle stage or another threshold that time had moved. Saved with the state,
+    # which an evaluation that moves nothing does not save.
     evaluated_through: int = 0
     # Identity (models.identity): the amounts of the recent purchases, aligned with
     # recent_ids["purchase"] (a purchase sent under two ids is counted once when they merge);

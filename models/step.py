@@ -430,8 +430,8 @@ class SegmentStep:
         rewrite: bool = False,
         trigger: str = "watermark",
     ) -> StepOutcome:
-        """Score stored customers at the watermark outside their events, as if on an event
-        (a first model assigns everyone seen before it); ``only`` picks which.
+        """Score stored customers at the watermark (``_as_of``) outside their events, as if on
+        an event (a first model assigns everyone seen before it); ``only`` picks which.
 
         ``rewrite``: the serving store lost the records (``stream.worker.rebuild``). Every
         customer's record is written again, evaluated at the watermark as at a due time; a
@@ -496,7 +496,7 @@ class SegmentStep:
         now_ms: int,
     ) -> StepOutcome:
         """Stored customers under new definitions (a backfill, ``stream.worker.definitions``):
-        what the definitions decide, evaluated at the watermark.
+        what the definitions decide, evaluated at the watermark (``_as_of``).
 
         A customer last evaluated under definitions this step scored with (the profile's
         ``evaluated_under``, one of the last few catalogs), when only rules changed since
@@ -621,7 +621,7 @@ class SegmentStep:
         out: StepOutcome,
         schedule: DueSchedule,
     ) -> None:
-        """Re-evaluate, at the watermark, customers that came due as it moved: their
+        """Re-evaluate, at the watermark (``_as_of``), customers that came due as it moved: their
         lifecycle stage or a rule on a fact that moves with time (``days_since_*``, decayed
         values, RFM) can have changed, or their session ended (``session.*``). Each gets its
         record written and its next due time; its state is saved only if its segments or stage

@@ -159,12 +159,10 @@ class PartitionMarks:
 @asynccontextmanager
 async def locked_when_ready(seg: Segmenting, ready: Callable[[], bool]) -> AsyncIterator[None]:
     """The segmenting lock, taken once partitions have settled and held only while they stay
-    settled (a rebalance may begin while a batch holds the lock: then wait again); a live
-    batch waiting in the feed goes first (``Segmenting.yield_to_live``)."""
+    settled (a rebalance may begin while a batch holds the lock: then wait again)."""
     while True:
         while not ready():
             await asyncio.sleep(0.2)
-        await seg.yield_to_live()
         await seg.lock.acquire()
         if ready():
             break

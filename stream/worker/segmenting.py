@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import orjson
 from faust.types import Message
@@ -92,14 +92,13 @@ class TableProfiles:
 
 
 #: Seconds of work a slice of the schedule's computation after a rebalance takes under the
-#: segmenting lock (``Segmenting.schedule_pending``), and a chunk of a first model's
-#: assignments (``Segmenting.assign_unassigned``).
+#: segmenting lock (``Segmenting.schedule_pending``).
 SCHEDULE_SLICE = 0.05
 
-#: Customers of the first chunk of a first model's assignments; later chunks are sized to take
-#: about ``SCHEDULE_SLICE`` (at most ``ASSIGN_CHUNK_MAX``).
-ASSIGN_CHUNK = 50
-ASSIGN_CHUNK_MAX = 5_000
+#: Seconds of scoring in a chunk of a first model's assignments under the segmenting lock
+#: (``Segmenting.assign_unassigned``); its effects (Redis, the topics, the table) come on top,
+#: about as long again.
+ASSIGN_SLICE = 0.02
 
 #: Longest a chunk of background work waits for the live batch whose messages wait in the
 #: feed to take the segmenting lock first (``Segmenting.yield_to_live``), in seconds.
@@ -142,6 +141,7 @@ class Segmenting:
         #: Whether input messages wait to be taken (the app's feed sets it): background work
         #: lets their batch go first (``yield_to_live``).
         self.live_waiting: Callable[[], bool] = lambda: False
+        self._live_turn = False  # a live batch is queued for the lock or holds it
         self._unassigned = False  # the first model came: customers seen before it to assign
         self.model: ModelSnapshot | None = None
         self.watermark = 0  # the newest event time this worker has applied
@@ -172,31 +172,39 @@ class Segmenting:
         committed offsets by whoever owns their partition next.
         """
         started = time.perf_counter()
-        async with self.lock:
-            owned = self._owned()
-            if not self.ready() or (current is not None and not current()):
-                return []
-            batch = [m for m in batch if m.partition in owned]
-            if not batch:
-                return []
-            outcome = await self._apply_batch(batch)
+        self._live_turn = True  # queued for the lock or holding it: background work waits
+        try:
+            async with self.lock:
+                owned = self._owned()
+                if not self.ready() or (current is not None and not current()):
+                    return []
+                batch = [m for m in batch if m.partition in owned]
+                if not batch:
+                    return []
+                outcome = await self._apply_batch(batch)
+        finally:
+            self._live_turn = False
         self._observe(batch, outcome, time.perf_counter() - started)
         return list(batch)
 
     async def yield_to_live(self) -> None:
-        """Before a chunk of background work (a first model's assignments, the schedule after
-        a rebalance, a store rebuild, a definitions backfill) takes the lock: let the live
-        batch whose messages wait in the feed take it first, waiting at most ``LIVE_FIRST``.
+        """Before a chunk of a first model's assignments or of the schedule after a rebalance
+        takes the lock: let the live batch whose messages wait in the feed ask for it first,
+        waiting at most ``LIVE_FIRST``; the chunk then waits its turn behind that batch.
 
         The lock serves its waiters in turn, but the segmenting loop asks for it only once it
-        has taken its batch from the feed (after up to ``batch_idle`` for more): a background
-        loop that took the lock again as soon as it let it go held live events off for a
-        second chunk, and more (a first model's 1,018 assignments in two chunks of 500 held
-        them 0.75 s, the freshness bench's p99 at 200 events/s 0.4 s). Once that batch holds
-        the lock, the chunk waits its turn behind it.
+        has taken its batch from the feed (up to ``batch_within`` after the first message): a
+        background loop that took the lock again as soon as it let it go held live events
+        off for a second chunk, and more (a first model's 1,018 assignments in two chunks of
+        500 held them 0.75 s; the freshness bench's p99 at 200 events/s was 0.4 s).
+
+        Not for a definitions backfill or a store rebuild: under live traffic the feed is
+        rarely empty, and a backfill that let every batch go first took 50 s against 34 s
+        (``segmenter bench --only 'live definitions'``, one run each), its freshness no
+        better.
         """
         deadline = time.monotonic() + LIVE_FIRST
-        while self.live_waiting() and not self.lock.locked():
+        while self.live_waiting() and not self._live_turn:
             if time.monotonic() >= deadline:
                 return
             await asyncio.sleep(0.001)
@@ -329,6 +337,8 @@ class Segmenting:
         while self._to_schedule and self.ready():
             await self.yield_to_live()
             async with self.lock:
+                if not self.ready():
+                    return  # partitions move: again on a later call
                 self._owned()  # partitions moved meanwhile: the list starts again
                 catalog = self.step.catalog_for(self.model)
                 pending, schedule, since = self._to_schedule, self.schedule, self._schedule_from
@@ -364,27 +374,33 @@ class Segmenting:
         )
         self._unassigned = self._unassigned or first
 
-    async def assign_unassigned(
-        self, chunk: int = ASSIGN_CHUNK, budget: float = SCHEDULE_SLICE
-    ) -> None:
+    async def assign_unassigned(self, budget: float = ASSIGN_SLICE) -> None:
         """After the first model: score the customers seen before it, a chunk at a time under
-        the lock (``chunk`` first, then sized to take about ``budget`` seconds with its
-        effects; live batches run between the chunks, ``yield_to_live``), and only while no
-        partition moves (else on a later call)."""
+        the lock (a chunk ends once its scoring has taken ``budget`` seconds, with one
+        customer at least; live batches run between the chunks, ``yield_to_live``), and only
+        while no partition moves (else on a later call)."""
         if not self._unassigned or self.model is None or not self.ready():
             return
         async with self.lock:
             ids = self.table.stored_ids()
-        assigned, i, size = 0, 0, chunk
+        assigned, i = 0, 0
+
+        def chunk(deadline: float) -> Iterator[str]:
+            nonlocal i
+            while i < len(ids):
+                i += 1
+                yield ids[i - 1]
+                if time.perf_counter() >= deadline:
+                    return
+
         while i < len(ids):
             await self.yield_to_live()
             async with self.lock:
                 if not self.ready():
                     return  # partitions move: again on a later call
                 self._owned()
-                started = time.perf_counter()
                 outcome = self.step.rescore(
-                    ids[i : i + size],
+                    chunk(time.perf_counter() + budget),
                     self.profiles,
                     self.model,
                     self.watermark,
@@ -395,9 +411,5 @@ class Segmenting:
                 if outcome.writes:
                     await self.apply(outcome)
                     assigned += len(outcome.writes)
-                spent = time.perf_counter() - started
-            i += size
-            if spent > 0:
-                size = max(chunk, min(ASSIGN_CHUNK_MAX, int(size * budget / spent)))
         self._unassigned = False
         log.info("first model: assigned %d customers seen before it", assigned)

@@ -24,7 +24,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from stream.kafka import client_options, read_topic
 from stream.store import Keys
-from stream.store.codec import decode_record
+from stream.store.codec import decode_record, sum_counts
 from stream.tools import faults
 from stream.tools.generator import Message
 from stream.tools.producer import send_messages
@@ -295,12 +295,7 @@ def records_and_counters(
     for name in keys.all_members:
         pipe.hgetall(name)
     values, *hashes = pipe.execute()
-    records = [decode_record(v) for v in values if v is not None]
-    counted: dict[str, int] = {}
-    for found in hashes:
-        for field, n in found.items():
-            counted[field.decode()] = counted.get(field.decode(), 0) + int(n)
-    return records, {k: n for k, n in counted.items() if n}
+    return [decode_record(v) for v in values if v is not None], sum_counts(hashes)
 
 
 def diagnosis(settings: Any, differ: dict[str, Any], into: dict[str, str]) -> str:

@@ -123,9 +123,6 @@ class _Segmenting:
     def owned(self) -> set[int]:
         return {0}
 
-    async def yield_to_live(self) -> None:
-        return None  # no live batch here
-
     async def apply(self, outcome: StepOutcome, encoded: dict[str, bytes] | None = None) -> None:
         self.applied.append((outcome, dict(encoded or {})))
 
@@ -312,9 +309,6 @@ def test_a_chunk_waits_for_a_rebalance_that_began_while_a_batch_held_the_lock():
     async def apply(outcome: StepOutcome) -> None:
         pass
 
-    async def yield_to_live() -> None:
-        pass  # no live batch waits in a feed here
-
     def score(ids: list[str]) -> StepOutcome:
         scored.append(settled[0])
         return StepOutcome(0)
@@ -325,7 +319,6 @@ def test_a_chunk_waits_for_a_rebalance_that_began_while_a_batch_held_the_lock():
             table=SimpleNamespace(partition_of={"c-1": 0}),
             owned=lambda: {0},
             apply=apply,
-            yield_to_live=yield_to_live,
         )
         await seg.lock.acquire()  # a live batch holds the lock
         task = asyncio.ensure_future(

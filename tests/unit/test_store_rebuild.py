@@ -484,18 +484,16 @@ def test_after_a_rebalance_batches_run_before_the_schedule_is_known_and_it_comes
     asyncio.run(run())
 
 
-@pytest.mark.parametrize("work", ["first model", "rebuild"])
-def test_background_chunks_let_a_batch_waiting_in_the_feed_go_first(work, monkeypatch):
+def test_a_first_models_chunks_let_a_batch_waiting_in_the_feed_go_first(monkeypatch):
     """The app's loop asks for the lock only once it has taken its batch from the feed (up to
-    ``batch_idle`` after the messages came): a background loop that took the lock again as
+    ``batch_within`` after the messages came): a background loop that took the lock again as
     soon as it let it go would run chunk after chunk meanwhile. Chunks of one customer here:
     at most the chunk under way when the messages came runs before their batch."""
-
     monkeypatch.setattr(segmenting, "LIVE_FIRST", 60.0)  # order, not the deadline, here
 
     async def run() -> None:
-        w = Worker(chunk=1)
-        await started(w, None if work == "first model" else model(1, 1))
+        w = Worker()
+        await started(w)
         waiting: list[int] = []
         w.seg.live_waiting = lambda: bool(waiting)
         chunks: list[int] = []
@@ -506,40 +504,50 @@ def test_background_chunks_let_a_batch_waiting_in_the_feed_go_first(work, monkey
             return real(*args, **kwargs)
 
         w.seg.step.rescore = counted  # type: ignore[method-assign]
-        if work == "first model":
-            w.seg.model = model(1, 1)
-            w.seg._unassigned = True
-            background = asyncio.ensure_future(w.seg.assign_unassigned(chunk=1, budget=0.0))
-        else:
-            w.store.flushall()
-            await w.rebuild.check()
-            assert w.rebuild.task is not None
-            background = w.rebuild.task
+        w.seg.model = model(1, 1)
+        w.seg._unassigned = True
+        background = asyncio.ensure_future(w.seg.assign_unassigned(budget=0.0))
         ran_before: list[int] = []
         while not background.done() and len(ran_before) < 10:
-            await asyncio.sleep(0.002)
+            seen = len(chunks)
+            while len(chunks) == seen and not background.done():  # the background runs
+                await asyncio.sleep(0)
             waiting.append(1)  # messages come into the feed
             before = len(chunks)
-            await asyncio.sleep(0.01)  # the loop takes them a while later (batch_idle)
+            await asyncio.sleep(0.01)  # the loop takes them a while later (batch_within)
             waiting.clear()
             async with w.seg.lock:  # and then asks for the lock
                 ran_before.append(len(chunks) - before)
         await background
-        assert len(ran_before) >= 5, "the background work ended before the test's batches"
         assert max(ran_before) <= 1, ran_before
+        assert len(ran_before) >= 5, "the background work ended before the test's batches"
 
     asyncio.run(run())
 
 
 def test_background_work_waits_for_a_live_batch_only_so_long(monkeypatch):
-    """Messages that stay in the feed (the loop busy elsewhere) hold background work off for
-    ``LIVE_FIRST`` at most; none waiting, not at all."""
+    """No message waiting in the feed, or their batch already asking for the lock: background
+    work goes on at once. Messages that stay in the feed (the loop busy elsewhere) hold it off
+    for ``LIVE_FIRST`` at most."""
     monkeypatch.setattr(segmenting, "LIVE_FIRST", 0.05)
+
+    def at_once(seg: Segmenting) -> bool:
+        waiting = seg.yield_to_live()
+        try:
+            waiting.send(None)  # a coroutine that does not wait returns on its first step
+        except StopIteration:
+            return True
+        waiting.close()
+        return False
 
     async def run() -> None:
         w = Worker()
-        await asyncio.wait_for(w.seg.yield_to_live(), 1.0)
+        assert at_once(w.seg)
         w.seg.live_waiting = lambda: True
+        w.seg._live_turn = True
+        assert at_once(w.seg)
+        w.seg._live_turn = False
+        assert not at_once(w.seg)
         t0 = time.monotonic()
         await asyncio.wait_for(w.seg.yield_to_live(), 30.0)
         assert time.monotonic() - t0 >= 0.05
