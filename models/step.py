@@ -396,7 +396,9 @@ class SegmentStep:
                 if customer_id in dirty:
                     out.states[customer_id] = profile
                 continue  # every message was a redelivery or every event a duplicate
-            out.watermark = max(out.watermark, profile.last_seen_ts or 0)
+            # A customer evaluated as of a later time than this worker has applied (by the
+            # worker that owned their partition before) moves its event time on to it.
+            out.watermark = max(out.watermark, profile.last_seen_ts or 0, profile.evaluated_through)
             _score(profile, model, catalog, now_ms, None, "event", out, schedule, self.worker_id)
             if self._has_evidence(profile) and self._wants_sample(before, profile.applied, clock):
                 out.samples.append(_sample(profile))

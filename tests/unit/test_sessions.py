@@ -27,7 +27,7 @@ from models.session import (
     belongs,
     follow,
 )
-from models.step import SegmentStep, StepOutcome
+from models.step import SegmentStep, SourceMessage, StepOutcome
 from stream.catalog import CatalogError, load_segments
 from stream.settings import Settings
 from tests.unit.test_time_rules import Run
@@ -462,6 +462,28 @@ def test_a_worker_behind_in_event_time_does_not_take_a_session_end_back() -> Non
     known = CustomerProfile("known", evaluated_through=T0)
     absorb(known, taken_over["shopper"])
     assert known.evaluated_through == T0 + TIMEOUT
+
+
+def test_a_worker_behind_in_event_time_catches_up_on_a_customer_evaluated_later() -> None:
+    """An event of a customer that the worker before evaluated as of a later time than this
+    worker has applied moves this worker's event time on to it: customers due before it come
+    due, as they did on the worker before."""
+    run = Run([cart_rule()])
+    click(run, "shopper", T0, "add_to_cart", session_id="s1", price=19.5)
+    click(run, "other", T0 + 2 * MIN, "add_to_cart", session_id="s2", price=5.0)
+    click(run, "clock", T0 + HOUR)  # the old owner's event time: both visits end
+    assert run.profiles["shopper"].evaluated_through == T0 + HOUR
+    taken_over = {c: CustomerProfile.from_state(p.to_state()) for c, p in run.profiles.items()}
+    schedule = DueSchedule()  # the new owner's, computed as of its own event time
+    schedule.set("other", T0 + 2 * MIN + TIMEOUT)
+    event = {"event_id": "e-new", "customer_id": "shopper", "ts": T0 + 3 * MIN}
+    message = SourceMessage(
+        "clickstream", "clickstream/0", 99, b"shopper", orjson.dumps(event | {"type": "search"})
+    )
+    out = SegmentStep(run.catalog).run([message], taken_over, None, T0 + MIN, schedule, 0, 0.0)
+    assert out.watermark == T0 + HOUR
+    assert {w.customer_id for w in out.writes} == {"shopper", "other"}  # other came due
+    assert all(w.record["rule_segments"] == [] for w in out.writes)
 
 
 def test_the_session_end_rewrites_the_record_with_no_session_rule_too() -> None:
