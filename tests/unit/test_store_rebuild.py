@@ -495,7 +495,13 @@ def test_a_first_models_chunks_let_a_batch_waiting_in_the_feed_go_first(monkeypa
         w = Worker()
         await started(w)
         waiting: list[int] = []
-        w.seg.live_waiting = lambda: bool(waiting)
+        asks = [0]  # how often the background asked whether messages wait
+
+        def live_waiting() -> bool:
+            asks[0] += 1
+            return bool(waiting)
+
+        w.seg.live_waiting = live_waiting
         chunks: list[int] = []
         real = w.seg.step.rescore
 
@@ -507,14 +513,22 @@ def test_a_first_models_chunks_let_a_batch_waiting_in_the_feed_go_first(monkeypa
         w.seg.model = model(1, 1)
         w.seg._unassigned = True
         background = asyncio.ensure_future(w.seg.assign_unassigned(budget=0.0))
+
+        async def until(condition: Callable[[], bool]) -> None:  # polled, with a deadline
+            deadline = asyncio.get_running_loop().time() + 30
+            while not condition() and not background.done():
+                assert asyncio.get_running_loop().time() < deadline, "no progress in 30 s"
+                await asyncio.sleep(0)
+
         ran_before: list[int] = []
         while not background.done() and len(ran_before) < 10:
             seen = len(chunks)
-            while len(chunks) == seen and not background.done():  # the background runs
-                await asyncio.sleep(0)
+            await until(lambda seen=seen: len(chunks) > seen)  # the background runs
             waiting.append(1)  # messages come into the feed
-            before = len(chunks)
-            await asyncio.sleep(0.01)  # the loop takes them a while later (batch_within)
+            before, asked = len(chunks), asks[0]
+            # The loop takes them a while later (``batch_within``): here, once the background
+            # has been seen waiting for them (it asked three times) or has run on (two chunks).
+            await until(lambda a=asked, b=before: asks[0] >= a + 3 or len(chunks) >= b + 2)
             waiting.clear()
             async with w.seg.lock:  # and then asks for the lock
                 ran_before.append(len(chunks) - before)
