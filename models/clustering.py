@@ -18,6 +18,7 @@ import numpy as np
 from river import cluster
 
 from models.features import CATEGORY_SHARE, FEATURE_GROUPS, FEATURE_VECTOR
+from models.frozen import Frozen
 
 __all__ = [
     "CATEGORIES",
@@ -92,7 +93,7 @@ def _clipped(out: list[float]) -> list[float]:
 
 
 @dataclass(frozen=True)
-class FeatureScaling:
+class FeatureScaling(Frozen):
     """The clustering space learned from one shop's customers: ``(x - centre) / spread``.
 
     A scalar feature is centred on its median and divided by its interquartile spread, p25 to
@@ -210,7 +211,7 @@ class FeatureScaling:
 
 
 @dataclass(frozen=True)
-class ModelSnapshot:
+class ModelSnapshot(Frozen):
     """A versioned, plain copy of the cluster centres and the space they live in; scoring
     needs nothing else, so every worker scores alike.
 

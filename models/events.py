@@ -22,6 +22,8 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+from models.frozen import Frozen
+
 __all__ = [
     "CLICKSTREAM_TYPES",
     "SOURCES",
@@ -73,7 +75,7 @@ class DecodeError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class DecodeLimits:
+class DecodeLimits(Frozen):
     """Bounds on what one message may hold, so a hostile producer cannot exhaust memory."""
 
     max_message_bytes: int = 1_000_000

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from river import stats
 
 from models.features import DAY_MS, CustomerProfile, _top
+from models.frozen import Frozen
 from models.session import SESSION_FACTS, SessionPolicy, session_facts
 
 __all__ = [
@@ -70,7 +71,7 @@ def _age_band(age: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class LifecyclePolicy:
+class LifecyclePolicy(Frozen):
     """Lifecycle stages in event time: new for ``new_days`` after first sight; then active,
     at risk or lapsed by days since the last purchase (since the last visit for a non-buyer).
 
@@ -114,7 +115,7 @@ class LifecyclePolicy:
 
 
 @dataclass(frozen=True)
-class RfmCuts:
+class RfmCuts(Frozen):
     """Population quintile cut points of recency (days), frequency and monetary value.
 
     Scores run 1..5, 5 best: recent, frequent, high spend.
@@ -633,7 +634,7 @@ def _next_crossing(
 
 
 @dataclass(frozen=True)
-class TimeWatch:
+class TimeWatch(Frozen):
     """What the rules compare facts that move with event time alone against, so that a
     customer's next due time covers every rule's next threshold crossing.
 

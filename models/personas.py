@@ -9,6 +9,7 @@ from typing import Any
 
 from models.clustering import FeatureScaling, ModelSnapshot
 from models.features import FEATURE_VECTOR, squash
+from models.frozen import Frozen
 
 __all__ = ["PROTOTYPE_FIELDS", "Persona", "PersonaCatalog", "PersonaMatch"]
 
@@ -37,7 +38,7 @@ _SPACES_KEPT = 4
 
 
 @dataclass(frozen=True)
-class Persona:
+class Persona(Frozen):
     """A named persona: a description, a prototype (readable units) and optional traits."""
 
     name: str
@@ -55,14 +56,14 @@ class Persona:
 
 
 @dataclass(frozen=True, slots=True)
-class PersonaMatch:
+class PersonaMatch(Frozen):
     name: str
     confidence: float
     reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class _Space:
+class _Space(Frozen):
     """The personas as points of one matching space, and per persona, per prototype field:
     how far it stands from the others there, its position in the vector, the persona's
     coordinate and its readable value (so that a match only measures closeness)."""

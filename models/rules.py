@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
+from models.frozen import Frozen
+
 __all__ = [
     "OPERATORS",
     "RuleError",
@@ -384,7 +386,7 @@ def _thresholds(comparisons: Sequence[tuple[str, str, Any]]) -> tuple[Threshold,
 
 
 @dataclass(frozen=True)
-class RuleSegment:
+class RuleSegment(Frozen):
     """One named rule segment: a kind (value, behavioral, lifecycle, ...) and a predicate.
 
     ``fields`` are the facts the rule names and ``thresholds`` every :class:`Threshold` of

@@ -19,6 +19,7 @@ from models.facts import (
     is_dynamic_fact,
 )
 from models.features import CANONICAL_FEATURES, CustomerProfile, feature_vector
+from models.frozen import Frozen
 from models.personas import PersonaCatalog
 from models.rules import RuleSegment, compile_rules
 from models.session import SessionPolicy, session_record
@@ -50,7 +51,7 @@ _RECORD_FEATURES = (*CANONICAL_FEATURES, *CustomerProfile("x").behavior())
 
 
 @dataclass(frozen=True)
-class Stability:
+class Stability(Frozen):
     """What keeps a customer near a boundary from flapping between clusters or personas.
 
     ``hysteresis``: another centre (persona) must be nearer than the current one by this
@@ -71,7 +72,7 @@ class Stability:
 
 
 @dataclass(frozen=True)
-class SegmentCatalog:
+class SegmentCatalog(Frozen):
     """Everything besides the model that decides segments: rules, personas, lifecycle policy.
 
     ``watch`` (derived from the rules) holds what the rules compare facts that move with event
@@ -249,7 +250,7 @@ def _same_personas(a: PersonaCatalog | None, b: PersonaCatalog | None) -> bool:
 
 
 @dataclass(frozen=True)
-class RuleEdits:
+class RuleEdits(Frozen):
     """A catalog's rules against an earlier catalog's (:meth:`SegmentCatalog.edits_since`).
 
     ``rules``: the rules added or edited, in catalog order, ``evaluate`` those alone and
@@ -281,7 +282,7 @@ class RuleEdits:
 
 
 @dataclass(frozen=True, slots=True)
-class SegmentAssignment:
+class SegmentAssignment(Frozen):
     """Where one customer stands at event time ``now``; ``segment`` is None before any model."""
 
     customer_id: str
@@ -339,7 +340,7 @@ class SegmentAssignment:
 
 
 @dataclass(frozen=True, slots=True)
-class SegmentChange:
+class SegmentChange(Frozen):
     """A customer entered or exited a segment; the wire shape is DESIGN.md's `segment-changes`.
 
     ``segment`` is ``cluster:<id>``, ``rule:<name>`` or ``persona:<name>``. ``previous`` and

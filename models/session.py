@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.events import Event
+from models.frozen import Frozen
 
 __all__ = [
     "NO_SESSION",
@@ -283,7 +284,7 @@ def adopt(session: Session | None, pending: list[list[Any]], timeout_ms: int) ->
 
 
 @dataclass(frozen=True)
-class SessionPolicy:
+class SessionPolicy(Frozen):
     """When a session is over: ``timeout_minutes`` of event time after its last event.
 
     >>> policy = SessionPolicy(30)

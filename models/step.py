@@ -30,6 +30,7 @@ from models.clustering import ModelSnapshot, population_key
 from models.events import DecodeError, DecodeLimits, Event, decode_message
 from models.facts import RfmCuts, rfm_values
 from models.features import CustomerProfile, feature_vector
+from models.frozen import Frozen
 from models.identity import (
     IDENTITY,
     IdentityMessage,
@@ -105,7 +106,7 @@ class SourceMessage(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(Frozen):
     """A message that could not be applied, and why (the reason may quote the message)."""
 
     message: SourceMessage
@@ -119,7 +120,7 @@ class ProfileSource(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class SamplingPolicy:
+class SamplingPolicy(Frozen):
     """Which profile updates become training samples for the one trainer.
 
     A customer is sampled when their events applied cross a multiple of ``every`` and they have

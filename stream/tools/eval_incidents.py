@@ -28,7 +28,6 @@ import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any
 
 from models.drift import DriftAlert, FlowMonitor, flow_counts
 from models.segments import SegmentCatalog
@@ -114,14 +113,11 @@ def replay_flows(
     changes into ``monitor``; returns its alerts and the events sent."""
     replay = Replay(settings, catalog)
     alerts: list[DriftAlert] = []
-    run = replay.step.run
 
-    def tapped(*args: Any, **kwargs: Any) -> StepOutcome:
-        outcome = run(*args, **kwargs)
+    def tapped(outcome: StepOutcome) -> None:
         alerts.extend(monitor.add(flow_counts(outcome.changes), outcome.watermark))
-        return outcome
 
-    replay.step.run = tapped  # type: ignore[method-assign]
+    replay.on_outcome = tapped
     progress = 0
     while traffic.generator.clock < end_ms:
         for message in traffic.session():

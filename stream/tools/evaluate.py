@@ -30,7 +30,7 @@ from models.metrics import adjusted_rand_index
 from models.personas import PROTOTYPE_FIELDS, Persona, PersonaCatalog
 from models.schedule import DueSchedule
 from models.segments import SegmentCatalog, assign
-from models.step import RecordWrite, SegmentStep, SourceMessage
+from models.step import RecordWrite, SegmentStep, SourceMessage, StepOutcome
 from stream.settings import Settings
 from stream.tools.generator import Message, Realism, TrafficGenerator
 from stream.worker.app import build_catalog, build_step
@@ -79,6 +79,8 @@ class Replay:
         self.records: dict[str, RecordWrite] = {}
         self.sent = 0  # events handed to the topics: the simulated clock
         self.applied_events = 0
+        #: Called with every step's outcome, once the replay has applied it.
+        self.on_outcome: Callable[[StepOutcome], None] | None = None
         self._offsets: dict[str, int] = {}
         self._published: ModelSnapshot | None = None
         self._next_snapshot = settings.snapshot_interval
@@ -150,6 +152,8 @@ class Replay:
         self.applied_events += sum(outcome.events.values())
         if not self.fixed_model:
             self._train(outcome.samples)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
 
     def _train(self, samples: Iterable[dict[str, object]]) -> None:
         """The trainer's learning, its snapshot timer and the workers' refresh timer."""
