@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow check eval bench soak clean install browser system-deps
+.PHONY: demo test test-slow check eval bench soak clean install browser system-deps \
+	compiled test-compiled bench-compiled
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -82,5 +83,26 @@ system-deps:
 
 browser: system-deps
 
+## The compiled core (README "The compiled core"): the working tree's files (tracked and new)
+## copied to .build/compiled, models/ compiled there in place by mypyc (SEGMENTER_COMPILE=1,
+## setup.py; a C compiler and Python's headers; about 7 minutes of one core). Anything run
+## from there with PYTHONPATH set to it runs the compiled core, as the next two targets do.
+COMPILED := .build/compiled
+compiled: $(STAMP)
+	rm -rf $(COMPILED) && mkdir -p $(COMPILED)
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t $(COMPILED)
+	cd $(COMPILED) && SEGMENTER_COMPILE=1 $(CURDIR)/$(BIN)/python setup.py --quiet build_ext --inplace
+
+## `make test` against the compiled core (the core's doctests left out: compiled functions
+## carry no source to run them from).
+test-compiled: compiled
+	cd $(COMPILED) && PYTHONPATH=$(CURDIR)/$(COMPILED) $(CURDIR)/$(BIN)/pytest -p no:cacheprovider \
+		-m "not slow" -n $(TEST_JOBS) --dist loadfile --ignore=models $(ARGS)
+
+## `make bench` with the compiled core, its report in docs/benchmarks-compiled.md.
+bench-compiled: compiled
+	cd $(COMPILED) && PYTHONPATH=$(CURDIR)/$(COMPILED) $(CURDIR)/$(BIN)/segmenter bench \
+		--out $(CURDIR)/docs/benchmarks-compiled.md $(ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -47,6 +47,7 @@ from models.clustering import ModelSnapshot
 from models.features import CustomerProfile
 from models.schedule import DueSchedule
 from models.step import SegmentStep, SourceMessage, StepOutcome
+from stream.build import core_build, core_compiled
 from stream.settings import Settings
 from stream.store.codec import record_value
 from stream.tools.bench_report import STEP_ALONE, Figure, Floor, Report
@@ -413,6 +414,10 @@ def measure(
         if applied != events:
             raise RuntimeError(f"the step applied {applied:,} of {events:,} events")
         rates.append(events / seconds)
+    if core_compiled():  # its functions call each other directly, past the stage timers
+        return CoreRun(
+            label, events, len(raw) - warm, len(timed), rates, TARGETS[label], records=shell.records
+        )
     clock = StageClock()
     step = build_step(settings)
     extra = time_decoder(step, clock)
@@ -548,8 +553,9 @@ def add_to_report(result: CoreResult, report: Report) -> None:
             )
         )
         report.rates.setdefault(run.label, {})[STEP_ALONE] = run.median
-        report.core_stages[run.label] = run.stages
-        report.core_totals[run.label] = (run.instrumented_us, run.us_per_event)
+        if run.stages:  # not measured in a compiled build
+            report.core_stages[run.label] = run.stages
+            report.core_totals[run.label] = (run.instrumented_us, run.us_per_event)
     report.core_about = describe(result)
 
 
@@ -565,7 +571,7 @@ def describe(result: CoreResult) -> str:
         f"every one seen before the timed batches ({runs}); live profiles kept between batches: "
         f"up to {result.profile_cache:,} (SEGMENTER_PROFILE_CACHE); a model (version "
         f"{result.model_version}, {result.trained_samples:,} samples) trained first on the "
-        "step's own samples."
+        f"step's own samples; the core {core_build()}."
     )
 
 
@@ -585,6 +591,11 @@ def print_core(result: CoreResult, console: Console) -> None:
         )
     line(f"(median and worst of {len(result.runs[0].rates)} repetitions)")
     line("")
+    if not any(r.stages for r in result.runs):
+        line("µs per event by stage: not measured (a compiled core's functions call each other")
+        line("directly, past the stage timers; the pure build times them: make bench ARGS=--core)")
+        line(f"({result.seconds:.0f} s)")
+        return
     heads = "".join(f"{r.label:>22}" for r in result.runs)
     line(f"{'µs per event by stage (one instrumented run)':<52}{heads}")
     by_run = [dict(r.stages) for r in result.runs]

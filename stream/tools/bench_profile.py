@@ -42,6 +42,7 @@ import models.segments
 import models.step
 import stream.store
 import stream.worker
+import stream.worker.app
 import stream.worker.decoding
 import stream.worker.effects
 import stream.worker.faust_adapt
@@ -64,14 +65,18 @@ def short_filename(path: str) -> str:
     """A source file as py-spy names it: relative to the nearest directory above it that is
     not a package (has no ``__init__.py``), e.g. ``stream/worker/app.py``, ``selectors.py``.
 
-    >>> short_filename(models.features.__file__)
-    'models/features.py'
+    >>> short_filename(stream.worker.app.__file__)
+    'stream/worker/app.py'
     """
     file = Path(path)
     root = file.parent
     while (root / "__init__.py").exists():
         root = root.parent
     return file.relative_to(root).as_posix()
+
+
+#: The file of a mark of compiled code: no frame is in it.
+COMPILED = "<compiled>"
 
 
 @dataclass(frozen=True)
@@ -84,22 +89,27 @@ class Mark:
 
     @classmethod
     def of(cls, obj: Any) -> Mark:
+        """The mark of a module, class or function; of compiled code (the compiled core), a
+        mark that matches no frame: py-spy shows no frames of it, its time counts for its
+        caller's."""
         obj = inspect.unwrap(getattr(obj, "__func__", obj))
-        if isinstance(obj, types.ModuleType):
+        try:
             source = inspect.getsourcefile(obj)
-            if source is None:
-                raise ValueError(f"{obj.__name__} has no source file")
+        except TypeError:  # a compiled function
+            source = None
+        if source is None or not source.endswith(".py"):
+            return cls(COMPILED)
+        if isinstance(obj, types.ModuleType):
             if hasattr(obj, "__path__"):  # a package: every file under its directory
                 return cls(short_filename(source).rpartition("/")[0] + "/")
             return cls(short_filename(source))
-        source = inspect.getsourcefile(obj)
-        if source is None:
-            raise ValueError(f"{obj!r} has no source file")
         suffix = "." if inspect.isclass(obj) else ""
         return cls(short_filename(source), obj.__qualname__ + suffix)
 
     def matches(self, name: str, file: str) -> bool:
         """Whether py-spy's frame ``name (file:line)`` is in this code."""
+        if self.file == COMPILED:
+            return False
         if self.file.endswith("/"):
             return file.startswith(self.file)
         if file != self.file:

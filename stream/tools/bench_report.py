@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from stream.build import core_build
+
 __all__ = ["STEP_ALONE", "Figure", "Floor", "Report", "draw_chart", "fmt", "write_report"]
 
 #: The floors table's row of the step alone, in-process (``bench_core``).
@@ -121,7 +123,8 @@ def write_report(report: Report, out: Path, command: str, elapsed: float) -> Non
         f"Written by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in {elapsed / 60:.1f} "
         f"minutes, on {os.cpu_count()} CPU cores shared by the broker (Tansu), Redis, the "
         "producer and the workers. These machines are shared and noisy: compare each figure "
-        "with its baseline, measured in the same run, not with other runs.",
+        "with its baseline, measured in the same run, not with other runs. The core "
+        f"(`models/`): {core_build()}.",
         "",
         f"![throughput and ratios]({chart.name})",
         "",

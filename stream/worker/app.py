@@ -22,6 +22,7 @@ from models.facts import LifecyclePolicy
 from models.segments import SegmentCatalog, Stability
 from models.session import SessionPolicy
 from models.step import SamplingPolicy, SegmentStep
+from stream.build import core_build
 from stream.catalog import CatalogError, load_personas, load_segments
 from stream.definitions import (
     DefinitionsReader,
@@ -308,6 +309,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Worker]:
         consumer = cast(SegmenterConsumer, app.consumer)
         consumer.on_reread = metrics.offset_gaps.inc
         tune_gc()
+        log.info("the core (models/): %s", core_build())
         idle = settings.batch_idle or None
         try:
             while True:

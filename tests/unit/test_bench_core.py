@@ -15,6 +15,7 @@ import models.features
 import models.step
 from models.schedule import DueSchedule
 from models.step import SourceMessage
+from stream.build import core_compiled
 from stream.settings import Settings
 from stream.tools.bench_core import (
     CORE_SECTION,
@@ -66,6 +67,9 @@ def test_a_tiny_run_gives_positive_rates_for_both_runs_and_every_stage(result: C
         assert run.batches == -(-run.messages // 50)
         assert isinstance(run.met, bool)
         assert 0 < run.records <= run.events
+        if core_compiled():  # its functions call each other past the timers: not measured
+            assert run.stages == [] and run.instrumented_us == 0
+            continue
         stages = dict(run.stages)
         expected = {stage for stage, _, _ in STEP_PARTS} | {s for s, _ in SHELL_PARTS} | {DECODE}
         assert set(stages) - {REST, GC} <= expected and REST in stages
