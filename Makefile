@@ -97,7 +97,7 @@ compiled: $(STAMP)
 ## carry no source to run them from).
 test-compiled: compiled
 	cd $(COMPILED) && PYTHONPATH=$(CURDIR)/$(COMPILED) $(CURDIR)/$(BIN)/pytest -p no:cacheprovider \
-		-m "not slow" -n $(TEST_JOBS) --dist loadfile --ignore=models $(ARGS)
+		-m "not slow" -n $(TEST_JOBS) --dist loadfile $(ARGS) stream tests
 
 ## `make bench` with the compiled core, its report in docs/benchmarks-compiled.md.
 bench-compiled: compiled

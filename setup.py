@@ -9,6 +9,7 @@ Python's headers at build time, so build it without isolation, for example
 """
 
 import os
+import sys
 
 from setuptools import setup
 
@@ -32,8 +33,15 @@ COMPILED = [
 ]
 
 
+#: Commands that only read the package's metadata: no need to compile for them (mypyc's code
+#: generation takes minutes, and pip asks for the metadata before it builds the wheel).
+METADATA_ONLY = {"egg_info", "dist_info", "sdist", "--name", "--version"}
+
+
 def ext_modules() -> list:
     if os.environ.get("SEGMENTER_COMPILE", "") not in {"1", "true", "yes"}:
+        return []
+    if METADATA_ONLY.intersection(sys.argv[1:]) and "bdist_wheel" not in sys.argv:
         return []
     from mypyc.build import mypycify  # a build-time dependency of the compiled build only
 
