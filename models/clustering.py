@@ -10,7 +10,6 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from importlib.metadata import version as _package_version
 from typing import Any
 
@@ -127,6 +126,17 @@ class FeatureScaling(Frozen):
 
     centres: tuple[float, ...]
     spreads: tuple[float, ...]
+    # Derived once, in ``__post_init__`` (not ``functools.cached_property``: the compiled
+    # build's classes have no instance dict, and there it computed them again on every access).
+    _terms: tuple[tuple[float, float], ...] = field(init=False, repr=False, compare=False)
+    _terms_by_names: dict[tuple[str, ...], tuple[tuple[str, tuple[float, float]], ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        terms = tuple((c, 1.0 / s) for c, s in zip(self.centres, self.spreads, strict=True))
+        object.__setattr__(self, "_terms", terms)
+        object.__setattr__(self, "_terms_by_names", {})
 
     @classmethod
     def identity(cls, n: int) -> FeatureScaling:
@@ -169,10 +179,6 @@ class FeatureScaling(Frozen):
                     centres[index[m]], spreads[index[m]] = 0.0, unit
         return cls(tuple(centres), tuple(spreads))
 
-    @cached_property
-    def _terms(self) -> tuple[tuple[float, float], ...]:
-        return tuple((c, 1.0 / s) for c, s in zip(self.centres, self.spreads, strict=True))
-
     def transform(self, point: Sequence[float]) -> list[float]:
         """One base-space point in the clustering space (the scoring path: plain Python; the
         clip is applied only when a value needs it, a third of the time of clipping each)."""
@@ -185,10 +191,6 @@ class FeatureScaling(Frozen):
         if terms is None:
             terms = self._terms_by_names[names] = tuple(zip(names, self._terms, strict=True))
         return _clipped([(x.get(name, 0.0) - c) * inv for name, (c, inv) in terms])
-
-    @cached_property
-    def _terms_by_names(self) -> dict[tuple[str, ...], tuple[tuple[str, tuple[float, float]], ...]]:
-        return {}
 
     def transform_many(self, points: np.ndarray) -> np.ndarray:
         scaled = (points - np.asarray(self.centres)) / np.asarray(self.spreads)
@@ -245,6 +247,11 @@ class ModelSnapshot(Frozen):
     #: the ones it found are the ``category_share.*`` of ``features``); None: a snapshot
     #: stored before the category mix, which the trainer retrains from.
     categories: int | None = None
+    # ``describe``'s labels, once computed (see ``FeatureScaling._terms``: no cached_property)
+    _labels: dict[int, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_labels", {})
 
     def point(self, x: Mapping[str, float]) -> list[float]:
         """A feature dict as a point of the clustering space."""
@@ -279,14 +286,13 @@ class ModelSnapshot(Frozen):
         return centre if self.scaling is None else self.scaling.inverse(centre)
 
     def describe(self, segment: int) -> str:
-        return self._labels[segment]
-
-    @cached_property
-    def _labels(self) -> tuple[str, ...]:
-        """Every centre's label, once: every scoring asks for one."""
-        return tuple(
-            _describe(self.features, self.base_centre(i)) for i in range(len(self.centres))
-        )
+        """A centre's label; every centre's, computed once: every scoring asks for one."""
+        labels = self._labels.get(0)
+        if labels is None:
+            labels = self._labels[0] = tuple(
+                _describe(self.features, self.base_centre(i)) for i in range(len(self.centres))
+            )
+        return labels[segment]
 
     @property
     def k_chosen(self) -> int:
