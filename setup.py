@@ -43,6 +43,12 @@ def ext_modules() -> list:
         return []
     if METADATA_ONLY.intersection(sys.argv[1:]) and "bdist_wheel" not in sys.argv:
         return []
+    if {"editable_wheel", "develop"}.intersection(sys.argv[1:]):
+        # compiled modules beside the sources would keep running after the sources change
+        raise SystemExit(
+            "SEGMENTER_COMPILE=1 is not for an editable install: build a wheel "
+            "(pip wheel --no-build-isolation .) or use `make compiled`"
+        )
     from mypyc.build import mypycify  # a build-time dependency of the compiled build only
 
     return mypycify(COMPILED, opt_level=os.environ.get("MYPYC_OPT_LEVEL", "3"))
