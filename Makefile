@@ -24,8 +24,9 @@ demo: $(STAMP)
 ## and Redis): the integration tests mostly wait on workers, so two take 0.6 of the time.
 ## TEST_JOBS=0 runs them in this process, in order.
 TEST_JOBS ?= 2
+TEST_FLAGS = -m "not slow" -n $(TEST_JOBS) --dist loadfile
 test: $(STAMP)
-	$(BIN)/pytest -m "not slow" -n $(TEST_JOBS) --dist loadfile $(ARGS)
+	$(BIN)/pytest $(TEST_FLAGS) $(ARGS)
 
 ## Tests marked slow: the quick benchmark run, the CDNOW log through a real worker and a slice of
 ## it against an offline k-means, two more seeds of the stationary flow-drift test, a visitor
@@ -103,7 +104,7 @@ compiled: $(COMPILED)/.built
 ## carry no source to run them from).
 test-compiled: compiled
 	cd $(COMPILED) && PYTHONPATH="$(CURDIR)/$(COMPILED)" "$(CURDIR)/$(BIN)/pytest" -p no:cacheprovider \
-		-m "not slow" -n $(TEST_JOBS) --dist loadfile $(ARGS) stream tests
+		$(TEST_FLAGS) $(ARGS) stream tests
 
 ## `make bench` with the compiled core, its report in docs/benchmarks-compiled.md.
 bench-compiled: compiled

@@ -247,11 +247,15 @@ class ModelSnapshot(Frozen):
     #: the ones it found are the ``category_share.*`` of ``features``); None: a snapshot
     #: stored before the category mix, which the trainer retrains from.
     categories: int | None = None
-    # ``describe``'s labels, once computed (see ``FeatureScaling._terms``: no cached_property)
-    _labels: dict[int, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+    # Every centre's label, once: every scoring asks for one (set in ``__post_init__``, as
+    # ``FeatureScaling._terms``: no cached_property)
+    _labels: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_labels", {})
+        labels = tuple(
+            _describe(self.features, self.base_centre(i)) for i in range(len(self.centres))
+        )
+        object.__setattr__(self, "_labels", labels)
 
     def point(self, x: Mapping[str, float]) -> list[float]:
         """A feature dict as a point of the clustering space."""
@@ -286,13 +290,7 @@ class ModelSnapshot(Frozen):
         return centre if self.scaling is None else self.scaling.inverse(centre)
 
     def describe(self, segment: int) -> str:
-        """A centre's label; every centre's, computed once: every scoring asks for one."""
-        labels = self._labels.get(0)
-        if labels is None:
-            labels = self._labels[0] = tuple(
-                _describe(self.features, self.base_centre(i)) for i in range(len(self.centres))
-            )
-        return labels[segment]
+        return self._labels[segment]
 
     @property
     def k_chosen(self) -> int:
