@@ -76,6 +76,11 @@ __all__ = [
 FORGET = "forget"
 #: Time-driven re-evaluations per step at most (``SegmentStep.max_expiries``).
 MAX_EXPIRIES = 2_000
+#: A batch of messages re-evaluates at most as many due customers as it has messages, and
+#: this many at least (``SegmentStep.run``): a burst of due customers (visits ending
+#: together) does not hold a small batch's events back (one of 101 single events took 512
+#: with it, 64 ms against about 10).
+MIN_EXPIRIES = 100
 
 
 class RecordWrite(NamedTuple):
@@ -346,10 +351,16 @@ class SegmentStep:
         schedule: DueSchedule,
         now_ms: int,
         clock: float,
+        expiries: int | None = None,
     ) -> StepOutcome:
         """Apply one batch; ``watermark`` is the newest event time applied before it,
         ``now_ms`` the wall clock for ``updated_at`` and the future check (0: no wall clock, as
         in a replay: no check), ``clock`` seconds for the sampling cap.
+
+        Customers due by the new watermark are re-evaluated after the batch's own: at most
+        ``expiries``, by default as many as the batch has messages (``MIN_EXPIRIES`` at
+        least; an empty step: ``max_expiries``), never more than ``max_expiries``. The rest
+        stay due for the next step.
 
         Messages are applied in the order given. An erasure drops the customer's profile at its
         place in that order: their events before it are erased with them, events after it start
@@ -407,7 +418,10 @@ class SegmentStep:
 
         n_records = len(out.writes)
         if out.watermark > watermark or schedule.has_due(out.watermark):
-            self._expire(profiles, model, catalog, now_ms, out, schedule)
+            if expiries is None:
+                expiries = max(MIN_EXPIRIES, len(messages)) if messages else self.max_expiries
+            limit = min(expiries, self.max_expiries)
+            self._expire(profiles, model, catalog, now_ms, out, schedule, limit)
         counters = {
             "events": sum(out.events.values()),
             "messages": len(messages),
@@ -623,17 +637,18 @@ class SegmentStep:
         now_ms: int,
         out: StepOutcome,
         schedule: DueSchedule,
+        limit: int,
     ) -> None:
-        """Re-evaluate, at the watermark (``_as_of``), customers that came due as it moved: their
-        lifecycle stage or a rule on a fact that moves with time (``days_since_*``, decayed
-        values, RFM) can have changed, or their session ended (``session.*``). Each gets its
-        record written and its next due time; its state is saved only if its segments or stage
-        changed.
+        """Re-evaluate, at the watermark (``_as_of``), at most ``limit`` customers that came due
+        as it moved: their lifecycle stage or a rule on a fact that moves with time
+        (``days_since_*``, decayed values, RFM) can have changed, or their session ended
+        (``session.*``). Each gets its record written and its next due time; its state is saved
+        only if its segments or stage changed.
 
         Event time only: with no new events the watermark stands still and nothing expires, so
         a replay of a log ends in the same segments as the live stream did.
         """
-        for customer_id in schedule.pop_due(out.watermark, self.max_expiries):
+        for customer_id in schedule.pop_due(out.watermark, limit):
             profile = out.states.get(customer_id) or profiles.get(customer_id)
             if profile is None or profile.merged_into is not None:
                 continue

@@ -100,6 +100,10 @@ SCHEDULE_SLICE = 0.05
 #: about as long again.
 ASSIGN_SLICE = 0.02
 
+#: Due customers an empty step of the timer's re-evaluates (``Segmenting.expire_due``): about
+#: 10-20 ms of scoring, live batches between them.
+EXPIRY_CHUNK = 200
+
 #: Longest a chunk of background work waits for the live batch whose messages wait in the
 #: feed to take the segmenting lock first (``Segmenting.yield_to_live``), in seconds.
 LIVE_FIRST = 0.1
@@ -210,18 +214,26 @@ class Segmenting:
             await asyncio.sleep(0.001)
 
     async def expire_due(self) -> None:
-        """Due times left to compute since a rebalance first (``schedule_pending``); then, with
-        no traffic, re-evaluate customers a step left due (a step takes at most
-        ``SegmentStep.max_expiries``): an empty step, as a batch would run it."""
+        """Due times left to compute since a rebalance first (``schedule_pending``); then
+        re-evaluate customers the batches left due (a batch takes about as many as it has
+        messages, ``SegmentStep.run``): empty steps of ``EXPIRY_CHUNK`` customers, as a batch
+        would run them, ``SegmentStep.max_expiries`` a call at most, live batches first
+        between them (``yield_to_live``)."""
         await self.schedule_pending()
-        if not self.schedule.has_due(self.watermark) or not self.ready():
-            return
-        async with self.lock:
-            self._owned()
-            if self.ready():
-                await self._apply_batch([])
+        left = self.step.max_expiries
+        while left > 0 and self.schedule.has_due(self.watermark) and self.ready():
+            await self.yield_to_live()
+            async with self.lock:
+                self._owned()
+                if not self.ready():
+                    return
+                chunk = min(EXPIRY_CHUNK, left)
+                await self._apply_batch([], chunk)
+                left -= chunk
 
-    async def _apply_batch(self, batch: Sequence[Message]) -> StepOutcome:
+    async def _apply_batch(
+        self, batch: Sequence[Message], expiries: int | None = None
+    ) -> StepOutcome:
         messages = []
         for m in batch:
             messages.append(
@@ -244,6 +256,7 @@ class Segmenting:
                 self.schedule,
                 now_ms=int(time.time() * 1000),
                 clock=time.monotonic(),
+                expiries=expiries,
             )
             await self.effects.apply(outcome)
         except BaseException:
@@ -373,6 +386,11 @@ class Segmenting:
             "model version %s loaded (%s samples)", self.model.version, self.model.trained_samples
         )
         self._unassigned = self._unassigned or first
+
+    @property
+    def assigning(self) -> bool:
+        """Whether customers seen before the first model are still to be assigned by it."""
+        return self._unassigned and self.model is not None
 
     async def assign_unassigned(self, budget: float = ASSIGN_SLICE) -> None:
         """After the first model: score the customers seen before it, a chunk at a time under
