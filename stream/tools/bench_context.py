@@ -155,15 +155,16 @@ class BenchContext:
         raise RuntimeError(f"{n} workers did not share the partitions within 180 s")
 
     def wait_model(self, settings: Settings, procs: Procs, timeout: float = 120.0) -> bool:
-        """Until every worker scores with a model (its heartbeat's model version); False if
-        none came within ``timeout`` seconds."""
+        """Until every worker scores with a model (its heartbeat's model version) and has
+        assigned the customers it saw before its first (``assigning``); False if that did
+        not come within ``timeout`` seconds."""
         client = self.client(settings)
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
                 check_alive(procs)
                 beats = client.workers()
-                if beats and all(b.get("model_version") for b in beats):
+                if beats and all(b.get("model_version") and not b.get("assigning") for b in beats):
                     return True
                 time.sleep(0.2)
         finally:

@@ -29,6 +29,10 @@ from stream.tools.producer import ProduceStats, send_messages
 __all__ = ["Freshness", "ReadsUnderIngest", "read_probe"]
 
 
+#: Warm-up steps at most (``warm_up``).
+WARM_STEPS = 8
+
+
 class Freshness:
     """Send-to-readable latency with probe customers at ``rate``; ``floor``: a rate well under
     one worker's capacity, to show the latency without queueing (no target)."""
@@ -59,14 +63,14 @@ class Freshness:
         ctx, config, settings = self.ctx, self.ctx.config, self.settings
         seconds = config.fresh_seconds
         windows = 2 if self.reads else 1  # probes, then reads
-        per = click_streams(config.customers, int(self.rate * seconds * 1.3 * windows), seed=29)
+        per, step = traffic(config.customers, self.rate * seconds, windows, self.size)
         load = as_arrays(per, 10**9) if self.arrays else as_singles(per, 10**9)
         template = next(iter(per.values()))[: self.size]
         procs = ctx.start_workers(settings, 1, f"fresh{self.size}")
         producer = None
         try:
             ctx.wait_joined(settings, 1, procs)
-            start = warm_up(ctx, settings, load, windows, procs, self.label)
+            start = warm_up(ctx, settings, load, step, procs, self.label)
             ctx.say(f"freshness at {self.label}: {seconds:.0f} s of traffic with probes")
             producer = make_producer(settings)
             self._probe_window(load[start:], template, producer, procs)
@@ -257,22 +261,35 @@ def split(
     }
 
 
+def traffic(
+    customers: int, window_events: float, windows: int, size: int
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """The customers' events for the warm-up's steps and the windows' load with room to
+    spare, and a warm-up step in messages: a round of every customer's messages, or a tenth
+    of a window's."""
+    events = int(window_events * 1.3 * windows)
+    step = max(events // windows // size // 10, customers)
+    return click_streams(customers, events + WARM_STEPS * step * size, seed=29), step
+
+
 def warm_up(
     ctx: BenchContext,
     settings: Settings,
     load: list[Message],
-    windows: int,
+    step: int,
     procs: Procs,
     label: str,
 ) -> int:
     """Warm up: the first messages create the customers and the model's first records, so
     the worker is in steady state: its first model is out (the trainer's seeding, then
     every worker's one-off scoring of the customers it saw before it, are start-up, not
-    the latency a shop sees). Warm-up traffic goes in tenths of a window's load until the
-    model is there (the trainer learns from a capped number of samples a second), three at
-    most, each applied before the next; how many messages it took."""
-    step, start, events = len(load) // (10 * windows), 0, 0
-    while start < 3 * step:
+    the latency a shop sees). Warm-up traffic goes in steps of ``step`` messages, each
+    applied before the next, until the model is there: the trainer learns only from
+    customers with a few events and two visits, at a capped number of samples a second, so
+    one event per message takes several rounds of the customers. At most ``WARM_STEPS``;
+    how many messages it took."""
+    start, events = 0, 0
+    while start < WARM_STEPS * step:
         warm = load[start : start + step]
         start += step
         send_messages(settings, iter(warm))

@@ -74,6 +74,7 @@ class Status:
             "worker_id": self.settings.worker_id,
             "partitions": sorted(self.segmenting.owned_partitions()),
             "model_version": model.version if model else None,
+            "assigning": self.segmenting.assigning,  # the first model's one-off scoring
             "watermark": self.segmenting.watermark,
             "scheduled": len(self.segmenting.schedule),
             "trainer": self.trainer.active,
