@@ -66,7 +66,9 @@ class LiveDefinitionsBench:
         send_messages(settings, iter(messages))
         ctx.worker_span(settings, events, procs)
         if not ctx.wait_model(settings, procs, timeout=60.0):
-            ctx.note("live definitions: no model before the apply")
+            ctx.note(
+                "live definitions: no model (or its first assignment not done) before the apply"
+            )
         path = ctx.workdir / "segments-changed.yaml"
         path.write_text(changed_segments())
         client = ctx.client(settings)

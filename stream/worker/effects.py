@@ -103,7 +103,10 @@ class Effects:
             records = self._records(outcome)
             states = {c: encode_profile(p) for c, p in outcome.states.items()}
         except BaseException:
-            await asyncio.gather(write, return_exceptions=True)  # not left running unseen
+            # Nothing after the store has happened, and the batch is read again: the write
+            # stops (it may be retrying while Redis is away) and is not left running unseen.
+            write.cancel()
+            await asyncio.gather(write, return_exceptions=True)
             raise
         await write
         await self._publish(outcome, records)

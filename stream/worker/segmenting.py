@@ -101,8 +101,10 @@ SCHEDULE_SLICE = 0.05
 ASSIGN_SLICE = 0.02
 
 #: Due customers an empty step of the timer's re-evaluates (``Segmenting.expire_due``): about
-#: 10-20 ms of scoring, live batches between them.
+#: 10-20 ms of scoring, live batches between them; the chunks of one call stop after
+#: ``EXPIRY_BUDGET`` seconds (the timer runs every second).
 EXPIRY_CHUNK = 200
+EXPIRY_BUDGET = 0.5
 
 #: Longest a chunk of background work waits for the live batch whose messages wait in the
 #: feed to take the segmenting lock first (``Segmenting.yield_to_live``), in seconds.
@@ -217,11 +219,13 @@ class Segmenting:
         """Due times left to compute since a rebalance first (``schedule_pending``); then
         re-evaluate customers the batches left due (a batch takes about as many as it has
         messages, ``SegmentStep.run``): empty steps of ``EXPIRY_CHUNK`` customers, as a batch
-        would run them, ``SegmentStep.max_expiries`` a call at most, live batches first
-        between them (``yield_to_live``)."""
+        would run them, ``SegmentStep.max_expiries`` and ``EXPIRY_BUDGET`` seconds a call at
+        most, live batches first between them (``yield_to_live``)."""
         await self.schedule_pending()
-        left = self.step.max_expiries
+        left, deadline = self.step.max_expiries, time.monotonic() + EXPIRY_BUDGET
         while left > 0 and self.schedule.has_due(self.watermark) and self.ready():
+            if time.monotonic() >= deadline and left < self.step.max_expiries:
+                return  # the rest on the next call
             await self.yield_to_live()
             async with self.lock:
                 self._owned()
