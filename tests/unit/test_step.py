@@ -56,9 +56,18 @@ class Harness:
         self.watermark = 0
         self.model: ModelSnapshot | None = None
 
-    def run(self, *messages: SourceMessage, clock: float = 0.0) -> StepOutcome:
+    def run(
+        self, *messages: SourceMessage, clock: float = 0.0, expiries: int | None = None
+    ) -> StepOutcome:
         out = self.step.run(
-            list(messages), self.stored(), self.model, self.watermark, self.schedule, 123, clock
+            list(messages),
+            self.stored(),
+            self.model,
+            self.watermark,
+            self.schedule,
+            123,
+            clock,
+            expiries,
         )
         self.save(out)
         return out
@@ -238,52 +247,23 @@ def test_a_batch_re_evaluates_about_as_many_due_customers_as_it_has_messages():
     """A burst of due customers does not hold a small batch back: it takes
     ``MIN_EXPIRIES``, a larger batch as many as its messages, an empty step (the worker's
     timer) ``max_expiries`` or what it is given."""
-    import orjson
-
-    from models.features import DAY_MS
     from models.step import MIN_EXPIRIES
 
-    t0 = 1_795_000_000_000
+    h = Harness()
+    h.run(*(purchase(f"c-{i}", i, offset=i) for i in range(1_000)))
+    later = T0 + 400 * DAY_MS  # every purchaser lapsed: 1,000 due
 
-    def purchase(i: int) -> SourceMessage:
-        value = {"event_id": f"e{i}", "customer_id": f"c-{i}", "ts": t0, "amount": 5.0}
-        return SourceMessage("purchases", "purchases/0", i, f"c-{i}".encode(), orjson.dumps(value))
+    def expired(*messages: SourceMessage, expiries: int | None = None) -> int:
+        return h.run(*messages, expiries=expiries).counters.get("expired", 0)
 
-    def clicks(n: int, days: int) -> list[SourceMessage]:
-        return [
-            SourceMessage(
-                "clickstream",
-                "clickstream/0",
-                j,
-                f"k-{j}".encode(),
-                orjson.dumps(
-                    {
-                        "event_id": f"k{days}-{j}",
-                        "type": "page_view",
-                        "customer_id": f"k-{j}",
-                        "ts": t0 + days * DAY_MS,
-                    }
-                ),
-            )
-            for j in range(n)
-        ]
+    def clicks(n: int) -> list[SourceMessage]:
+        return [click(f"k-{j}", j, ts=later, offset=j) for j in range(n)]
 
-    step = SegmentStep(SegmentCatalog())
-    schedule = DueSchedule()
-    out = step.run([purchase(i) for i in range(1_000)], {}, None, 0, schedule, 0, 0.0)
-    profiles = dict(out.states)
-
-    def run(messages: list[SourceMessage], watermark: int, expiries: int | None = None) -> int:
-        more = step.run(messages, profiles, None, watermark, schedule, 0, 0.0, expiries)
-        profiles.update({c: p for c, p in more.states.items() if p is not None})
-        return more.counters.get("expired", 0)
-
-    watermark = t0 + 400 * DAY_MS  # every purchaser lapsed: 1,000 due
-    assert run(clicks(1, 400), out.watermark) == MIN_EXPIRIES
-    assert run(clicks(300, 400), watermark) == 300
-    assert run([], watermark, 50) == 50
-    assert run([], watermark) == 1_000 - MIN_EXPIRIES - 300 - 50  # the rest: max_expiries
-    assert not schedule.has_due(watermark)
+    assert expired(*clicks(1)) == MIN_EXPIRIES
+    assert expired(*clicks(300)) == 300
+    assert expired(expiries=50) == 50
+    assert expired() == 1_000 - MIN_EXPIRIES - 300 - 50  # the rest: max_expiries
+    assert not h.schedule.has_due(h.watermark)
 
 
 def _generated_state(customers: int = 400):
