@@ -455,7 +455,9 @@ class SegmentStep:
         customer's state is saved (and their changes published) only if that evaluation moved
         a segment or their lifecycle stage, which a newer model than the one that last scored
         them can do. Anyone else is only rewritten: no change, no state, so the outcome's
-        effects are the store writes alone. ``trigger`` names the cause in the changes'
+        effects are the store writes alone (the time they were evaluated as of moves on in the
+        record, not in the saved state: saving it would write the whole table to the
+        changelog in every rebuild). ``trigger`` names the cause in the changes'
         reasons: ``watermark``, or ``definitions`` for a backfill under new definitions.
 
         >>> import orjson
@@ -493,11 +495,9 @@ class SegmentStep:
                 )
                 out.states[customer_id] = profile
                 continue
-            changes, stage = len(out.changes), profile.lifecycle
-            _score(
+            if _score(
                 profile, model, catalog, now_ms, watermark, trigger, out, schedule, self.worker_id
-            )
-            if len(out.changes) > changes or profile.lifecycle != stage:
+            ):
                 out.states[customer_id] = profile
         if out.writes:
             out.counters = {"rebuilt" if rewrite else "records": len(out.writes)}
@@ -642,8 +642,11 @@ class SegmentStep:
         """Re-evaluate, at the watermark (``_as_of``), at most ``limit`` customers that came due
         as it moved: their lifecycle stage or a rule on a fact that moves with time
         (``days_since_*``, decayed values, RFM) can have changed, or their session ended
-        (``session.*``). Each gets its record written and its next due time; its state is saved
-        only if its segments or stage changed.
+        (``session.*``). Each gets its record written, its next due time and its state saved:
+        the state holds the time it was evaluated as of (``evaluated_through``), which moves
+        on here even when no segment does (a visit's end changes the record's ``session``),
+        and a worker that takes the customer over must not evaluate them as of an earlier
+        time (``_as_of``).
 
         Event time only: with no new events the watermark stands still and nothing expires, so
         a replay of a log ends in the same segments as the live stream did.
@@ -652,7 +655,7 @@ class SegmentStep:
             profile = out.states.get(customer_id) or profiles.get(customer_id)
             if profile is None or profile.merged_into is not None:
                 continue
-            if _score(
+            _score(
                 profile,
                 model,
                 catalog,
@@ -662,8 +665,8 @@ class SegmentStep:
                 out,
                 schedule,
                 self.worker_id,
-            ):
-                out.states[customer_id] = profile
+            )
+            out.states[customer_id] = profile
 
     def _has_evidence(self, profile: CustomerProfile) -> bool:
         """Seen on ``min_sessions`` sessions, or on none: sessions are counted by

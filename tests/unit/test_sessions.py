@@ -486,14 +486,26 @@ def test_a_worker_behind_in_event_time_catches_up_on_a_customer_evaluated_later(
     assert all(w.record["rule_segments"] == [] for w in out.writes)
 
 
-def test_the_session_end_rewrites_the_record_with_no_session_rule_too() -> None:
-    run = Run([])
+def test_a_visit_end_that_moves_no_segment_saves_the_time_it_was_evaluated_as_of() -> None:
+    """The session's end rewrites the record with no session rule too, and saves the state
+    although no segment moved: the changelog then holds the time the customer was evaluated
+    as of, and a worker behind in event time that takes the customer over does not open the
+    visit again in the record."""
+    run = Run([])  # no rule reads the visit
     click(run, "visitor", T0, "search")
     assert run.records["visitor"].record["session"]["searches"] == 1
-    out = click(run, "other", T0 + TIMEOUT + 5 * MIN)
+    end = T0 + TIMEOUT + 5 * MIN
+    out = click(run, "other", end)
     write = next(w for w in out.writes if w.customer_id == "visitor")
     assert write.record["session"] is None and out.changes == []
-    assert "visitor" not in out.states  # nothing it remembers changed: no state to save
+    assert write.record["evaluated_at"] == end
+    assert "visitor" in out.states
+    saved = run.profiles["visitor"]  # as the changelog holds it
+    assert saved.evaluated_through == end
+    taken_over = {"visitor": CustomerProfile.from_state(saved.to_state())}
+    step = SegmentStep(run.catalog)
+    (write,) = step.rescore(["visitor"], taken_over, None, T0 + MIN, DueSchedule(), 0).writes
+    assert write.record["session"] is None and write.record["evaluated_at"] == end
 
 
 def test_a_visit_that_ended_before_the_watermark_is_not_current_when_it_arrives() -> None:
