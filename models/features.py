@@ -299,7 +299,7 @@ class CustomerProfile:
     # of this profile is never as of an earlier time (models.step): a worker behind in event
     # time (one that took the partition over, or restarted) does not take back a session's
     # end, a lifecycle stage or another threshold that time had moved. Saved with the state,
-    # which an evaluation that moves nothing does not save.
+    # which every evaluation saves but a store rebuild's that moves nothing.
     evaluated_through: int = 0
     # Identity (models.identity): the amounts of the recent purchases, aligned with
     # recent_ids["purchase"] (a purchase sent under two ids is counted once when they merge);

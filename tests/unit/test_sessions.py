@@ -494,10 +494,12 @@ def test_a_visit_end_that_moves_no_segment_saves_the_time_it_was_evaluated_as_of
     run = Run([])  # no rule reads the visit
     click(run, "visitor", T0, "search")
     assert run.records["visitor"].record["session"]["searches"] == 1
+    stage = run.records["visitor"].record["lifecycle"]
     end = T0 + TIMEOUT + 5 * MIN
     out = click(run, "other", end)
     write = next(w for w in out.writes if w.customer_id == "visitor")
     assert write.record["session"] is None and out.changes == []
+    assert write.record["lifecycle"] == stage  # nothing it remembers moved
     assert write.record["evaluated_at"] == end
     assert "visitor" in out.states
     saved = run.profiles["visitor"]  # as the changelog holds it
