@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 
 import orjson
 from faust.types import Message
@@ -215,6 +216,21 @@ class Segmenting:
                 return
             await asyncio.sleep(0.001)
 
+    @asynccontextmanager
+    async def _background_turn(self) -> AsyncIterator[bool]:
+        """A chunk of background work's turn (the schedule after a rebalance, a first model's
+        assignments, due customers): after the live batch waiting for the lock
+        (``yield_to_live``), under the lock, the owned partitions taken in (``_owned``).
+        Yields False, the partitions not taken in, while they move: the chunk is left for a
+        later call."""
+        await self.yield_to_live()
+        async with self.lock:
+            if not self.ready():
+                yield False
+            else:
+                self._owned()
+                yield True
+
     async def expire_due(self) -> None:
         """Due times left to compute since a rebalance first (``schedule_pending``); then
         re-evaluate customers the batches left due (a batch takes about as many as it has
@@ -226,10 +242,8 @@ class Segmenting:
         while left > 0 and self.schedule.has_due(self.watermark) and self.ready():
             if time.monotonic() >= deadline and left < self.step.max_expiries:
                 return  # the rest on the next call
-            await self.yield_to_live()
-            async with self.lock:
-                self._owned()
-                if not self.ready():
+            async with self._background_turn() as settled:
+                if not settled:
                     return
                 chunk = min(EXPIRY_CHUNK, left)
                 await self._apply_batch([], chunk)
@@ -352,11 +366,10 @@ class Segmenting:
             return
         profiles = self.profiles.passing()
         while self._to_schedule and self.ready():
-            await self.yield_to_live()
-            async with self.lock:
-                if not self.ready():
-                    return  # partitions move: again on a later call
-                self._owned()  # partitions moved meanwhile: the list starts again
+            # Partitions that moved meanwhile start the list again (``_owned``, in the turn).
+            async with self._background_turn() as settled:
+                if not settled:
+                    return
                 catalog = self.step.catalog_for(self.model)
                 pending, schedule, since = self._to_schedule, self.schedule, self._schedule_from
                 deadline = time.perf_counter() + budget
@@ -416,11 +429,9 @@ class Segmenting:
                     return
 
         while i < len(ids):
-            await self.yield_to_live()
-            async with self.lock:
-                if not self.ready():
-                    return  # partitions move: again on a later call
-                self._owned()
+            async with self._background_turn() as settled:
+                if not settled:
+                    return
                 outcome = self.step.rescore(
                     chunk(time.perf_counter() + budget),
                     self.profiles,
