@@ -82,6 +82,9 @@ class Report:
     #: ... and per run, µs per event: (that instrumented run, the median of the plain runs).
     core_totals: dict[str, tuple[float, float]] = field(default_factory=dict)
     core_about: str = ""  # how the step alone was run
+    #: Per throughput run: the cores our worker's process used from its first event to its
+    #: last, and the machine's busy cores meanwhile (out of ``psutil.cpu_count()``).
+    worker_cores: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def add(self, figure: Figure) -> Figure:
         self.figures.append(figure)
@@ -240,7 +243,8 @@ def _worker(report: Report, f: Figure, told: bool = False) -> str:
         return "the rate its target needs was not recorded in this run."
     text = f"it needs {needs:,.0f} events/s ({1e6 / needs:,.1f} µs per event)."
     if not step > 0:
-        return text + " The step alone was not measured in this run: its floor is not known."
+        text += " The step alone was not measured in this run: its floor is not known."
+        return text if told else text + _cores(report, f.run)
     text += (
         f" The step alone, in-process, ran {step:,.0f} events/s ({1e6 / step:,.1f} µs per event)"
     )
@@ -267,6 +271,7 @@ def _worker(report: Report, f: Figure, told: bool = False) -> str:
         + (f"; a bare Faust agent taking batches costs {1e6 / bare:,.1f} µs" if bare > 0 else "")
         + "."
     )
+    text += _cores(report, f.run)
     profile = report.profiles.get(f.run)
     if not profile:
         return text + " No profile of the worker was taken in this run."
@@ -274,6 +279,22 @@ def _worker(report: Report, f: Figure, told: bool = False) -> str:
     return (
         text + " Its profile's largest stages: " + "; ".join(f"{n} {s:.1%}" for n, s in top) + "."
     )
+
+
+def _cores(report: Report, run: str) -> str:
+    """How busy the worker's process was over the run: near one core, under one interpreter
+    lock, what it adds is its own work; well below, it also waited (the broker, Redis)."""
+    if run not in report.worker_cores:
+        return ""
+    worker, machine = report.worker_cores[run]
+    if not worker > 0:
+        return ""
+    text = f" From its first event to its last the worker's process used {worker:.2f} of a core" + (
+        f" (the machine's cores {machine:.2f} busy)" if machine > 0 else ""
+    )
+    if worker >= 0.85:
+        return text + ": busy nearly all the time, so what it adds is its own work, not waiting."
+    return text + f": idle about {1 - worker:.0%} of the time, waiting on the broker or Redis."
 
 
 def _step(report: Report, f: Figure) -> str:

@@ -12,6 +12,7 @@ import time
 import uuid
 
 import orjson
+import psutil
 
 from stream.kafka import ssl_context
 from stream.settings import Settings
@@ -24,6 +25,7 @@ from stream.tools.bench_profile import (
     summarize_stages,
 )
 from stream.tools.bench_report import BARE_TAKE, OURS, Figure, Floor
+from stream.tools.bench_scale import cores_busy, cpu_seconds, process_seconds
 from stream.tools.bench_traffic import as_arrays, as_singles, click_streams
 from stream.tools.process import spawn
 from stream.topology import topology
@@ -154,18 +156,26 @@ class Throughput:
         procs = ctx.start_workers(settings, 1, f"tp{self.size}")
         profile_out = ctx.workdir / "worker-profile.txt"
         profilers: list[subprocess.Popen[bytes] | None] = []
+        before: list[tuple[float, tuple[float, float]]] = []  # the worker's, the machine's
 
-        def profile() -> None:  # from the first event processed: not the worker's start-up
+        def first() -> None:  # from the first event processed: not the worker's start-up
+            before.append((process_seconds(procs), cpu_seconds()))
             if ctx.config.profile:
                 profilers.append(start_profile(procs[0].pid, profile_out))
 
-        _, ours = ctx.worker_span(
+        span, ours = ctx.worker_span(
             settings,
             events,
             procs,
             lambda n: ctx.say(f"  worker: {n:,}/{events:,} events"),
-            on_first=profile,
+            on_first=first,
         )
+        if before:
+            (worker, machine) = before[0]
+            ctx.report.worker_cores[self.label] = (
+                (process_seconds(procs) - worker) / span,
+                cores_busy(machine, cpu_seconds(), psutil.cpu_count() or 1),
+            )
         profiler = profilers[0] if profilers else None
         if ctx.config.profile and profiler is None:
             ctx.note("py-spy is not installed here: no profile taken.")

@@ -79,6 +79,21 @@ def test_a_worker_below_a_target_its_step_alone_cannot_reach_is_told_it_cannot_p
     assert "largest stages: our batching 33.8%; scoring 22.8%; Redis writes" in text
 
 
+def test_the_workers_cores_over_the_run_say_whether_what_it_adds_is_work_or_waiting():
+    report = Report()
+    throughput(report, SINGLES, 6_000.0, 8_000.0, False)
+    rates(report, SINGLES, 6_000.0, 10_000.0)
+    assert "of a core" not in bullet(report, "our worker")  # not measured: nothing said
+    report.worker_cores[SINGLES] = (0.93, 1.61)
+    text = bullet(report, "our worker")
+    assert "the worker's process used 0.93 of a core (the machine's cores 1.61 busy)" in text
+    assert "what it adds is its own work, not waiting" in text
+    report.worker_cores[SINGLES] = (0.6, math.nan)
+    text = bullet(report, "our worker")
+    assert "used 0.60 of a core: idle about 40% of the time" in text
+    assert "busy)" not in text
+
+
 def test_a_ratio_target_needs_its_ratio_of_the_baseline_and_a_fast_step_blames_the_rest():
     report = Report()
     report.add(
