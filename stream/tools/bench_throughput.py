@@ -171,7 +171,7 @@ class Throughput:
             on_first=first,
         )
         if before:
-            (worker, machine) = before[0]
+            worker, machine = before[0]
             ctx.report.worker_cores[self.label] = (
                 (process_seconds(procs) - worker) / span,
                 cores_busy(machine, cpu_seconds(), psutil.cpu_count() or 1),
