@@ -12,6 +12,7 @@ Run as ``python -m stream.tools.bench_faust worker -l warn`` with the worker's S
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,12 +28,13 @@ target = int(os.environ.get("BENCH_TARGET", "0"))
 result = Path(os.environ.get("BENCH_RESULT", "bench-faust.json"))
 mode = os.environ.get("BENCH_MODE", "each")
 
+datadir = tempfile.mkdtemp(prefix="segmenter-bench-")  # removed when measured
 app = faust.App(
     f"{settings.app_id}-bare-{mode}",  # a group of its own: each run reads the topic from 0
     broker=settings.kafka_url,
     broker_credentials=faust_credentials(settings),
     store="memory://",
-    datadir=tempfile.mkdtemp(prefix="segmenter-bench-"),
+    datadir=datadir,
     autodiscover=False,
     topic_partitions=settings.partitions,
     consumer_auto_offset_reset="earliest",
@@ -53,7 +55,8 @@ def _seen(n: int) -> None:
         result.write_bytes(
             orjson.dumps({"first": state["first"], "last": time.time(), "messages": state["n"]})
         )
-        os._exit(0)  # measured; nothing to clean up in a throwaway group
+        shutil.rmtree(datadir, ignore_errors=True)
+        os._exit(0)  # measured; nothing else to clean up in a throwaway group
 
 
 @app.agent(source, name="bare")
