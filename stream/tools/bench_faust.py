@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import faust
@@ -28,7 +29,9 @@ target = int(os.environ.get("BENCH_TARGET", "0"))
 result = Path(os.environ.get("BENCH_RESULT", "bench-faust.json"))
 mode = os.environ.get("BENCH_MODE", "each")
 
-datadir = tempfile.mkdtemp(prefix="segmenter-bench-")  # removed when measured
+# Faust makes the directory when the worker starts (not on import: a doctest run imports this
+# module), and it is removed once measured.
+datadir = Path(tempfile.gettempdir()) / f"segmenter-bench-{uuid.uuid4().hex[:12]}"
 app = faust.App(
     f"{settings.app_id}-bare-{mode}",  # a group of its own: each run reads the topic from 0
     broker=settings.kafka_url,
