@@ -129,6 +129,7 @@ class FeatureScaling(Frozen):
     # Derived once, in ``__post_init__`` (not ``functools.cached_property``: the compiled
     # build's classes have no instance dict, and there it computed them again on every access).
     _terms: tuple[tuple[float, float], ...] = field(init=False, repr=False, compare=False)
+    _arrays: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
     _terms_by_names: dict[tuple[str, ...], tuple[tuple[str, tuple[float, float]], ...]] = field(
         init=False, repr=False, compare=False
     )
@@ -136,6 +137,8 @@ class FeatureScaling(Frozen):
     def __post_init__(self) -> None:
         terms = tuple((c, 1.0 / s) for c, s in zip(self.centres, self.spreads, strict=True))
         object.__setattr__(self, "_terms", terms)
+        arrays = (np.array([c for c, _ in terms]), np.array([i for _, i in terms]))
+        object.__setattr__(self, "_arrays", arrays)
         object.__setattr__(self, "_terms_by_names", {})
 
     @classmethod
@@ -191,6 +194,14 @@ class FeatureScaling(Frozen):
         if terms is None:
             terms = self._terms_by_names[names] = tuple(zip(names, self._terms, strict=True))
         return _clipped([(x.get(name, 0.0) - c) * inv for name, (c, inv) in terms])
+
+    def transform_rows(self, base: np.ndarray) -> list[list[float]]:
+        """``transform`` of each row of ``base`` (numpy, the same floats as ``transform``)."""
+        centres, inverse = self._arrays
+        out = (base - centres) * inverse
+        np.clip(out, -_CLIP, _CLIP, out=out)
+        rows: list[list[float]] = out.tolist()
+        return rows
 
     def transform_many(self, points: np.ndarray) -> np.ndarray:
         scaled = (points - np.asarray(self.centres)) / np.asarray(self.spreads)
@@ -263,13 +274,27 @@ class ModelSnapshot(Frozen):
             return [x.get(name, 0.0) for name in self.features]
         return self.scaling.transform_named(x, self.features)
 
-    def predict(self, x: Mapping[str, float]) -> tuple[int, float, float]:
-        """Return ``(segment_id, distance, confidence)`` for one feature dict.
+    def points(self, xs: Sequence[Mapping[str, float]]) -> tuple[list[list[float]], np.ndarray]:
+        """``point`` of each feature dict, in one numpy pass, and the dicts' values in
+        ``features`` order (the base space, one row each). Each point equals ``point``'s to the
+        bit: the same operations on the same floats, ``(v - centre) * (1 / spread)`` clipped."""
+        names = self.features
+        base = np.array([[x.get(name, 0.0) for name in names] for x in xs], dtype=float)
+        if self.scaling is None:
+            return base.tolist(), base
+        return self.scaling.transform_rows(base), base
+
+    def predict(
+        self, x: Mapping[str, float], point: list[float] | None = None
+    ) -> tuple[int, float, float]:
+        """Return ``(segment_id, distance, confidence)`` for one feature dict (``point``: its
+        ``point``, when the caller has it).
 
         Confidence is ``d2 / (d1 + d2)`` over the two nearest centres: 1.0 on a centre,
         0.5 halfway between two.
         """
-        point = self.point(x)
+        if point is None:
+            point = self.point(x)
         best, d1, d2 = -1, math.inf, math.inf
         for index, centre in enumerate(self.centres):
             d = math.dist(point, centre)
@@ -280,9 +305,12 @@ class ModelSnapshot(Frozen):
         confidence = 1.0 if d1 + d2 == 0 or math.isinf(d2) else d2 / (d1 + d2)
         return best, d1, confidence
 
-    def distance(self, x: Mapping[str, float], segment: int) -> float:
-        """Euclidean distance from ``x`` to the centre of ``segment``, in the clustering space."""
-        return math.dist(self.point(x), self.centres[segment])
+    def distance(
+        self, x: Mapping[str, float], segment: int, point: list[float] | None = None
+    ) -> float:
+        """Euclidean distance from ``x`` to the centre of ``segment``, in the clustering space
+        (``point``: ``x``'s, when the caller has it)."""
+        return math.dist(self.point(x) if point is None else point, self.centres[segment])
 
     def base_centre(self, segment: int) -> tuple[float, ...]:
         """The centre of ``segment`` in the feature vector's own units."""

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from models.clustering import FeatureScaling, ModelSnapshot
 from models.features import FEATURE_VECTOR, squash
 from models.frozen import Frozen
@@ -128,6 +130,7 @@ class PersonaCatalog:
         current: str | None = None,
         hysteresis: float = 0.0,
         model: ModelSnapshot | None = None,
+        point: list[float] | None = None,
     ) -> PersonaMatch:
         """The nearest persona; ``current`` is kept unless another is nearer by ``hysteresis``.
 
@@ -137,7 +140,8 @@ class PersonaCatalog:
         longer the nearest.
         """
         space = self._space_of(model)
-        point = space.point(x)
+        if point is None:
+            point = space.point(x)
         distances = [math.dist(point, p) for p in space.points]
         order = sorted(range(len(distances)), key=distances.__getitem__)
         best = order[0]
@@ -154,6 +158,15 @@ class PersonaCatalog:
         confidence = 1.0 if d1 + d2 == 0 or math.isinf(d2) else d2 / (d1 + d2)
         reasons = self._reasons(x, point, space.fields[best])
         return PersonaMatch(self.personas[best].name, round(confidence, 4), reasons)
+
+    def points(self, model: ModelSnapshot, base: np.ndarray) -> list[list[float]] | None:
+        """Each customer's point in ``model``'s persona space (``match``'s ``point``), from
+        their values in ``model.features`` order (``ModelSnapshot.points``), in one numpy
+        pass; None when that space is not the learned one (the fixed space is cheap alone)."""
+        space = self._space_of(model)
+        if space.scaling is None:
+            return None
+        return space.scaling.transform_rows(base[:, : len(FEATURE_VECTOR)])
 
     def _space_of(self, model: ModelSnapshot | None) -> _Space:
         last = self._last

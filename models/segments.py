@@ -417,12 +417,15 @@ def assign(
     x: Mapping[str, float] | None = None,
     watermark: int = 0,
     facts: dict[str, Any] | None = None,
+    points: tuple[list[float], list[float] | None] | None = None,
 ) -> SegmentAssignment:
     """Score a profile at event time ``now`` (default: the customer's newest event).
 
     ``x`` is the profile's feature vector when the caller has it already; ``watermark`` the
     newest event time the caller has applied (the ``session.*`` facts are as of it); ``facts``
-    the profile's ``customer_facts`` at that time and watermark, when the caller has them.
+    the profile's ``customer_facts`` at that time and watermark, when the caller has them;
+    ``points`` ``x`` in ``model``'s clustering space and its persona space (None: not
+    known), when the caller has computed them for a batch (``score_points``).
 
     >>> p = CustomerProfile("c", last_seen_ts=0, first_seen_ts=0)
     >>> a = assign(p, None, SegmentCatalog())
@@ -438,12 +441,15 @@ def assign(
         x = feature_vector(profile)
     segment = label = confidence = version = None
     stability = catalog.stability
+    point, persona_point = (None, None) if points is None else points
     if model is not None:
-        segment, distance, confidence = model.predict(x)
+        if point is None:
+            point = model.point(x)
+        segment, distance, confidence = model.predict(x, point)
         current = profile.segment
         if current is not None and current != segment and 0 <= current < len(model.centres):
             held = at - profile.segment_since < stability.min_dwell_ms
-            d_current = model.distance(x, current)
+            d_current = model.distance(x, current, point)
             if held or distance > d_current * (1.0 - stability.hysteresis):
                 segment = current
                 confidence = distance / (d_current + distance) if d_current + distance else 1.0
@@ -453,7 +459,7 @@ def assign(
     if catalog.personas:
         held = at - profile.persona_since < stability.min_dwell_ms
         persona = catalog.personas.match(
-            x, profile.persona, 1.0 if held else stability.hysteresis, model
+            x, profile.persona, 1.0 if held else stability.hysteresis, model, persona_point
         )
     if persona is not None:
         facts["persona"] = persona.name
@@ -475,6 +481,26 @@ def assign(
         definitions_version=catalog.version,
         definitions=catalog.fingerprint,
     )
+
+
+#: Customers scored together from which their points are computed in one numpy pass
+#: (``score_points``): below it the pass's own cost is not paid back.
+BATCH_POINTS = 8
+
+
+def score_points(
+    model: ModelSnapshot | None, catalog: SegmentCatalog, xs: Sequence[Mapping[str, float]]
+) -> list[tuple[list[float], list[float] | None]] | None:
+    """Each feature dict's point in ``model``'s clustering space and in its persona space, in
+    one numpy pass for them all (``assign``'s ``points``): the same floats as computed one by
+    one. None with no model or fewer than ``BATCH_POINTS`` dicts."""
+    if model is None or len(xs) < BATCH_POINTS:
+        return None
+    points, base = model.points(xs)
+    personas = catalog.personas.points(model, base) if catalog.personas else None
+    if personas is None:
+        return [(point, None) for point in points]
+    return list(zip(points, personas, strict=True))
 
 
 def evaluate_rules(catalog: SegmentCatalog, facts: Mapping[str, Any]) -> list[str]:

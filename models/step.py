@@ -53,6 +53,7 @@ from models.segments import (
     evaluate_rules,
     exits_on_merge,
     remember,
+    score_points,
 )
 
 #: Catalogs a step remembers by fingerprint, to re-evaluate customers last evaluated under one
@@ -403,17 +404,35 @@ class SegmentStep:
             self.identity.apply(profile, events, dirty, out)
 
         catalog = self.catalog_for(model)
+        scored = []
         for customer_id, (profile, before) in touched.items():
             if profile.applied == before or profile.merged_into is not None:
                 if customer_id in dirty:
                     out.states[customer_id] = profile
                 continue  # every message was a redelivery or every event a duplicate
+            scored.append((customer_id, profile, before))
+        xs = [feature_vector(profile) for _, profile, _ in scored]
+        points = score_points(model, catalog, xs)
+        for i, (customer_id, profile, before) in enumerate(scored):
             # A customer evaluated as of a later time than this worker has applied (by the
             # worker that owned their partition before) moves its event time on to it.
             out.watermark = max(out.watermark, profile.last_seen_ts or 0, profile.evaluated_through)
-            _score(profile, model, catalog, now_ms, None, "event", out, schedule, self.worker_id)
+            x = xs[i]
+            _score(
+                profile,
+                model,
+                catalog,
+                now_ms,
+                None,
+                "event",
+                out,
+                schedule,
+                self.worker_id,
+                x=x,
+                points=None if points is None else points[i],
+            )
             if self._has_evidence(profile) and self._wants_sample(before, profile.applied, clock):
-                out.samples.append(_sample(profile))
+                out.samples.append(_sample(profile, x))
             out.states[customer_id] = profile
 
         n_records = len(out.writes)
@@ -885,6 +904,8 @@ def _score(
     worker_id: str,
     facts: dict[str, Any] | None = None,
     due: tuple[int | None] | None = None,
+    x: dict[str, float] | None = None,
+    points: tuple[list[float], list[float] | None] | None = None,
 ) -> bool:
     """Assign, collect changes and the record write; True if what the profile remembers
     of its segments (published segments, lifecycle stage) changed. ``due``: the customer's
@@ -902,7 +923,9 @@ def _score(
     watermark = _as_of(profile, out.watermark)
     if at is not None and at < watermark:
         at = watermark
-    assignment = assign(profile, model, catalog, at, watermark=watermark, facts=facts)
+    assignment = assign(
+        profile, model, catalog, at, x=x, watermark=watermark, facts=facts, points=points
+    )
     found = changes_between(profile, assignment, trigger)
     out.changes.extend(found)
     moved = bool(found) or assignment.lifecycle != profile.lifecycle
@@ -942,9 +965,12 @@ def _as_of(profile: CustomerProfile, watermark: int) -> int:
     return watermark if watermark >= through else through
 
 
-def _sample(profile: CustomerProfile) -> dict[str, Any]:
-    """A training sample: the feature vector and, for a buyer, raw RFM for the quantiles."""
+def _sample(profile: CustomerProfile, x: dict[str, float] | None = None) -> dict[str, Any]:
+    """A training sample: the feature vector (``x``, when the caller has it) and, for a
+    buyer, raw RFM for the quantiles."""
     at = profile.last_seen_ts or 0
     rfm = rfm_values(profile, at) if profile.orders_total else None
     key = population_key(profile.customer_id)  # the trainer counts each customer once
-    return {"x": feature_vector(profile), "rfm": rfm, "ts": profile.last_seen_ts, "key": key}
+    if x is None:
+        x = feature_vector(profile)
+    return {"x": x, "rfm": rfm, "ts": profile.last_seen_ts, "key": key}

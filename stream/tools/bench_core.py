@@ -210,6 +210,12 @@ STEP_PARTS: tuple[tuple[str, Any, str], ...] = (
     ("feature updates (CustomerProfile.apply)", models.features.CustomerProfile, "apply"),
     ("scoring: facts (customer_facts)", models.segments, "customer_facts"),
     ("scoring: feature vector (feature_vector)", models.segments, "feature_vector"),
+    ("scoring: feature vector (feature_vector)", models.step, "feature_vector"),
+    (
+        "scoring: the batch's points (score_points, numpy)",
+        models.step,
+        "score_points",
+    ),
     (
         "scoring: clusters (ModelSnapshot.predict, distance)",
         models.clustering.ModelSnapshot,
