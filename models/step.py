@@ -410,10 +410,11 @@ class SegmentStep:
                 if customer_id in dirty:
                     out.states[customer_id] = profile
                 continue  # every message was a redelivery or every event a duplicate
-            scored.append((customer_id, profile, before))
-        xs = [feature_vector(profile) for _, profile, _ in scored]
+            scored.append((profile, before))
+            out.states[customer_id] = profile  # in the order touched, as the dirty ones
+        xs = [feature_vector(profile) for profile, _ in scored]
         points = score_points(model, catalog, xs)
-        for i, (customer_id, profile, before) in enumerate(scored):
+        for i, (profile, before) in enumerate(scored):
             # A customer evaluated as of a later time than this worker has applied (by the
             # worker that owned their partition before) moves its event time on to it.
             out.watermark = max(out.watermark, profile.last_seen_ts or 0, profile.evaluated_through)
@@ -433,7 +434,6 @@ class SegmentStep:
             )
             if self._has_evidence(profile) and self._wants_sample(before, profile.applied, clock):
                 out.samples.append(_sample(profile, x))
-            out.states[customer_id] = profile
 
         n_records = len(out.writes)
         if out.watermark > watermark or schedule.has_due(out.watermark):
