@@ -42,6 +42,7 @@ def draw(n: int = 90) -> CeilingDraw:
     raw = spaces(CeilingDraw(0, "x", [], profiles, truth, ["pure"] * n, [0] * n, np.zeros((n, 1))))[
         "raw"
     ]
+    online = [names.index(t) for t in truth]  # a perfect online model
     return CeilingDraw(
         seed=1,
         size="test",
@@ -49,8 +50,11 @@ def draw(n: int = 90) -> CeilingDraw:
         profiles=profiles,
         truth=truth,
         kinds=["pure"] * (n - 9) + ["mixed"] * 9,
-        online=[names.index(t) for t in truth],  # a perfect online model
+        online=online,
         snapshot_points=raw,
+        centres=np.asarray([raw[[t == name for t in truth]].mean(axis=0) for name in names]),
+        final_nearest=online,
+        final_scored=[(label + 1) % 3 if i == 0 else label for i, label in enumerate(online)],
     )
 
 
@@ -59,6 +63,16 @@ def test_separable_personas_have_a_ceiling_of_one_and_no_confusions():
     figures = ceiling(draw(), seed=1, boosted=())  # boosting is slow; the same wiring
     assert figures["customers"] == 90 and figures["online ARI"] == 1.0
     assert figures["k-means ARI snapshot"] == 1.0
+    # Every clustering of the snapshot's space finds them, the online centres are the optimum.
+    assert figures["gaussian mixture (full) ARI snapshot"] == 1.0
+    assert figures["gaussian mixture (spherical) ARI snapshot"] == 1.0
+    assert figures["weighted k-means (3) ARI snapshot"] == 1.0
+    assert figures["weighted k-means (8) ARI snapshot"] == 1.0
+    assert figures["online centres' inertia / offline k-means'"] == pytest.approx(1.0)
+    # The final model against the records: one customer of 90 it would move elsewhere.
+    assert figures["final model ARI (nearest centre)"] == 1.0
+    assert figures["final model ARI (as a new event would score them)"] < 1.0
+    assert figures["records the final model would move"] == pytest.approx(1 / 90)
     assert figures["logistic accuracy snapshot"] == 1.0
     assert (
         figures["logistic accuracy +traits"] == 1.0 and "boosting accuracy +traits" not in figures
@@ -73,6 +87,21 @@ def test_separable_personas_have_a_ceiling_of_one_and_no_confusions():
 def test_summary_is_median_and_lowest_per_figure():
     rows = summarize([{"a": 0.5, "b": 1.0}, {"a": 0.9}, {"a": 0.7}])
     assert rows == [("a", 0.7, 0.5, 3), ("b", 1.0, 1.0, 1)]
+
+
+def test_summary_takes_the_highest_as_worst_where_higher_is_worse():
+    name = "records the final model would move"
+    rows = summarize([{name: 0.01, "ari": 0.8}, {name: 0.03, "ari": 0.9}, {name: 0.02, "ari": 0.7}])
+    assert rows == [(name, 0.02, 0.03, 3), ("ari", 0.8, 0.7, 3)]
+
+
+def test_centres_off_the_optimum_show_in_the_inertia_ratio():
+    pytest.importorskip("sklearn")
+    d = draw()
+    assert d.centres is not None
+    d.centres = d.centres[[0, 0, 1]]  # two centres on one persona's
+    figures = ceiling(d, seed=1, boosted=())
+    assert figures["online centres' inertia / offline k-means'"] > 2.0
 
 
 def test_without_scikit_learn_the_error_says_what_to_install(monkeypatch):
