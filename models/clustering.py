@@ -196,16 +196,18 @@ class FeatureScaling(Frozen):
         return _clipped([(x.get(name, 0.0) - c) * inv for name, (c, inv) in terms])
 
     def transform_rows(self, base: np.ndarray) -> list[list[float]]:
-        """``transform`` of each row of ``base`` (numpy, the same floats as ``transform``)."""
-        centres, inverse = self._arrays
-        out = (base - centres) * inverse
-        np.clip(out, -_CLIP, _CLIP, out=out)
-        rows: list[list[float]] = out.tolist()
+        """``transform`` of each row of ``base``, as lists (the scoring path's batch)."""
+        rows: list[list[float]] = self.transform_many(base).tolist()
         return rows
 
     def transform_many(self, points: np.ndarray) -> np.ndarray:
-        scaled = (points - np.asarray(self.centres)) / np.asarray(self.spreads)
-        return np.asarray(np.clip(scaled, -_CLIP, _CLIP))
+        """``transform`` of each row of ``points`` (numpy, the same floats as ``transform``:
+        multiplied by the inverse spread, as there, so that the trainer's points and the
+        scoring path's are equal to the bit)."""
+        centres, inverse = self._arrays
+        out: np.ndarray = (np.asarray(points, dtype=float) - centres) * inverse
+        np.clip(out, -_CLIP, _CLIP, out=out)
+        return out
 
     def inverse(self, point: Sequence[float]) -> tuple[float, ...]:
         """A clustering-space point back in base units (exact inside the clip)."""

@@ -199,7 +199,7 @@ def weighted_kmeans(
         if np.array_equal(moved, index):
             break
         labels = moved
-    return labels
+    return np.asarray(labels)
 
 
 def _majority_map(labels: Sequence[int], truth: Sequence[str]) -> dict[int, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import orjson
 import pytest
 
@@ -163,3 +164,14 @@ def test_assign_scores_the_points_it_is_given(model):
         moved = assign(profile, model, catalog, x=x, points=(point, list(p)))
         assert moved.persona == name.name
     assert own == assign(profile, model, catalog, x=x, points=(point, persona_point))
+
+
+def test_the_trainers_points_are_the_scoring_paths_to_the_bit(model):
+    """The trainer puts its buffer into the space with ``transform_many``: the same floats as
+    ``transform`` of each row, so the centres it fits are of the points workers score."""
+    scaling = model.scaling
+    assert scaling is not None
+    rows = [[x.get(name, 0.0) for name in model.features] for x in vectors(200, seed=12)]
+    many = scaling.transform_many(np.asarray(rows))
+    assert many.tolist() == [scaling.transform(row) for row in rows]
+    assert many.min() == -2.0 and many.max() == 2.0
