@@ -695,6 +695,16 @@ def evaluate_incidents(
     jobs: Annotated[
         int, typer.Option(min=1, help="streams (two a seed) run in this many processes")
     ] = 2,
+    outage_share: Annotated[
+        float, typer.Option(help="share of the mobile checkouts the payment outage fails")
+    ] = 0.5,
+    failing_checkouts: Annotated[
+        float,
+        typer.Option(
+            help="share of every checkout that fails at all times, in both streams (a "
+            "baseline of abandoned checkouts; the generator's own has none)"
+        ),
+    ] = 0.0,
 ) -> None:
     """Segment-flow drift against generator incidents (payment outage, visitor spike, checkout
     loop) and on the same stream without them; median and worst over the seeds.
@@ -704,7 +714,16 @@ def evaluate_incidents(
 
     try:
         picked = [int(s) for s in seeds.split(",") if s.strip()]
-        scenario = Scenario(days=days, sessions_per_day=sessions_per_day)
+        incidents = tuple(
+            (kind, day, length, outage_share if kind == "payment_outage" else share)
+            for kind, day, length, share in Scenario.incidents
+        )
+        scenario = Scenario(
+            days=days,
+            sessions_per_day=sessions_per_day,
+            incidents=incidents,
+            failing_checkouts=failing_checkouts,
+        )
     except ValueError as exc:
         console.print(f"[red]bad option[/red]: {exc}")
         raise typer.Exit(2) from None
@@ -722,7 +741,9 @@ def evaluate_incidents(
         )
     console.print(
         f"{len(runs)} seeds, {scenario.days} days each ({scenario.burn_in_days} of burn-in), "
-        f"{sum(r.events + r.stationary_events for r in runs):,} events through the step"
+        f"{sum(r.events + r.stationary_events for r in runs):,} events through the step; the "
+        f"payment outage fails {outage_share:.0%} of the mobile checkouts, "
+        f"{failing_checkouts:.0%} of every checkout fails at all times"
     )
     rows = report_rows(runs)
     for figure, value, target, met in rows:

@@ -13,7 +13,10 @@ drawn:
   checkout on it is followed by a few cart views and checkout attempts, and no purchase.
 
 Incidents draw from their own random generator, so the stream outside an incident is the same
-with and without them. ``SteadyPopulation`` picks the customers of the sessions so that the
+with and without them. ``failing_checkouts`` fails that share of every checkout, on every
+device and every day, with incidents or without (a shop whose abandoned checkouts have a
+baseline: some buyers always give up at the payment); it draws from a generator of its own
+too. ``SteadyPopulation`` picks the customers of the sessions so that the
 stream is stationary over months: customers arrive at a steady rate and leave after a random
 lifetime (a fixed population would make every segment of the customer lifecycle move in
 waves: everyone new at once, everyone past "new" thirty days later).
@@ -137,7 +140,9 @@ class SteadyPopulation:
 class IncidentTraffic:
     """The generator's sessions with ``incidents`` applied by the event time of each session.
 
-    ``pick`` chooses each session's customer (default: the generator's own ``pick``).
+    ``pick`` chooses each session's customer (default: the generator's own ``pick``);
+    ``failing_checkouts``: the share of every purchase dropped at all times (its session keeps
+    its cart and checkout), before any incident.
     """
 
     def __init__(
@@ -146,9 +151,15 @@ class IncidentTraffic:
         incidents: Sequence[Incident] = (),
         seed: int = 0,
         pick: Any = None,
+        failing_checkouts: float = 0.0,
     ) -> None:
+        if not 0.0 <= failing_checkouts < 1.0:
+            raise ValueError("failing_checkouts must be in [0, 1)")
         self.generator = generator
         self.incidents = tuple(incidents)
+        self.failing_checkouts = failing_checkouts
+        self._failing_rng = random.Random(f"failing-checkouts-{seed}")
+        self.failed_checkouts = 0
         self.rng = random.Random(seed)
         self.pick = pick if pick is not None else generator.pick
         self.affected: dict[str, int] = dict.fromkeys(INCIDENT_KINDS, 0)
@@ -163,6 +174,8 @@ class IncidentTraffic:
         """The messages of the next session, and of any visitor session an incident adds."""
         messages = self.generator.session(self.pick())
         ts = _first_ts(messages)
+        if self.failing_checkouts:
+            messages = self._fail_some(messages)
         extra: list[Message] = []
         for incident in self.incidents:
             if not incident.covers(ts):
@@ -176,6 +189,15 @@ class IncidentTraffic:
                 for _ in range(int(whole) + (self.rng.random() < part)):
                     extra += self._visitor(ts)
         return messages + extra
+
+    def _fail_some(self, messages: list[Message]) -> list[Message]:
+        out = []
+        for m in messages:
+            if m.source == "purchases" and self._failing_rng.random() < self.failing_checkouts:
+                self.failed_checkouts += 1
+                continue
+            out.append(m)
+        return out
 
     def _fail_payments(self, messages: list[Message], incident: Incident) -> list[Message]:
         out = []

@@ -7,7 +7,7 @@ import pytest
 
 from stream.settings import Settings
 from stream.tools.eval_incidents import Scenario, replay_flows
-from stream.tools.generator import TrafficGenerator
+from stream.tools.generator import Message, TrafficGenerator
 from stream.tools.incidents import DAY_MS, Incident, IncidentTraffic, SteadyPopulation
 from stream.worker.trainer import flow_monitor
 
@@ -57,6 +57,39 @@ def test_the_stream_outside_an_incident_is_the_same_with_and_without_it() -> Non
     assert stream([]) == stream([later])
 
 
+def test_failing_checkouts_drop_that_share_of_purchases_with_incidents_or_without() -> None:
+    def stream(incidents: list[Incident], failing: float) -> tuple[list[Message], int]:
+        g = TrafficGenerator(customers=300, seed=9, session_gap_ms=DAY_MS // 100)
+        traffic = IncidentTraffic(g, incidents, seed=1, failing_checkouts=failing)
+        return [m for _ in range(3000) for m in traffic.session()], traffic.failed_checkouts
+
+    def ids(messages: list[Message]) -> list[str]:
+        return [e["event_id"] for e in _events(messages)]
+
+    everything, none_failed = stream([], 0.0)
+    kept, failed = stream([], 0.3)
+    bought = sum(m.source == "purchases" for m in everything)
+    assert none_failed == 0 and 0.25 < failed / bought < 0.35, (failed, bought)
+    # only purchases go, their sessions' clicks (cart, checkout) stay
+    dropped = set(ids(everything)) - set(ids(kept))
+    assert set(ids(kept)) <= set(ids(everything)) and len(dropped) == failed
+    purchase_ids = {
+        e["event_id"] for m in everything if m.source == "purchases" for e in _events([m])
+    }
+    assert dropped <= purchase_ids
+    # the baseline draws apart from the incidents: outside an incident, the same stream
+    g = TrafficGenerator(customers=300, seed=9, session_gap_ms=DAY_MS // 100)
+    outage = Incident("payment_outage", g.clock + 5 * DAY_MS, g.clock + 10 * DAY_MS, share=0.9)
+    with_outage = stream([outage], 0.3)[0]
+
+    def outside(messages: list[Message]) -> list[str]:
+        lo, hi = outage.start_ms - 2 * DAY_MS, outage.end_ms + 2 * DAY_MS
+        return [e["event_id"] for e in _events(messages) if not lo <= e["ts"] < hi]
+
+    assert outside(with_outage) == outside(kept) and ids(with_outage) != ids(kept)
+    assert max(e["ts"] for e in _events(kept)) > outage.end_ms + 10 * DAY_MS
+
+
 def test_a_steady_population_renews_itself() -> None:
     g = TrafficGenerator(customers=3000, seed=1, session_gap_ms=DAY_MS // 100)
     population = SteadyPopulation(g, arrivals_per_day=10, lifetime_days=20, seed=1)
@@ -77,6 +110,12 @@ def test_bad_incidents_and_scenarios_are_refused() -> None:
         Scenario(days=100)
     with pytest.raises(ValueError, match="burn_in_days"):
         Scenario(burn_in_days=200)
+    with pytest.raises(ValueError, match="failing_checkouts"):
+        Scenario(failing_checkouts=1.0)
+    with pytest.raises(ValueError, match="at most 1"):
+        Scenario(incidents=(("payment_outage", 20.0, 5.0, 1.5),))
+    with pytest.raises(ValueError, match="failing_checkouts"):
+        IncidentTraffic(TrafficGenerator(customers=10, seed=1), failing_checkouts=-0.1)
 
 
 @pytest.mark.slow
@@ -138,6 +177,19 @@ def test_the_report_gives_median_and_worst_and_judges_every_target() -> None:
     assert quiet[1] == "median 0.67, worst 2.00" and quiet[3] is False
     missed = report_rows([run(1, False, 0)])
     assert missed[0][1] == "0 of 1 seeds" and missed[0][3] is False
+    assert missed[1][0].startswith("visitor_spike: alerted at all") and missed[1][1] == (
+        "0 of 1 seeds"
+    )
+    assert not any("alerted at all" in r for r in rows)  # every seed within a day: no row
+    # a faint fault, alerted after two and four days, dated a day after its start
+    late = [run(1, False, 0), run(2, False, 0)]
+    for r, days in zip(late, (2, 4), strict=True):
+        start = r.starts["visitor_spike"]
+        r.dated["visitor_spike"] = alert(start + DAY_MS, start + days * DAY_MS)
+    row = {r[0]: r for r in report_rows(late)}[
+        "visitor_spike: alerted at all (dated inside it, by a day after its end)"
+    ]
+    assert row[1:] == ("2 of 2 seeds, after 72 h (worst 96 h), dated +24 h", "(reported)", True)
 
 
 def test_streams_in_processes_of_their_own_give_the_same_runs() -> None:
@@ -191,3 +243,26 @@ def test_in_event_time_order_the_sessions_come_sorted_and_none_is_lost() -> None
     # none lost: every session dated before the last one given was given
     before = {e["event_id"] for s in plain if first(s) < firsts[-1] for e in _events(s)}
     assert before <= given and len(before) > 0.9 * len(given)
+
+
+def test_the_judge_keeps_a_late_alert_dated_inside_the_incident_apart() -> None:
+    from models.drift import DriftAlert
+    from stream.tools.eval_incidents import judge
+
+    hour = 3_600_000
+    start = 50 * DAY_MS
+    outage = Incident("payment_outage", start, start + 10 * DAY_MS)
+
+    def alert(since: int, detected: int) -> DriftAlert:
+        return DriftAlert(
+            "segment_flow", "rule:x entered", 3.0, 1.0, 3.0, since, detected, 30, None
+        )
+
+    late = alert(start + 30 * hour, start + 3 * DAY_MS)  # dated 30 h in, seen on day 3
+    after = alert(start + 9 * DAY_MS, start + 12 * DAY_MS)  # more than a day past its end
+    before = alert(start - 3 * DAY_MS, start + 2 * DAY_MS)  # dated before it
+    run = judge(1, Scenario(), 0, [outage], ([before, after, late], 1), ([], 1))
+    assert run.detected["payment_outage"] is None
+    assert run.dated["payment_outage"] == late
+    run = judge(1, Scenario(), 0, [outage], ([before, after], 1), ([], 1))
+    assert run.dated["payment_outage"] is None
