@@ -696,7 +696,11 @@ def evaluate_incidents(
         int, typer.Option(min=1, help="streams (two a seed) run in this many processes")
     ] = 2,
     outage_share: Annotated[
-        float, typer.Option(help="share of the mobile checkouts the payment outage fails")
+        float,
+        typer.Option(
+            help="share of the mobile checkouts the payment outage fails (of those the "
+            "--failing-checkouts baseline leaves)"
+        ),
     ] = 0.5,
     failing_checkouts: Annotated[
         float,
@@ -742,7 +746,7 @@ def evaluate_incidents(
     console.print(
         f"{len(runs)} seeds, {scenario.days} days each ({scenario.burn_in_days} of burn-in), "
         f"{sum(r.events + r.stationary_events for r in runs):,} events through the step; the "
-        f"payment outage fails {outage_share:.0%} of the mobile checkouts, "
+        f"payment outage fails {outage_share:.0%} of the mobile checkouts left after "
         f"{failing_checkouts:.0%} of every checkout fails at all times"
     )
     rows = report_rows(runs)

@@ -191,28 +191,14 @@ class IncidentTraffic:
         return messages + extra
 
     def _fail_some(self, messages: list[Message]) -> list[Message]:
-        out = []
-        for m in messages:
-            if m.source == "purchases" and self._failing_rng.random() < self.failing_checkouts:
-                self.failed_checkouts += 1
-                continue
-            out.append(m)
-        return out
+        kept, failed = _drop_purchases(messages, self._failing_rng, self.failing_checkouts)
+        self.failed_checkouts += failed
+        return kept
 
     def _fail_payments(self, messages: list[Message], incident: Incident) -> list[Message]:
-        out = []
-        for m in messages:
-            value = m.value
-            if (
-                m.source == "purchases"
-                and isinstance(value, dict)
-                and value.get("device") == incident.device
-                and self.rng.random() < incident.share
-            ):
-                self.affected["payment_outage"] += 1
-                continue
-            out.append(m)
-        return out
+        kept, failed = _drop_purchases(messages, self.rng, incident.share, incident.device)
+        self.affected["payment_outage"] += failed
+        return kept
 
     def _loop_checkouts(self, messages: list[Message], incident: Incident) -> list[Message]:
         clicks = [e for m in messages if m.source == "clickstream" for e in _events(m)]
@@ -275,6 +261,27 @@ class IncidentTraffic:
             if isinstance(m.value, list) or len(events) == 1:
                 out.append(Message("clickstream", visitor, value))
         return out
+
+
+def _drop_purchases(
+    messages: list[Message], rng: random.Random, share: float, device: str | None = None
+) -> tuple[list[Message], int]:
+    """``messages`` without ``share`` of their purchases (of ``device``'s only, if given; one
+    draw of ``rng`` per such purchase), and how many were dropped."""
+    out = []
+    dropped = 0
+    for m in messages:
+        value = m.value
+        if (
+            m.source == "purchases"
+            and isinstance(value, dict)
+            and (device is None or value.get("device") == device)
+            and rng.random() < share
+        ):
+            dropped += 1
+            continue
+        out.append(m)
+    return out, dropped
 
 
 def _events(message: Message) -> list[dict[str, Any]]:

@@ -66,10 +66,10 @@ def test_failing_checkouts_drop_that_share_of_purchases_with_incidents_or_withou
     def ids(messages: list[Message]) -> list[str]:
         return [e["event_id"] for e in _events(messages)]
 
-    everything, none_failed = stream([], 0.0)
+    everything, _ = stream([], 0.0)
     kept, failed = stream([], 0.3)
     bought = sum(m.source == "purchases" for m in everything)
-    assert none_failed == 0 and 0.25 < failed / bought < 0.35, (failed, bought)
+    assert 0.25 < failed / bought < 0.35, (failed, bought)
     # only purchases go, their sessions' clicks (cart, checkout) stay
     dropped = set(ids(everything)) - set(ids(kept))
     assert set(ids(kept)) <= set(ids(everything)) and len(dropped) == failed
@@ -87,6 +87,17 @@ def test_failing_checkouts_drop_that_share_of_purchases_with_incidents_or_withou
         return [e["event_id"] for e in _events(messages) if not lo <= e["ts"] < hi]
 
     assert outside(with_outage) == outside(kept) and ids(with_outage) != ids(kept)
+
+    # during the outage, a mobile purchase goes with either: 0.3 + 0.7 * 0.9 of them
+    def mobile(messages: list[Message]) -> int:
+        return sum(
+            m.source == "purchases"
+            and m.value["device"] == "mobile"
+            and outage.covers(m.value["ts"])
+            for m in messages
+        )
+
+    assert 0.85 < 1 - mobile(with_outage) / mobile(everything) < 1.0
     assert max(e["ts"] for e in _events(kept)) > outage.end_ms + 10 * DAY_MS
 
 
@@ -178,18 +189,26 @@ def test_the_report_gives_median_and_worst_and_judges_every_target() -> None:
     missed = report_rows([run(1, False, 0)])
     assert missed[0][1] == "0 of 1 seeds" and missed[0][3] is False
     assert missed[1][0].startswith("visitor_spike: alerted at all") and missed[1][1] == (
-        "0 of 1 seeds"
+        "0 of 1 seeds; stationary stream in that window: 0 of 1"
     )
     assert not any("alerted at all" in r for r in rows)  # every seed within a day: no row
-    # a faint fault, alerted after two and four days, dated a day after its start
-    late = [run(1, False, 0), run(2, False, 0)]
-    for r, days in zip(late, (2, 4), strict=True):
+    # a faint fault: one seed within a day, two after two and four days (dated a day after
+    # its start), and one of the three stationary streams alerting in that window too
+    runs = [run(1, True, 0), run(2, False, 0), run(3, False, 0)]
+    for r, days in zip(runs[1:], (2, 4), strict=True):
         start = r.starts["visitor_spike"]
         r.dated["visitor_spike"] = alert(start + DAY_MS, start + days * DAY_MS)
-    row = {r[0]: r for r in report_rows(late)}[
-        "visitor_spike: alerted at all (dated inside it, by a day after its end)"
+    runs[0].dated["visitor_spike"] = runs[0].detected["visitor_spike"]
+    runs[2].dated_quiet["visitor_spike"] = alert(0, 0)
+    row = {r[0]: r for r in report_rows(runs)}[
+        "visitor_spike: alerted at all, however late (by a day after its end)"
     ]
-    assert row[1:] == ("2 of 2 seeds, after 72 h (worst 96 h), dated +24 h", "(reported)", True)
+    assert row[1:] == (
+        "3 of 3 seeds, after 48 h (worst 96 h), dated +24 h; stationary stream in that "
+        "window: 1 of 3",
+        "(reported)",
+        True,
+    )
 
 
 def test_streams_in_processes_of_their_own_give_the_same_runs() -> None:
@@ -258,11 +277,27 @@ def test_the_judge_keeps_a_late_alert_dated_inside_the_incident_apart() -> None:
             "segment_flow", "rule:x entered", 3.0, 1.0, 3.0, since, detected, 30, None
         )
 
-    late = alert(start + 30 * hour, start + 3 * DAY_MS)  # dated 30 h in, seen on day 3
-    after = alert(start + 9 * DAY_MS, start + 12 * DAY_MS)  # more than a day past its end
-    before = alert(start - 3 * DAY_MS, start + 2 * DAY_MS)  # dated before it
-    run = judge(1, Scenario(), 0, [outage], ([before, after, late], 1), ([], 1))
+    late = alert(start + 30 * hour, start + 3 * DAY_MS)  # dated 30 h in, raised on day 3
+    edges = [
+        alert(start - DAY_MS, start + 11 * DAY_MS),  # the window's corners: in
+        alert(start + 10 * DAY_MS, start + 11 * DAY_MS),
+    ]
+    outside = [
+        alert(start + 9 * DAY_MS, start + 11 * DAY_MS + 1),  # raised past a day after its end
+        alert(start + 10 * DAY_MS + 1, start + 10 * DAY_MS + 2),  # dated after its end
+        alert(start - DAY_MS - 1, start + 2 * DAY_MS),  # dated before the day before it
+        alert(start - 2 * hour, start - hour),  # raised before it started
+    ]
+    run = judge(1, Scenario(), 0, [outage], ([*outside, late, *edges], 1), (outside, 1))
     assert run.detected["payment_outage"] is None
-    assert run.dated["payment_outage"] == late
-    run = judge(1, Scenario(), 0, [outage], ([before, after], 1), ([], 1))
+    assert run.dated["payment_outage"] == late and run.dated_quiet["payment_outage"] is None
+    for edge in edges:
+        run = judge(1, Scenario(), 0, [outage], ([*outside, edge], 1), ([edge], 1))
+        assert run.dated["payment_outage"] == edge == run.dated_quiet["payment_outage"]
+    run = judge(1, Scenario(), 0, [outage], (outside, 1), ([], 1))
     assert run.dated["payment_outage"] is None
+    # an incident shorter than a day: dated up to a day after its start, as within a day
+    blip = Incident("visitor_spike", start, start + 2 * hour)
+    after = alert(start + 20 * hour, start + 25 * hour)
+    run = judge(1, Scenario(), 0, [blip], ([after], 1), ([], 1))
+    assert run.dated["visitor_spike"] == after
