@@ -128,9 +128,19 @@ def replay_flows(
     monitor: FlowMonitor,
     catalog: SegmentCatalog | None = None,
     on_progress: Callable[[int], None] | None = None,
+    drain_every: int = 0,
 ) -> tuple[list[DriftAlert], int]:
     """Run ``traffic`` until event time ``end_ms`` through the worker's step, every step's
-    changes into ``monitor``; returns its alerts and the events sent."""
+    changes into ``monitor``; returns its alerts and the events sent.
+
+    The step takes each session as it comes (``drain_every`` 0), as a live worker keeping up
+    with a shop does; or ``drain_every`` events at a time, as a worker behind its topic does.
+    The monitor counts a step's changes in the bucket of its watermark, so at a small shop's
+    rate a coarse cadence (1,000 events: about 1.7 hours of this scenario's event time) put
+    hours of changes in one bucket: the flows looked burstier than the traffic is (the
+    checkout_abandoned entries 4.6 times Poisson's dispersion, against 1.8 session by
+    session), and the monitor, which weighs its evidence down by that dispersion, slower (the
+    default outage over a 20% baseline of failed checkouts: 4.3 days against 0.9, seed 1)."""
     replay = Replay(settings, catalog)
     alerts: list[DriftAlert] = []
 
@@ -138,15 +148,16 @@ def replay_flows(
         alerts.extend(monitor.add(flow_counts(outcome.changes), outcome.watermark))
 
     replay.on_outcome = tapped
-    progress = 0
+    drained = reported = 0
     while traffic.generator.clock < end_ms:
         for message in traffic.session():
             replay.send(message)
-        if replay.sent - progress >= 1000:
+        if replay.sent - drained >= drain_every:
             replay.drain()
-            progress = replay.sent
-            if on_progress:
-                on_progress(replay.sent)
+            drained = replay.sent
+        if on_progress and replay.sent - reported >= 10_000:
+            on_progress(replay.sent)
+            reported = replay.sent
     replay.drain()
     return alerts, replay.sent
 
