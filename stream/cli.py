@@ -709,6 +709,14 @@ def evaluate_incidents(
             "baseline of abandoned checkouts; the generator's own has none)"
         ),
     ] = 0.0,
+    drain_every: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="events the step takes at a time: 0, each session as it comes (a live worker "
+            "keeping up); 1000 as a worker behind its topic",
+        ),
+    ] = 0,
 ) -> None:
     """Segment-flow drift against generator incidents (payment outage, visitor spike, checkout
     loop) and on the same stream without them; median and worst over the seeds.
@@ -727,6 +735,7 @@ def evaluate_incidents(
             sessions_per_day=sessions_per_day,
             incidents=incidents,
             failing_checkouts=failing_checkouts,
+            drain_every=drain_every,
         )
     except ValueError as exc:
         console.print(f"[red]bad option[/red]: {exc}")

@@ -189,7 +189,6 @@ def weighted_kmeans(
     Like k-means, it keeps the optimum its start found: weights learned from clusters split on
     a noisy feature can leave them split there. (No doctest: scikit-learn is an extra;
     ``tests/unit/test_eval_ceiling.py`` has the example.)
-
     """
     from sklearn.cluster import KMeans
 

@@ -123,8 +123,10 @@ def test_bad_incidents_and_scenarios_are_refused() -> None:
         Scenario(burn_in_days=200)
     with pytest.raises(ValueError, match="failing_checkouts"):
         Scenario(failing_checkouts=1.0)
-    with pytest.raises(ValueError, match="at most 1"):
+    with pytest.raises(ValueError, match=r"payment_outage: share must be positive \(at most 1"):
         Scenario(incidents=(("payment_outage", 20.0, 5.0, 1.5),))
+    with pytest.raises(ValueError, match="drain_every"):
+        Scenario(drain_every=-1)
     with pytest.raises(ValueError, match="failing_checkouts"):
         IncidentTraffic(TrafficGenerator(customers=10, seed=1), failing_checkouts=-0.1)
 
@@ -145,7 +147,7 @@ def test_a_visitor_spike_through_the_workers_step_is_alerted_within_a_day() -> N
     hits = [
         a
         for a in alerts
-        if a.detected_at <= spike_at + DAY_MS and abs(a.since - spike_at) <= DAY_MS
+        if spike_at <= a.detected_at <= spike_at + DAY_MS and abs(a.since - spike_at) <= DAY_MS
     ]
     assert ("rule:lifecycle_new", "entered") in {(a.segment, a.flow) for a in hits}, [
         a.message for a in alerts if a.detected_at > start + 14 * DAY_MS
@@ -301,3 +303,45 @@ def test_the_judge_keeps_a_late_alert_dated_inside_the_incident_apart() -> None:
     after = alert(start + 20 * hour, start + 25 * hour)
     run = judge(1, Scenario(), 0, [blip], ([after], 1), ([], 1))
     assert run.dated["visitor_spike"] == after
+
+
+def test_the_step_takes_each_session_as_it_comes_unless_told_to_take_more() -> None:
+    """``replay_flows`` runs the step after every session (a live worker keeping up), or
+    ``drain_every`` events at a time (a worker behind its topic): as many monitor updates as
+    steps, and the same events either way."""
+
+    class Counting:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def add(self, counts: object, ts: int) -> list[object]:
+            self.calls += 1
+            return []
+
+    def run(every: int) -> tuple[int, int, int]:
+        g = TrafficGenerator(customers=300, seed=6, session_gap_ms=DAY_MS // 200)
+        traffic = IncidentTraffic(g, [], seed=1)
+        sessions = 0
+        session = traffic.session
+
+        def counted() -> list[Message]:
+            nonlocal sessions
+            sessions += 1
+            return session()
+
+        traffic.session = counted  # type: ignore[method-assign]
+        monitor = Counting()
+        _, events = replay_flows(
+            Settings(),
+            traffic,
+            g.clock + 2 * DAY_MS,
+            monitor,
+            drain_every=every,  # type: ignore[arg-type]
+        )
+        return monitor.calls, sessions, events
+
+    steps, sessions, events = run(0)
+    coarse_steps, coarse_sessions, coarse_events = run(1000)
+    assert (sessions, events) == (coarse_sessions, coarse_events) and events > 3000
+    assert steps >= sessions  # at least a step a session (a batch is at most 500 messages)
+    assert coarse_steps < sessions / 2
