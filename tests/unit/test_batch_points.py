@@ -14,6 +14,7 @@ from models.clustering import ClusterTrainer, population_key
 from models.features import FEATURE_VECTOR, CustomerProfile, feature_vector
 from models.segments import BATCH_POINTS, SegmentCatalog, assign, score_points
 from models.step import SegmentStep, SourceMessage
+from stream.build import core_compiled
 from stream.catalog import load_personas, load_segments
 from tests.unit.test_feature_space import shop
 from tests.unit.test_step import Harness
@@ -120,7 +121,11 @@ def test_a_batch_scored_together_writes_what_its_customers_scored_one_batch_each
         warm.run(*(event(c, n, i, T0 + n * 60_000 + i) for i, c in enumerate(customers)))
     for i, c in enumerate(customers):
         warm.profiles[c].segment, warm.profiles[c].persona = i % 3, names[i % len(names)]
-    batched = []  # the points score_points gave (None: one by one)
+    # The points score_points gave (None: one by one), seen through the step's module
+    # attribute: the compiled core calls it directly, so there it is not seen and the spy's
+    # checks are left out; the records and changes below are compared in both builds.
+    batched = []
+    spied = not core_compiled()
     real = models.step.score_points
     monkeypatch.setattr(
         models.step, "score_points", lambda *a: batched.append(real(*a)) or batched[-1]
@@ -134,12 +139,14 @@ def test_a_batch_scored_together_writes_what_its_customers_scored_one_batch_each
 
     messages = [event(c, 4, i, T0 + 5 * 60_000 + i) for i, c in enumerate(customers)]
     together = harness().run(*messages)
-    assert batched == [batched[0]] and batched[0] is not None  # the numpy pass ran
+    if spied:
+        assert batched == [batched[0]] and batched[0] is not None  # the numpy pass ran
     batched.clear()
     alone, outcomes = harness(), []
     for message in messages:
         outcomes.append(alone.run(message))
-    assert batched and all(points is None for points in batched)  # one by one
+    if spied:
+        assert batched and all(points is None for points in batched)  # one by one
     assert [w.record for w in together.writes] == [w.record for o in outcomes for w in o.writes]
     assert together.changes == [c for o in outcomes for c in o.changes]
     assert any(c.segment.startswith("cluster:") for c in together.changes)  # clusters moved
