@@ -50,7 +50,7 @@ from models.features import FEATURE_VECTOR, CustomerProfile, feature_vector, loc
 from models.metrics import adjusted_rand_index
 from models.segments import assign
 from stream.settings import Settings
-from stream.tools.eval_real import EvalExtraMissing
+from stream.tools.eval_real import EvalExtraMissing, squared_distances
 from stream.tools.eval_runs import Size
 from stream.tools.evaluate import run_draw
 from stream.worker.app import build_catalog
@@ -289,8 +289,7 @@ def ceiling(draw: CeilingDraw, seed: int = 0, boosted: Sequence[str] = BOOSTED) 
                     offline = (
                         fitted if m == k else KMeans(m, n_init=10, random_state=seed).fit(points)
                     )
-                    gaps = points[:, None, :] - draw.centres[None, :, :]
-                    nearest = (gaps * gaps).sum(axis=2).min(axis=1)
+                    nearest = squared_distances(points, draw.centres).min(axis=1)
                     out[INERTIA] = float(nearest.sum() / offline.inertia_)
                 for kind in MIXTURES:
                     mixture = GaussianMixture(

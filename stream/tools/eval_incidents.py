@@ -47,6 +47,7 @@ from stream.tools.incidents import (
     IncidentTraffic,
     InEventTimeOrder,
     SteadyPopulation,
+    check_failing_checkouts,
 )
 from stream.worker.trainer import flow_monitor
 
@@ -88,8 +89,7 @@ class Scenario:
     )
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.failing_checkouts < 1.0:
-            raise ValueError("failing_checkouts must be in [0, 1)")
+        check_failing_checkouts(self.failing_checkouts)
         if self.drain_every < 0:
             raise ValueError("drain_every must be 0 (each session) or more events")
         for kind, _, _, share in self.incidents:

@@ -116,6 +116,16 @@ class RealFigures:
         }
 
 
+def squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Each point's squared distance to each centre, points by centres (the inertia of
+    centres on points is the sum of each row's least).
+
+    >>> squared_distances(np.array([[0.0, 0.0], [3.0, 4.0]]), np.array([[0.0, 0.0]])).tolist()
+    [[0.0], [25.0]]
+    """
+    return np.asarray(((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2))
+
+
 def real_settings(base: Settings | None = None, seed: int | None = None) -> Settings:
     """The worker's settings for a purchase-only log: a CDNOW customer's whole history is a
     handful of purchases, so every applied event of every customer is a training sample
@@ -188,7 +198,7 @@ def run_real(
     ids = sorted(replay.profiles)
     points = np.asarray([final.point(feature_vector(replay.profiles[c])) for c in ids])
     centres = np.asarray(final.centres)
-    online = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    online = squared_distances(points, centres)
     online_labels = online.argmin(axis=1)
     inertia_online = float(online.min(axis=1).sum())
     offline = kmeans_class(

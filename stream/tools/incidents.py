@@ -47,7 +47,14 @@ from typing import Any
 
 from stream.tools.generator import Message, TrafficGenerator
 
-__all__ = ["INCIDENT_KINDS", "InEventTimeOrder", "Incident", "IncidentTraffic", "SteadyPopulation"]
+__all__ = [
+    "INCIDENT_KINDS",
+    "InEventTimeOrder",
+    "Incident",
+    "IncidentTraffic",
+    "SteadyPopulation",
+    "check_failing_checkouts",
+]
 
 DAY_MS = 86_400_000
 INCIDENT_KINDS = ("payment_outage", "visitor_spike", "checkout_loop")
@@ -153,8 +160,7 @@ class IncidentTraffic:
         pick: Any = None,
         failing_checkouts: float = 0.0,
     ) -> None:
-        if not 0.0 <= failing_checkouts < 1.0:
-            raise ValueError("failing_checkouts must be in [0, 1)")
+        check_failing_checkouts(failing_checkouts)
         self.generator = generator
         self.incidents = tuple(incidents)
         self.failing_checkouts = failing_checkouts
@@ -261,6 +267,13 @@ class IncidentTraffic:
             if isinstance(m.value, list) or len(events) == 1:
                 out.append(Message("clickstream", visitor, value))
         return out
+
+
+def check_failing_checkouts(share: float) -> None:
+    """Refuse a share of failing checkouts outside [0, 1) (all of them failing leaves no
+    purchase to fail an incident's share of)."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError("failing_checkouts must be in [0, 1)")
 
 
 def _drop_purchases(
