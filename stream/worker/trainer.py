@@ -44,6 +44,7 @@ def flow_monitor(settings: Settings) -> FlowMonitor:
         bucket_ms=settings.drift_flow_bucket_seconds * 1000,
         baseline_days=settings.drift_flow_baseline_days,
         min_history_days=settings.drift_flow_min_history_days,
+        rise=settings.drift_flow_rise,
         threshold=settings.drift_flow_threshold,
         min_count=settings.drift_flow_min_count,
         min_ratio=settings.drift_flow_min_ratio,

@@ -270,3 +270,39 @@ def test_a_new_trainer_learns_the_flows_history_from_the_size_snapshots() -> Non
     alerts = asyncio.run(run())
     assert [(a["segment"], a["flow"]) for a in alerts] == [("rule:vip", "entered")]
     assert alerts[0]["since"] == 24 * 8 * HOUR
+
+
+def test_the_flow_settings_configure_the_monitor_the_trainer_and_eval_incidents_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every ``SEGMENTER_DRIFT_FLOW_*`` setting reaches ``flow_monitor``; a rise of 1 or less
+    (a CUSUM tuned to no change) is refused at start-up."""
+    from pydantic import ValidationError
+
+    from stream.worker.trainer import flow_monitor
+
+    for name, value in {
+        "BUCKET_SECONDS": "1800",
+        "BASELINE_DAYS": "10",
+        "MIN_HISTORY_DAYS": "5",
+        "RISE": "1.5",
+        "THRESHOLD": "9",
+        "MIN_COUNT": "7",
+        "MIN_RATIO": "1.2",
+    }.items():
+        monkeypatch.setenv(f"SEGMENTER_DRIFT_FLOW_{name}", value)
+    monitor = flow_monitor(Settings())
+    assert (monitor.bucket_ms, monitor.baseline_days, monitor.min_history_days) == (
+        1_800_000,
+        10,
+        5,
+    )
+    assert (monitor.rise, monitor.threshold, monitor.min_count, monitor.min_ratio) == (
+        1.5,
+        9.0,
+        7,
+        1.2,
+    )
+    monkeypatch.setenv("SEGMENTER_DRIFT_FLOW_RISE", "1")
+    with pytest.raises(ValidationError, match="drift_flow_rise"):
+        Settings()
