@@ -275,7 +275,7 @@ class Settings(BaseSettings):
     drift_flow_min_history_days: Annotated[int, Field(ge=1)] = Field(
         7, description="days of history a flow needs before it can alert"
     )
-    drift_flow_rise: Annotated[float, Field(gt=1)] = Field(
+    drift_flow_rise: Annotated[float, Field(gt=1, allow_inf_nan=False)] = Field(
         2.0, description="rise (and inverse fall) of a flow its CUSUMs are tuned to detect"
     )
     drift_flow_threshold: Annotated[float, Field(gt=0)] = Field(

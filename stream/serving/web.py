@@ -144,7 +144,7 @@ def build_web_app(settings: Settings, client: SegmentClient | None = None) -> Fa
     )
     def customer_lookup(customer_id: str) -> CustomerView:
         checked(customer_id)
-        record, changes = customer_with_changes(reader, customer_id)
+        record, changes = customer_with_changes(reader, customer_id, settings.customer_changes_kept)
         if record is None:
             raise HTTPException(404, f"no record for customer {customer_id!r}")
         return customer_view(customer_id, record, changes, definitions.get(reader.workers()))

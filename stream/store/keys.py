@@ -18,8 +18,9 @@ counter shard, ``shard_of(customer_id)``: the CRC-32 of the UTF-8 customer id, z
   to number of customers of shard ``S`` in it (same script); summed over the shards likewise.
 - ``P changes:{S}``: hash, customer id of shard ``S`` to their recent segment changes: one line
   per accepted write that changed the customer's segments, newest first, at most
-  ``CHANGES_KEPT`` (10) lines, each ``<evaluated_at> <events applied> <JSON list of "-segment"
-  exits then "+segment" entries>`` (same script, same hash slot as the record; deleted with it
+  ``SEGMENTER_CUSTOMER_CHANGES_KEPT`` (``CHANGES_KEPT``, 5) lines, each ``<evaluated_at>
+  <events applied> <JSON list of "-segment" exits then "+segment" entries>`` (same script,
+  same hash slot as the record; deleted with it
   by ``segmenter forget``). A field of a shared hash, not a key per customer: about 110 B less
   per customer.
 - ``P flows:{S}``: hash, ``in:<segment>`` and ``out:<segment>`` to the customers of shard ``S``

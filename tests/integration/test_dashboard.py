@@ -6,6 +6,7 @@ then the generator switches to mostly Bargain Ben, and drift alerts must follow.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import json
@@ -21,13 +22,14 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from models.step import RecordWrite
 from stream.catalog import load_segments
 from stream.kafka import read_topic
 from stream.serving.definitions import file_version
 from stream.serving.lookup import fact_value
 from stream.serving.web import DashboardServer
 from stream.settings import Settings
-from stream.store import SegmentClient
+from stream.store import RedisSegmentStore, SegmentClient
 from stream.tools.embedded import free_port
 from stream.tools.generator import TrafficGenerator
 from stream.tools.producer import generated_messages, send_messages
@@ -464,3 +466,30 @@ def test_the_page_looks_a_customer_up_and_opens_a_segment(running):
         )
         page.screenshot(path=str(running.workers.logdir / "lookup.png"), full_page=True)
     assert [e for e in errors if "status of 404" not in e] == [], errors
+
+
+def test_the_customer_view_shows_as_many_changes_as_the_workers_keep(stack) -> None:  # type: ignore[no-untyped-def]
+    """``SEGMENTER_CUSTOMER_CHANGES_KEPT`` above the default: the API shows every change kept,
+    not the default's five."""
+    kept = 8
+    settings = make_settings(stack, customer_changes_kept=kept)
+    url = settings.redis_url.get_secret_value()
+
+    async def write() -> None:
+        store = RedisSegmentStore(url, settings.redis_prefix, changes_kept=kept)
+        try:
+            for n in range(1, kept + 4):  # every write enters or leaves rule:x
+                members = ("rule:x",) if n % 2 else ()
+                record = {"customer_id": "a", "segment": None}
+                await store.write_many([RecordWrite("a", n, n, None, record, members)])
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    server = DashboardServer(settings, "127.0.0.1", free_port())
+    server.start()
+    try:
+        view = httpx.get(f"{server.url.rstrip('/')}/api/customers/a").json()
+    finally:
+        server.stop()
+    assert [c["events_applied"] for c in view["changes"]] == list(range(kept + 3, 3, -1))

@@ -12,6 +12,7 @@ import random
 import numpy as np
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from models.drift import FlowMonitor, flow_counts
 from models.segments import SegmentChange
@@ -20,7 +21,7 @@ from stream.settings import Settings
 from stream.store.memory import InMemorySegmentStore
 from stream.worker.effects import flows_message
 from stream.worker.metrics import WorkerMetrics
-from stream.worker.trainer import Trainer
+from stream.worker.trainer import Trainer, flow_monitor
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -276,33 +277,28 @@ def test_the_flow_settings_configure_the_monitor_the_trainer_and_eval_incidents_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every ``SEGMENTER_DRIFT_FLOW_*`` setting reaches ``flow_monitor``; a rise of 1 or less
-    (a CUSUM tuned to no change) is refused at start-up."""
-    from pydantic import ValidationError
-
-    from stream.worker.trainer import flow_monitor
-
-    for name, value in {
-        "BUCKET_SECONDS": "1800",
-        "BASELINE_DAYS": "10",
-        "MIN_HISTORY_DAYS": "5",
-        "RISE": "1.5",
-        "THRESHOLD": "9",
-        "MIN_COUNT": "7",
-        "MIN_RATIO": "1.2",
-    }.items():
-        monkeypatch.setenv(f"SEGMENTER_DRIFT_FLOW_{name}", value)
+    (a CUSUM tuned to no change) or not finite is refused at start-up."""
+    values = {
+        "bucket_seconds": ("1800", "bucket_ms", 1_800_000),
+        "baseline_days": ("10", "baseline_days", 10),
+        "min_history_days": ("5", "min_history_days", 5),
+        "rise": ("1.5", "rise", 1.5),
+        "threshold": ("9", "threshold", 9.0),
+        "min_count": ("7", "min_count", 7),
+        "min_ratio": ("1.2", "min_ratio", 1.2),
+    }
+    prefix = "drift_flow_"
+    fields = {name[len(prefix) :] for name in Settings.model_fields if name.startswith(prefix)}
+    assert fields == set(values), (
+        "a new SEGMENTER_DRIFT_FLOW_* setting: add it here and to flow_monitor"
+    )
+    for name, (value, _, _) in values.items():
+        monkeypatch.setenv(f"SEGMENTER_DRIFT_FLOW_{name.upper()}", value)
     monitor = flow_monitor(Settings())
-    assert (monitor.bucket_ms, monitor.baseline_days, monitor.min_history_days) == (
-        1_800_000,
-        10,
-        5,
-    )
-    assert (monitor.rise, monitor.threshold, monitor.min_count, monitor.min_ratio) == (
-        1.5,
-        9.0,
-        7,
-        1.2,
-    )
-    monkeypatch.setenv("SEGMENTER_DRIFT_FLOW_RISE", "1")
-    with pytest.raises(ValidationError, match="drift_flow_rise"):
-        Settings()
+    assert {attr: getattr(monitor, attr) for _, attr, _ in values.values()} == {
+        attr: want for _, attr, want in values.values()
+    }
+    for bad in ("1", "inf", "nan"):
+        monkeypatch.setenv("SEGMENTER_DRIFT_FLOW_RISE", bad)
+        with pytest.raises(ValidationError, match="drift_flow_rise"):
+            Settings()
