@@ -756,10 +756,12 @@ def evaluate_incidents(
         f"{len(runs)} seeds, {scenario.days} days each ({scenario.burn_in_days} of burn-in), "
         f"{sum(r.events + r.stationary_events for r in runs):,} events through the step; the "
         f"payment outage fails {outage_share:.0%} of the mobile checkouts left after "
-        f"{failing_checkouts:.0%} of every checkout fails at all times; the flow monitor's "
-        f"SEGMENTER_DRIFT_FLOW_THRESHOLD {settings.drift_flow_threshold:g}, "
-        f"_RISE {settings.drift_flow_rise:g}, _MIN_RATIO {settings.drift_flow_min_ratio:g}, "
-        f"_MIN_COUNT {settings.drift_flow_min_count}"
+        f"{failing_checkouts:.0%} of every checkout fails at all times; the flow monitor: "
+        + ", ".join(
+            f"SEGMENTER_{name.upper()}={getattr(settings, name):g}"
+            for name in type(settings).model_fields
+            if name.startswith("drift_flow_")
+        )
     )
     rows = report_rows(runs)
     for figure, value, target, met in rows:

@@ -103,9 +103,9 @@ class SegmentStore(Protocol):
     async def stats(self) -> dict[str, int]:
         """The status counters ``write_many`` added up."""
 
-    async def changes(self, customer_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    async def changes(self, customer_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The customer's recent segment changes (``codec.decode_changes``), newest first,
-        from their newest ``limit`` changing writes."""
+        from their newest ``limit`` changing writes (None: every one the store keeps)."""
 
     async def examples(self, segment: str, limit: int = 10) -> list[str]:
         """Up to ``limit`` customers in the segment (a few kept per shard), shard 0 first."""

@@ -20,9 +20,8 @@ counter shard, ``shard_of(customer_id)``: the CRC-32 of the UTF-8 customer id, z
   per accepted write that changed the customer's segments, newest first, at most
   ``SEGMENTER_CUSTOMER_CHANGES_KEPT`` (``CHANGES_KEPT``, 5) lines, each ``<evaluated_at>
   <events applied> <JSON list of "-segment" exits then "+segment" entries>`` (same script,
-  same hash slot as the record; deleted with it
-  by ``segmenter forget``). A field of a shared hash, not a key per customer: about 110 B less
-  per customer.
+  same hash slot as the record; deleted with it by ``segmenter forget``). A field of a shared
+  hash, not a key per customer: about 110 B less per customer.
 - ``P flows:{S}``: hash, ``in:<segment>`` and ``out:<segment>`` to the customers of shard ``S``
   who ever entered and left the segment (same script; an erasure counts as an exit). Summed
   over the shards into every size snapshot (``entered_total``, ``exited_total``): entries and

@@ -239,7 +239,7 @@ class InMemorySegmentStore:
     async def stats(self) -> dict[str, int]:
         return dict(self._stats)
 
-    async def changes(self, customer_id: str, limit: int = CHANGES_KEPT) -> list[dict[str, Any]]:
+    async def changes(self, customer_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         return decode_changes(customer_id, self._counts.changes.get(customer_id), limit)
 
     async def examples(self, segment: str, limit: int = 10) -> list[str]:

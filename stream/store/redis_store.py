@@ -94,7 +94,7 @@ class _Reads:
     async def stats(self) -> dict[str, int]:
         return counts(await self.client.hgetall(self.keys.stats), positive=False)
 
-    async def changes(self, customer_id: str, limit: int = CHANGES_KEPT) -> list[dict[str, Any]]:
+    async def changes(self, customer_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         key = self.keys.changes(shard_of(customer_id))
         raw = cast(bytes | None, await self.client.hget(key, customer_id))
         return decode_changes(customer_id, raw, limit)

@@ -30,7 +30,7 @@ from stream.serving.lookup import fact_value
 from stream.serving.web import DashboardServer
 from stream.settings import Settings
 from stream.store import RedisSegmentStore, SegmentClient
-from stream.tools.embedded import free_port
+from stream.tools.embedded import EmbeddedStack, free_port
 from stream.tools.generator import TrafficGenerator
 from stream.tools.producer import generated_messages, send_messages
 
@@ -468,7 +468,7 @@ def test_the_page_looks_a_customer_up_and_opens_a_segment(running):
     assert [e for e in errors if "status of 404" not in e] == [], errors
 
 
-def test_the_customer_view_shows_as_many_changes_as_the_workers_keep(stack) -> None:  # type: ignore[no-untyped-def]
+def test_the_customer_view_shows_as_many_changes_as_the_workers_keep(stack: EmbeddedStack) -> None:
     """``SEGMENTER_CUSTOMER_CHANGES_KEPT`` above the default: the API shows every change kept,
     not the default's five."""
     kept = 8
@@ -482,14 +482,16 @@ def test_the_customer_view_shows_as_many_changes_as_the_workers_keep(stack) -> N
                 members = ("rule:x",) if n % 2 else ()
                 record = {"customer_id": "a", "segment": None}
                 await store.write_many([RecordWrite("a", n, n, None, record, members)])
+            assert len(await store.changes("a")) == kept  # the store reads what it keeps
         finally:
             await store.close()
 
     asyncio.run(write())
     server = DashboardServer(settings, "127.0.0.1", free_port())
-    server.start()
     try:
-        view = httpx.get(f"{server.url.rstrip('/')}/api/customers/a").json()
+        server.start(timeout=60.0)
+        answer = httpx.get(f"{server.url.rstrip('/')}/api/customers/a", timeout=30.0)
     finally:
         server.stop()
-    assert [c["events_applied"] for c in view["changes"]] == list(range(kept + 3, 3, -1))
+    assert answer.status_code == 200, answer.text
+    assert [c["events_applied"] for c in answer.json()["changes"]] == list(range(kept + 3, 3, -1))
