@@ -116,6 +116,8 @@ local function write(rk, ts_text, n_text, seg, value, segs, at, id)
     end
     if #moves > 0 and kept > 0 then
       push_change(changes, id, at .. ' ' .. n_text .. ' ' .. cjson.encode(moves), kept)
+    elseif #moves > 0 then  -- none kept: lines kept under an earlier setting go at the next change
+      redis.call('HDEL', changes, id)
     end
   end
   return 1

@@ -236,6 +236,32 @@ def test_changes_lists_and_examples_are_bounded(store):
     assert store.examples("rule:r", limit=1) == [newcomer]
 
 
+@pytest.mark.integration
+def test_a_store_keeping_no_changes_deletes_the_lines_kept_before_at_the_next_change(stack):
+    """``SEGMENTER_CUSTOMER_CHANGES_KEPT`` lowered to 0: a customer's earlier lines do not stay
+    in Redis for good; their next change deletes them, a write that changes nothing does not."""
+    prefix = f"contract-{uuid.uuid4().hex[:8]}:"
+    before = Sync(RedisSegmentStore(stack.redis_url, prefix))
+    after = Sync(RedisSegmentStore(stack.redis_url, prefix, changes_kept=0))
+    raw = sync_client(stack.redis_url)
+    try:
+        before.write_many([w("a", 1, 1, None, "rule:x"), w("b", 1, 1, None, "rule:x")])
+        field = before.store.keys.changes(shard_of("a"))
+        assert raw.hexists(field, "a")
+        after.write_many([w("a", 2, 2, None, "rule:x")])  # no change: the lines stay
+        assert len(after.changes("a")) == 1
+        after.write_many([w("a", 3, 3, None), w("b", 3, 3, None, "rule:x")])
+        assert after.changes("a") == [] and not raw.hexists(field, "a")
+        assert len(after.changes("b")) == 1  # b did not change
+    finally:
+        before.close()
+        after.close()
+        keys = list(raw.scan_iter(match=f"{prefix}*"))
+        if keys:
+            raw.delete(*keys)
+        raw.close()
+
+
 def test_status_counters_add_up(store):
     assert store.stats() == {}
     assert store.write_many([], {"events": 3, "messages": 1}) == 0
