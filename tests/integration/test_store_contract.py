@@ -47,6 +47,15 @@ class Sync:
         self.loop.close()
 
 
+def drop_prefix(url: str, prefix: str) -> None:
+    """Delete every key a test made under ``prefix`` (a cluster client scans every master)."""
+    raw = sync_client(url)
+    keys = list(raw.scan_iter(match=f"{prefix}*"))
+    if keys:
+        raw.delete(*keys)
+    raw.close()
+
+
 @pytest.fixture(
     params=[
         "memory",
@@ -70,11 +79,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[Sync]:
         yield s
     finally:
         s.close()
-        raw = sync_client(url)  # a cluster client scans every master
-        keys = list(raw.scan_iter(match=f"{prefix}*"))
-        if keys:
-            raw.delete(*keys)
-        raw.close()
+        drop_prefix(url, prefix)
 
 
 def w(cid: str, ts: int, n: int, seg: int | None, *members: str, **record: Any) -> RecordWrite:
@@ -256,10 +261,8 @@ def test_a_store_keeping_no_changes_deletes_the_lines_kept_before_at_the_next_ch
     finally:
         before.close()
         after.close()
-        keys = list(raw.scan_iter(match=f"{prefix}*"))
-        if keys:
-            raw.delete(*keys)
         raw.close()
+        drop_prefix(stack.redis_url, prefix)
 
 
 def test_status_counters_add_up(store):
@@ -448,8 +451,4 @@ def test_the_sync_client_reads_and_raises_what_the_worker_store_keeps(kind, requ
     finally:
         client.close()
         s.close()
-        raw = sync_client(url)
-        keys = list(raw.scan_iter(match=f"{prefix}*"))
-        if keys:
-            raw.delete(*keys)
-        raw.close()
+        drop_prefix(url, prefix)
